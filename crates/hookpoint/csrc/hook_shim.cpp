@@ -1,0 +1,95 @@
+// Native backward hooks for tch tensors.
+//
+// tch represents a tensor as a heap-allocated `at::Tensor*` (torch_api.h: `typedef torch::Tensor
+// *tensor`). This shim registers a libtorch tensor hook whose body calls back into Rust. Every
+// entry point catches C++ exceptions and reports them as strings; the Rust callback never unwinds
+// (it catches panics and returns a status instead), and a failed callback is turned into a C++
+// exception here so that libtorch aborts the backward pass and tch reports it as an error.
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+extern "C" {
+// Called with the incoming gradient (ownership passes to Rust). Sets *replacement to a new
+// heap tensor (ownership passes to C++) or leaves it null. Returns 0 on success, non-zero when
+// the Rust hook failed.
+typedef int (*hp_callback)(void *data, at::Tensor *grad, at::Tensor **replacement);
+// Frees the Rust state behind `data`; called exactly once, when libtorch drops the hook.
+typedef void (*hp_drop)(void *data);
+}
+
+namespace {
+
+char *copy_message(const char *message) {
+  size_t n = std::strlen(message);
+  char *out = static_cast<char *>(std::malloc(n + 1));
+  if (out != nullptr) {
+    std::memcpy(out, message, n + 1);
+  }
+  return out;
+}
+
+// Owns the Rust callback state; the hook lambda holds it through a shared_ptr, so the Rust state
+// is released exactly when libtorch destroys the hook (removal, or the graph being freed).
+struct RustHook {
+  hp_callback callback;
+  hp_drop drop;
+  void *data;
+  std::string name;
+
+  RustHook(hp_callback c, hp_drop d, void *p, std::string n)
+      : callback(c), drop(d), data(p), name(std::move(n)) {}
+  RustHook(const RustHook &) = delete;
+  RustHook &operator=(const RustHook &) = delete;
+  ~RustHook() { drop(data); }
+};
+
+}  // namespace
+
+extern "C" {
+
+void hp_free_string(char *s) { std::free(s); }
+
+// Registers a hook on `tensor`; writes libtorch's hook position to *position.
+// Returns null on success, or an error message to be freed with hp_free_string.
+char *hp_register_hook(const at::Tensor *tensor, hp_callback callback, hp_drop drop,
+                       void *data, const char *name, unsigned *position) {
+  // Take ownership of the Rust state first, so it is released on every error path too.
+  std::shared_ptr<RustHook> hook;
+  try {
+    hook = std::make_shared<RustHook>(callback, drop, data, std::string(name));
+  } catch (const std::exception &e) {
+    drop(data);
+    return copy_message(e.what());
+  }
+  try {
+    *position = tensor->register_hook([hook](const at::Tensor &grad) -> at::Tensor {
+      at::Tensor *incoming = new at::Tensor(grad);
+      at::Tensor *replacement = nullptr;
+      int status = hook->callback(hook->data, incoming, &replacement);
+      if (status != 0) {
+        if (replacement != nullptr) {
+          delete replacement;
+        }
+        throw std::runtime_error("backward hook '" + hook->name +
+                                 "' failed; hookpoint::backward reports the cause");
+      }
+      if (replacement == nullptr) {
+        return at::Tensor();  // undefined: libtorch keeps the gradient as it is
+      }
+      at::Tensor out = *replacement;
+      delete replacement;
+      return out;
+    });
+  } catch (const std::exception &e) {
+    return copy_message(e.what());
+  }
+  return nullptr;
+}
+
+}  // extern "C"

@@ -1,0 +1,161 @@
+//! Backward hooks through libtorch's own `Tensor::register_hook`, via the C++ shim in
+//! `csrc/hook_shim.cpp`.
+//!
+//! The shim owns a boxed [`BackwardCall`] per registration and frees it (through
+//! [`drop_backward_call`]) when libtorch drops the hook, normally when the autograd graph is
+//! freed. Nothing unwinds across the FFI boundary: the callback catches panics, records them,
+//! and returns a failure status, which the shim turns into a C++ exception so that libtorch
+//! aborts the backward pass; [`backward`] then reports the recorded cause.
+
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, Weak};
+
+use tch::Tensor;
+use torch_sys::C_tensor;
+
+use crate::error::{Direction, HookError, Result};
+use crate::point::{check_shape, panic_message, HookEntry};
+
+type Callback = extern "C" fn(*mut c_void, *mut C_tensor, *mut *mut C_tensor) -> c_int;
+type DropFn = extern "C" fn(*mut c_void);
+
+extern "C" {
+    fn hp_register_hook(
+        tensor: *const C_tensor,
+        callback: Callback,
+        drop: DropFn,
+        data: *mut c_void,
+        name: *const c_char,
+        position: *mut u32,
+    ) -> *mut c_char;
+    fn hp_free_string(message: *mut c_char);
+}
+
+/// Native hook registrations whose Rust state libtorch has not released yet.
+static LIVE_BACKWARD_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+/// Failures of backward hooks, recorded on whatever thread libtorch ran them, reported by
+/// [`backward`].
+static FAILURES: Mutex<Vec<HookError>> = Mutex::new(Vec::new());
+
+struct BackwardCall {
+    entry: Weak<HookEntry>,
+}
+
+/// How many native backward-hook registrations are alive (registered on a tensor whose graph
+/// still exists). Returns to its earlier value once the graphs are freed; tests use it to prove
+/// nothing leaks.
+pub fn live_backward_hooks() -> usize {
+    LIVE_BACKWARD_CALLS.load(Ordering::Acquire)
+}
+
+pub(crate) fn register_backward_hook(tensor: &Tensor, entry: Weak<HookEntry>) -> Result<()> {
+    let name = entry
+        .upgrade()
+        .map(|e| e.context.name().to_owned())
+        .unwrap_or_default();
+    let c_name = CString::new(name.replace('\0', "?")).unwrap_or_default();
+    let data = Box::into_raw(Box::new(BackwardCall { entry })) as *mut c_void;
+    LIVE_BACKWARD_CALLS.fetch_add(1, Ordering::AcqRel);
+    let mut position = 0u32;
+    // SAFETY: `tensor` is a live tch tensor (an `at::Tensor*`); the shim takes ownership of
+    // `data` and releases it through `drop_backward_call` exactly once, error paths included.
+    let error = unsafe {
+        hp_register_hook(
+            tensor.as_ptr(),
+            call_backward,
+            drop_backward_call,
+            data,
+            c_name.as_ptr(),
+            &mut position,
+        )
+    };
+    if error.is_null() {
+        Ok(())
+    } else {
+        // SAFETY: a non-null return is a malloc'ed NUL-terminated string owned by us.
+        let message = unsafe { CStr::from_ptr(error) }
+            .to_string_lossy()
+            .into_owned();
+        unsafe { hp_free_string(error) };
+        Err(HookError::Torch(tch::TchError::Torch(format!(
+            "registering backward hook on '{name}': {message}"
+        ))))
+    }
+}
+
+extern "C" fn drop_backward_call(data: *mut c_void) {
+    // SAFETY: `data` came from Box::into_raw in register_backward_hook; the shim calls this once.
+    drop(unsafe { Box::from_raw(data as *mut BackwardCall) });
+    LIVE_BACKWARD_CALLS.fetch_sub(1, Ordering::AcqRel);
+}
+
+extern "C" fn call_backward(
+    data: *mut c_void,
+    gradient: *mut C_tensor,
+    replacement: *mut *mut C_tensor,
+) -> c_int {
+    // SAFETY: the shim passes the pointer it was given at registration, alive until the drop call,
+    // and a freshly allocated gradient tensor whose ownership passes to us.
+    let call = unsafe { &*(data as *const BackwardCall) };
+    let gradient = unsafe { Tensor::from_ptr(gradient) };
+    let Some(entry) = call.entry.upgrade() else {
+        return 0;
+    };
+    if !entry.active.load(Ordering::Acquire) {
+        return 0;
+    }
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        entry.hook.call(&gradient, &entry.context)
+    }));
+    let failure = match outcome {
+        Ok(None) => return 0,
+        Ok(Some(new_gradient)) => match check_shape(&entry.context, &gradient, &new_gradient) {
+            Ok(()) => {
+                let mut new_gradient = std::mem::ManuallyDrop::new(new_gradient);
+                // SAFETY: ownership of the tensor passes to the shim, which deletes it.
+                unsafe { *replacement = new_gradient.as_mut_ptr() };
+                return 0;
+            }
+            Err(error) => error,
+        },
+        Err(payload) => HookError::HookPanicked {
+            hook: entry.context.name().to_owned(),
+            direction: Direction::Backward,
+            message: panic_message(payload.as_ref()),
+        },
+    };
+    record_failure(failure);
+    1
+}
+
+fn record_failure(error: HookError) {
+    FAILURES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .push(error);
+}
+
+fn take_failures() -> Vec<HookError> {
+    std::mem::take(
+        &mut *FAILURES
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+    )
+}
+
+/// Runs `loss.backward()` and reports a backward hook that panicked or returned a gradient of the
+/// wrong shape as that hook's error (libtorch aborts the pass at the first such hook).
+///
+/// Prefer this over `Tensor::backward`, which panics with a less specific message.
+pub fn backward(loss: &Tensor) -> Result<()> {
+    // Drop failures left by an earlier pass run through tch directly; they were reported there.
+    take_failures();
+    let result = loss.f_backward();
+    if let Some(first_failure) = take_failures().into_iter().next() {
+        return Err(first_failure);
+    }
+    result.map_err(HookError::Torch)
+}

@@ -1,0 +1,146 @@
+//! Project automation. `cargo xtask <command>`; see `cargo xtask help`.
+//!
+//! Depends on nothing but std, so it compiles in seconds on a fresh clone, before libtorch exists.
+
+mod libtorch;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+const USAGE: &str = "\
+cargo xtask <command> [args]
+
+commands:
+  setup          provision libtorch 2.13.0 (PyPI torch==2.13.0 in a project-local venv, or an
+                 existing one: $LIBTORCH, or a torch 2.13.0 importable by python3) and link it
+                 as .libtorch, which .cargo/config.toml hands to torch-sys
+  test [ARGS]    setup, then run every test of the workspace (ARGS go to cargo test)
+  bench [ARGS]   setup, then run the benchmark suite CLI (ARGS go to tl-bench)
+  lint           cargo fmt --check, clippy -D warnings and cargo doc with warnings denied
+  fixtures       regenerate models-cache/ and tests/fixtures/ with the Python reference libraries
+  libtorch-dir   print the resolved libtorch directory (after setup)
+
+environment:
+  TLRS_VENV           where setup creates its venv (default: <repo>/.venv)
+  TLRS_FIXTURES_VENV  where fixtures creates its venv (default: <repo>/.venv-fixtures)
+  LIBTORCH            use this libtorch instead of provisioning one
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (command, rest) = match args.split_first() {
+        Some((command, rest)) => (command.as_str(), rest),
+        None => ("help", &[][..]),
+    };
+    let root = repo_root();
+    let outcome = match command {
+        "setup" => libtorch::setup(&root).map(|dir| println!("libtorch ready: {}", dir.display())),
+        "libtorch-dir" => libtorch::resolved(&root).map(|dir| println!("{}", dir.display())),
+        "test" => with_libtorch(&root, |root| cargo(root, &["test", "--workspace"], rest)),
+        "bench" => with_libtorch(&root, |root| {
+            cargo(
+                root,
+                &["run", "--package", "bench-suite", "--bin", "tl-bench", "--"],
+                rest,
+            )
+        }),
+        "lint" => with_libtorch(&root, lint),
+        "fixtures" => fixtures(&root),
+        "help" | "--help" | "-h" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => Err(format!("unknown command '{other}'\n\n{USAGE}")),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root: the parent of this crate's manifest directory.
+fn repo_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(Path::to_path_buf).unwrap_or(manifest)
+}
+
+fn with_libtorch(
+    root: &Path,
+    then: impl FnOnce(&Path) -> Result<(), String>,
+) -> Result<(), String> {
+    libtorch::setup(root)?;
+    then(root)
+}
+
+/// Runs cargo in the workspace root. LIBTORCH is passed through as this process received it
+/// (the `.libtorch` default from .cargo/config.toml, or the caller's own), so torch-sys sees the
+/// same value as plain cargo commands and is not rebuilt when switching between the two.
+fn cargo(root: &Path, base: &[&str], extra: &[String]) -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    run(Command::new(cargo).current_dir(root).args(base).args(extra))
+}
+
+fn run(command: &mut Command) -> Result<(), String> {
+    let shown = format!("{command:?}");
+    let status = command
+        .status()
+        .map_err(|e| format!("cannot start {shown}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{shown} failed ({status})"))
+    }
+}
+
+fn lint(root: &Path) -> Result<(), String> {
+    cargo(root, &["fmt", "--all", "--", "--check"], &[])?;
+    cargo(
+        root,
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
+    let rustdoc_flags = "-D warnings";
+    let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    run(Command::new(cargo_bin)
+        .current_dir(root)
+        .env("RUSTDOCFLAGS", rustdoc_flags)
+        .args(["doc", "--workspace", "--no-deps"]))
+}
+
+/// Regenerates the embedded model and the goldens with the Python reference libraries, in a
+/// venv of their own (Python is a fixture tool only; nothing at run time needs it).
+fn fixtures(root: &Path) -> Result<(), String> {
+    let venv = std::env::var_os("TLRS_FIXTURES_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join(".venv-fixtures"));
+    let requirements = root.join("xtask/python/requirements-fixtures.txt");
+    let python = libtorch::ensure_venv(&venv)?;
+    println!(
+        "installing the fixture requirements into {}",
+        venv.display()
+    );
+    run(Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+        ])
+        .arg(&requirements))?;
+    run(Command::new(&python)
+        .arg(root.join("xtask/python/fixtures.py"))
+        .arg("--root")
+        .arg(root))
+}
