@@ -8,6 +8,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -16,9 +17,10 @@
 
 extern "C" {
 // Called with the incoming gradient (ownership passes to Rust). Sets *replacement to a new
-// heap tensor (ownership passes to C++) or leaves it null. Returns 0 on success, non-zero when
-// the Rust hook failed.
-typedef int (*hp_callback)(void *data, at::Tensor *grad, at::Tensor **replacement);
+// heap tensor (ownership passes to C++) or leaves it null. Returns 0 on success; when the Rust
+// hook failed, returns non-zero and sets *failure_id to the id under which Rust recorded why.
+typedef int (*hp_callback)(void *data, at::Tensor *grad, at::Tensor **replacement,
+                           uint64_t *failure_id);
 // Frees the Rust state behind `data`; called exactly once, when libtorch drops the hook.
 typedef void (*hp_drop)(void *data);
 }
@@ -71,13 +73,15 @@ char *hp_register_hook(const at::Tensor *tensor, hp_callback callback, hp_drop d
     *position = tensor->register_hook([hook](const at::Tensor &grad) -> at::Tensor {
       at::Tensor *incoming = new at::Tensor(grad);
       at::Tensor *replacement = nullptr;
-      int status = hook->callback(hook->data, incoming, &replacement);
+      uint64_t failure_id = 0;
+      int status = hook->callback(hook->data, incoming, &replacement, &failure_id);
       if (status != 0) {
         if (replacement != nullptr) {
           delete replacement;
         }
-        throw std::runtime_error("backward hook '" + hook->name +
-                                 "' failed; hookpoint::backward reports the cause");
+        // The marker lets hookpoint::backward find the recorded cause of exactly this failure.
+        throw std::runtime_error("backward hook '" + hook->name + "' failed [hookpoint failure " +
+                                 std::to_string(failure_id) + "]");
       }
       if (replacement == nullptr) {
         return at::Tensor();  // undefined: libtorch keeps the gradient as it is

@@ -9,7 +9,7 @@
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, Weak};
 
 use tch::Tensor;
@@ -18,7 +18,7 @@ use torch_sys::C_tensor;
 use crate::error::{Direction, HookError, Result};
 use crate::point::{check_shape, panic_message, HookEntry};
 
-type Callback = extern "C" fn(*mut c_void, *mut C_tensor, *mut *mut C_tensor) -> c_int;
+type Callback = extern "C" fn(*mut c_void, *mut C_tensor, *mut *mut C_tensor, *mut u64) -> c_int;
 type DropFn = extern "C" fn(*mut c_void);
 
 extern "C" {
@@ -36,9 +36,14 @@ extern "C" {
 /// Native hook registrations whose Rust state libtorch has not released yet.
 static LIVE_BACKWARD_CALLS: AtomicUsize = AtomicUsize::new(0);
 
-/// Failures of backward hooks, recorded on whatever thread libtorch ran them, reported by
-/// [`backward`].
-static FAILURES: Mutex<Vec<HookError>> = Mutex::new(Vec::new());
+/// Failures of backward hooks by id, recorded on whatever thread libtorch ran them. The id
+/// travels in the exception message libtorch aborts the pass with, so [`backward`] takes exactly
+/// its own failure even while other threads run backward passes.
+static FAILURES: Mutex<Vec<(u64, HookError)>> = Mutex::new(Vec::new());
+static NEXT_FAILURE_ID: AtomicU64 = AtomicU64::new(1);
+/// Failures nobody collected (the pass was run through tch directly) are dropped beyond this.
+const MAX_UNCOLLECTED_FAILURES: usize = 64;
+const FAILURE_MARKER: &str = "[hookpoint failure ";
 
 struct BackwardCall {
     entry: Weak<HookEntry>,
@@ -96,6 +101,7 @@ extern "C" fn call_backward(
     data: *mut c_void,
     gradient: *mut C_tensor,
     replacement: *mut *mut C_tensor,
+    failure_id: *mut u64,
 ) -> c_int {
     // SAFETY: the shim passes the pointer it was given at registration, alive until the drop call,
     // and a freshly allocated gradient tensor whose ownership passes to us.
@@ -127,23 +133,34 @@ extern "C" fn call_backward(
             message: panic_message(payload.as_ref()),
         },
     };
-    record_failure(failure);
+    // SAFETY: the shim passes a valid pointer to its local failure id.
+    unsafe { *failure_id = record_failure(failure) };
     1
 }
 
-fn record_failure(error: HookError) {
+fn failures() -> std::sync::MutexGuard<'static, Vec<(u64, HookError)>> {
     FAILURES
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .push(error);
 }
 
-fn take_failures() -> Vec<HookError> {
-    std::mem::take(
-        &mut *FAILURES
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()),
-    )
+fn record_failure(error: HookError) -> u64 {
+    let id = NEXT_FAILURE_ID.fetch_add(1, Ordering::Relaxed);
+    let mut failures = failures();
+    if failures.len() >= MAX_UNCOLLECTED_FAILURES {
+        failures.remove(0);
+    }
+    failures.push((id, error));
+    id
+}
+
+/// The recorded failure whose id an error message from libtorch carries, if any.
+fn take_failure_named_in(message: &str) -> Option<HookError> {
+    let start = message.find(FAILURE_MARKER)? + FAILURE_MARKER.len();
+    let id: u64 = message[start..].split(']').next()?.parse().ok()?;
+    let mut failures = failures();
+    let position = failures.iter().position(|(recorded, _)| *recorded == id)?;
+    Some(failures.remove(position).1)
 }
 
 /// Runs `loss.backward()` and reports a backward hook that panicked or returned a gradient of the
@@ -151,11 +168,11 @@ fn take_failures() -> Vec<HookError> {
 ///
 /// Prefer this over `Tensor::backward`, which panics with a less specific message.
 pub fn backward(loss: &Tensor) -> Result<()> {
-    // Drop failures left by an earlier pass run through tch directly; they were reported there.
-    take_failures();
-    let result = loss.f_backward();
-    if let Some(first_failure) = take_failures().into_iter().next() {
-        return Err(first_failure);
-    }
-    result.map_err(HookError::Torch)
+    loss.f_backward().map_err(|error| {
+        let failure = match &error {
+            tch::TchError::Torch(message) => take_failure_named_in(message),
+            _ => None,
+        };
+        failure.unwrap_or(HookError::Torch(error))
+    })
 }

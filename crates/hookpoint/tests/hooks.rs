@@ -12,8 +12,11 @@ use hookpoint::{backward, AddOptions, Direction, Hook, HookError, HookSpec, Name
 use rstest::rstest;
 use tch::{Device, Kind, Tensor};
 
-fn recorder() -> (Arc<Mutex<Vec<(String, Tensor)>>>, Hook) {
-    let seen: Arc<Mutex<Vec<(String, Tensor)>>> = Arc::default();
+/// What a recording hook saw: (hook name, tensor) per call.
+type Seen = Arc<Mutex<Vec<(String, Tensor)>>>;
+
+fn recorder() -> (Seen, Hook) {
+    let seen: Seen = Arc::default();
     let sink = seen.clone();
     let hook = Hook::new(move |t, ctx| {
         sink.lock()
@@ -205,7 +208,7 @@ fn forward_hooks_run_in_order_and_prepend_goes_first() {
         .registry
         .add_hook(&HookSpec::forward("hook_in", rec))
         .unwrap();
-    model.forward(&x).unwrap();
+    let _ = model.forward(&x).unwrap();
     // double first, then add one: 2x + 1.
     assert!(max_abs_diff(&seen.lock().unwrap()[0].1, &(&x * 2.0 + 1.0)) < 1e-6);
     drop((h1, h2, h3));
@@ -421,7 +424,7 @@ fn aliases_reach_the_point_and_tell_the_hook_the_alias() {
     let model = TinyModel::new(Device::Cpu);
     let x = input(Device::Cpu);
     let (seen, rec) = recorder();
-    model
+    let _ = model
         .registry
         .with_hooks(&[HookSpec::forward("hook_hidden", rec)], || {
             model.forward(&x)
