@@ -838,8 +838,22 @@ def build_ht(spec: dict, hf_model, processed: bool, flags: bool):
     return model
 
 
-def ht_capture(model, tokens, mask):
-    """One forward (logits) with every hook point observed; backward of logits[:, -1, :].sum().
+def gradient_target(logits, processed: bool):
+    """The scalar whose gradient the goldens record at every hook.
+
+    Unprocessed: the sum of the last position's logits (the suite's backward-hook loss).
+    Processed: the sum of the last position's log-probs. After center_unembed every column of W_U
+    sums to zero over the vocabulary, so the gradient of the summed logits is exactly zero in exact
+    arithmetic and what a float computation returns is rounding noise (up to ~1e-4 through the
+    LayerNorm scales), which no two implementations can be expected to agree on. Log-probs are
+    invariant under weight processing, so their gradient is well defined and meaningful.
+    """
+    last = logits[:, -1, :]
+    return last.log_softmax(-1).sum() if processed else last.sum()
+
+
+def ht_capture(model, tokens, mask, processed: bool):
+    """One forward (logits) with every hook point observed; backward of gradient_target().
 
     Returns (logits, cache dict (last firing), grads (sum over firings), fwd counts, bwd counts,
     fwd firing sequence)."""
@@ -870,7 +884,7 @@ def ht_capture(model, tokens, mask):
     kw = {"attention_mask": mask} if mask is not None else {}
     with torch.enable_grad():
         logits, cache = model.run_with_cache(tokens, return_type="logits", **kw)
-        logits[:, -1, :].sum().backward()
+        gradient_target(logits, processed).backward()
     model.reset_hooks(including_permanent=True)
     model.zero_grad(set_to_none=True)
     cache_dict = OrderedDict((k, v.detach().clone()) for k, v in cache.items())
@@ -967,7 +981,7 @@ def ht_goldens(spec: dict, hf_model, prompts, fx: Path, tokenizer) -> dict:
         for pid, p in prompts.items():
             tokens = torch.tensor(p["tokens"], dtype=torch.int64)
             mask = torch.tensor(p["attention_mask"], dtype=torch.int64) if p["padded"] else None
-            logits, cache, grads, fc, bc, seq = ht_capture(model, tokens, mask)
+            logits, cache, grads, fc, bc, seq = ht_capture(model, tokens, mask, processed)
             if firing_sequence is None:
                 firing_sequence = seq
             kw = {"attention_mask": mask} if mask is not None else {}
@@ -1035,7 +1049,9 @@ def ht_goldens(spec: dict, hf_model, prompts, fx: Path, tokenizer) -> dict:
             f"fold_value_biases = {processed}). No tokenizer during forward/backward. "
             "Activations: run_with_cache(tokens, return_type='logits') (cache keeps the LAST firing "
             "of a hook); logits = <pid>/unembed.hook_out. Gradients <name>_grad: backward of "
-            "logits[:, -1, :].sum() with a bwd hook on every HookPoint, SUMMED over firings (ln1 "
+            + ("logits[:, -1, :].log_softmax(-1).sum() (processed: the summed logits have an exactly "
+               "zero gradient after center_unembed, see gradient_target) " if processed else "logits[:, -1, :].sum() ")
+            + "with a bwd hook on every HookPoint, SUMMED over firings (ln1 "
             "hooks fire 3x). loss: forward(return_type='loss'); loss_per_token: loss_per_token=True. "
             "Padded batch: forward(tokens, attention_mask=mask) (HT zeroes pad positional "
             "embeddings, positions = cumsum(mask)-1, loss only over pairs of real tokens). "

@@ -1,0 +1,138 @@
+//! The hook points of a HookedTransformer, registered in TransformerLens's `hook_dict` order.
+
+use std::sync::Arc;
+
+use hookpoint::{HookPoint, HookRegistry};
+
+use crate::config::HookedTransformerConfig;
+
+/// Hook points of a LayerNorm (`ln1`, `ln2`, `ln_final`).
+pub(crate) struct LnHooks {
+    pub scale: Arc<HookPoint>,
+    pub normalized: Arc<HookPoint>,
+}
+
+/// Hook points of one block.
+pub(crate) struct BlockHooks {
+    pub ln1: LnHooks,
+    pub ln2: LnHooks,
+    pub k: Arc<HookPoint>,
+    pub q: Arc<HookPoint>,
+    pub v: Arc<HookPoint>,
+    pub z: Arc<HookPoint>,
+    pub attn_scores: Arc<HookPoint>,
+    pub pattern: Arc<HookPoint>,
+    pub result: Arc<HookPoint>,
+    pub mlp_pre: Arc<HookPoint>,
+    pub mlp_post: Arc<HookPoint>,
+    pub attn_in: Arc<HookPoint>,
+    pub q_input: Arc<HookPoint>,
+    pub k_input: Arc<HookPoint>,
+    pub v_input: Arc<HookPoint>,
+    pub mlp_in: Arc<HookPoint>,
+    pub attn_out: Arc<HookPoint>,
+    pub mlp_out: Arc<HookPoint>,
+    pub resid_pre: Arc<HookPoint>,
+    pub resid_mid: Arc<HookPoint>,
+    pub resid_post: Arc<HookPoint>,
+}
+
+/// Every hook point of the model.
+pub(crate) struct ModelHooks {
+    pub tokens: Option<Arc<HookPoint>>,
+    pub embed: Arc<HookPoint>,
+    pub pos_embed: Arc<HookPoint>,
+    pub blocks: Vec<BlockHooks>,
+    pub ln_final: LnHooks,
+    pub unembed_in: Arc<HookPoint>,
+    pub unembed_out: Arc<HookPoint>,
+}
+
+fn ln_hooks(registry: &mut HookRegistry, prefix: &str) -> LnHooks {
+    LnHooks {
+        scale: registry.register(format!("{prefix}.hook_scale")),
+        normalized: registry.register(format!("{prefix}.hook_normalized")),
+    }
+}
+
+impl ModelHooks {
+    /// Registers every hook point (TransformerLens's module order) and gates the optional ones.
+    pub fn register(registry: &mut HookRegistry, cfg: &HookedTransformerConfig) -> ModelHooks {
+        let embed = registry.register("hook_embed");
+        let pos_embed = registry.register("hook_pos_embed");
+        let tokens = cfg
+            .use_hook_tokens
+            .then(|| registry.register("hook_tokens"));
+        let blocks = (0..cfg.n_layers)
+            .map(|l| Self::block(registry, cfg, l))
+            .collect();
+        let ln_final = ln_hooks(registry, "ln_final");
+        let unembed_in = registry.register("unembed.hook_in");
+        let unembed_out = registry.register("unembed.hook_out");
+        ModelHooks {
+            tokens,
+            embed,
+            pos_embed,
+            blocks,
+            ln_final,
+            unembed_in,
+            unembed_out,
+        }
+    }
+
+    fn block(registry: &mut HookRegistry, cfg: &HookedTransformerConfig, layer: i64) -> BlockHooks {
+        let p = |s: &str| format!("blocks.{layer}.{s}");
+        let ln1 = ln_hooks(registry, &p("ln1"));
+        let ln2 = ln_hooks(registry, &p("ln2"));
+        let mut reg = |s: &str| registry.register(p(s));
+        let hooks = BlockHooks {
+            ln1,
+            ln2,
+            k: reg("attn.hook_k"),
+            q: reg("attn.hook_q"),
+            v: reg("attn.hook_v"),
+            z: reg("attn.hook_z"),
+            attn_scores: reg("attn.hook_attn_scores"),
+            pattern: reg("attn.hook_pattern"),
+            result: reg("attn.hook_result"),
+            mlp_pre: reg("mlp.hook_pre"),
+            mlp_post: reg("mlp.hook_post"),
+            attn_in: reg("hook_attn_in"),
+            q_input: reg("hook_q_input"),
+            k_input: reg("hook_k_input"),
+            v_input: reg("hook_v_input"),
+            mlp_in: reg("hook_mlp_in"),
+            attn_out: reg("hook_attn_out"),
+            mlp_out: reg("hook_mlp_out"),
+            resid_pre: reg("hook_resid_pre"),
+            resid_mid: reg("hook_resid_mid"),
+            resid_post: reg("hook_resid_post"),
+        };
+        let gates = [
+            ("attn.hook_result", "use_attn_result", cfg.use_attn_result),
+            ("hook_attn_in", "use_attn_in", cfg.use_attn_in),
+            (
+                "hook_q_input",
+                "use_split_qkv_input",
+                cfg.use_split_qkv_input,
+            ),
+            (
+                "hook_k_input",
+                "use_split_qkv_input",
+                cfg.use_split_qkv_input,
+            ),
+            (
+                "hook_v_input",
+                "use_split_qkv_input",
+                cfg.use_split_qkv_input,
+            ),
+            ("hook_mlp_in", "use_hook_mlp_in", cfg.use_hook_mlp_in),
+        ];
+        for (name, flag, enabled) in gates {
+            registry
+                .set_gate(&p(name), flag, enabled)
+                .expect("registered just above");
+        }
+        hooks
+    }
+}

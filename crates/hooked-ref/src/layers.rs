@@ -1,0 +1,273 @@
+//! The computations of one block, each activation passed through its hook point.
+
+use hookpoint::HookPoint;
+use tch::{Kind, Tensor};
+
+use crate::config::{ActFn, HookedTransformerConfig};
+use crate::error::Result;
+use crate::hooks::{BlockHooks, LnHooks};
+use crate::params::{AttentionParams, BlockParams, LayerNormParams, MlpParams};
+
+/// Keys and values of earlier positions, `[b, k_len, h, dh]` each, as they came out of the hooks.
+#[derive(Debug)]
+pub struct LayerKv {
+    /// Keys.
+    pub k: Tensor,
+    /// Values.
+    pub v: Tensor,
+}
+
+/// What attention masks: the attention mask over all key positions (cached ones included), or
+/// none (every position is a real token).
+pub(crate) struct MaskInfo<'a> {
+    pub attention_mask: Option<&'a Tensor>,
+}
+
+/// LayerNorm (TransformerLens's): centre, `hook_scale(sqrt(mean(x^2) + eps))`,
+/// `hook_normalized(x / scale)`, then `* w + b` unless folded (LNPre).
+pub(crate) fn layer_norm(
+    x: &Tensor,
+    params: Option<&LayerNormParams>,
+    hooks: &LnHooks,
+    eps: f64,
+) -> Result<Tensor> {
+    let centred = x - x.mean_dim(-1, true, Kind::Float).to_kind(x.kind());
+    let scale = (centred.square().mean_dim(-1, true, Kind::Float) + eps)
+        .sqrt()
+        .to_kind(x.kind());
+    let scale = hooks.scale.run(scale)?;
+    let normalized = hooks.normalized.run(centred / scale)?;
+    Ok(match params {
+        Some(p) => normalized * &p.w + &p.b,
+        None => normalized,
+    })
+}
+
+pub(crate) fn activation(act: ActFn, x: &Tensor) -> Tensor {
+    match act {
+        ActFn::GeluNew | ActFn::GeluPytorchTanh => x.gelu("tanh"),
+        ActFn::Gelu => x.gelu("none"),
+        ActFn::GeluFast => {
+            let inner = x * 0.797_884_560_8 * (x.square() * 0.044715 + 1.0);
+            x * 0.5 * (inner.tanh() + 1.0)
+        }
+        ActFn::QuickGelu => x * (x * 1.702).sigmoid(),
+        ActFn::Relu => x.relu(),
+        ActFn::Silu => x.silu(),
+        ActFn::Tanh => x.tanh(),
+    }
+}
+
+/// One block: `resid_pre -> attn -> resid_mid -> mlp -> resid_post`.
+pub(crate) fn block(
+    cfg: &HookedTransformerConfig,
+    layer: i64,
+    params: &BlockParams,
+    hooks: &BlockHooks,
+    resid: Tensor,
+    mask: &MaskInfo,
+    kv: Option<&mut LayerKv>,
+) -> Result<Tensor> {
+    let resid_pre = hooks.resid_pre.run(resid)?;
+    let attn_out = attention(cfg, layer, params, hooks, &resid_pre, mask, kv)?;
+    let attn_out = hooks.attn_out.run(attn_out)?;
+    let resid_mid = hooks.resid_mid.run(&resid_pre + attn_out)?;
+    let mlp_in = if cfg.use_hook_mlp_in {
+        hooks.mlp_in.run(resid_mid.copy())?
+    } else {
+        resid_mid.shallow_clone()
+    };
+    let normalized = layer_norm(&mlp_in, params.ln2.as_ref(), &hooks.ln2, cfg.eps)?;
+    let mlp_out = hooks
+        .mlp_out
+        .run(mlp(cfg, &params.mlp, hooks, &normalized)?)?;
+    Ok(hooks.resid_post.run(resid_mid + mlp_out)?)
+}
+
+fn mlp(
+    cfg: &HookedTransformerConfig,
+    params: &MlpParams,
+    hooks: &BlockHooks,
+    x: &Tensor,
+) -> Result<Tensor> {
+    let pre = hooks.mlp_pre.run(x.matmul(&params.W_in) + &params.b_in)?;
+    let post = hooks.mlp_post.run(activation(cfg.act_fn, &pre))?;
+    Ok(post.matmul(&params.W_out) + &params.b_out)
+}
+
+/// `x [b, p, d] . W [h, d, dh] + b [h, dh] -> [b, p, h, dh]`.
+fn project(x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
+    let (h, d, dh) = (w.size()[0], w.size()[1], w.size()[2]);
+    let flat = w.permute([1, 0, 2]).reshape([d, h * dh]);
+    let mut shape = x.size();
+    shape.pop();
+    shape.extend([h, dh]);
+    x.matmul(&flat).reshape(shape.as_slice()) + b
+}
+
+/// Per-head input `x [b, p, h, d] . W [h, d, dh] + b -> [b, p, h, dh]`.
+fn project_per_head(x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
+    Tensor::einsum("bphd,hdk->bphk", &[x, w], None::<&[i64]>) + b
+}
+
+/// The three attention inputs after ln1: one normalised residual shared by q, k and v (ln1 and
+/// its hooks run once), or, with `use_split_qkv_input` / `use_attn_in`, per-head copies each
+/// with its own hook and its own ln1 pass.
+fn qkv(
+    cfg: &HookedTransformerConfig,
+    params: &BlockParams,
+    hooks: &BlockHooks,
+    resid_pre: &Tensor,
+) -> Result<[Tensor; 3]> {
+    let a = &params.attn;
+    let ln = |x: &Tensor| layer_norm(x, params.ln1.as_ref(), &hooks.ln1, cfg.eps);
+    if !(cfg.use_split_qkv_input || cfg.use_attn_in) {
+        let x = ln(resid_pre)?;
+        return Ok([
+            project(&x, &a.W_Q, &a.b_Q),
+            project(&x, &a.W_K, &a.b_K),
+            project(&x, &a.W_V, &a.b_V),
+        ]);
+    }
+    let per_head = || resid_pre.unsqueeze(2).repeat([1, 1, cfg.n_heads, 1]);
+    let inputs: [Tensor; 3] = if cfg.use_split_qkv_input {
+        [
+            hooks.q_input.run(per_head())?,
+            hooks.k_input.run(per_head())?,
+            hooks.v_input.run(per_head())?,
+        ]
+    } else {
+        let shared = hooks.attn_in.run(per_head())?;
+        [shared.shallow_clone(), shared.shallow_clone(), shared]
+    };
+    let [q_in, k_in, v_in] = inputs;
+    Ok([
+        project_per_head(&ln(&q_in)?, &a.W_Q, &a.b_Q),
+        project_per_head(&ln(&k_in)?, &a.W_K, &a.b_K),
+        project_per_head(&ln(&v_in)?, &a.W_V, &a.b_V),
+    ])
+}
+
+fn attention(
+    cfg: &HookedTransformerConfig,
+    layer: i64,
+    params: &BlockParams,
+    hooks: &BlockHooks,
+    resid_pre: &Tensor,
+    mask: &MaskInfo,
+    kv: Option<&mut LayerKv>,
+) -> Result<Tensor> {
+    let [q, k, v] = qkv(cfg, params, hooks, resid_pre)?;
+    let q = hooks.q.run(q)?;
+    let mut k = hooks.k.run(k)?;
+    let mut v = hooks.v.run(v)?;
+    let past_len = match kv {
+        Some(cache) => {
+            let past = cache.k.size()[1];
+            k = Tensor::cat(&[&cache.k, &k], 1);
+            v = Tensor::cat(&[&cache.v, &v], 1);
+            cache.k = k.shallow_clone();
+            cache.v = v.shallow_clone();
+            past
+        }
+        None => 0,
+    };
+    // [b, h, q, dh] . [b, h, dh, k] -> [b, h, q, k]
+    let scores = q.transpose(1, 2).matmul(&k.permute([0, 2, 3, 1])) / cfg.attn_scale(layer);
+    let masked = masked_positions(&scores, past_len, mask.attention_mask);
+    let scores = hooks
+        .attn_scores
+        .run(scores.masked_fill(&masked, f64::NEG_INFINITY))?;
+    let pattern = hooks.pattern.run(masked_softmax(&scores, &masked))?;
+    // [b, h, q, k] . [b, h, k, dh] -> [b, h, q, dh] -> [b, q, h, dh]
+    let z = hooks.z.run(
+        pattern
+            .matmul(&v.transpose(1, 2))
+            .transpose(1, 2)
+            .contiguous(),
+    )?;
+    output(cfg, &params.attn, hooks, &z)
+}
+
+/// `[b|1, 1, q, k]` booleans, true where a query may not attend: later positions (causal) and
+/// padding keys.
+fn masked_positions(scores: &Tensor, past_len: i64, attention_mask: Option<&Tensor>) -> Tensor {
+    let (q_len, k_len) = (scores.size()[2], scores.size()[3]);
+    let device = scores.device();
+    let q_pos = Tensor::arange_start(past_len, past_len + q_len, (Kind::Int64, device));
+    let k_pos = Tensor::arange(k_len, (Kind::Int64, device));
+    let causal = k_pos
+        .unsqueeze(0)
+        .gt_tensor(&q_pos.unsqueeze(1))
+        .view([1, 1, q_len, k_len]);
+    match attention_mask {
+        Some(mask) => causal.logical_or(&mask.eq(0).view([mask.size()[0], 1, 1, k_len])),
+        None => causal,
+    }
+}
+
+/// Softmax over keys in which a query with every key masked (a padding query) gets an all-zero
+/// row, as TransformerLens's NaN -> 0, but without producing NaN on the way (so its gradients
+/// stay finite too).
+fn masked_softmax(scores: &Tensor, masked: &Tensor) -> Tensor {
+    let no_key = masked.all_dim(-1, true);
+    scores
+        .masked_fill(&no_key, 0.0)
+        .softmax(-1, scores.kind())
+        .masked_fill(&no_key, 0.0)
+}
+
+/// Attention output: with `use_attn_result`, each head's result `[b, p, h, d]` is hooked and summed.
+fn output(
+    cfg: &HookedTransformerConfig,
+    a: &AttentionParams,
+    hooks: &BlockHooks,
+    z: &Tensor,
+) -> Result<Tensor> {
+    if cfg.use_attn_result {
+        let result = Tensor::einsum("bphk,hkd->bphd", &[z, &a.W_O], None::<&[i64]>);
+        let result = hooks.result.run(result)?;
+        return Ok(result.sum_dim_intlist([2i64].as_slice(), false, result.kind()) + &a.b_O);
+    }
+    let (b, p, h, dh) = (z.size()[0], z.size()[1], z.size()[2], z.size()[3]);
+    Ok(z.reshape([b, p, h * dh])
+        .matmul(&a.W_O.reshape([h * dh, cfg.d_model]))
+        + &a.b_O)
+}
+
+/// Positional embedding rows for `tokens` after `past_len` cached positions. With an attention
+/// mask, positions count real tokens only (`cumsum(mask) - 1`, pads at 0) and pad rows are zeroed,
+/// as TransformerLens does.
+pub(crate) fn positional(
+    w_pos: &Tensor,
+    hook: &HookPoint,
+    q_len: i64,
+    past_len: i64,
+    attention_mask: Option<&Tensor>,
+    batch: i64,
+) -> Result<Tensor> {
+    let device = w_pos.device();
+    let pos_embed = match attention_mask {
+        None => {
+            let positions = Tensor::arange_start(past_len, past_len + q_len, (Kind::Int64, device));
+            w_pos
+                .index_select(0, &positions)
+                .unsqueeze(0)
+                .expand([batch, q_len, w_pos.size()[1]], false)
+        }
+        Some(mask) => {
+            let positions = (mask.cumsum(1, Kind::Int64) - 1)
+                .clamp_min(0)
+                .narrow(1, past_len, q_len);
+            let rows = w_pos
+                .index_select(0, &positions.reshape([-1]))
+                .reshape([batch, q_len, -1]);
+            let keep = mask
+                .narrow(1, past_len, q_len)
+                .unsqueeze(-1)
+                .to_kind(rows.kind());
+            rows * keep
+        }
+    };
+    Ok(hook.run(pos_embed.contiguous())?)
+}

@@ -1,0 +1,373 @@
+//! `HookedTransformer`: forward passes with every hook point, losses, hooks and caches.
+
+use hookpoint::{run_with_cache, ActivationCache, CacheOptions, HookRegistry, HookSpec};
+use tch::{Device, Kind, Tensor};
+
+use crate::config::HookedTransformerConfig;
+use crate::error::{Error, Result};
+use crate::hooks::ModelHooks;
+use crate::layers::{self, LayerKv, MaskInfo};
+use crate::params::Params;
+
+/// What `forward` returns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReturnType {
+    /// Logits `[b, p, d_vocab]`.
+    #[default]
+    Logits,
+    /// Mean next-token cross-entropy (or per token, see [`ForwardOptions::loss_per_token`]).
+    Loss,
+    /// Both.
+    Both,
+}
+
+/// Options of a forward pass.
+#[derive(Debug, Default)]
+pub struct ForwardOptions<'a> {
+    /// What to compute.
+    pub return_type: ReturnType,
+    /// Loss per token `[b, p - 1]` instead of the mean.
+    pub loss_per_token: bool,
+    /// `[b, p]` with 1 for real tokens and 0 for padding. Positions then count real tokens only.
+    pub attention_mask: Option<&'a Tensor>,
+    /// Stop before block `n` and return the residual stream (`[b, p, d]`) as `residual`.
+    pub stop_at_layer: Option<usize>,
+}
+
+/// The results of a forward pass.
+#[derive(Debug)]
+pub struct Output {
+    /// Logits, when asked for.
+    pub logits: Option<Tensor>,
+    /// Loss, when asked for.
+    pub loss: Option<Tensor>,
+    /// The residual stream, when the pass stopped early.
+    pub residual: Option<Tensor>,
+}
+
+impl Output {
+    /// The logits, or an error saying they were not computed.
+    pub fn logits(&self) -> Result<&Tensor> {
+        self.logits
+            .as_ref()
+            .ok_or_else(|| Error::InvalidInput("logits were not requested (return_type)".into()))
+    }
+
+    /// The loss, or an error saying it was not computed.
+    pub fn loss(&self) -> Result<&Tensor> {
+        self.loss
+            .as_ref()
+            .ok_or_else(|| Error::InvalidInput("the loss was not requested (return_type)".into()))
+    }
+}
+
+/// The reference HookedTransformer: TransformerLens's weight layout, hook names and semantics,
+/// for GPT-2-style models.
+pub struct HookedTransformer {
+    cfg: HookedTransformerConfig,
+    params: Params,
+    registry: HookRegistry,
+    hooks: ModelHooks,
+}
+
+impl std::fmt::Debug for HookedTransformer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HookedTransformer")
+            .field("cfg", &self.cfg)
+            .field("hook_points", &self.registry.len())
+            .finish()
+    }
+}
+
+impl HookedTransformer {
+    /// A model from a configuration and parameters in TransformerLens's layout.
+    pub fn from_params(cfg: HookedTransformerConfig, params: Params) -> Self {
+        let mut registry = HookRegistry::new();
+        let hooks = ModelHooks::register(&mut registry, &cfg);
+        HookedTransformer {
+            cfg,
+            params,
+            registry,
+            hooks,
+        }
+    }
+
+    /// The configuration.
+    pub fn cfg(&self) -> &HookedTransformerConfig {
+        &self.cfg
+    }
+
+    /// The parameters.
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// Mutable parameters (weight processing; writes are seen by the next forward).
+    pub(crate) fn params_and_cfg_mut(&mut self) -> (&mut Params, &mut HookedTransformerConfig) {
+        (&mut self.params, &mut self.cfg)
+    }
+
+    /// The hook points (`hook_dict`): add hooks, open scopes, reset.
+    pub fn hooks(&self) -> &HookRegistry {
+        &self.registry
+    }
+
+    /// The device the parameters live on.
+    pub fn device(&self) -> Device {
+        self.params.W_E.device()
+    }
+
+    /// Checks a token batch `[b, p]` (or `[p]`) and returns it as `[b, p]` int64 on the model's device.
+    fn check_tokens(&self, tokens: &Tensor, past_len: i64) -> Result<Tensor> {
+        let tokens = match tokens.dim() {
+            1 => tokens.unsqueeze(0),
+            2 => tokens.shallow_clone(),
+            rank => {
+                return Err(Error::InvalidInput(format!(
+                    "tokens must be [batch, pos] or [pos], got rank {rank}"
+                )))
+            }
+        };
+        if tokens.numel() == 0 {
+            return Err(Error::EmptyInput);
+        }
+        if !matches!(
+            tokens.kind(),
+            Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8
+        ) {
+            return Err(Error::InvalidInput(format!(
+                "tokens must be integers, got {:?}",
+                tokens.kind()
+            )));
+        }
+        let len = past_len + tokens.size()[1];
+        if len > self.cfg.n_ctx {
+            return Err(Error::TooLong {
+                len,
+                n_ctx: self.cfg.n_ctx,
+            });
+        }
+        let (min, max) = (tokens.min().int64_value(&[]), tokens.max().int64_value(&[]));
+        if min < 0 || max >= self.cfg.d_vocab {
+            return Err(Error::InvalidInput(format!(
+                "token ids must be in [0, {}), got {min}..={max}",
+                self.cfg.d_vocab
+            )));
+        }
+        Ok(tokens.to_kind(Kind::Int64).to_device(self.device()))
+    }
+
+    fn check_mask(
+        &self,
+        mask: Option<&Tensor>,
+        batch: i64,
+        total_len: i64,
+    ) -> Result<Option<Tensor>> {
+        let Some(mask) = mask else { return Ok(None) };
+        if mask.size() != [batch, total_len] {
+            return Err(Error::InvalidInput(format!(
+                "attention_mask has shape {:?}, expected [{batch}, {total_len}]",
+                mask.size()
+            )));
+        }
+        Ok(Some(mask.to_kind(Kind::Int64).to_device(self.device())))
+    }
+
+    /// Runs the model on a token batch.
+    pub fn forward(&self, tokens: &Tensor, options: &ForwardOptions) -> Result<Output> {
+        let tokens = self.check_tokens(tokens, 0)?;
+        let (batch, len) = (tokens.size()[0], tokens.size()[1]);
+        let mask = self.check_mask(options.attention_mask, batch, len)?;
+        let residual = self.embed(&tokens, mask.as_ref(), 0)?;
+        let stop = options
+            .stop_at_layer
+            .unwrap_or(self.cfg.n_layers as usize)
+            .min(self.cfg.n_layers as usize);
+        let residual = self.run_blocks(residual, 0, stop, mask.as_ref(), None)?;
+        if options
+            .stop_at_layer
+            .is_some_and(|s| s < self.cfg.n_layers as usize)
+        {
+            return Ok(Output {
+                logits: None,
+                loss: None,
+                residual: Some(residual),
+            });
+        }
+        let logits = self.unembed(&residual)?;
+        let loss = match options.return_type {
+            ReturnType::Logits => None,
+            ReturnType::Loss | ReturnType::Both => Some(cross_entropy_loss(
+                &logits,
+                &tokens,
+                mask.as_ref(),
+                options.loss_per_token,
+            )),
+        };
+        let logits = (options.return_type != ReturnType::Loss).then_some(logits);
+        Ok(Output {
+            logits,
+            loss,
+            residual: None,
+        })
+    }
+
+    /// `hook_embed(W_E[tokens]) + hook_pos_embed(W_pos[positions])`.
+    pub(crate) fn embed(
+        &self,
+        tokens: &Tensor,
+        mask: Option<&Tensor>,
+        past_len: i64,
+    ) -> Result<Tensor> {
+        let tokens = match &self.hooks.tokens {
+            Some(hook) => hook.run(tokens.shallow_clone())?,
+            None => tokens.shallow_clone(),
+        };
+        let (batch, len) = (tokens.size()[0], tokens.size()[1]);
+        let embed = self.hooks.embed.run(
+            self.params
+                .W_E
+                .index_select(0, &tokens.reshape([-1]))
+                .reshape([batch, len, -1]),
+        )?;
+        let pos = layers::positional(
+            &self.params.W_pos,
+            &self.hooks.pos_embed,
+            len,
+            past_len,
+            mask,
+            batch,
+        )?;
+        Ok(embed + pos)
+    }
+
+    /// Blocks `start..stop` on the residual stream.
+    pub(crate) fn run_blocks(
+        &self,
+        mut residual: Tensor,
+        start: usize,
+        stop: usize,
+        mask: Option<&Tensor>,
+        mut kv: Option<&mut Vec<LayerKv>>,
+    ) -> Result<Tensor> {
+        let mask_info = MaskInfo {
+            attention_mask: mask,
+        };
+        for l in start..stop {
+            let layer_kv = kv.as_deref_mut().map(|cache| &mut cache[l]);
+            residual = layers::block(
+                &self.cfg,
+                l as i64,
+                &self.params.blocks[l],
+                &self.hooks.blocks[l],
+                residual,
+                &mask_info,
+                layer_kv,
+            )?;
+        }
+        Ok(residual)
+    }
+
+    /// `ln_final`, then `unembed.hook_in`, `x W_U + b_U`, `unembed.hook_out`.
+    pub(crate) fn unembed(&self, residual: &Tensor) -> Result<Tensor> {
+        let x = layers::layer_norm(
+            residual,
+            self.params.ln_final.as_ref(),
+            &self.hooks.ln_final,
+            self.cfg.eps,
+        )?;
+        let x = self.hooks.unembed_in.run(x)?;
+        Ok(self
+            .hooks
+            .unembed_out
+            .run(x.matmul(&self.params.W_U) + &self.params.b_U)?)
+    }
+
+    /// Runs `forward` with `hooks` attached; they are removed afterwards however it ends.
+    pub fn run_with_hooks(
+        &self,
+        tokens: &Tensor,
+        options: &ForwardOptions,
+        hooks: &[HookSpec],
+    ) -> Result<Output> {
+        self.registry
+            .with_hooks(hooks, || self.forward(tokens, options))?
+    }
+
+    /// Runs `forward` recording activations (and gradients of the scalar output with
+    /// `incl_bwd`: use `ReturnType::Loss`, or [`HookedTransformer::run_with_cache_fn`]).
+    pub fn run_with_cache(
+        &self,
+        tokens: &Tensor,
+        options: &ForwardOptions,
+        cache: &CacheOptions,
+    ) -> Result<(Output, ActivationCache)> {
+        let mut output = None;
+        let (_, activations) = run_with_cache(
+            &self.registry,
+            cache,
+            Some(self.cfg.n_layers as usize),
+            || {
+                let out = self.forward(tokens, options)?;
+                let scalar = match (&out.loss, &out.logits) {
+                    (Some(loss), _) if cache.incl_bwd => loss.shallow_clone(),
+                    (_, Some(logits)) => logits.shallow_clone(),
+                    (_, None) => out
+                        .residual
+                        .as_ref()
+                        .map(Tensor::shallow_clone)
+                        .unwrap_or_else(|| Tensor::zeros([], (Kind::Float, self.device()))),
+                };
+                output = Some(out);
+                Ok::<_, Error>(scalar)
+            },
+        )?;
+        Ok((output.expect("set by the forward closure"), activations))
+    }
+
+    /// Records activations while `body` runs the model (and gradients of the scalar `body`
+    /// returns, with `incl_bwd`) — for losses other than the model's own, such as the sum of the
+    /// last position's logits.
+    pub fn run_with_cache_fn(
+        &self,
+        cache: &CacheOptions,
+        body: impl FnOnce(&Self) -> Result<Tensor>,
+    ) -> Result<(Tensor, ActivationCache)> {
+        run_with_cache(
+            &self.registry,
+            cache,
+            Some(self.cfg.n_layers as usize),
+            || body(self),
+        )
+    }
+}
+
+/// Next-token cross-entropy as TransformerLens computes it: the mean over predicted positions,
+/// or, with a mask, over pairs where both the current and the next token are real.
+pub(crate) fn cross_entropy_loss(
+    logits: &Tensor,
+    tokens: &Tensor,
+    mask: Option<&Tensor>,
+    per_token: bool,
+) -> Tensor {
+    let len = logits.size()[1];
+    let log_probs = logits.log_softmax(-1, Kind::Float);
+    let predicted = log_probs
+        .narrow(1, 0, len - 1)
+        .gather(-1, &tokens.narrow(1, 1, len - 1).unsqueeze(-1), false)
+        .squeeze_dim(-1);
+    match mask {
+        Some(mask) => {
+            let pairs =
+                (mask.narrow(1, 0, len - 1) * mask.narrow(1, 1, len - 1)).to_kind(Kind::Float);
+            let masked = -(predicted * &pairs);
+            if per_token {
+                masked
+            } else {
+                masked.sum(Kind::Float) / pairs.sum(Kind::Float)
+            }
+        }
+        None if per_token => -predicted,
+        None => -predicted.mean(Kind::Float),
+    }
+}

@@ -1,0 +1,359 @@
+//! HookedTransformer against TransformerLens 3.9.0's goldens (tests/fixtures): every hook
+//! activation and every backward-hook gradient, logits and losses, for both fixture configs.
+//! err = max|ours - golden| / max(1, max|golden|) per tensor, in f32, must be <= 1e-5.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use hooked_ref::{
+    convert_gpt2, ActFn, ForwardOptions, HookedTransformer, HookedTransformerConfig, NormType,
+    ProcessingOptions, ReturnType,
+};
+use hookpoint::{ActivationCache, CacheOptions};
+use rstest::rstest;
+use tch::{Device, Kind, Tensor};
+
+const TOLERANCE: f64 = 1e-5;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn read_tensors(path: &Path) -> BTreeMap<String, Tensor> {
+    Tensor::read_safetensors(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .into_iter()
+        .collect()
+}
+
+/// The HookedTransformerConfig as TransformerLens recorded it in the golden.
+fn config_from_golden(cfg: &serde_json::Value, flags: bool) -> HookedTransformerConfig {
+    let int = |k: &str| cfg[k].as_i64().unwrap_or_else(|| panic!("cfg.{k}"));
+    let flag = |k: &str| cfg[k].as_bool().unwrap_or_else(|| panic!("cfg.{k}"));
+    HookedTransformerConfig {
+        d_model: int("d_model"),
+        d_head: int("d_head"),
+        n_heads: int("n_heads"),
+        d_mlp: int("d_mlp"),
+        n_layers: int("n_layers"),
+        n_ctx: int("n_ctx"),
+        d_vocab: int("d_vocab"),
+        act_fn: ActFn::from_hf(cfg["act_fn"].as_str().unwrap()).unwrap(),
+        eps: cfg["eps"].as_f64().unwrap(),
+        normalization_type: NormType::LayerNorm,
+        use_attn_scale: flag("use_attn_scale"),
+        scale_attn_by_inverse_layer_idx: flag("scale_attn_by_inverse_layer_idx"),
+        default_prepend_bos: true,
+        use_attn_result: flags,
+        use_split_qkv_input: flags,
+        use_attn_in: false,
+        use_hook_mlp_in: flags,
+        use_hook_tokens: false,
+        bos_token_id: int("d_vocab") - 1,
+        eos_token_id: int("d_vocab") - 1,
+    }
+}
+
+/// The three golden variants of TransformerLens's HookedTransformer.
+#[derive(Clone, Copy, Debug)]
+enum Variant {
+    Unprocessed,
+    Processed,
+    Flags,
+}
+
+impl Variant {
+    fn file(self) -> &'static str {
+        match self {
+            Variant::Unprocessed => "hooked_unprocessed",
+            Variant::Processed => "hooked_processed",
+            Variant::Flags => "hooked_flags_unprocessed",
+        }
+    }
+
+    fn model(self, config: &str) -> HookedTransformer {
+        let mut model = load_model(config, matches!(self, Variant::Flags));
+        if matches!(self, Variant::Processed) {
+            model.process_weights(ProcessingOptions::default()).unwrap();
+        }
+        model
+    }
+}
+
+fn load_model(config: &str, flags: bool) -> HookedTransformer {
+    let dir = fixtures().join(config);
+    let golden = read_json(&dir.join("hooked_unprocessed.json"));
+    let cfg = config_from_golden(&golden["cfg"], flags);
+    let hf_config = read_json(&dir.join("model/config.json"));
+    let tied = hf_config["tie_word_embeddings"].as_bool().unwrap_or(true);
+    let mut weights = read_tensors(&dir.join("model/model.safetensors"));
+    let params = convert_gpt2(&cfg, tied, |name, shape| {
+        let t = weights
+            .remove(name)
+            .ok_or_else(|| format!("missing {name}"))?;
+        let fits = t.size().len() == shape.len()
+            && t.size().iter().zip(shape).all(|(a, b)| *b < 0 || a == b);
+        if fits {
+            Ok(t)
+        } else {
+            Err(format!("{name}: shape {:?}, expected {shape:?}", t.size()))
+        }
+    })
+    .unwrap();
+    HookedTransformer::from_params(cfg, params.requires_grad(true))
+}
+
+/// err = max|a - b| / max(1, max|b|) over entries where `keep` holds.
+fn relative_error(ours: &Tensor, golden: &Tensor, keep: Option<&Tensor>) -> f64 {
+    let (ours, golden) = (ours.to_kind(Kind::Double), golden.to_kind(Kind::Double));
+    let (ours, golden) = match keep {
+        Some(keep) => (ours.masked_select(keep), golden.masked_select(keep)),
+        None => (ours, golden),
+    };
+    if golden.numel() == 0 {
+        return 0.0;
+    }
+    let scale = golden.abs().max().double_value(&[]).max(1.0);
+    (ours - golden).abs().max().double_value(&[]) / scale
+}
+
+/// Compares one tensor; attention scores (and their gradients) on unmasked entries, with the
+/// masked entries required to be -inf (scores) or 0 (gradients).
+fn compare(
+    name: &str,
+    ours: &Tensor,
+    golden: &Tensor,
+    scores_mask: Option<&Tensor>,
+) -> Result<f64, String> {
+    if ours.size() != golden.size() {
+        return Err(format!(
+            "{name}: shape {:?} vs golden {:?}",
+            ours.size(),
+            golden.size()
+        ));
+    }
+    let ours = ours.to_device(Device::Cpu);
+    let is_scores = name.ends_with("hook_attn_scores") || name.ends_with("hook_attn_scores_grad");
+    if let (true, Some(unmasked)) = (is_scores, scores_mask) {
+        let masked = unmasked.logical_not();
+        let masked_values = ours.masked_select(&masked);
+        let expected = if name.ends_with("_grad") {
+            0.0
+        } else {
+            f64::NEG_INFINITY
+        };
+        if masked_values.numel() > 0 && !bool::try_from(masked_values.eq(expected).all()).unwrap() {
+            return Err(format!("{name}: masked entries are not {expected}"));
+        }
+        return Ok(relative_error(&ours, golden, Some(unmasked)));
+    }
+    if !bool::try_from(golden.isfinite().all()).unwrap() {
+        return Err(format!(
+            "{name}: golden has non-finite entries outside attention scores"
+        ));
+    }
+    Ok(relative_error(&ours, golden, None))
+}
+
+/// The scalar the goldens' gradients are of: the summed last-position logits, or for processed
+/// models the summed last-position log-probs (the summed logits have an exactly zero gradient
+/// after center_unembed; see tests/fixtures/README.md).
+fn gradient_target(logits: &Tensor, processed: bool) -> Tensor {
+    let last = logits.select(1, -1);
+    if processed {
+        last.log_softmax(-1, Kind::Float).sum(Kind::Float)
+    } else {
+        last.sum(Kind::Float)
+    }
+}
+
+fn run_prompt(
+    model: &HookedTransformer,
+    tokens: &Tensor,
+    mask: Option<&Tensor>,
+    processed: bool,
+) -> (Tensor, Tensor, ActivationCache) {
+    let options = CacheOptions {
+        incl_bwd: true,
+        ..CacheOptions::default()
+    };
+    let forward = ForwardOptions {
+        attention_mask: mask,
+        ..ForwardOptions::default()
+    };
+    let mut logits = None;
+    let (_, cache) = model
+        .run_with_cache_fn(&options, |m| {
+            let out = m.forward(tokens, &forward)?;
+            let l = out.logits()?.shallow_clone();
+            let target = gradient_target(&l, processed);
+            logits = Some(l.detach());
+            Ok(target)
+        })
+        .unwrap();
+    let loss_options = ForwardOptions {
+        attention_mask: mask,
+        return_type: ReturnType::Loss,
+        ..ForwardOptions::default()
+    };
+    let loss = model
+        .forward(tokens, &loss_options)
+        .unwrap()
+        .loss
+        .unwrap()
+        .detach();
+    (logits.unwrap(), loss, cache)
+}
+
+#[rstest]
+fn matches_transformer_lens(
+    #[values("small", "knobs")] config: &str,
+    #[values(Variant::Unprocessed, Variant::Processed, Variant::Flags)] variant: Variant,
+) {
+    let dir = fixtures().join(config);
+    let file = variant.file();
+    let golden_meta = read_json(&dir.join(format!("{file}.json")));
+    let golden = read_tensors(&dir.join(format!("{file}.safetensors")));
+    let model = variant.model(config);
+    let mut worst: BTreeMap<String, f64> = BTreeMap::new();
+    let mut failures = Vec::new();
+    for prompt in golden_meta["prompt_order"].as_array().unwrap() {
+        let pid = prompt.as_str().unwrap();
+        let tokens = &golden[&format!("{pid}/tokens")];
+        let mask = golden.get(&format!("{pid}/attention_mask"));
+        let padded = mask.is_some_and(|m| m.min().int64_value(&[]) == 0);
+        let (logits, loss, cache) = run_prompt(
+            &model,
+            tokens,
+            if padded { mask } else { None },
+            matches!(variant, Variant::Processed),
+        );
+        let scores_mask = |layer_key: &str| golden.get(layer_key).map(|s| s.isfinite());
+        let mut fired: Vec<String> = cache.keys().map(str::to_owned).collect();
+        for (key, golden_tensor) in golden
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{pid}/")))
+        {
+            let name = &key[pid.len() + 1..];
+            let ours = match name {
+                "tokens" | "attention_mask" => continue,
+                n if n.starts_with("generate.") => continue,
+                "loss" => loss.shallow_clone(),
+                "loss_per_token" => {
+                    let o = ForwardOptions {
+                        attention_mask: if padded { mask } else { None },
+                        return_type: ReturnType::Loss,
+                        loss_per_token: true,
+                        ..Default::default()
+                    };
+                    model.forward(tokens, &o).unwrap().loss.unwrap().detach()
+                }
+                _ => match cache.get(name) {
+                    Ok(t) => {
+                        fired.retain(|f| f != name);
+                        t.shallow_clone()
+                    }
+                    Err(_) => {
+                        failures.push(format!("{pid}/{name}: in the golden but never fired here"));
+                        continue;
+                    }
+                },
+            };
+            let activation_key = format!("{pid}/{}", name.trim_end_matches("_grad"));
+            match compare(
+                name,
+                &ours,
+                golden_tensor,
+                scores_mask(&activation_key).as_ref(),
+            ) {
+                Ok(err) => {
+                    let family = name.split('.').last().unwrap().to_owned();
+                    let w = worst.entry(family).or_insert(0.0);
+                    *w = w.max(err);
+                    if err > TOLERANCE {
+                        failures.push(format!("{pid}/{name}: err {err:.3e}"));
+                    }
+                }
+                Err(message) => failures.push(format!("{pid}/{message}")),
+            }
+        }
+        assert!(
+            relative_error(&logits, &golden[&format!("{pid}/unembed.hook_out")], None) <= TOLERANCE
+        );
+        for extra in fired {
+            failures.push(format!("{pid}/{extra}: fired here but not in the golden"));
+        }
+    }
+    eprintln!("{config} {variant:?}: worst err per hook family: {worst:?}");
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[rstest]
+fn processed_weights_equal_transformer_lens(#[values("small", "knobs")] config: &str) {
+    let golden = read_tensors(&fixtures().join(config).join("hooked_processed.safetensors"));
+    let model = Variant::Processed.model(config);
+    let ours: BTreeMap<String, Tensor> = model
+        .params()
+        .named()
+        .into_iter()
+        .map(|(n, t)| (n, t.detach()))
+        .collect();
+    let theirs: BTreeMap<&str, &Tensor> = golden
+        .iter()
+        .filter_map(|(k, t)| k.strip_prefix("weights/").map(|n| (n, t)))
+        .collect();
+    let our_names: Vec<&str> = ours.keys().map(String::as_str).collect();
+    let their_names: Vec<&str> = theirs.keys().copied().collect();
+    assert_eq!(our_names, their_names, "processed parameter names");
+    for (name, t) in &ours {
+        let err = relative_error(t, theirs[name.as_str()], None);
+        assert!(err <= TOLERANCE, "{name}: err {err:.3e}");
+    }
+}
+
+#[rstest]
+fn processing_keeps_log_probs(#[values("small", "knobs")] config: &str) {
+    let golden = read_tensors(
+        &fixtures()
+            .join(config)
+            .join("hooked_unprocessed.safetensors"),
+    );
+    let tokens = &golden["single_bos12/tokens"];
+    let log_probs = |model: &HookedTransformer| {
+        let out = model.forward(tokens, &ForwardOptions::default()).unwrap();
+        out.logits().unwrap().log_softmax(-1, Kind::Float).detach()
+    };
+    let before = log_probs(&Variant::Unprocessed.model(config));
+    let after = log_probs(&Variant::Processed.model(config));
+    let err = relative_error(&after, &before, None);
+    assert!(
+        err <= TOLERANCE,
+        "log-probs changed by processing: err {err:.3e}"
+    );
+    // ... while the logits themselves do move (center_unembed shifts them per position).
+    let logits = |v: Variant| {
+        v.model(config)
+            .forward(tokens, &ForwardOptions::default())
+            .unwrap()
+            .logits
+            .unwrap()
+            .detach()
+    };
+    assert!(
+        relative_error(
+            &logits(Variant::Processed),
+            &logits(Variant::Unprocessed),
+            None
+        ) > 1e-4
+    );
+}
