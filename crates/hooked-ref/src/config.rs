@@ -1,5 +1,7 @@
 //! `HookedTransformerConfig`: TransformerLens's model configuration, built from an HF config.
 
+use lens_core::config::{Activation, Gpt2Config};
+
 /// How a block normalises its inputs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NormType {
@@ -7,44 +9,6 @@ pub enum NormType {
     LayerNorm,
     /// Centre and scale only; weight and bias folded into the next layer (`LNPre`).
     LayerNormPre,
-}
-
-/// Activation functions of the MLP (the values HF's `activation_function` takes for GPT-2).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ActFn {
-    /// `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`, GPT-2's default.
-    GeluNew,
-    /// Exact (erf) GELU.
-    Gelu,
-    /// `0.5 x (1 + tanh(x * 0.7978845608 * (1 + 0.044715 x^2)))`.
-    GeluFast,
-    /// PyTorch's tanh-approximated GELU.
-    GeluPytorchTanh,
-    /// `x * sigmoid(1.702 x)`.
-    QuickGelu,
-    /// max(0, x).
-    Relu,
-    /// `x * sigmoid(x)`.
-    Silu,
-    /// tanh.
-    Tanh,
-}
-
-impl ActFn {
-    /// Parses HF's `activation_function` string.
-    pub fn from_hf(name: &str) -> Option<Self> {
-        Some(match name {
-            "gelu_new" => ActFn::GeluNew,
-            "gelu" => ActFn::Gelu,
-            "gelu_fast" => ActFn::GeluFast,
-            "gelu_pytorch_tanh" => ActFn::GeluPytorchTanh,
-            "quick_gelu" => ActFn::QuickGelu,
-            "relu" => ActFn::Relu,
-            "silu" | "swish" => ActFn::Silu,
-            "tanh" => ActFn::Tanh,
-            _ => return None,
-        })
-    }
 }
 
 /// TransformerLens's `HookedTransformerConfig`, restricted to what GPT-2-style models use.
@@ -65,7 +29,7 @@ pub struct HookedTransformerConfig {
     /// Vocabulary size.
     pub d_vocab: i64,
     /// MLP activation.
-    pub act_fn: ActFn,
+    pub act_fn: Activation,
     /// LayerNorm epsilon.
     pub eps: f64,
     /// LN before weight processing, LNPre after fold_ln.
@@ -114,5 +78,34 @@ impl HookedTransformerConfig {
             scale *= (layer + 1) as f64;
         }
         scale
+    }
+}
+
+impl HookedTransformerConfig {
+    /// TransformerLens's GPT-2 config conversion (tl_spec.md section 5), except that `n_inner`
+    /// is honoured (TransformerLens 3.9.0 ignores it and always uses 4 * n_embd).
+    pub fn from_gpt2(hf: &Gpt2Config) -> Self {
+        HookedTransformerConfig {
+            d_model: hf.n_embd,
+            d_head: hf.d_head(),
+            n_heads: hf.n_head,
+            d_mlp: hf.d_mlp(),
+            n_layers: hf.n_layer,
+            n_ctx: hf.n_ctx,
+            d_vocab: hf.vocab_size,
+            act_fn: hf.activation_function,
+            eps: hf.layer_norm_epsilon,
+            normalization_type: NormType::LayerNorm,
+            use_attn_scale: hf.scale_attn_weights,
+            scale_attn_by_inverse_layer_idx: hf.scale_attn_by_inverse_layer_idx,
+            default_prepend_bos: true,
+            use_attn_result: false,
+            use_split_qkv_input: false,
+            use_attn_in: false,
+            use_hook_mlp_in: false,
+            use_hook_tokens: false,
+            bos_token_id: hf.bos_token_id.unwrap_or(hf.vocab_size - 1),
+            eos_token_id: hf.eos_token_id.unwrap_or(hf.vocab_size - 1),
+        }
     }
 }

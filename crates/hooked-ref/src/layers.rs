@@ -3,7 +3,7 @@
 use hookpoint::HookPoint;
 use tch::{Kind, Tensor};
 
-use crate::config::{ActFn, HookedTransformerConfig};
+use crate::config::HookedTransformerConfig;
 use crate::error::Result;
 use crate::hooks::{BlockHooks, LnHooks};
 use crate::params::{AttentionParams, BlockParams, LayerNormParams, MlpParams};
@@ -43,21 +43,6 @@ pub(crate) fn layer_norm(
     })
 }
 
-pub(crate) fn activation(act: ActFn, x: &Tensor) -> Tensor {
-    match act {
-        ActFn::GeluNew | ActFn::GeluPytorchTanh => x.gelu("tanh"),
-        ActFn::Gelu => x.gelu("none"),
-        ActFn::GeluFast => {
-            let inner = x * 0.797_884_560_8 * (x.square() * 0.044715 + 1.0);
-            x * 0.5 * (inner.tanh() + 1.0)
-        }
-        ActFn::QuickGelu => x * (x * 1.702).sigmoid(),
-        ActFn::Relu => x.relu(),
-        ActFn::Silu => x.silu(),
-        ActFn::Tanh => x.tanh(),
-    }
-}
-
 /// One block: `resid_pre -> attn -> resid_mid -> mlp -> resid_post`.
 pub(crate) fn block(
     cfg: &HookedTransformerConfig,
@@ -91,7 +76,7 @@ fn mlp(
     x: &Tensor,
 ) -> Result<Tensor> {
     let pre = hooks.mlp_pre.run(x.matmul(&params.W_in) + &params.b_in)?;
-    let post = hooks.mlp_post.run(activation(cfg.act_fn, &pre))?;
+    let post = hooks.mlp_post.run(cfg.act_fn.apply(&pre))?;
     Ok(post.matmul(&params.W_out) + &params.b_out)
 }
 

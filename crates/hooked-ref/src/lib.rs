@@ -14,13 +14,15 @@ mod config;
 mod error;
 mod hooks;
 mod layers;
+mod lens_impl;
 mod model;
 mod params;
 mod processing;
 
-pub use config::{ActFn, HookedTransformerConfig, NormType};
+pub use config::{HookedTransformerConfig, NormType};
 pub use error::{Error, Result};
 pub use layers::LayerKv;
-pub use model::{ForwardOptions, HookedTransformer, Output, ReturnType};
+pub use lens_core::model::{ForwardOptions, ForwardOutput, ReturnType};
+pub use model::HookedTransformer;
 pub use params::{convert_gpt2, AttentionParams, BlockParams, LayerNormParams, MlpParams, Params};
 pub use processing::ProcessingOptions;

@@ -1,6 +1,8 @@
 //! `HookedTransformer`: forward passes with every hook point, losses, hooks and caches.
 
 use hookpoint::{run_with_cache, ActivationCache, CacheOptions, HookRegistry, HookSpec};
+use lens_core::model::{ForwardOptions, ForwardOutput as Output, ReturnType};
+use lens_core::Tokenizer;
 use tch::{Device, Kind, Tensor};
 
 use crate::config::HookedTransformerConfig;
@@ -9,65 +11,14 @@ use crate::hooks::ModelHooks;
 use crate::layers::{self, LayerKv, MaskInfo};
 use crate::params::Params;
 
-/// What `forward` returns.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ReturnType {
-    /// Logits `[b, p, d_vocab]`.
-    #[default]
-    Logits,
-    /// Mean next-token cross-entropy (or per token, see [`ForwardOptions::loss_per_token`]).
-    Loss,
-    /// Both.
-    Both,
-}
-
-/// Options of a forward pass.
-#[derive(Debug, Default)]
-pub struct ForwardOptions<'a> {
-    /// What to compute.
-    pub return_type: ReturnType,
-    /// Loss per token `[b, p - 1]` instead of the mean.
-    pub loss_per_token: bool,
-    /// `[b, p]` with 1 for real tokens and 0 for padding. Positions then count real tokens only.
-    pub attention_mask: Option<&'a Tensor>,
-    /// Stop before block `n` and return the residual stream (`[b, p, d]`) as `residual`.
-    pub stop_at_layer: Option<usize>,
-}
-
-/// The results of a forward pass.
-#[derive(Debug)]
-pub struct Output {
-    /// Logits, when asked for.
-    pub logits: Option<Tensor>,
-    /// Loss, when asked for.
-    pub loss: Option<Tensor>,
-    /// The residual stream, when the pass stopped early.
-    pub residual: Option<Tensor>,
-}
-
-impl Output {
-    /// The logits, or an error saying they were not computed.
-    pub fn logits(&self) -> Result<&Tensor> {
-        self.logits
-            .as_ref()
-            .ok_or_else(|| Error::InvalidInput("logits were not requested (return_type)".into()))
-    }
-
-    /// The loss, or an error saying it was not computed.
-    pub fn loss(&self) -> Result<&Tensor> {
-        self.loss
-            .as_ref()
-            .ok_or_else(|| Error::InvalidInput("the loss was not requested (return_type)".into()))
-    }
-}
-
 /// The reference HookedTransformer: TransformerLens's weight layout, hook names and semantics,
 /// for GPT-2-style models.
 pub struct HookedTransformer {
     cfg: HookedTransformerConfig,
     params: Params,
     registry: HookRegistry,
-    hooks: ModelHooks,
+    pub(crate) hooks: ModelHooks,
+    pub(crate) tokenizer: Option<Tokenizer>,
 }
 
 impl std::fmt::Debug for HookedTransformer {
@@ -89,7 +40,21 @@ impl HookedTransformer {
             params,
             registry,
             hooks,
+            tokenizer: None,
         }
+    }
+
+    /// Attaches a tokenizer (for text input and generation from text).
+    pub fn with_tokenizer(mut self, tokenizer: Option<Tokenizer>) -> Self {
+        self.tokenizer = tokenizer;
+        self
+    }
+
+    /// Mutable access to the registry and configuration (gating hook points).
+    pub(crate) fn registry_and_cfg_mut(
+        &mut self,
+    ) -> (&mut HookRegistry, &mut HookedTransformerConfig) {
+        (&mut self.registry, &mut self.cfg)
     }
 
     /// The configuration.
@@ -118,7 +83,7 @@ impl HookedTransformer {
     }
 
     /// Checks a token batch `[b, p]` (or `[p]`) and returns it as `[b, p]` int64 on the model's device.
-    fn check_tokens(&self, tokens: &Tensor, past_len: i64) -> Result<Tensor> {
+    pub(crate) fn check_tokens(&self, tokens: &Tensor, past_len: i64) -> Result<Tensor> {
         let tokens = match tokens.dim() {
             1 => tokens.unsqueeze(0),
             2 => tokens.shallow_clone(),
@@ -157,7 +122,7 @@ impl HookedTransformer {
         Ok(tokens.to_kind(Kind::Int64).to_device(self.device()))
     }
 
-    fn check_mask(
+    pub(crate) fn check_mask(
         &self,
         mask: Option<&Tensor>,
         batch: i64,

@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use hooked_ref::{
-    convert_gpt2, ActFn, ForwardOptions, HookedTransformer, HookedTransformerConfig, NormType,
+    convert_gpt2, ForwardOptions, HookedTransformer, HookedTransformerConfig, NormType,
     ProcessingOptions, ReturnType,
 };
 use hookpoint::{ActivationCache, CacheOptions};
+use lens_core::config::Activation;
 use rstest::rstest;
 use tch::{Device, Kind, Tensor};
 
@@ -43,7 +44,11 @@ fn config_from_golden(cfg: &serde_json::Value, flags: bool) -> HookedTransformer
         n_layers: int("n_layers"),
         n_ctx: int("n_ctx"),
         d_vocab: int("d_vocab"),
-        act_fn: ActFn::from_hf(cfg["act_fn"].as_str().unwrap()).unwrap(),
+        act_fn: cfg["act_fn"]
+            .as_str()
+            .unwrap()
+            .parse::<Activation>()
+            .unwrap(),
         eps: cfg["eps"].as_f64().unwrap(),
         normalization_type: NormType::LayerNorm,
         use_attn_scale: flag("use_attn_scale"),
@@ -272,7 +277,7 @@ fn matches_transformer_lens(
                 scores_mask(&activation_key).as_ref(),
             ) {
                 Ok(err) => {
-                    let family = name.split('.').last().unwrap().to_owned();
+                    let family = name.rsplit('.').next().unwrap_or(name).to_owned();
                     let w = worst.entry(family).or_insert(0.0);
                     *w = w.max(err);
                     if err > TOLERANCE {
@@ -356,4 +361,37 @@ fn processing_keeps_log_probs(#[values("small", "knobs")] config: &str) {
             None
         ) > 1e-4
     );
+}
+
+#[rstest]
+fn greedy_generation_matches_transformer_lens_with_and_without_cache(
+    #[values("small", "knobs")] config: &str,
+) {
+    let golden = read_tensors(
+        &fixtures()
+            .join(config)
+            .join("hooked_unprocessed.safetensors"),
+    );
+    let meta = read_json(&fixtures().join(config).join("hooked_unprocessed.json"));
+    let model = Variant::Unprocessed.model(config);
+    for prompt in meta["prompt_order"].as_array().unwrap() {
+        let pid = prompt.as_str().unwrap();
+        let tokens = &golden[&format!("{pid}/tokens")];
+        let mask = golden
+            .get(&format!("{pid}/attention_mask"))
+            .filter(|m| m.min().int64_value(&[]) == 0);
+        for use_cache in [true, false] {
+            let options = lens_core::model::GenerateOptions {
+                max_new_tokens: 8,
+                use_past_kv_cache: use_cache,
+                ..Default::default()
+            };
+            let ours = tch::no_grad(|| model.generate(tokens, mask, &options)).unwrap();
+            let expected = &golden[&format!("{pid}/generate.use_cache")];
+            assert!(
+                ours.equal(expected),
+                "{config}/{pid} use_cache={use_cache}: {ours:?} vs {expected:?}"
+            );
+        }
+    }
 }

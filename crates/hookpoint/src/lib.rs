@@ -34,6 +34,7 @@
 //! # Ok::<(), hookpoint::HookError>(())
 //! ```
 
+mod analysis;
 mod cache;
 mod error;
 mod handle;
@@ -42,6 +43,7 @@ mod native;
 mod point;
 mod registry;
 
+pub use analysis::{CacheAnalysis, DecomposeMode, LabelledStack};
 pub use cache::{
     run_with_cache, ActivationCache, CacheOptions, Normalization, ResidualModel, Slice,
 };

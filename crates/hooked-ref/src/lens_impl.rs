@@ -1,0 +1,346 @@
+//! Loading from checkpoints, generation, and the shared model interfaces (`LensModel` for the
+//! benchmarks, `ResidualModel` for the cache helpers).
+
+use hookpoint::{HookRegistry, Normalization, ResidualModel};
+use lens_core::generation::generate_with;
+use lens_core::model::{
+    ForwardOptions, ForwardOutput, GenerateOptions, LensModel, ModelDims, ModelError, ModelResult,
+};
+use lens_core::{load, LoadOptions, Tokenizer};
+use tch::{Device, Kind, Tensor};
+
+use crate::config::{HookedTransformerConfig, NormType};
+use crate::layers::LayerKv;
+use crate::model::HookedTransformer;
+use crate::params::convert_gpt2;
+use crate::processing::ProcessingOptions;
+
+impl HookedTransformer {
+    /// Loads `model` (a local HF directory, an embedded model name, or an HF id; see
+    /// `lens_core::ModelSource`), converts its weights to TransformerLens's layout and applies
+    /// `processing` (`ProcessingOptions::default()` is TransformerLens's `from_pretrained`).
+    pub fn from_pretrained(
+        model: &str,
+        options: &LoadOptions,
+        processing: ProcessingOptions,
+    ) -> ModelResult<Self> {
+        check_device(options.device)?;
+        let mut loaded = load(model, options)?;
+        let hf = loaded.config.as_gpt2().ok_or_else(|| {
+            ModelError::Unsupported(format!(
+                "HookedTransformer implements GPT-2 only, not {}",
+                loaded.config.architecture()
+            ))
+        })?;
+        let cfg = HookedTransformerConfig::from_gpt2(hf);
+        let tied = hf.tie_word_embeddings;
+        let params = convert_gpt2(&cfg, tied, |name, shape| {
+            if shape.contains(&-1) {
+                loaded.weights.take(name)
+            } else {
+                loaded.weights.take_shaped(name, shape)
+            }
+        })?;
+        let mut model = HookedTransformer::from_params(cfg, params.requires_grad(true))
+            .with_tokenizer(loaded.tokenizer.take());
+        model.process_weights(processing)?;
+        Ok(model)
+    }
+
+    /// Loads `model` with no weight processing (TransformerLens's `from_pretrained_no_processing`).
+    pub fn from_pretrained_no_processing(model: &str, options: &LoadOptions) -> ModelResult<Self> {
+        Self::from_pretrained(model, options, ProcessingOptions::none())
+    }
+
+    /// The tokenizer, if the checkpoint had one.
+    pub fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.tokenizer.as_ref()
+    }
+
+    /// Tokens for `texts` (BOS prepended by default; batches right-padded with an attention mask).
+    pub fn to_tokens(&self, texts: &[&str]) -> ModelResult<lens_core::Tokens> {
+        let tokenizer = self
+            .tokenizer
+            .as_ref()
+            .ok_or_else(|| ModelError::Unsupported("this model has no tokenizer".into()))?;
+        Ok(tokenizer
+            .to_tokens(texts, None, None, true)?
+            .to_device(self.device())?)
+    }
+
+    /// Generates from tokens `[b, p]` (left-padded with `attention_mask` for batches).
+    pub fn generate(
+        &self,
+        tokens: &Tensor,
+        attention_mask: Option<&Tensor>,
+        options: &GenerateOptions,
+    ) -> ModelResult<Tensor> {
+        let tokens = self.check_tokens(tokens, 0)?;
+        let batch = tokens.size()[0];
+        let mask = self.check_mask(attention_mask, batch, tokens.size()[1])?;
+        let total = tokens.size()[1] + options.max_new_tokens as i64;
+        if total > self.cfg().n_ctx {
+            return Err(ModelError::TooLong {
+                len: total,
+                n_ctx: self.cfg().n_ctx,
+            });
+        }
+        let mut cache: Option<Vec<LayerKv>> = None;
+        generate_with(
+            &tokens,
+            mask.as_ref(),
+            options,
+            self.cfg().eos_token_id,
+            |all, mask, n_new| {
+                if !options.use_past_kv_cache {
+                    let out = self.forward(
+                        all,
+                        &ForwardOptions {
+                            attention_mask: mask,
+                            ..ForwardOptions::default()
+                        },
+                    )?;
+                    return Ok(out.logits()?.select(1, -1));
+                }
+                let kv = cache.get_or_insert_with(|| self.empty_kv(batch));
+                let past = all.size()[1] - n_new;
+                let new_tokens = all.narrow(1, past, n_new);
+                let residual = self.embed(&new_tokens, mask, past)?;
+                let residual =
+                    self.run_blocks(residual, 0, self.cfg().n_layers as usize, mask, Some(kv))?;
+                Ok(self
+                    .unembed(&residual.narrow(1, n_new - 1, 1))?
+                    .select(1, 0))
+            },
+        )
+    }
+
+    fn empty_kv(&self, batch: i64) -> Vec<LayerKv> {
+        let cfg = self.cfg();
+        let empty = || {
+            Tensor::zeros(
+                [batch, 0, cfg.n_heads, cfg.d_head],
+                (self.kind(), self.device()),
+            )
+        };
+        (0..cfg.n_layers)
+            .map(|_| LayerKv {
+                k: empty(),
+                v: empty(),
+            })
+            .collect()
+    }
+
+    /// The parameters' dtype.
+    pub fn kind(&self) -> Kind {
+        self.params().W_E.kind()
+    }
+
+    fn param(&self, name: &str) -> ModelResult<Tensor> {
+        self.params()
+            .named()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.shallow_clone())
+            .ok_or_else(|| {
+                ModelError::InvalidInput(format!(
+                    "no weight '{name}'; weights are named like blocks.0.attn.W_Q, unembed.W_U"
+                ))
+            })
+    }
+
+    /// Sets a gating option (`use_attn_result`, `use_split_qkv_input`, `use_attn_in`, `use_hook_mlp_in`).
+    pub fn set_hook_flag(&mut self, flag: &str, enabled: bool) -> ModelResult<()> {
+        let (registry, cfg) = self.registry_and_cfg_mut();
+        let (slot, names): (&mut bool, &[&str]) = match flag {
+            "use_attn_result" => (&mut cfg.use_attn_result, &["attn.hook_result"]),
+            "use_split_qkv_input" => (
+                &mut cfg.use_split_qkv_input,
+                &["hook_q_input", "hook_k_input", "hook_v_input"],
+            ),
+            "use_attn_in" => (&mut cfg.use_attn_in, &["hook_attn_in"]),
+            "use_hook_mlp_in" => (&mut cfg.use_hook_mlp_in, &["hook_mlp_in"]),
+            other => {
+                return Err(ModelError::InvalidInput(format!(
+                    "unknown hook option '{other}'"
+                )))
+            }
+        };
+        *slot = enabled;
+        if enabled && cfg.use_split_qkv_input && cfg.use_attn_in {
+            let other = if flag == "use_attn_in" {
+                "use_split_qkv_input"
+            } else {
+                "use_attn_in"
+            };
+            *match flag {
+                "use_attn_in" => &mut cfg.use_attn_in,
+                _ => &mut cfg.use_split_qkv_input,
+            } = false;
+            return Err(ModelError::InvalidInput(format!(
+                "{flag} and {other} exclude each other; turn {other} off first"
+            )));
+        }
+        for layer in 0..cfg.n_layers {
+            for name in names {
+                registry.set_gate(&format!("blocks.{layer}.{name}"), flag, enabled)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_device(device: Device) -> ModelResult<()> {
+    match device {
+        Device::Cuda(i)
+            if !tch::Cuda::is_available() || i >= tch::Cuda::device_count() as usize =>
+        {
+            Err(ModelError::DeviceUnavailable {
+                requested: format!("cuda:{i}"),
+                reason: "no such CUDA device on this machine".into(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+impl LensModel for HookedTransformer {
+    fn model_name(&self) -> &str {
+        "HookedTransformer"
+    }
+
+    fn dims(&self) -> ModelDims {
+        let c = self.cfg();
+        ModelDims {
+            n_layers: c.n_layers,
+            n_heads: c.n_heads,
+            d_model: c.d_model,
+            d_head: c.d_head,
+            d_mlp: c.d_mlp,
+            d_vocab: c.d_vocab,
+            n_ctx: c.n_ctx,
+        }
+    }
+
+    fn device(&self) -> Device {
+        HookedTransformer::device(self)
+    }
+
+    fn kind(&self) -> Kind {
+        HookedTransformer::kind(self)
+    }
+
+    fn hooks(&self) -> &HookRegistry {
+        HookedTransformer::hooks(self)
+    }
+
+    fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.tokenizer.as_ref()
+    }
+
+    fn forward(&self, tokens: &Tensor, options: &ForwardOptions) -> ModelResult<ForwardOutput> {
+        HookedTransformer::forward(self, tokens, options)
+    }
+
+    fn generate(
+        &self,
+        tokens: &Tensor,
+        attention_mask: Option<&Tensor>,
+        options: &GenerateOptions,
+    ) -> ModelResult<Tensor> {
+        HookedTransformer::generate(self, tokens, attention_mask, options)
+    }
+
+    fn tl_weight(&self, name: &str) -> ModelResult<Tensor> {
+        self.param(name)
+    }
+
+    fn tl_weight_names(&self) -> Vec<String> {
+        self.params().named().into_iter().map(|(n, _)| n).collect()
+    }
+
+    fn tl_weight_grad(&self, name: &str) -> ModelResult<Option<Tensor>> {
+        let grad = self.param(name)?.grad();
+        Ok(grad.defined().then_some(grad))
+    }
+
+    fn zero_grad(&self) {
+        for (_, t) in self.params().named() {
+            let mut t = t.shallow_clone();
+            t.zero_grad();
+        }
+    }
+
+    fn hook_flags(&self) -> Vec<(&'static str, bool)> {
+        self.cfg().hook_flags().to_vec()
+    }
+
+    fn set_hook_flag(&mut self, flag: &str, enabled: bool) -> ModelResult<()> {
+        HookedTransformer::set_hook_flag(self, flag, enabled)
+    }
+}
+
+impl ResidualModel for HookedTransformer {
+    fn n_layers(&self) -> usize {
+        self.cfg().n_layers as usize
+    }
+
+    fn n_heads(&self) -> usize {
+        self.cfg().n_heads as usize
+    }
+
+    fn normalization(&self) -> Normalization {
+        match self.cfg().normalization_type {
+            NormType::LayerNorm => Normalization::LayerNorm,
+            NormType::LayerNormPre => Normalization::LayerNormPre,
+        }
+    }
+
+    fn w_o(&self, layer: usize) -> Tensor {
+        self.params().blocks[layer].attn.W_O.detach()
+    }
+
+    fn w_out(&self, layer: usize) -> Tensor {
+        self.params().blocks[layer].mlp.W_out.detach()
+    }
+
+    fn w_u(&self) -> Tensor {
+        self.params().W_U.detach()
+    }
+
+    fn accumulated_bias(&self, layer: usize, mlp_input: bool, include_mlp_biases: bool) -> Tensor {
+        let blocks = &self.params().blocks;
+        let mut total = blocks[0].attn.b_O.detach().zeros_like();
+        for block in &blocks[..layer] {
+            total += block.attn.b_O.detach();
+            if include_mlp_biases {
+                total += block.mlp.b_out.detach();
+            }
+        }
+        if mlp_input && layer < blocks.len() {
+            total += blocks[layer].attn.b_O.detach();
+        }
+        total
+    }
+
+    fn apply_ln_final(&self, residual: &Tensor) -> hookpoint::Result<Tensor> {
+        // ln_final's own computation, without firing its hooks (this is analysis, not a forward pass).
+        let x = residual - residual.mean_dim(-1, true, residual.kind());
+        let scale = (x.square().mean_dim(-1, true, residual.kind()) + self.cfg().eps).sqrt();
+        let normalized = x / scale;
+        Ok(match &self.params().ln_final {
+            Some(ln) => normalized * ln.w.detach() + ln.b.detach(),
+            None => normalized,
+        })
+    }
+
+    fn to_single_token(&self, text: &str) -> hookpoint::Result<i64> {
+        let tokenizer = self
+            .tokenizer
+            .as_ref()
+            .ok_or_else(|| hookpoint::HookError::Cache("this model has no tokenizer".into()))?;
+        tokenizer
+            .to_single_token(text)
+            .map_err(|e| hookpoint::HookError::Cache(e.to_string()))
+    }
+}

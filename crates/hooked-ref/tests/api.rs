@@ -1,0 +1,204 @@
+//! Loading, text input, errors and the cache helpers of the HookedTransformer, on the embedded
+//! `tiny-gpt2` (the real GPT-2 tokenizer) and the fixture models.
+
+use hooked_ref::{ForwardOptions, HookedTransformer, ProcessingOptions, ReturnType};
+use hookpoint::{CacheAnalysis, CacheOptions, DecomposeMode, Hook, HookError, HookSpec, Slice};
+use lens_core::model::ModelError;
+use lens_core::{LoadOptions, DEFAULT_MODEL};
+use tch::{Kind, Tensor};
+
+fn tiny(processing: ProcessingOptions) -> HookedTransformer {
+    HookedTransformer::from_pretrained(DEFAULT_MODEL, &LoadOptions::default(), processing).unwrap()
+}
+
+fn max_err(a: &Tensor, b: &Tensor) -> f64 {
+    let scale = b.abs().max().double_value(&[]).max(1.0);
+    (a - b).abs().max().double_value(&[]) / scale
+}
+
+const TEXT: &str = "Natural language processing tasks, such as question answering, machine translation, reading comprehension, and summarization, are typically approached with supervised learning.";
+
+#[test]
+fn loads_the_embedded_model_and_reads_text() {
+    let model = tiny(ProcessingOptions::none());
+    assert_eq!(model.hooks().len(), 6 + 23 * 4);
+    let tokens = model.to_tokens(&["Hello world"]).unwrap();
+    assert_eq!(
+        Vec::<i64>::try_from(tokens.ids.reshape([-1])).unwrap(),
+        vec![50256, 15496, 995]
+    );
+    let out = model
+        .forward(
+            &tokens.ids,
+            &ForwardOptions {
+                return_type: ReturnType::Both,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(out.logits().unwrap().size(), vec![1, 3, 50257]);
+    assert!(out.loss().unwrap().double_value(&[]).is_finite());
+}
+
+#[test]
+fn errors_name_the_problem_and_leave_no_hook() {
+    let model = tiny(ProcessingOptions::none());
+    let too_long = Tensor::zeros([1, 257], (Kind::Int64, tch::Device::Cpu));
+    assert!(matches!(
+        model.forward(&too_long, &ForwardOptions::default()),
+        Err(ModelError::TooLong {
+            len: 257,
+            n_ctx: 256
+        })
+    ));
+    let empty = Tensor::zeros([1, 0], (Kind::Int64, tch::Device::Cpu));
+    assert!(matches!(
+        model.forward(&empty, &ForwardOptions::default()),
+        Err(ModelError::EmptyInput)
+    ));
+    let tokens = model.to_tokens(&["Hello"]).unwrap().ids;
+    let noop = Hook::new(|_, _| None);
+    let unknown = model.run_with_hooks(
+        &tokens,
+        &ForwardOptions::default(),
+        &[HookSpec::forward("blocks.0.hook_resid_pr", noop.clone())],
+    );
+    assert!(matches!(
+        unknown,
+        Err(ModelError::Hook(HookError::UnknownHook { .. }))
+    ));
+    let gated = model.run_with_hooks(
+        &tokens,
+        &ForwardOptions::default(),
+        &[HookSpec::forward("blocks.0.attn.hook_result", noop)],
+    );
+    assert!(
+        matches!(gated, Err(ModelError::Hook(HookError::FlagNotEnabled { ref flag, .. })) if flag == "use_attn_result")
+    );
+    assert_eq!(model.hooks().hook_count(), 0);
+    let cuda = LoadOptions {
+        device: tch::Device::Cuda(0),
+        ..LoadOptions::default()
+    };
+    if !tch::Cuda::is_available() {
+        assert!(matches!(
+            HookedTransformer::from_pretrained_no_processing(DEFAULT_MODEL, &cuda),
+            Err(ModelError::DeviceUnavailable { .. })
+        ));
+    }
+}
+
+#[test]
+fn stop_at_layer_returns_the_residual_before_that_block() {
+    let model = tiny(ProcessingOptions::none());
+    let tokens = model.to_tokens(&[TEXT]).unwrap().ids;
+    let stopped = model
+        .forward(
+            &tokens,
+            &ForwardOptions {
+                stop_at_layer: Some(2),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let (_, cache) = model
+        .run_with_cache(
+            &tokens,
+            &ForwardOptions::default(),
+            &CacheOptions::default(),
+        )
+        .unwrap();
+    let resid = stopped.residual.unwrap();
+    assert!(max_err(&resid, cache.get(("resid_pre", 2usize)).unwrap()) == 0.0);
+}
+
+#[test]
+fn decompositions_add_up_to_the_residual() {
+    let model = tiny(ProcessingOptions::default());
+    let tokens = model.to_tokens(&[TEXT]).unwrap().ids;
+    let (_, cache) = model
+        .run_with_cache(
+            &tokens,
+            &ForwardOptions::default(),
+            &CacheOptions::default(),
+        )
+        .unwrap();
+    let analysis = CacheAnalysis::new(&cache, &model);
+    let all = Slice::All;
+    // decompose_resid sums to the residual before block 3 (up to the bias terms).
+    let parts = analysis
+        .decompose_resid(Some(3), false, DecomposeMode::All, true, false, &all)
+        .unwrap();
+    assert_eq!(parts.labels.len(), 2 + 2 * 3);
+    let summed = parts
+        .stack
+        .sum_dim_intlist([0i64].as_slice(), false, Kind::Float);
+    let resid = cache.get(("resid_pre", 3usize)).unwrap();
+    // attn_out and mlp_out include their biases, so the sum is the residual itself.
+    assert!(
+        max_err(&summed, resid) < 1e-5,
+        "{}",
+        max_err(&summed, resid)
+    );
+    // The full decomposition (heads, neurons, embeddings, biases) sums to the final residual.
+    let full = analysis
+        .get_full_resid_decomposition(None, false, true, false, &all)
+        .unwrap();
+    let summed = full
+        .stack
+        .sum_dim_intlist([0i64].as_slice(), false, Kind::Float);
+    let final_resid = cache.get(("resid_post", 3usize)).unwrap();
+    assert!(
+        max_err(&summed, final_resid) < 1e-4,
+        "full decomposition err {}",
+        max_err(&summed, final_resid)
+    );
+    // accumulated_resid lists 0_pre .. 3_pre and final_post.
+    let acc = analysis
+        .accumulated_resid(None, false, false, false, &all)
+        .unwrap();
+    assert_eq!(
+        acc.labels,
+        vec!["0_pre", "1_pre", "2_pre", "3_pre", "final_post"]
+    );
+    // Heads: 4 layers x 4 heads, plus the remainder, sum to the last residual.
+    let heads = analysis
+        .stack_head_results(None, true, false, &all)
+        .unwrap();
+    assert_eq!(heads.labels.len(), 17);
+    let summed = heads
+        .stack
+        .sum_dim_intlist([0i64].as_slice(), false, Kind::Float);
+    assert!(max_err(&summed, final_resid) < 1e-5);
+}
+
+#[test]
+fn logit_attributions_of_the_full_decomposition_equal_the_logit_difference() {
+    let model = tiny(ProcessingOptions::default());
+    let tokens = model.to_tokens(&[TEXT]).unwrap().ids;
+    let (out, cache) = model
+        .run_with_cache(
+            &tokens,
+            &ForwardOptions::default(),
+            &CacheOptions::default(),
+        )
+        .unwrap();
+    let analysis = CacheAnalysis::new(&cache, &model);
+    let last = Slice::Index(-1);
+    let full = analysis
+        .get_full_resid_decomposition(None, false, false, false, &last)
+        .unwrap();
+    let (correct, wrong) = (Tensor::from_slice(&[464i64]), Tensor::from_slice(&[262i64]));
+    let attrs = analysis
+        .logit_attrs(&full.stack, &correct, Some(&wrong), &last)
+        .unwrap();
+    let logits = out.logits().unwrap().select(1, -1);
+    // The unembedding bias is not part of the residual stream, so it is left out of the attributions.
+    let b_u = &model.params().b_U;
+    let expected = logits.get(0).get(464) - logits.get(0).get(262) - (b_u.get(464) - b_u.get(262));
+    let total = attrs.sum(Kind::Float);
+    assert!(
+        (total.double_value(&[]) - expected.double_value(&[])).abs() < 1e-4,
+        "{total:?} vs {expected:?}"
+    );
+}

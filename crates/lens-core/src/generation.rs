@@ -1,0 +1,125 @@
+//! The generation loop and token sampler both models share. Each model supplies one closure
+//! that returns the next-token logits, using its own KV cache or not; everything else (sampling,
+//! EOS handling, growing the attention mask) is here, so greedy generation with and without a
+//! cache can only differ through the model's cache itself.
+
+use tch::{Kind, Tensor};
+
+use crate::model::{GenerateOptions, ModelError, ModelResult};
+
+/// Generates from `tokens` `[b, p]` (with `attention_mask` `[b, p]` for left-padded batches).
+///
+/// `next_logits(all_tokens, attention_mask, n_new)` must return the logits of the last position,
+/// `[b, d_vocab]`, for `all_tokens`; `n_new` says how many tokens at the end it has not seen yet
+/// (the whole prompt on the first call, then 1), so a model with a KV cache feeds only those.
+///
+/// Returns prompt and continuation `[b, p + n]`, `n <= max_new_tokens` (fewer when every row has
+/// produced EOS and `stop_at_eos` is set; finished rows are filled with EOS).
+pub fn generate_with(
+    tokens: &Tensor,
+    attention_mask: Option<&Tensor>,
+    options: &GenerateOptions,
+    default_eos: i64,
+    mut next_logits: impl FnMut(&Tensor, Option<&Tensor>, i64) -> ModelResult<Tensor>,
+) -> ModelResult<Tensor> {
+    if tokens.dim() != 2 || tokens.numel() == 0 {
+        return Err(ModelError::InvalidInput(format!(
+            "generate needs tokens [batch, pos], got shape {:?}",
+            tokens.size()
+        )));
+    }
+    if options.do_sample && options.temperature <= 0.0 {
+        return Err(ModelError::InvalidInput(format!(
+            "temperature must be positive when sampling, got {}",
+            options.temperature
+        )));
+    }
+    if let Some(seed) = options.seed {
+        tch::manual_seed(seed as i64);
+    }
+    let eos = options.eos_token_id.unwrap_or(default_eos);
+    let batch = tokens.size()[0];
+    let device = tokens.device();
+    let mut all = tokens.to_kind(Kind::Int64);
+    let mut mask = attention_mask.map(|m| m.to_kind(Kind::Int64).to_device(device));
+    let mut finished = Tensor::zeros([batch], (Kind::Bool, device));
+    let mut n_new = all.size()[1];
+    for _ in 0..options.max_new_tokens {
+        let logits = next_logits(&all, mask.as_ref(), n_new)?;
+        let mut next = sample(&logits, &all, options)?;
+        if options.stop_at_eos {
+            next = next.where_self(
+                &finished.logical_not(),
+                &Tensor::full([batch], eos, (Kind::Int64, device)),
+            );
+            finished = finished.logical_or(&next.eq(eos));
+        }
+        all = Tensor::cat(&[&all, &next.unsqueeze(1)], 1);
+        mask =
+            mask.map(|m| Tensor::cat(&[&m, &Tensor::ones([batch, 1], (Kind::Int64, device))], 1));
+        n_new = 1;
+        if options.stop_at_eos && bool::try_from(finished.all()).unwrap_or(false) {
+            break;
+        }
+    }
+    Ok(all)
+}
+
+/// Picks the next token per row from `logits` `[b, V]`: the most likely one, or a sample after
+/// temperature, frequency penalty (over every token so far), then top-k or else top-p filtering
+/// (TransformerLens's `sample_logits`).
+pub fn sample(
+    logits: &Tensor,
+    tokens_so_far: &Tensor,
+    options: &GenerateOptions,
+) -> ModelResult<Tensor> {
+    let logits = logits.to_kind(Kind::Float);
+    if !options.do_sample {
+        return Ok(logits.argmax(-1, false));
+    }
+    let mut logits = logits / options.temperature;
+    if options.freq_penalty != 0.0 {
+        let vocab = logits.size()[1];
+        let counts = Tensor::zeros_like(&logits).scatter_add(
+            1,
+            tokens_so_far,
+            &Tensor::ones_like(tokens_so_far).to_kind(Kind::Float),
+        );
+        logits -= counts.narrow(1, 0, vocab) * options.freq_penalty;
+    }
+    if let Some(k) = options.top_k {
+        if k < 1 {
+            return Err(ModelError::InvalidInput(format!(
+                "top_k must be at least 1, got {k}"
+            )));
+        }
+        let (top, _) = logits.topk(k.min(logits.size()[1]), -1, true, true);
+        let threshold = top.narrow(1, top.size()[1] - 1, 1);
+        logits = logits.masked_fill(&logits.lt_tensor(&threshold), f64::NEG_INFINITY);
+    } else if let Some(p) = options.top_p {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(ModelError::InvalidInput(format!(
+                "top_p must be in [0, 1], got {p}"
+            )));
+        }
+        let (sorted, indices) = logits.sort(-1, true);
+        let cumulative = sorted.softmax(-1, Kind::Float).cumsum(-1, Kind::Float);
+        // Remove tokens past the threshold, but always keep the most likely one.
+        let remove_sorted = cumulative.gt(p);
+        let remove_sorted = Tensor::cat(
+            &[
+                &remove_sorted.narrow(1, 0, 1).zeros_like(),
+                &remove_sorted.narrow(1, 0, remove_sorted.size()[1] - 1),
+            ],
+            1,
+        );
+        let remove = remove_sorted
+            .zeros_like()
+            .scatter(1, &indices, &remove_sorted);
+        logits = logits.masked_fill(&remove, f64::NEG_INFINITY);
+    }
+    Ok(logits
+        .softmax(-1, Kind::Float)
+        .multinomial(1, false)
+        .squeeze_dim(1))
+}

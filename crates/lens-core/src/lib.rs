@@ -1,0 +1,116 @@
+//! What the workspace's two models share besides hooks: finding a checkpoint, its typed
+//! HuggingFace config, its safetensors weights, and its tokenizer with TransformerLens
+//! semantics.
+//!
+//! * [`source`]: [`ModelSource::resolve`] turns a name into files: a local directory in
+//!   HuggingFace layout, an embedded model of `models-cache/` (default [`DEFAULT_MODEL`]), or a
+//!   HuggingFace hub id through the hub's standard cache (shared with Python's
+//!   `huggingface_hub`), downloading with `hf-hub` unless offline.
+//! * [`config`]: [`HfConfig`] parses `config.json` (GPT-2 so far) with HuggingFace's defaults.
+//! * [`weights`]: [`Weights`] memory-maps safetensors files (sharded or not) into tch tensors.
+//! * [`model`]: the [`model::LensModel`] trait both models implement, with the options and
+//!   errors they share; [`generation`]: the generation loop and sampler they share.
+//! * [`tokenizer`]: [`Tokenizer`] gives `to_tokens`, `to_string`, `to_str_tokens`,
+//!   `to_single_token` with TransformerLens's defaults (BOS prepended, right padding,
+//!   truncation to `n_ctx`) and an attention mask that never masks GPT-2's BOS.
+//!
+//! [`load`] does all four:
+//!
+//! ```no_run
+//! use lens_core::{load, LoadOptions, DEFAULT_MODEL};
+//!
+//! let model = load(DEFAULT_MODEL, &LoadOptions::default())?;
+//! let gpt2 = model.config.as_gpt2().expect("tiny-gpt2 is a GPT-2");
+//! let wte = model
+//!     .weights
+//!     .get_shaped("transformer.wte.weight", &[gpt2.vocab_size, gpt2.n_embd])?;
+//! let tokenizer = model.tokenizer.as_ref().expect("tiny-gpt2 ships tokenizer.json");
+//! let tokens = tokenizer.to_tokens(&["Hello world"], None, None, true)?;
+//! assert_eq!(tokens.ids.size(), vec![1, 3]); // BOS, "Hello", " world"
+//! # let _ = wte;
+//! # Ok::<(), lens_core::LensError>(())
+//! ```
+
+pub mod config;
+mod error;
+pub mod generation;
+pub mod model;
+pub mod source;
+pub mod tokenizer;
+pub mod weights;
+
+pub use config::{Activation, Gpt2Config, HfConfig, SUPPORTED_ARCHITECTURES};
+pub use error::{LensError, Result};
+pub use source::{
+    ModelFiles, ModelSource, Origin, ResolveOptions, DEFAULT_ENDPOINT, DEFAULT_MODEL,
+};
+pub use tokenizer::{
+    attention_mask_from_ids, Ids, PaddingSide, TokenInput, Tokenizer, TokenizerOptions, Tokens,
+};
+pub use weights::Weights;
+
+/// How [`load`] finds and loads a model.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Where to look for the model.
+    pub resolve: ResolveOptions,
+    /// Convert floating-point weights to this kind (`None`: keep the checkpoint's).
+    pub kind: Option<tch::Kind>,
+    /// Device for the weights.
+    pub device: tch::Device,
+    /// Tokenizer defaults; special ids and `n_ctx` left `None` are taken from the config.
+    pub tokenizer: TokenizerOptions,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            resolve: ResolveOptions::default(),
+            kind: None,
+            device: tch::Device::Cpu,
+            tokenizer: TokenizerOptions::default(),
+        }
+    }
+}
+
+/// A resolved and loaded model: config, weights, tokenizer.
+#[derive(Debug)]
+pub struct LoadedModel {
+    /// The parsed `config.json`.
+    pub config: HfConfig,
+    /// Every tensor of the checkpoint.
+    pub weights: Weights,
+    /// The tokenizer, when the model has a `tokenizer.json`.
+    pub tokenizer: Option<Tokenizer>,
+    /// Where everything came from.
+    pub files: ModelFiles,
+}
+
+/// Resolves `model` ([`ModelSource::resolve`]) and loads its config, weights and tokenizer.
+pub fn load(model: &str, opts: &LoadOptions) -> Result<LoadedModel> {
+    let files = ModelSource::resolve(model, &opts.resolve)?;
+    let config = HfConfig::from_file(&files.config)?;
+    let weights = Weights::load(&files.weight_sources(), opts.kind, opts.device)?;
+    let tokenizer = match &files.tokenizer {
+        Some(path) => {
+            let from_config = TokenizerOptions::from_config(&config);
+            let given = &opts.tokenizer;
+            let tokenizer_opts = TokenizerOptions {
+                bos_token_id: given.bos_token_id.or(from_config.bos_token_id),
+                eos_token_id: given.eos_token_id.or(from_config.eos_token_id),
+                pad_token_id: given.pad_token_id.or(from_config.pad_token_id),
+                n_ctx: given.n_ctx.or(from_config.n_ctx),
+                default_prepend_bos: given.default_prepend_bos,
+                padding_side: given.padding_side,
+            };
+            Some(Tokenizer::from_file(path, tokenizer_opts)?)
+        }
+        None => None,
+    };
+    Ok(LoadedModel {
+        config,
+        weights,
+        tokenizer,
+        files,
+    })
+}

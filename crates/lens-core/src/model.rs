@@ -1,0 +1,249 @@
+//! The interface both model implementations offer (`hooked-ref`'s HookedTransformer and
+//! `bridge`'s TransformerBridge), so that one benchmark compares any two of them.
+
+use hookpoint::{run_with_cache, ActivationCache, CacheOptions, HookError, HookRegistry, HookSpec};
+use tch::{Device, Kind, Tensor};
+use thiserror::Error;
+
+use crate::error::LensError;
+
+/// What can go wrong running a model.
+#[derive(Debug, Error)]
+pub enum ModelError {
+    /// A hook failed, a hook name is unknown, or an optional hook's option is off.
+    #[error(transparent)]
+    Hook(#[from] HookError),
+    /// Locating or loading the checkpoint failed.
+    #[error(transparent)]
+    Load(#[from] LensError),
+    /// libtorch reported an error.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    /// More positions than the context holds.
+    #[error("input has {len} positions but the model's context is n_ctx = {n_ctx}")]
+    TooLong {
+        /// Positions asked for (cached ones included).
+        len: i64,
+        /// The context length.
+        n_ctx: i64,
+    },
+    /// An input with no tokens.
+    #[error("empty input: at least one token is needed")]
+    EmptyInput,
+    /// Any other malformed input (wrong rank or dtype, mask shape, unknown weight name...).
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// A device that is not there (e.g. CUDA on a machine without a CUDA device).
+    #[error("device {requested} is not available: {reason}")]
+    DeviceUnavailable {
+        /// The device asked for.
+        requested: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// A feature this model does not offer.
+    #[error("not supported: {0}")]
+    Unsupported(String),
+}
+
+/// Result alias for model operations.
+pub type ModelResult<T> = std::result::Result<T, ModelError>;
+
+/// What `forward` computes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReturnType {
+    /// Logits `[b, p, d_vocab]`.
+    #[default]
+    Logits,
+    /// Next-token cross-entropy (see [`ForwardOptions::loss_per_token`]).
+    Loss,
+    /// Both.
+    Both,
+}
+
+/// Options of a forward pass.
+#[derive(Debug, Default)]
+pub struct ForwardOptions<'a> {
+    /// What to compute.
+    pub return_type: ReturnType,
+    /// Loss per token `[b, p - 1]` instead of the mean.
+    pub loss_per_token: bool,
+    /// `[b, p]`, 1 for real tokens and 0 for padding.
+    pub attention_mask: Option<&'a Tensor>,
+    /// Stop before block `n` and return the residual stream `[b, p, d]` (`n >= n_layers` runs
+    /// the whole model).
+    pub stop_at_layer: Option<usize>,
+}
+
+/// The results of a forward pass.
+#[derive(Debug)]
+pub struct ForwardOutput {
+    /// Logits, when asked for.
+    pub logits: Option<Tensor>,
+    /// Loss, when asked for.
+    pub loss: Option<Tensor>,
+    /// The residual stream, when the pass stopped early.
+    pub residual: Option<Tensor>,
+}
+
+impl ForwardOutput {
+    /// The logits, or an error saying they were not computed.
+    pub fn logits(&self) -> ModelResult<&Tensor> {
+        self.logits.as_ref().ok_or_else(|| {
+            ModelError::InvalidInput("logits were not requested (return_type)".into())
+        })
+    }
+
+    /// The loss, or an error saying it was not computed.
+    pub fn loss(&self) -> ModelResult<&Tensor> {
+        self.loss.as_ref().ok_or_else(|| {
+            ModelError::InvalidInput("the loss was not requested (return_type)".into())
+        })
+    }
+}
+
+/// Options of `generate`.
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    /// Tokens to add.
+    pub max_new_tokens: usize,
+    /// Sample (with the settings below) instead of taking the most likely token.
+    pub do_sample: bool,
+    /// Sampling temperature.
+    pub temperature: f64,
+    /// Keep only the `k` most likely tokens when sampling.
+    pub top_k: Option<i64>,
+    /// Keep the smallest set of tokens whose probability reaches `p` when sampling.
+    pub top_p: Option<f64>,
+    /// Subtract `freq_penalty * count` from the logit of each token already generated.
+    pub freq_penalty: f64,
+    /// Seed of the sampling RNG (a fixed seed reproduces the same tokens).
+    pub seed: Option<u64>,
+    /// Stop a row once it produced `eos_token_id` (later positions are filled with it).
+    pub stop_at_eos: bool,
+    /// End-of-sequence token (default: the model's).
+    pub eos_token_id: Option<i64>,
+    /// Reuse keys and values of earlier positions instead of recomputing them.
+    pub use_past_kv_cache: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            max_new_tokens: 10,
+            do_sample: false,
+            temperature: 1.0,
+            top_k: None,
+            top_p: None,
+            freq_penalty: 0.0,
+            seed: None,
+            stop_at_eos: true,
+            eos_token_id: None,
+            use_past_kv_cache: true,
+        }
+    }
+}
+
+/// Sizes every model reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelDims {
+    /// Blocks.
+    pub n_layers: i64,
+    /// Attention heads per block.
+    pub n_heads: i64,
+    /// Residual stream width.
+    pub d_model: i64,
+    /// Head width.
+    pub d_head: i64,
+    /// MLP width.
+    pub d_mlp: i64,
+    /// Vocabulary size.
+    pub d_vocab: i64,
+    /// Context length.
+    pub n_ctx: i64,
+}
+
+/// A model with TransformerLens hook names: forward passes, hooks, caches, generation and
+/// TransformerLens-layout weights. Benchmarks are written against this trait.
+pub trait LensModel {
+    /// A short name for reports ("TransformerBridge", "HookedTransformer").
+    fn model_name(&self) -> &str;
+    /// Sizes.
+    fn dims(&self) -> ModelDims;
+    /// Where the parameters live.
+    fn device(&self) -> Device;
+    /// The parameters' dtype.
+    fn kind(&self) -> Kind;
+    /// The hook points (`hook_dict`).
+    fn hooks(&self) -> &HookRegistry;
+    /// The tokenizer, if the model has one.
+    fn tokenizer(&self) -> Option<&crate::Tokenizer>;
+    /// Runs the model on tokens `[b, p]`.
+    fn forward(&self, tokens: &Tensor, options: &ForwardOptions) -> ModelResult<ForwardOutput>;
+    /// Generates continuations of `tokens` (`attention_mask` for left-padded batches); returns
+    /// prompt and continuation, `[b, p + new]`.
+    fn generate(
+        &self,
+        tokens: &Tensor,
+        attention_mask: Option<&Tensor>,
+        options: &GenerateOptions,
+    ) -> ModelResult<Tensor>;
+    /// A weight by its TransformerLens name (`blocks.0.attn.W_Q`, `unembed.W_U`, ...), in
+    /// TransformerLens's layout. For the bridge it is a view of the live parameter: writing to
+    /// it changes the model.
+    fn tl_weight(&self, name: &str) -> ModelResult<Tensor>;
+    /// The TransformerLens names [`LensModel::tl_weight`] accepts.
+    fn tl_weight_names(&self) -> Vec<String>;
+    /// The gradient accumulated on a weight, in TransformerLens's layout (`None` before any
+    /// backward pass reached it).
+    fn tl_weight_grad(&self, name: &str) -> ModelResult<Option<Tensor>>;
+    /// Clears every parameter's accumulated gradient.
+    fn zero_grad(&self);
+    /// The options that gate optional hook points (`use_attn_result`, `use_split_qkv_input`,
+    /// `use_attn_in`, `use_hook_mlp_in`) with their state.
+    fn hook_flags(&self) -> Vec<(&'static str, bool)>;
+    /// Turns a gating option on or off. `use_split_qkv_input` and `use_attn_in` exclude each
+    /// other: enabling one while the other is on is an error.
+    fn set_hook_flag(&mut self, flag: &str, enabled: bool) -> ModelResult<()>;
+
+    /// Runs `forward` with `hooks` attached; they are removed afterwards however it ends.
+    fn run_with_hooks(
+        &self,
+        tokens: &Tensor,
+        options: &ForwardOptions,
+        hooks: &[HookSpec],
+    ) -> ModelResult<ForwardOutput> {
+        self.hooks()
+            .with_hooks(hooks, || self.forward(tokens, options))?
+    }
+
+    /// Records activations (and, with `incl_bwd`, the gradients of the scalar `target`
+    /// computes from the output) during one forward pass.
+    fn run_with_cache(
+        &self,
+        tokens: &Tensor,
+        options: &ForwardOptions,
+        cache: &CacheOptions,
+        target: &dyn Fn(&ForwardOutput) -> ModelResult<Tensor>,
+    ) -> ModelResult<(ForwardOutput, ActivationCache)> {
+        let mut output = None;
+        let (_, activations) = run_with_cache(
+            self.hooks(),
+            cache,
+            Some(self.dims().n_layers as usize),
+            || {
+                let out = self.forward(tokens, options)?;
+                let scalar = if cache.incl_bwd {
+                    target(&out)?
+                } else {
+                    Tensor::zeros([], (Kind::Float, Device::Cpu))
+                };
+                output = Some(out);
+                Ok::<_, ModelError>(scalar)
+            },
+        )?;
+        let output =
+            output.ok_or_else(|| ModelError::InvalidInput("forward did not run".into()))?;
+        Ok((output, activations))
+    }
+}

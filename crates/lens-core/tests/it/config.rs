@@ -1,0 +1,276 @@
+//! config.json parsing.
+
+use lens_core::{Activation, Gpt2Config, HfConfig, LensError};
+use rstest::rstest;
+use tch::{Kind, Tensor};
+
+use crate::common::{assert_message, tiny_gpt2_dir, workspace};
+
+fn gpt2(json: &str) -> Gpt2Config {
+    match HfConfig::from_json(json).expect("valid config") {
+        HfConfig::Gpt2(c) => c,
+        other => panic!("not gpt2: {other:?}"),
+    }
+}
+
+#[test]
+fn minimal_config_gets_every_hf_default() {
+    let c = gpt2(r#"{"model_type": "gpt2"}"#);
+    assert_eq!(c.vocab_size, 50257);
+    assert_eq!(c.n_positions, 1024);
+    assert_eq!(c.n_ctx, 1024, "n_ctx defaults to n_positions");
+    assert_eq!(c.n_embd, 768);
+    assert_eq!(c.n_layer, 12);
+    assert_eq!(c.n_head, 12);
+    assert_eq!(c.n_inner, None);
+    assert_eq!(c.d_mlp(), 3072);
+    assert_eq!(c.d_head(), 64);
+    assert_eq!(c.activation_function, Activation::GeluNew);
+    assert_eq!(c.layer_norm_epsilon, 1e-5);
+    assert_eq!(c.initializer_range, 0.02);
+    assert_eq!((c.resid_pdrop, c.embd_pdrop, c.attn_pdrop), (0.1, 0.1, 0.1));
+    assert!(c.scale_attn_weights);
+    assert!(!c.scale_attn_by_inverse_layer_idx);
+    assert!(!c.reorder_and_upcast_attn);
+    assert!(c.tie_word_embeddings);
+    assert_eq!(c.bos_token_id, Some(50256));
+    assert_eq!(c.eos_token_id, Some(50256));
+    assert_eq!(c.pad_token_id, None);
+    assert_eq!(c.dtype, None);
+    assert!(c.architectures.is_empty());
+    assert_eq!(c, Gpt2Config::default());
+}
+
+#[test]
+fn every_knob_set() {
+    let c = gpt2(
+        r#"{
+        "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
+        "vocab_size": 100, "n_positions": 64, "n_ctx": 32, "n_embd": 48, "n_layer": 3,
+        "n_head": 6, "n_inner": 200, "activation_function": "relu",
+        "resid_pdrop": 0.0, "embd_pdrop": 0.2, "attn_pdrop": 0.3,
+        "layer_norm_epsilon": 0.001, "initializer_range": 0.5,
+        "scale_attn_weights": false, "scale_attn_by_inverse_layer_idx": true,
+        "reorder_and_upcast_attn": true, "tie_word_embeddings": false,
+        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3, "torch_dtype": "bfloat16",
+        "some_future_key": {"ignored": true}
+    }"#,
+    );
+    let expected = Gpt2Config {
+        vocab_size: 100,
+        n_positions: 64,
+        n_ctx: 32,
+        n_embd: 48,
+        n_layer: 3,
+        n_head: 6,
+        n_inner: Some(200),
+        activation_function: Activation::Relu,
+        resid_pdrop: 0.0,
+        embd_pdrop: 0.2,
+        attn_pdrop: 0.3,
+        layer_norm_epsilon: 0.001,
+        initializer_range: 0.5,
+        scale_attn_weights: false,
+        scale_attn_by_inverse_layer_idx: true,
+        reorder_and_upcast_attn: true,
+        tie_word_embeddings: false,
+        bos_token_id: Some(1),
+        eos_token_id: Some(2),
+        pad_token_id: Some(3),
+        dtype: Some("bfloat16".to_string()),
+        architectures: vec!["GPT2LMHeadModel".to_string()],
+    };
+    assert_eq!(c, expected);
+    assert_eq!(c.d_mlp(), 200);
+    assert_eq!(c.d_head(), 8);
+}
+
+#[test]
+fn null_special_tokens_and_architectures_only() {
+    let c = gpt2(
+        r#"{"architectures": ["GPT2LMHeadModel"], "bos_token_id": null, "eos_token_id": null,
+            "n_inner": null, "dtype": "float16", "torch_dtype": "float32"}"#,
+    );
+    assert_eq!(c.bos_token_id, None);
+    assert_eq!(c.eos_token_id, None);
+    assert_eq!(c.d_mlp(), 4 * 768);
+    assert_eq!(
+        c.dtype.as_deref(),
+        Some("float16"),
+        "`dtype` wins over `torch_dtype`"
+    );
+}
+
+#[test]
+fn embedded_model_config() {
+    let config = HfConfig::from_file(tiny_gpt2_dir().join("config.json")).unwrap();
+    assert_eq!(config.architecture(), "GPT2LMHeadModel");
+    assert_eq!(config.n_ctx(), 256);
+    assert_eq!(config.vocab_size(), 50257);
+    assert_eq!(config.bos_token_id(), Some(50256));
+    assert_eq!(config.eos_token_id(), Some(50256));
+    assert_eq!(config.pad_token_id(), None);
+    let c = config.as_gpt2().unwrap();
+    assert_eq!((c.n_embd, c.n_head, c.n_layer, c.d_mlp()), (64, 4, 4, 256));
+    assert_eq!(c.dtype.as_deref(), Some("float32"));
+}
+
+#[test]
+fn knobs_fixture_config() {
+    let path = workspace().join("tests/fixtures/knobs/model/config.json");
+    let c = HfConfig::from_file(&path)
+        .unwrap()
+        .as_gpt2()
+        .unwrap()
+        .clone();
+    assert_eq!(c.activation_function, Activation::Relu);
+    assert_eq!((c.n_embd, c.n_head, c.n_layer, c.n_ctx), (48, 3, 2, 48));
+    assert_eq!(c.d_mlp(), 96);
+    assert_eq!(c.layer_norm_epsilon, 1e-3);
+    assert!(!c.tie_word_embeddings);
+    assert!(c.scale_attn_by_inverse_layer_idx);
+    assert_eq!(
+        (c.bos_token_id, c.eos_token_id, c.vocab_size),
+        (Some(996), Some(996), 997)
+    );
+}
+
+#[rstest]
+#[case::llama(
+    r#"{"model_type": "llama", "architectures": ["LlamaForCausalLM"]}"#,
+    "model_type 'llama' (LlamaForCausalLM)"
+)]
+#[case::type_only(r#"{"model_type": "bert"}"#, "model_type 'bert'")]
+#[case::arch_only(
+    r#"{"architectures": ["MistralForCausalLM"]}"#,
+    "architectures [MistralForCausalLM]"
+)]
+#[case::nothing(r#"{"n_embd": 8}"#, "neither model_type nor architectures")]
+fn unsupported_architecture(#[case] json: &str, #[case] found: &str) {
+    let err = HfConfig::from_json(json).unwrap_err();
+    assert!(
+        matches!(err, LensError::UnsupportedArchitecture { .. }),
+        "{err:?}"
+    );
+    assert_message(&err, &[found, "gpt2 (GPT2LMHeadModel)"]);
+}
+
+#[rstest]
+#[case::heads(r#"{"n_embd": 10, "n_head": 3}"#, &["n_embd (10)", "n_head (3)"])]
+#[case::ctx(r#"{"n_positions": 8, "n_ctx": 9}"#, &["n_ctx (9)", "n_positions (8)"])]
+#[case::negative(r#"{"n_layer": -1}"#, &["n_layer must be positive, got -1"])]
+#[case::zero_inner(r#"{"n_inner": 0}"#, &["n_inner must be positive"])]
+#[case::eps(r#"{"layer_norm_epsilon": 0.0}"#, &["layer_norm_epsilon"])]
+#[case::bos(r#"{"vocab_size": 10, "bos_token_id": 10}"#, &["bos_token_id (10)", "vocab_size 10"])]
+#[case::pad(r#"{"pad_token_id": -2}"#, &["pad_token_id (-2)"])]
+#[case::cross(r#"{"add_cross_attention": true}"#, &["add_cross_attention"])]
+fn inconsistent_values_are_rejected(#[case] knobs: &str, #[case] parts: &[&str]) {
+    let mut value: serde_json::Value = serde_json::from_str(knobs).unwrap();
+    value["model_type"] = "gpt2".into();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.json");
+    std::fs::write(&path, value.to_string()).unwrap();
+    let err = HfConfig::from_file(&path).unwrap_err();
+    assert!(matches!(err, LensError::InvalidConfig { .. }), "{err:?}");
+    assert_message(&err, parts);
+    if !knobs.contains("cross") {
+        assert_message(&err, &[&path.display().to_string()]);
+    }
+}
+
+#[test]
+fn unknown_activation_is_named() {
+    let err = HfConfig::from_json(r#"{"model_type": "gpt2", "activation_function": "gelu_fancy"}"#)
+        .unwrap_err();
+    assert!(
+        matches!(err, LensError::UnknownActivation { .. }),
+        "{err:?}"
+    );
+    assert_message(&err, &["'gelu_fancy'", "gelu_new", "quick_gelu"]);
+}
+
+#[test]
+fn missing_unreadable_and_malformed_files() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let missing = dir.path().join("nope/config.json");
+    let err = HfConfig::from_file(&missing).unwrap_err();
+    assert!(matches!(err, LensError::Io { .. }), "{err:?}");
+    assert_message(&err, &[&missing.display().to_string()]);
+
+    // A directory cannot be read as a file.
+    let err = HfConfig::from_file(dir.path()).unwrap_err();
+    assert!(matches!(err, LensError::Io { .. }), "{err:?}");
+    assert_message(&err, &[&dir.path().display().to_string()]);
+
+    let bad = dir.path().join("config.json");
+    std::fs::write(&bad, "{\"model_type\": \"gpt2\",\n \"n_embd\": }").unwrap();
+    let err = HfConfig::from_file(&bad).unwrap_err();
+    assert!(matches!(err, LensError::MalformedJson { .. }), "{err:?}");
+    assert_message(
+        &err,
+        &["malformed config", &bad.display().to_string(), "line 2"],
+    );
+
+    std::fs::write(&bad, r#"{"model_type": "gpt2", "n_embd": "wide"}"#).unwrap();
+    let err = HfConfig::from_file(&bad).unwrap_err();
+    assert_message(
+        &err,
+        &[&bad.display().to_string(), "invalid type: string \"wide\""],
+    );
+
+    std::fs::write(&bad, "[1, 2]").unwrap();
+    let err = HfConfig::from_file(&bad).unwrap_err();
+    assert_message(&err, &["expected a JSON object"]);
+}
+
+#[test]
+fn activation_names_round_trip() {
+    for name in Activation::NAMES {
+        let act: Activation = name.parse().unwrap();
+        let canonical = if *name == "swish" { "silu" } else { name };
+        assert_eq!(act.name(), canonical);
+        assert_eq!(act.to_string(), canonical);
+    }
+}
+
+#[rstest]
+#[case::gelu(Activation::Gelu, 0.8413447460685429)]
+#[case::gelu_python(Activation::GeluPython, 0.8413447460685429)]
+#[case::gelu_new(Activation::GeluNew, 0.8411919906082768)]
+#[case::gelu_accurate(Activation::GeluAccurate, 0.8411919906082768)]
+#[case::gelu_fast(Activation::GeluFast, 0.8411919906082768)]
+#[case::gelu_tanh(Activation::GeluPytorchTanh, 0.8411919906082768)]
+#[case::gelu_10(Activation::Gelu10, 0.8413447460685429)]
+#[case::quick_gelu(Activation::QuickGelu, 0.8457957659328212)]
+#[case::relu(Activation::Relu, 1.0)]
+#[case::relu2(Activation::Relu2, 1.0)]
+#[case::relu6(Activation::Relu6, 1.0)]
+#[case::leaky(Activation::LeakyRelu, 1.0)]
+#[case::silu(Activation::Silu, 0.7310585786300049)]
+#[case::mish(Activation::Mish, 0.8650983882673103)]
+#[case::tanh(Activation::Tanh, 0.7615941559557649)]
+#[case::sigmoid(Activation::Sigmoid, 0.7310585786300049)]
+#[case::linear(Activation::Linear, 1.0)]
+fn activation_values_at_one(#[case] act: Activation, #[case] at_one: f64) {
+    let x = Tensor::from_slice(&[1.0f64]);
+    let got = act.apply(&x).double_value(&[0]);
+    assert!((got - at_one).abs() < 1e-9, "{act}: {got} vs {at_one}");
+}
+
+#[test]
+fn activation_shapes_of_negative_and_large_inputs() {
+    let x = Tensor::from_slice(&[-2.0f32, 3.0, 8.0, 20.0]);
+    let v = |a: Activation| Vec::<f32>::try_from(a.apply(&x)).unwrap();
+    assert_eq!(v(Activation::Relu), vec![0.0, 3.0, 8.0, 20.0]);
+    assert_eq!(v(Activation::Relu2), vec![0.0, 9.0, 64.0, 400.0]);
+    assert_eq!(v(Activation::Relu6), vec![0.0, 3.0, 6.0, 6.0]);
+    assert_eq!(v(Activation::Gelu10)[3], 10.0);
+    assert_eq!(v(Activation::LeakyRelu)[0], -0.02);
+    assert_eq!(v(Activation::Linear), vec![-2.0, 3.0, 8.0, 20.0]);
+    assert_eq!(Activation::GeluNew.apply(&x).kind(), Kind::Float);
+    // gelu_new is exactly the GPT-2 formula, op for op.
+    let c = (2.0f64 / std::f64::consts::PI).sqrt();
+    let manual = (&x * 0.5) * (((&x + x.pow_tensor_scalar(3.0) * 0.044715) * c).tanh() + 1.0);
+    assert!(Activation::GeluNew.apply(&x).equal(&manual));
+}
