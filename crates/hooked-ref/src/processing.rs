@@ -1,215 +1,25 @@
-//! Weight processing (TransformerLens's `process_weights`): fold_ln, center_writing_weights,
-//! center_unembed, fold_value_biases, refactor_factored_attn_matrices — computed in f32 whatever
-//! the model's dtype, in TransformerLens's order, then cast back.
+//! Weight processing of the HookedTransformer, through the one implementation in lens-core.
 
-use tch::{Kind, Tensor};
+pub use lens_core::processing::ProcessingOptions;
 
 use crate::config::NormType;
 use crate::model::HookedTransformer;
-use crate::params::{LayerNormParams, Params};
-
-/// Which processing steps to apply. `Default` is TransformerLens's `from_pretrained`: the first
-/// four on, the refactoring off.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ProcessingOptions {
-    /// Fold each LayerNorm's weight and bias into the weights that read its output (LN -> LNPre).
-    pub fold_ln: bool,
-    /// Remove the mean over d_model from every weight writing to the residual stream.
-    pub center_writing_weights: bool,
-    /// Remove the mean over the vocabulary from the unembedding (log-probs are unchanged).
-    pub center_unembed: bool,
-    /// Move the value biases into the attention output bias.
-    pub fold_value_biases: bool,
-    /// Re-factor W_Q W_K^T and W_V W_O by SVD (not implemented yet; must be false).
-    pub refactor_factored_attn_matrices: bool,
-}
-
-impl Default for ProcessingOptions {
-    fn default() -> Self {
-        ProcessingOptions {
-            fold_ln: true,
-            center_writing_weights: true,
-            center_unembed: true,
-            fold_value_biases: true,
-            refactor_factored_attn_matrices: false,
-        }
-    }
-}
-
-impl ProcessingOptions {
-    /// No processing at all (`from_pretrained_no_processing`).
-    pub fn none() -> Self {
-        ProcessingOptions {
-            fold_ln: false,
-            center_writing_weights: false,
-            center_unembed: false,
-            fold_value_biases: false,
-            refactor_factored_attn_matrices: false,
-        }
-    }
-}
-
-fn f32(t: &Tensor) -> Tensor {
-    t.to_kind(Kind::Float)
-}
-
-/// Mean over `dim`, kept for broadcasting.
-fn mean(t: &Tensor, dim: i64) -> Tensor {
-    t.mean_dim(dim, true, Kind::Float)
-}
 
 impl HookedTransformer {
-    /// Applies `options` to the weights in place. LayerNorms that were folded become LNPre.
+    /// Applies `options` to the weights in place (TransformerLens's `process_weights`). Folded
+    /// LayerNorms become LNPre.
     ///
     /// # Errors
     /// `refactor_factored_attn_matrices` is not implemented yet and is rejected.
     pub fn process_weights(&mut self, options: ProcessingOptions) -> crate::Result<()> {
-        if options.refactor_factored_attn_matrices {
-            return Err(crate::Error::InvalidInput(
-                "refactor_factored_attn_matrices is not implemented yet".into(),
-            ));
-        }
         let (params, cfg) = self.params_and_cfg_mut();
-        let kind = params.W_E.kind();
-        let _guard = tch::no_grad_guard();
-        let mut p = to_f32(params);
-        let is_layer_norm = cfg.normalization_type == NormType::LayerNorm;
-        if options.fold_ln && is_layer_norm {
-            fold_ln(&mut p);
+        let fold_ln = options.fold_ln && cfg.normalization_type == NormType::LayerNorm;
+        let options = ProcessingOptions { fold_ln, ..options };
+        *params = lens_core::processing::process_weights(params, options)
+            .map_err(crate::Error::InvalidInput)?;
+        if fold_ln {
             cfg.normalization_type = NormType::LayerNormPre;
         }
-        if options.center_writing_weights {
-            center_writing_weights(&mut p);
-        }
-        if options.center_unembed {
-            p.W_U = &p.W_U - mean(&p.W_U, -1);
-            p.b_U = &p.b_U - mean(&p.b_U, -1);
-        }
-        if options.fold_value_biases {
-            fold_value_biases(&mut p);
-            if options.center_writing_weights {
-                for block in &mut p.blocks {
-                    block.attn.b_O = &block.attn.b_O - mean(&block.attn.b_O, -1);
-                }
-            }
-        }
-        *params = cast_back(p, kind);
         Ok(())
-    }
-}
-
-fn map_params(p: &Params, f: impl Fn(&Tensor) -> Tensor) -> Params {
-    use crate::params::{AttentionParams, BlockParams, MlpParams};
-    let ln = |l: &Option<LayerNormParams>| {
-        l.as_ref().map(|l| LayerNormParams {
-            w: f(&l.w),
-            b: f(&l.b),
-        })
-    };
-    Params {
-        W_E: f(&p.W_E),
-        W_pos: f(&p.W_pos),
-        blocks: p
-            .blocks
-            .iter()
-            .map(|b| BlockParams {
-                ln1: ln(&b.ln1),
-                attn: AttentionParams {
-                    W_Q: f(&b.attn.W_Q),
-                    W_K: f(&b.attn.W_K),
-                    W_V: f(&b.attn.W_V),
-                    b_Q: f(&b.attn.b_Q),
-                    b_K: f(&b.attn.b_K),
-                    b_V: f(&b.attn.b_V),
-                    W_O: f(&b.attn.W_O),
-                    b_O: f(&b.attn.b_O),
-                },
-                ln2: ln(&b.ln2),
-                mlp: MlpParams {
-                    W_in: f(&b.mlp.W_in),
-                    b_in: f(&b.mlp.b_in),
-                    W_out: f(&b.mlp.W_out),
-                    b_out: f(&b.mlp.b_out),
-                },
-            })
-            .collect(),
-        ln_final: ln(&p.ln_final),
-        W_U: f(&p.W_U),
-        b_U: f(&p.b_U),
-    }
-}
-
-fn to_f32(p: &Params) -> Params {
-    map_params(p, |t| f32(&t.detach()))
-}
-
-/// Back to the model's dtype, as fresh leaves that require gradients.
-fn cast_back(p: Params, kind: Kind) -> Params {
-    map_params(&p, |t| {
-        t.to_kind(kind)
-            .detach()
-            .contiguous()
-            .set_requires_grad(true)
-    })
-}
-
-/// Folds `ln`'s bias into `bias` through the *unscaled* weight, then its scale into `weight`,
-/// then centres `weight` over the d_model axis `d_axis`. `weight_sum(w, b)` computes
-/// `sum_d w[.., d, ..] * b[d]` in the bias's shape.
-fn fold_into(
-    weight: &mut Tensor,
-    bias: &mut Tensor,
-    ln: &LayerNormParams,
-    d_axis: i64,
-    scale_shape: &[i64],
-    weight_sum: impl Fn(&Tensor, &Tensor) -> Tensor,
-) {
-    *bias = &*bias + weight_sum(weight, &ln.b);
-    *weight = &*weight * ln.w.reshape(scale_shape);
-    *weight = &*weight - mean(weight, d_axis);
-}
-
-fn fold_ln(p: &mut Params) {
-    for block in &mut p.blocks {
-        if let Some(ln1) = block.ln1.take() {
-            let a = &mut block.attn;
-            // W [h, d, dh], b [h, dh]: b += sum_d W[h, d, :] * b_ln[d]
-            let per_head =
-                |w: &Tensor, b: &Tensor| Tensor::einsum("hdk,d->hk", &[w, b], None::<&[i64]>);
-            fold_into(&mut a.W_Q, &mut a.b_Q, &ln1, 1, &[1, -1, 1], per_head);
-            fold_into(&mut a.W_K, &mut a.b_K, &ln1, 1, &[1, -1, 1], per_head);
-            fold_into(&mut a.W_V, &mut a.b_V, &ln1, 1, &[1, -1, 1], per_head);
-        }
-        if let Some(ln2) = block.ln2.take() {
-            let m = &mut block.mlp;
-            fold_into(&mut m.W_in, &mut m.b_in, &ln2, 0, &[-1, 1], |w, b| {
-                b.matmul(w)
-            });
-        }
-    }
-    if let Some(ln_final) = p.ln_final.take() {
-        fold_into(&mut p.W_U, &mut p.b_U, &ln_final, 0, &[-1, 1], |w, b| {
-            b.matmul(w)
-        });
-    }
-}
-
-fn center_writing_weights(p: &mut Params) {
-    p.W_E = &p.W_E - mean(&p.W_E, -1);
-    p.W_pos = &p.W_pos - mean(&p.W_pos, -1);
-    for block in &mut p.blocks {
-        let (a, m) = (&mut block.attn, &mut block.mlp);
-        a.W_O = &a.W_O - mean(&a.W_O, -1);
-        a.b_O = &a.b_O - mean(&a.b_O, -1);
-        m.W_out = &m.W_out - mean(&m.W_out, -1);
-        m.b_out = &m.b_out - mean(&m.b_out, -1);
-    }
-}
-
-fn fold_value_biases(p: &mut Params) {
-    for block in &mut p.blocks {
-        let a = &mut block.attn;
-        a.b_O = &a.b_O + Tensor::einsum("hk,hkd->d", &[&a.b_V, &a.W_O], None::<&[i64]>);
-        a.b_V = a.b_V.zeros_like();
     }
 }

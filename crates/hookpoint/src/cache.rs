@@ -153,8 +153,17 @@ impl ActivationCache {
         if self.index.contains_key(&name) {
             return Ok(name);
         }
-        match self.aliases.get(&name) {
-            Some(target) if self.index.contains_key(target) => Ok(target.clone()),
+        // An alias, or the gradient entry of an alias (`hook_embed_grad` -> `embed.hook_out_grad`).
+        let (stem, suffix) = match name.strip_suffix("_grad") {
+            Some(stem) => (stem, "_grad"),
+            None => (name.as_str(), ""),
+        };
+        match self
+            .aliases
+            .get(stem)
+            .map(|target| format!("{target}{suffix}"))
+        {
+            Some(target) if self.index.contains_key(&target) => Ok(target),
             _ => Err(HookError::NotCached {
                 suggestions: self.suggestions(&name),
                 name,

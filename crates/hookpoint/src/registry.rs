@@ -110,9 +110,16 @@ pub struct Selected {
     pub point: Arc<HookPoint>,
 }
 
+/// Scope ids are unique process-wide, so scopes opened through two registries that share hook
+/// points (a registry and its clone) never remove each other's hooks.
+static NEXT_SCOPE: AtomicU64 = AtomicU64::new(1);
+
 /// The hook points of a model in firing order, their aliases, and the options that gate some
 /// of them (TransformerLens's `use_attn_result` and friends).
-#[derive(Default)]
+///
+/// Cloning gives a registry over the same hook points (hooks added through either reach the
+/// model), whose own list can then grow, e.g. to wrap a model with extra points.
+#[derive(Clone, Default)]
 pub struct HookRegistry {
     points: Vec<Arc<HookPoint>>,
     index: HashMap<String, usize>,
@@ -122,7 +129,6 @@ pub struct HookRegistry {
     aliases_of: HashMap<usize, Vec<Arc<str>>>,
     /// Hook point -> the model option it needs, for points whose option is off.
     disabled: HashMap<usize, String>,
-    next_scope: AtomicU64,
 }
 
 impl std::fmt::Debug for HookRegistry {
@@ -338,7 +344,7 @@ impl HookRegistry {
     pub fn scope(&self) -> HookScope<'_> {
         HookScope {
             registry: self,
-            id: self.next_scope.fetch_add(1, Ordering::Relaxed) + 1,
+            id: NEXT_SCOPE.fetch_add(1, Ordering::Relaxed),
         }
     }
 

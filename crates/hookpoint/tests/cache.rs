@@ -162,6 +162,21 @@ fn lookups_accept_aliases_and_shorthands() {
     let cache = cache_of(&model, &input(Device::Cpu), &CacheOptions::default());
     let by_alias = cache.get("hook_hidden").unwrap();
     assert!(max_abs_diff(by_alias, cache.get("hidden.hook_post").unwrap()) == 0.0);
+    let options = CacheOptions {
+        incl_bwd: true,
+        ..CacheOptions::default()
+    };
+    let (_, with_grads) = run_with_cache(&model.registry, &options, Some(1), || {
+        model.forward(&input(Device::Cpu)).map(|o| sum(&o))
+    })
+    .unwrap();
+    let grad_by_alias = with_grads.get("hook_hidden_grad").unwrap();
+    assert!(
+        max_abs_diff(
+            grad_by_alias,
+            with_grads.get("hidden.hook_post_grad").unwrap()
+        ) == 0.0
+    );
     let missing = cache.get(("resid_pre", -1i64)).unwrap_err();
     assert!(
         missing.to_string().contains("blocks.0.hook_resid_pre"),

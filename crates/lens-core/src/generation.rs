@@ -3,7 +3,9 @@
 //! EOS handling, growing the attention mask) is here, so greedy generation with and without a
 //! cache can only differ through the model's cache itself.
 
-use tch::{Kind, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tch::{Device, Kind, Tensor};
 
 use crate::model::{GenerateOptions, ModelError, ModelResult};
 
@@ -34,9 +36,12 @@ pub fn generate_with(
             options.temperature
         )));
     }
-    if let Some(seed) = options.seed {
-        tch::manual_seed(seed as i64);
-    }
+    // A generator of our own, not libtorch's global one: another thread sampling at the same
+    // time must not change which tokens a fixed seed gives.
+    let mut rng = match options.seed {
+        Some(seed) => StdRng::seed_from_u64(seed),
+        None => StdRng::from_entropy(),
+    };
     let eos = options.eos_token_id.unwrap_or(default_eos);
     let batch = tokens.size()[0];
     let device = tokens.device();
@@ -46,7 +51,7 @@ pub fn generate_with(
     let mut n_new = all.size()[1];
     for _ in 0..options.max_new_tokens {
         let logits = next_logits(&all, mask.as_ref(), n_new)?;
-        let mut next = sample(&logits, &all, options)?;
+        let mut next = sample(&logits, &all, options, &mut rng)?;
         if options.stop_at_eos {
             next = next.where_self(
                 &finished.logical_not(),
@@ -72,6 +77,7 @@ pub fn sample(
     logits: &Tensor,
     tokens_so_far: &Tensor,
     options: &GenerateOptions,
+    rng: &mut StdRng,
 ) -> ModelResult<Tensor> {
     let logits = logits.to_kind(Kind::Float);
     if !options.do_sample {
@@ -118,8 +124,21 @@ pub fn sample(
             .scatter(1, &indices, &remove_sorted);
         logits = logits.masked_fill(&remove, f64::NEG_INFINITY);
     }
-    Ok(logits
-        .softmax(-1, Kind::Float)
-        .multinomial(1, false)
-        .squeeze_dim(1))
+    Ok(draw(&logits.softmax(-1, Kind::Double), rng))
+}
+
+/// One index per row of `probs` `[b, V]`, drawn by inverting the cumulative distribution at a
+/// uniform number from `rng`.
+fn draw(probs: &Tensor, rng: &mut StdRng) -> Tensor {
+    let device = probs.device();
+    let cumulative = probs.to_device(Device::Cpu).cumsum(-1, Kind::Double);
+    let (rows, vocab) = (cumulative.size()[0], cumulative.size()[1]);
+    let totals = cumulative.narrow(1, vocab - 1, 1);
+    let uniforms: Vec<f64> = (0..rows).map(|_| rng.gen::<f64>()).collect();
+    let thresholds = Tensor::from_slice(&uniforms).unsqueeze(1) * totals;
+    let index =
+        cumulative
+            .le_tensor(&thresholds)
+            .sum_dim_intlist([1i64].as_slice(), false, Kind::Int64);
+    index.clamp_max(vocab - 1).to_device(device)
 }

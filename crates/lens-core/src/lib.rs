@@ -35,7 +35,9 @@ pub mod config;
 mod error;
 pub mod generation;
 pub mod model;
+pub mod processing;
 pub mod source;
+pub mod tl_params;
 pub mod tokenizer;
 pub mod weights;
 

@@ -1,0 +1,262 @@
+//! Backward benchmarks: the gradient at every hook, and the gradients of the parameters.
+
+use std::collections::BTreeMap;
+
+use lens_core::model::{ForwardOptions, LensModel, ModelResult};
+use tch::{Kind, Tensor};
+
+use super::hooks::CRITICAL_FORWARD_HOOKS;
+use super::{
+    capture, compare_caches, describe, guarded, reference_error, sample_of, GradientTarget, Inputs,
+};
+use crate::result::BenchmarkResult;
+
+/// The gradient of `target` at every hook of the reference, compared with the model's.
+pub fn backward_hooks(
+    model: &dyn LensModel,
+    reference: &dyn LensModel,
+    inputs: &Inputs,
+    target: GradientTarget,
+    tolerance: f64,
+) -> BenchmarkResult {
+    compare_gradients(
+        "backward_hooks",
+        model,
+        reference,
+        inputs,
+        target,
+        tolerance,
+        None,
+    )
+}
+
+/// The same on the critical hooks (the critical forward list without the embeddings' positional
+/// part and ln_final, as in the Python suite).
+pub fn critical_backward_hooks(
+    model: &dyn LensModel,
+    reference: &dyn LensModel,
+    inputs: &Inputs,
+    target: GradientTarget,
+    tolerance: f64,
+) -> BenchmarkResult {
+    let names: Vec<String> = CRITICAL_FORWARD_HOOKS
+        .iter()
+        .filter(|n| !matches!(**n, "hook_pos_embed" | "ln_final.hook_normalized"))
+        .map(|n| format!("{n}_grad"))
+        .collect();
+    compare_gradients(
+        "critical_backward_hooks",
+        model,
+        reference,
+        inputs,
+        target,
+        tolerance,
+        Some(names),
+    )
+}
+
+fn compare_gradients(
+    name: &str,
+    model: &dyn LensModel,
+    reference: &dyn LensModel,
+    inputs: &Inputs,
+    target: GradientTarget,
+    tolerance: f64,
+    names: Option<Vec<String>>,
+) -> BenchmarkResult {
+    guarded(name, || {
+        let ours = capture(model, &inputs.tokens, Some(target))?;
+        let theirs = capture(reference, &inputs.tokens, Some(target)).map_err(reference_error)?;
+        let names = names.unwrap_or_else(|| {
+            theirs
+                .keys()
+                .filter(|k| k.ends_with("_grad"))
+                .map(str::to_owned)
+                .collect()
+        });
+        if names.is_empty() {
+            return Ok(BenchmarkResult::fail(
+                name,
+                "the reference recorded no gradient at all",
+            ));
+        }
+        let report = compare_caches(&ours, &theirs, Some(&names), tolerance);
+        Ok(
+            if report.missing.is_empty() && report.mismatches.is_empty() {
+                BenchmarkResult::pass(
+                    name,
+                    format!("all {} hook gradients match", report.compared),
+                )
+            } else {
+                BenchmarkResult::fail(
+                    name,
+                    format!(
+                        "{} gradient mismatches, {} missing",
+                        report.mismatches.len(),
+                        report.missing.len()
+                    ),
+                )
+                .with("mismatches", sample_of(&describe(&report.mismatches)))
+                .with("missing", sample_of(&report.missing))
+            }
+            .with("compared", report.compared)
+            .with("worst_err", report.worst)
+            .with("loss", format!("{target:?}")),
+        )
+    })
+}
+
+/// Backward from `target` reaches every parameter, and (with a reference) each parameter's
+/// gradient, in TransformerLens layout, equals the reference's.
+///
+/// Two facts shape the comparison. Weights tied in the model but separate in the reference
+/// (GPT-2's embedding and unembedding, before compatibility mode unties them) receive the sum of
+/// the reference's two gradients. And a bias gradient is a sum over positions of upstream
+/// gradients that may cancel — b_K's true gradient is exactly zero, softmax being blind to a
+/// shift shared by all keys — so what a float backward pass returns for it is rounding noise at
+/// the scale of its block's gradients; each gradient's error is therefore measured against the
+/// largest reference gradient of its block (`blocks.3`, `embed`, `unembed`...), which bounds
+/// that noise without leaving any parameter out.
+pub fn gradient_computation(
+    model: &dyn LensModel,
+    reference: Option<&dyn LensModel>,
+    inputs: &Inputs,
+    target: GradientTarget,
+    tolerance: f64,
+) -> BenchmarkResult {
+    let name = "gradient_computation";
+    guarded(name, || {
+        backward_once(model, inputs, target)?;
+        if let Some(reference) = reference {
+            backward_once(reference, inputs, target).map_err(reference_error)?;
+        }
+        let names = model.tl_weight_names();
+        let reference_names = reference.map(|r| r.tl_weight_names()).unwrap_or_default();
+        let mut without = Vec::new();
+        let mut pairs: Vec<(String, Tensor, Tensor)> = Vec::new();
+        for weight in &names {
+            let Some(ours) = model.tl_weight_grad(weight)? else {
+                without.push(weight.clone());
+                continue;
+            };
+            // Weights the reference does not have (a processed HookedTransformer has no
+            // LayerNorm weights) are only required to get a gradient.
+            if let Some(reference) = reference.filter(|_| reference_names.contains(weight)) {
+                match reference_gradient(model, reference, weight, &names)
+                    .map_err(reference_error)?
+                {
+                    Some(theirs) => pairs.push((weight.clone(), ours, theirs)),
+                    None => without.push(format!("{weight} (reference)")),
+                }
+            }
+        }
+        let mut scales: BTreeMap<&str, f64> = BTreeMap::new();
+        for (weight, _, theirs) in &pairs {
+            let scale = scales.entry(group_of(weight)).or_insert(1.0);
+            *scale = scale.max(theirs.abs().max().double_value(&[]));
+        }
+        let (mut mismatches, mut worst) = (Vec::new(), 0.0f64);
+        for (weight, ours, theirs) in &pairs {
+            if ours.size() != theirs.size() {
+                mismatches.push(format!(
+                    "{weight}: shape {:?} vs {:?}",
+                    ours.size(),
+                    theirs.size()
+                ));
+                continue;
+            }
+            let diff = (ours.to_kind(Kind::Double)
+                - theirs.to_device(ours.device()).to_kind(Kind::Double))
+            .abs()
+            .max()
+            .double_value(&[]);
+            let err = diff / scales[group_of(weight)];
+            worst = worst.max(err);
+            // NaN counts as a mismatch.
+            if err.is_nan() || err > tolerance {
+                mismatches.push(format!("{weight}: err {err:.2e}"));
+            }
+        }
+        // Only now: the gradients above are views of the parameters' .grad storage.
+        model.zero_grad();
+        if let Some(reference) = reference {
+            reference.zero_grad();
+        }
+        Ok(if without.is_empty() && mismatches.is_empty() {
+            BenchmarkResult::pass(
+                name,
+                format!(
+                    "every parameter got a gradient; {} compared with the reference",
+                    pairs.len()
+                ),
+            )
+        } else {
+            BenchmarkResult::fail(
+                name,
+                format!(
+                    "{} parameters without gradient, {} mismatches, {} compared",
+                    without.len(),
+                    mismatches.len(),
+                    pairs.len()
+                ),
+            )
+            .with("without_gradient", sample_of(&without))
+            .with("mismatches", sample_of(&mismatches))
+        }
+        .with("worst_err", worst))
+    })
+}
+
+/// `blocks.3.attn.W_Q` -> `blocks.3`; `unembed.W_U` -> `unembed`.
+fn group_of(weight: &str) -> &str {
+    let end = if weight.starts_with("blocks.") {
+        weight.match_indices('.').nth(1).map(|(i, _)| i)
+    } else {
+        weight.find('.')
+    };
+    &weight[..end.unwrap_or(weight.len())]
+}
+
+/// Whether two TL weights of `model` are views of one parameter.
+fn tied(model: &dyn LensModel, a: &str, b: &str) -> ModelResult<bool> {
+    let (x, y) = (model.tl_weight(a)?, model.tl_weight(b)?);
+    Ok(x.numel() == y.numel() && x.data_ptr() == y.data_ptr())
+}
+
+/// The reference's gradient for `weight`, summed over the weights tied to it in `model` but not
+/// in the reference (transposed into `weight`'s layout where needed).
+fn reference_gradient(
+    model: &dyn LensModel,
+    reference: &dyn LensModel,
+    weight: &str,
+    names: &[String],
+) -> ModelResult<Option<Tensor>> {
+    let Some(mut total) = reference.tl_weight_grad(weight)? else {
+        return Ok(None);
+    };
+    for other in names.iter().filter(|o| o.as_str() != weight) {
+        if tied(model, weight, other)? && !tied(reference, weight, other).unwrap_or(false) {
+            if let Some(extra) = reference.tl_weight_grad(other)? {
+                let extra = if extra.size() == total.size() {
+                    extra
+                } else {
+                    extra.transpose(0, 1)
+                };
+                // Not `+=`: `total` may be the reference's own .grad storage.
+                total = &total + extra;
+            }
+        }
+    }
+    Ok(Some(total))
+}
+
+fn backward_once(
+    model: &dyn LensModel,
+    inputs: &Inputs,
+    target: GradientTarget,
+) -> ModelResult<()> {
+    model.zero_grad();
+    let output = model.forward(&inputs.tokens, &ForwardOptions::default())?;
+    hookpoint::backward(&target.of(&output)?)?;
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! Activation-cache benchmarks.
+
+use lens_core::model::LensModel;
+
+use super::{
+    capture, compare_caches, describe, guarded, never_fired, reference_error, sample_of, Inputs,
+};
+use crate::result::BenchmarkResult;
+
+/// `run_with_cache` returns an entry for every hook that fires (and nothing else), including the
+/// embedding and the unembedding; with a reference, every reference entry is found.
+pub fn run_with_cache(
+    model: &dyn LensModel,
+    reference: Option<&dyn LensModel>,
+    inputs: &Inputs,
+) -> BenchmarkResult {
+    let name = "run_with_cache";
+    guarded(name, || {
+        let cache = capture(model, &inputs.tokens, None)?;
+        let mut problems = Vec::new();
+        for required in ["hook_embed", "unembed.hook_out", "ln_final.hook_normalized"] {
+            if !cache.contains(required) {
+                problems.push(format!("{required} not cached"));
+            }
+        }
+        problems.extend(
+            never_fired(model, &cache)
+                .into_iter()
+                .map(|n| format!("{n} not cached (never fired)")),
+        );
+        let mut reference_size = None;
+        if let Some(reference) = reference {
+            let theirs = capture(reference, &inputs.tokens, None).map_err(reference_error)?;
+            reference_size = Some(theirs.len());
+            problems.extend(
+                theirs
+                    .keys()
+                    .filter(|k| !cache.contains(*k))
+                    .map(|k| format!("reference entry {k} not found")),
+            );
+        }
+        Ok(if problems.is_empty() {
+            BenchmarkResult::pass(
+                name,
+                format!("{} entries, every firing hook cached", cache.len()),
+            )
+        } else {
+            BenchmarkResult::fail(name, format!("{} problems", problems.len()))
+                .with("problems", sample_of(&problems))
+        }
+        .with("entries", cache.len())
+        .with("reference_entries", reference_size))
+    })
+}
+
+/// Every cached activation of the reference equals the model's.
+pub fn activation_cache(
+    model: &dyn LensModel,
+    reference: &dyn LensModel,
+    inputs: &Inputs,
+    tolerance: f64,
+) -> BenchmarkResult {
+    let name = "activation_cache";
+    guarded(name, || {
+        let ours = capture(model, &inputs.tokens, None)?;
+        let theirs = capture(reference, &inputs.tokens, None).map_err(reference_error)?;
+        let report = compare_caches(&ours, &theirs, None, tolerance);
+        Ok(
+            if report.missing.is_empty() && report.mismatches.is_empty() && report.compared > 0 {
+                BenchmarkResult::pass(
+                    name,
+                    format!("all {} cached activations match", report.compared),
+                )
+            } else {
+                BenchmarkResult::fail(
+                    name,
+                    format!(
+                        "{} of {} differ, {} missing",
+                        report.mismatches.len(),
+                        report.compared,
+                        report.missing.len()
+                    ),
+                )
+                .with("mismatches", sample_of(&describe(&report.mismatches)))
+                .with("missing", sample_of(&report.missing))
+            }
+            .with("worst_err", report.worst),
+        )
+    })
+}

@@ -1,0 +1,203 @@
+//! Generation benchmarks: greedy decoding, the KV cache, sampling reproducibility, batches.
+
+use lens_core::model::{GenerateOptions, LensModel, ModelResult};
+use tch::{Kind, Tensor};
+
+use super::{guarded, reference_error, Inputs};
+use crate::result::BenchmarkResult;
+
+const NEW_TOKENS: usize = 10;
+
+fn greedy(use_cache: bool, max_new_tokens: usize) -> GenerateOptions {
+    GenerateOptions {
+        max_new_tokens,
+        do_sample: false,
+        stop_at_eos: false,
+        use_past_kv_cache: use_cache,
+        ..GenerateOptions::default()
+    }
+}
+
+fn sampled(seed: u64) -> GenerateOptions {
+    GenerateOptions {
+        max_new_tokens: NEW_TOKENS,
+        do_sample: true,
+        temperature: 0.7,
+        seed: Some(seed),
+        stop_at_eos: false,
+        ..GenerateOptions::default()
+    }
+}
+
+fn run(
+    model: &dyn LensModel,
+    tokens: &Tensor,
+    mask: Option<&Tensor>,
+    options: &GenerateOptions,
+) -> ModelResult<Tensor> {
+    let _no_grad = tch::no_grad_guard();
+    model.generate(tokens, mask, options)
+}
+
+/// Greedy generation adds exactly the requested tokens, and (with a reference) the same ones.
+pub fn generation(
+    model: &dyn LensModel,
+    reference: Option<&dyn LensModel>,
+    inputs: &Inputs,
+) -> BenchmarkResult {
+    let name = "generation";
+    guarded(name, || {
+        let ours = run(model, &inputs.tokens, None, &greedy(true, NEW_TOKENS))?;
+        let expected_len = inputs.tokens.size()[1] + NEW_TOKENS as i64;
+        if ours.size()[1] != expected_len {
+            return Ok(BenchmarkResult::fail(
+                name,
+                format!(
+                    "generated {} positions, expected {expected_len}",
+                    ours.size()[1]
+                ),
+            ));
+        }
+        let Some(reference) = reference else {
+            return Ok(BenchmarkResult::pass(
+                name,
+                format!("{NEW_TOKENS} tokens generated"),
+            ));
+        };
+        let theirs = run(reference, &inputs.tokens, None, &greedy(true, NEW_TOKENS))
+            .map_err(reference_error)?;
+        Ok(if ours.equal(&theirs) {
+            BenchmarkResult::pass(
+                name,
+                format!("{NEW_TOKENS} greedy tokens identical to the reference's"),
+            )
+        } else {
+            BenchmarkResult::fail(name, "greedy tokens differ from the reference's")
+                .with("ours", tokens_of(&ours))
+                .with("reference", tokens_of(&theirs))
+        })
+    })
+}
+
+/// Greedy generation with the KV cache is token-identical to generation without it (for every
+/// prompt), and sampling with a fixed seed reproduces itself.
+pub fn generation_with_kv_cache(model: &dyn LensModel, inputs: &Inputs) -> BenchmarkResult {
+    let name = "generation_with_kv_cache";
+    guarded(name, || {
+        let mut problems = Vec::new();
+        for (i, prompt) in std::iter::once(&inputs.tokens)
+            .chain(&inputs.prompts)
+            .enumerate()
+        {
+            let cached = run(model, prompt, None, &greedy(true, NEW_TOKENS))?;
+            let uncached = run(model, prompt, None, &greedy(false, NEW_TOKENS))?;
+            if !cached.equal(&uncached) {
+                problems.push(format!(
+                    "prompt {i}: cached {:?} vs uncached {:?}",
+                    tokens_of(&cached),
+                    tokens_of(&uncached)
+                ));
+            }
+        }
+        let first = run(model, &inputs.tokens, None, &sampled(42))?;
+        let second = run(model, &inputs.tokens, None, &sampled(42))?;
+        if !first.equal(&second) {
+            problems.push("sampling with seed 42 gave different tokens on a second run".to_owned());
+        }
+        Ok(if problems.is_empty() {
+            BenchmarkResult::pass(
+                name,
+                format!(
+                    "cached = uncached greedy on {} prompts; seeded sampling reproducible",
+                    inputs.prompts.len() + 1
+                ),
+            )
+        } else {
+            BenchmarkResult::fail(name, format!("{} problems", problems.len()))
+                .with("problems", problems)
+        })
+    })
+}
+
+/// Repeated calls give the same tokens, and a left-padded batch of the prompts gives each
+/// prompt's own greedy continuation.
+pub fn multiple_generation_calls(model: &dyn LensModel, inputs: &Inputs) -> BenchmarkResult {
+    let name = "multiple_generation_calls";
+    guarded(name, || {
+        let new_tokens = 5;
+        let mut problems = Vec::new();
+        let mut singles = Vec::new();
+        for (i, prompt) in inputs.prompts.iter().enumerate() {
+            let a = run(model, prompt, None, &greedy(true, new_tokens))?;
+            let b = run(model, prompt, None, &greedy(true, new_tokens))?;
+            if !a.equal(&b) {
+                problems.push(format!("prompt {i}: two calls differ"));
+            }
+            singles.push(a);
+        }
+        if inputs.prompts.len() > 1 {
+            let pad = model
+                .tokenizer()
+                .and_then(|t| t.pad_token_id())
+                .unwrap_or(0);
+            let (batch, mask) = left_padded(&inputs.prompts, pad);
+            let batched = run(model, &batch, Some(&mask), &greedy(true, new_tokens))?;
+            let width = batch.size()[1];
+            for (i, (single, prompt)) in singles.iter().zip(&inputs.prompts).enumerate() {
+                let generated = batched.get(i as i64).narrow(0, width, new_tokens as i64);
+                let expected = single.get(0).narrow(0, prompt.size()[1], new_tokens as i64);
+                if !generated.equal(&expected) {
+                    problems.push(format!(
+                        "prompt {i}: batched {:?} vs alone {:?}",
+                        tokens_of(&generated),
+                        tokens_of(&expected)
+                    ));
+                }
+            }
+        }
+        Ok(if problems.is_empty() {
+            BenchmarkResult::pass(
+                name,
+                format!(
+                    "{} prompts: repeatable, and batched = one by one",
+                    inputs.prompts.len()
+                ),
+            )
+        } else {
+            BenchmarkResult::fail(name, format!("{} problems", problems.len()))
+                .with("problems", problems)
+        })
+    })
+}
+
+/// Left-pads `[1, p_i]` prompts into `[n, max p]` with an attention mask.
+pub fn left_padded(prompts: &[Tensor], pad: i64) -> (Tensor, Tensor) {
+    let width = prompts.iter().map(|p| p.size()[1]).max().unwrap_or(0);
+    let device = prompts
+        .first()
+        .map(|p| p.device())
+        .unwrap_or(tch::Device::Cpu);
+    let rows: Vec<(Tensor, Tensor)> = prompts
+        .iter()
+        .map(|p| {
+            let missing = width - p.size()[1];
+            let pads = Tensor::full([1, missing], pad, (Kind::Int64, device));
+            let row = Tensor::cat(&[&pads, &p.to_kind(Kind::Int64)], 1);
+            let mask = Tensor::cat(
+                &[
+                    &Tensor::zeros([1, missing], (Kind::Int64, device)),
+                    &Tensor::ones([1, p.size()[1]], (Kind::Int64, device)),
+                ],
+                1,
+            );
+            (row, mask)
+        })
+        .collect();
+    let tokens: Vec<&Tensor> = rows.iter().map(|(t, _)| t).collect();
+    let masks: Vec<&Tensor> = rows.iter().map(|(_, m)| m).collect();
+    (Tensor::cat(&tokens, 0), Tensor::cat(&masks, 0))
+}
+
+fn tokens_of(t: &Tensor) -> Vec<i64> {
+    Vec::<i64>::try_from(t.reshape([-1])).unwrap_or_default()
+}

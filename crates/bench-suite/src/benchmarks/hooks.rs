@@ -1,0 +1,318 @@
+//! Hook benchmarks: names, firing, forward activations, and the effect of an ablation.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use hookpoint::{Hook, HookSpec, NamesFilter};
+use lens_core::model::{ForwardOptions, LensModel, ModelResult, ReturnType};
+use tch::Tensor;
+
+use super::{
+    capture, compare_caches, describe, guarded, never_fired, reference_error, sample_of, Inputs,
+};
+use crate::compare::compare;
+use crate::result::BenchmarkResult;
+
+/// Hooks every model must have and that the suite compares first (the Python suite's list,
+/// without `attn.hook_result`, which only fires with `use_attn_result`).
+pub const CRITICAL_FORWARD_HOOKS: [&str; 13] = [
+    "hook_embed",
+    "hook_pos_embed",
+    "blocks.0.hook_resid_pre",
+    "blocks.0.hook_resid_mid",
+    "blocks.0.hook_resid_post",
+    "blocks.0.attn.hook_q",
+    "blocks.0.attn.hook_k",
+    "blocks.0.attn.hook_v",
+    "blocks.0.attn.hook_z",
+    "blocks.0.mlp.hook_pre",
+    "blocks.0.mlp.hook_post",
+    "blocks.0.hook_mlp_out",
+    "ln_final.hook_normalized",
+];
+
+/// Every hook name of the reference (hook points and aliases) must be a hook name of the model.
+pub fn hook_registry(model: &dyn LensModel, reference: &dyn LensModel) -> BenchmarkResult {
+    let name = "hook_registry";
+    guarded(name, || {
+        let ours = model.hooks();
+        let theirs = reference.hooks();
+        let reference_names: Vec<&str> = theirs
+            .names()
+            .chain(theirs.aliases().map(|(alias, _)| alias))
+            .collect();
+        let missing: Vec<String> = reference_names
+            .iter()
+            .filter(|n| ours.get(n).is_err())
+            .map(|n| (*n).to_owned())
+            .collect();
+        let total = ours.len() + ours.aliases().count();
+        let result = if missing.is_empty() {
+            BenchmarkResult::pass(
+                name,
+                format!(
+                    "all {} reference hooks present ({} names here, {} more than the reference)",
+                    reference_names.len(),
+                    total,
+                    total.saturating_sub(reference_names.len())
+                ),
+            )
+        } else {
+            BenchmarkResult::fail(
+                name,
+                format!(
+                    "{} of {} reference hooks are missing",
+                    missing.len(),
+                    reference_names.len()
+                ),
+            )
+            .with("missing", sample_of(&missing))
+        };
+        Ok(result
+            .with("reference_hooks", reference_names.len())
+            .with("hooks", total))
+    })
+}
+
+/// Counts how often each hook point fires in one forward pass.
+pub fn firing_counts(
+    model: &dyn LensModel,
+    tokens: &Tensor,
+) -> ModelResult<BTreeMap<String, usize>> {
+    let counts: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
+    let sink = counts.clone();
+    let counter = Hook::new(move |_, ctx| {
+        *sink
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(ctx.name().to_owned())
+            .or_insert(0) += 1;
+        None
+    });
+    let _no_grad = tch::no_grad_guard();
+    model.run_with_hooks(
+        tokens,
+        &ForwardOptions::default(),
+        &[HookSpec::forward(NamesFilter::All, counter)],
+    )?;
+    let counts = counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Ok(counts)
+}
+
+/// Every forward activation of the reference, compared with the model's; every hook point of
+/// either model that is not gated off must fire, exactly once.
+pub fn forward_hooks(
+    model: &dyn LensModel,
+    reference: &dyn LensModel,
+    inputs: &Inputs,
+    tolerance: f64,
+) -> BenchmarkResult {
+    let name = "forward_hooks";
+    guarded(name, || {
+        let ours = capture(model, &inputs.tokens, None)?;
+        let theirs = capture(reference, &inputs.tokens, None).map_err(reference_error)?;
+        let report = compare_caches(&ours, &theirs, None, tolerance);
+        let mut silent = never_fired(model, &ours);
+        silent.extend(
+            never_fired(reference, &theirs)
+                .into_iter()
+                .map(|n| format!("{n} (reference)")),
+        );
+        let repeated: Vec<String> = firing_counts(model, &inputs.tokens)?
+            .into_iter()
+            .filter(|(_, c)| *c != 1)
+            .map(|(n, c)| format!("{n} fired {c} times"))
+            .collect();
+        let problems =
+            report.missing.len() + report.mismatches.len() + silent.len() + repeated.len();
+        let result = if problems == 0 {
+            BenchmarkResult::pass(
+                name,
+                format!(
+                    "all {} reference activations match; every hook fired once",
+                    report.compared
+                ),
+            )
+        } else {
+            BenchmarkResult::fail(
+                name,
+                format!(
+                    "{} mismatches, {} missing, {} never fired, {} fired more than once",
+                    report.mismatches.len(),
+                    report.missing.len(),
+                    silent.len(),
+                    repeated.len()
+                ),
+            )
+            .with("mismatches", sample_of(&describe(&report.mismatches)))
+            .with("missing", sample_of(&report.missing))
+            .with("never_fired", sample_of(&silent))
+            .with("fired_more_than_once", sample_of(&repeated))
+        };
+        Ok(result
+            .with("compared", report.compared)
+            .with("worst_err", report.worst)
+            .with("tolerance", tolerance))
+    })
+}
+
+/// The critical hooks: present in both models, firing, and matching.
+pub fn critical_forward_hooks(
+    model: &dyn LensModel,
+    reference: &dyn LensModel,
+    inputs: &Inputs,
+    tolerance: f64,
+) -> BenchmarkResult {
+    let name = "critical_forward_hooks";
+    guarded(name, || {
+        let ours = capture(model, &inputs.tokens, None)?;
+        let theirs = capture(reference, &inputs.tokens, None).map_err(reference_error)?;
+        let names: Vec<String> = CRITICAL_FORWARD_HOOKS
+            .iter()
+            .map(|n| (*n).to_owned())
+            .collect();
+        let report = compare_caches(&ours, &theirs, Some(&names), tolerance);
+        Ok(
+            if report.missing.is_empty() && report.mismatches.is_empty() {
+                BenchmarkResult::pass(
+                    name,
+                    format!("all {} critical hooks match", report.compared),
+                )
+            } else {
+                BenchmarkResult::fail(
+                    name,
+                    format!(
+                        "{} missing, {} mismatches",
+                        report.missing.len(),
+                        report.mismatches.len()
+                    ),
+                )
+                .with("missing", report.missing.clone())
+                .with("mismatches", describe(&report.mismatches))
+            }
+            .with("worst_err", report.worst),
+        )
+    })
+}
+
+/// Zero-ablates head 0 of block 0's values and measures the loss change; the change must be
+/// real, and equal the reference's.
+pub fn hook_functionality(
+    model: &dyn LensModel,
+    reference: Option<&dyn LensModel>,
+    inputs: &Inputs,
+    tolerance: f64,
+) -> BenchmarkResult {
+    let name = "hook_functionality";
+    guarded(name, || {
+        let ours = ablation_effect(model, &inputs.tokens)?;
+        if ours.abs() < 1e-6 {
+            return Ok(BenchmarkResult::fail(
+                name,
+                format!(
+                    "ablating head 0 of blocks.0.attn.hook_v changed the loss by only {ours:.3e}"
+                ),
+            ));
+        }
+        let Some(reference) = reference else {
+            return Ok(BenchmarkResult::pass(
+                name,
+                format!("ablation changed the loss by {ours:.6}"),
+            )
+            .with("effect", ours));
+        };
+        let theirs = ablation_effect(reference, &inputs.tokens).map_err(reference_error)?;
+        let outcome = compare(&Tensor::from(ours), &Tensor::from(theirs), None);
+        Ok(if outcome.within(tolerance) {
+            BenchmarkResult::pass(
+                name,
+                format!("ablation effects match: {ours:.6} vs {theirs:.6}"),
+            )
+        } else {
+            BenchmarkResult::fail(
+                name,
+                format!(
+                    "ablation effects differ: {ours:.6} vs {theirs:.6} ({})",
+                    outcome.describe()
+                ),
+            )
+        }
+        .with("effect", ours)
+        .with("reference_effect", theirs))
+    })
+}
+
+fn ablation_effect(model: &dyn LensModel, tokens: &Tensor) -> ModelResult<f64> {
+    let _no_grad = tch::no_grad_guard();
+    let options = ForwardOptions {
+        return_type: ReturnType::Loss,
+        ..ForwardOptions::default()
+    };
+    let clean = model.forward(tokens, &options)?.loss()?.double_value(&[]);
+    let zero_head = Hook::new(|v, _| {
+        let ablated = v.copy();
+        let _ = ablated.select(2, 0).fill_(0.0);
+        Some(ablated)
+    });
+    let ablated = model
+        .run_with_hooks(
+            tokens,
+            &options,
+            &[HookSpec::forward("blocks.0.attn.hook_v", zero_head)],
+        )?
+        .loss()?
+        .double_value(&[]);
+    Ok(ablated - clean)
+}
+
+/// Each gating option, enabled alone, makes each of its hook points fire exactly once; the
+/// options are restored afterwards.
+pub fn gated_hooks_fire(model: &mut dyn LensModel, inputs: &Inputs) -> BenchmarkResult {
+    let name = "gated_hooks_fire";
+    let original = model.hook_flags();
+    let result = guarded(name, || {
+        let (mut fired, mut problems) = (0usize, Vec::new());
+        for (flag, _) in &original {
+            for (other, _) in &original {
+                model.set_hook_flag(other, false)?;
+            }
+            let gated: Vec<String> = model
+                .hooks()
+                .names()
+                .filter(|n| model.hooks().disabled_by(n) == Some(*flag))
+                .map(str::to_owned)
+                .collect();
+            model.set_hook_flag(flag, true)?;
+            let counts = firing_counts(&*model, &inputs.tokens)?;
+            for hook in &gated {
+                match counts.get(hook) {
+                    Some(1) => fired += 1,
+                    Some(n) => problems.push(format!("{hook} ({flag}) fired {n} times")),
+                    None => problems.push(format!("{hook} ({flag}) never fired")),
+                }
+            }
+            if gated.is_empty() {
+                problems.push(format!("{flag} gates no hook point"));
+            }
+        }
+        Ok(if problems.is_empty() {
+            BenchmarkResult::pass(
+                name,
+                format!(
+                    "{fired} gated hooks fired once each across {} options",
+                    original.len()
+                ),
+            )
+        } else {
+            BenchmarkResult::fail(name, format!("{} gated hooks misbehaved", problems.len()))
+                .with("problems", sample_of(&problems))
+        }
+        .with("fired", fired))
+    });
+    for (flag, enabled) in &original {
+        if let Err(error) = model.set_hook_flag(flag, *enabled) {
+            return BenchmarkResult::error(name, format!("could not restore {flag}: {error}"));
+        }
+    }
+    result
+}

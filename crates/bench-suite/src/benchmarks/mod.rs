@@ -1,0 +1,198 @@
+//! The benchmarks. Each takes the model under test (the bridge, in the suite), the inputs, an
+//! optional reference and a tolerance, and returns a [`BenchmarkResult`]; none panics or
+//! returns an error: a failure to run becomes an ERROR result.
+
+pub mod backward;
+pub mod cache;
+pub mod forward;
+pub mod generation;
+pub mod hooks;
+pub mod weights;
+
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use hookpoint::{ActivationCache, CacheOptions};
+use lens_core::model::{ForwardOptions, ForwardOutput, LensModel, ModelError, ModelResult};
+use tch::{Kind, Tensor};
+
+use crate::compare::{compare, Comparison};
+use crate::result::BenchmarkResult;
+
+/// What every benchmark runs the models on.
+#[derive(Debug)]
+pub struct Inputs {
+    /// The text, for reports.
+    pub text: String,
+    /// Its tokens `[1, p]` (BOS prepended).
+    pub tokens: Tensor,
+    /// Greedy/sampled generation prompts (the Python suite's trio).
+    pub prompts: Vec<Tensor>,
+}
+
+/// The scalar whose gradients the backward benchmarks compare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GradientTarget {
+    /// `logits[:, -1, :].sum()` (the Python suite's choice).
+    SumLastLogits,
+    /// `logits[:, -1, :].log_softmax(-1).sum()`: used on processed models, where the summed
+    /// logits have an exactly zero gradient after center_unembed (every column of W_U sums to zero
+    /// over the vocabulary), so comparing them would compare rounding noise.
+    SumLastLogProbs,
+}
+
+impl GradientTarget {
+    /// The scalar for a forward output.
+    pub fn of(self, output: &ForwardOutput) -> ModelResult<Tensor> {
+        let last = output.logits()?.select(1, -1);
+        Ok(match self {
+            GradientTarget::SumLastLogits => last.sum(Kind::Float),
+            GradientTarget::SumLastLogProbs => last.log_softmax(-1, Kind::Float).sum(Kind::Float),
+        })
+    }
+}
+
+/// Runs a benchmark body, turning an error or a panic into an ERROR result named `name`.
+pub fn guarded(name: &str, body: impl FnOnce() -> ModelResult<BenchmarkResult>) -> BenchmarkResult {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(result)) => result,
+        Ok(Err(error)) => BenchmarkResult::error(name, format!("could not run: {error}")),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            BenchmarkResult::error(name, format!("panicked: {message}"))
+        }
+    }
+}
+
+/// Runs `model` on `tokens` recording every hook that fires (and its gradient for `target`).
+pub fn capture(
+    model: &dyn LensModel,
+    tokens: &Tensor,
+    target: Option<GradientTarget>,
+) -> ModelResult<ActivationCache> {
+    model.zero_grad();
+    let options = CacheOptions {
+        incl_bwd: target.is_some(),
+        ..CacheOptions::default()
+    };
+    let target = target.unwrap_or(GradientTarget::SumLastLogits);
+    let (_, cache) =
+        model.run_with_cache(tokens, &ForwardOptions::default(), &options, &|out| {
+            target.of(out)
+        })?;
+    model.zero_grad();
+    Ok(cache)
+}
+
+/// Hook points of `model` that are not gated off but are absent from `cache` (never fired).
+pub fn never_fired(model: &dyn LensModel, cache: &ActivationCache) -> Vec<String> {
+    let registry = model.hooks();
+    registry
+        .names()
+        .filter(|name| registry.disabled_by(name).is_none() && !cache.contains(*name))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// For attention scores and their gradients: the entries the reference did not mask (finite
+/// reference scores).
+fn unmasked(name: &str, reference: &ActivationCache) -> Option<Tensor> {
+    let activation = name.strip_suffix("_grad").unwrap_or(name);
+    if !activation.ends_with("hook_attn_scores") {
+        return None;
+    }
+    reference.get(activation).ok().map(Tensor::isfinite)
+}
+
+/// One hook compared between two caches.
+#[derive(Debug)]
+pub struct HookComparison {
+    /// Reference hook names absent from the tested cache.
+    pub missing: Vec<String>,
+    /// `(name, description)` of hooks outside tolerance.
+    pub mismatches: Vec<(String, String)>,
+    /// Largest err seen.
+    pub worst: f64,
+    /// How many hooks were compared.
+    pub compared: usize,
+}
+
+/// Compares every entry of `reference` named in `names` (all of them when `None`) with `ours`.
+/// Attention scores are compared on unmasked entries, and masked entries must be masked (-inf)
+/// on both sides (their gradients: zero on both sides).
+pub fn compare_caches(
+    ours: &ActivationCache,
+    reference: &ActivationCache,
+    names: Option<&[String]>,
+    tolerance: f64,
+) -> HookComparison {
+    let wanted: Vec<String> = match names {
+        Some(names) => names.to_vec(),
+        None => reference.keys().map(str::to_owned).collect(),
+    };
+    let mut report = HookComparison {
+        missing: Vec::new(),
+        mismatches: Vec::new(),
+        worst: 0.0,
+        compared: 0,
+    };
+    for name in wanted {
+        let Ok(expected) = reference.get(name.as_str()) else {
+            report
+                .missing
+                .push(format!("{name} (not in the reference)"));
+            continue;
+        };
+        let Ok(actual) = ours.get(name.as_str()) else {
+            report.missing.push(name);
+            continue;
+        };
+        let keep = unmasked(&name, reference);
+        let mut outcome = compare(actual, expected, keep.as_ref());
+        if let (Some(keep), Comparison::Compared { .. }) = (&keep, &outcome) {
+            let masked = keep.logical_not();
+            let (a, b) = (
+                actual.to_device(tch::Device::Cpu).masked_select(&masked),
+                expected.masked_select(&masked),
+            );
+            if !a.equal(&b) {
+                outcome = Comparison::NonFiniteMismatch {
+                    count: i64::try_from(a.ne_tensor(&b).sum(Kind::Int64)).unwrap_or(-1),
+                };
+            }
+        }
+        report.compared += 1;
+        if let Comparison::Compared { err } = outcome {
+            report.worst = report.worst.max(err);
+        }
+        if !outcome.within(tolerance) {
+            report.mismatches.push((name, outcome.describe()));
+        }
+    }
+    report
+}
+
+/// The first few items of a list, for a result's details.
+pub fn sample_of(items: &[String]) -> Vec<String> {
+    items.iter().take(8).cloned().collect()
+}
+
+/// Mismatch list as `name: description`.
+pub fn describe(mismatches: &[(String, String)]) -> Vec<String> {
+    mismatches
+        .iter()
+        .map(|(n, d)| format!("{n}: {d}"))
+        .collect()
+}
+
+/// Errors from the reference are reported as such.
+pub fn reference_error(error: ModelError) -> ModelError {
+    ModelError::InvalidInput(format!("the reference model failed: {error}"))
+}
+
+/// `name -> tensor` for a result's details.
+pub type Named = BTreeMap<String, Tensor>;

@@ -1,0 +1,339 @@
+//! Weight benchmarks: what weight processing must produce (Phase 3), and that weights written
+//! through the TransformerLens views reach the model.
+
+use lens_core::model::{ForwardOptions, LensModel, ModelResult, ReturnType};
+use tch::{Kind, Tensor};
+
+use super::{guarded, reference_error, sample_of, Inputs};
+use crate::compare::{compare, Comparison};
+use crate::result::BenchmarkResult;
+
+fn weights_matching(model: &dyn LensModel, suffix: &str) -> Vec<String> {
+    model
+        .tl_weight_names()
+        .into_iter()
+        .filter(|n| n.ends_with(suffix))
+        .collect()
+}
+
+/// Runs `check` on every weight whose name ends with `suffix`; the result passes when no weight
+/// is reported.
+fn every_weight(
+    name: &str,
+    model: &dyn LensModel,
+    suffix: &str,
+    what: &str,
+    check: impl Fn(&Tensor) -> Option<String>,
+) -> BenchmarkResult {
+    guarded(name, || {
+        let names = weights_matching(model, suffix);
+        if names.is_empty() {
+            return Ok(BenchmarkResult::fail(
+                name,
+                format!("no weight named *{suffix}"),
+            ));
+        }
+        let mut bad = Vec::new();
+        for weight in &names {
+            if let Some(problem) = check(&model.tl_weight(weight)?.detach()) {
+                bad.push(format!("{weight}: {problem}"));
+            }
+        }
+        Ok(if bad.is_empty() {
+            BenchmarkResult::pass(name, format!("{what} ({} weights)", names.len()))
+        } else {
+            BenchmarkResult::fail(
+                name,
+                format!("{} of {} weights fail: {what}", bad.len(), names.len()),
+            )
+            .with("failing", sample_of(&bad))
+        })
+    })
+}
+
+/// Zero within f32 rounding of the tensor's own scale.
+fn near_zero(t: &Tensor, scale_of: &Tensor) -> Option<String> {
+    let scale = scale_of.abs().max().double_value(&[]).max(1.0);
+    let worst = t.abs().max().double_value(&[]);
+    (worst / scale > 1e-5).then(|| format!("max |mean| {worst:.2e}"))
+}
+
+/// No weight holds NaN or an infinity.
+pub fn no_nan_inf(model: &dyn LensModel) -> BenchmarkResult {
+    every_weight("no_nan_inf", model, "", "all finite", |w| {
+        let bad = i64::try_from(w.isfinite().logical_not().sum(Kind::Int64)).unwrap_or(-1);
+        (bad != 0).then(|| format!("{bad} non-finite entries"))
+    })
+}
+
+/// No weight is absurdly large (max |w| <= 1000), and no weight matrix is all but zero
+/// (mean |w| >= 1e-6; biases may be zero).
+pub fn weight_magnitudes(model: &dyn LensModel) -> BenchmarkResult {
+    let name = "weight_magnitudes";
+    guarded(name, || {
+        let mut bad = Vec::new();
+        let names = model.tl_weight_names();
+        for weight in &names {
+            let w = model.tl_weight(weight)?.detach();
+            let max = w.abs().max().double_value(&[]);
+            let mean = w.abs().mean(Kind::Float).double_value(&[]);
+            // Biases may legitimately be zero (b_V after folding, b_U of GPT-2); matrices may not.
+            let is_bias = weight
+                .rsplit('.')
+                .next()
+                .is_some_and(|last| last == "b" || last.starts_with("b_"));
+            if max > 1000.0 {
+                bad.push(format!("{weight}: max |w| = {max:.3e}"));
+            } else if !is_bias && mean < 1e-6 {
+                bad.push(format!("{weight}: mean |w| = {mean:.3e}"));
+            }
+        }
+        Ok(if bad.is_empty() {
+            BenchmarkResult::pass(
+                name,
+                format!("magnitudes in range ({} weights)", names.len()),
+            )
+        } else {
+            BenchmarkResult::fail(
+                name,
+                format!("{} of {} weights out of range", bad.len(), names.len()),
+            )
+            .with("failing", sample_of(&bad))
+        })
+    })
+}
+
+/// Every LayerNorm has weight 1 and bias 0 (folded), or none at all (LNPre).
+pub fn layer_norm_folding(model: &dyn LensModel) -> BenchmarkResult {
+    let name = "layer_norm_folding";
+    guarded(name, || {
+        let norms: Vec<String> = model
+            .tl_weight_names()
+            .into_iter()
+            .filter(|n| n.ends_with(".w") || n.ends_with(".b"))
+            .filter(|n| n.contains("ln"))
+            .collect();
+        let mut bad = Vec::new();
+        for weight in &norms {
+            let t = model.tl_weight(weight)?.detach();
+            let identity = if weight.ends_with(".w") {
+                t.ones_like()
+            } else {
+                t.zeros_like()
+            };
+            if !t.equal(&identity) {
+                bad.push(weight.clone());
+            }
+        }
+        Ok(if bad.is_empty() {
+            BenchmarkResult::pass(
+                name,
+                format!(
+                    "{} LayerNorm parameters are the identity (w = 1, b = 0)",
+                    norms.len()
+                ),
+            )
+        } else {
+            BenchmarkResult::fail(
+                name,
+                format!("{} LayerNorm parameters are not folded", bad.len()),
+            )
+            .with("unfolded", sample_of(&bad))
+        })
+    })
+}
+
+/// Every attention output matrix writes a zero-mean vector.
+pub fn attention_output_centering(model: &dyn LensModel) -> BenchmarkResult {
+    every_weight(
+        "attention_output_centering",
+        model,
+        "attn.W_O",
+        "W_O centred over d_model",
+        |w| near_zero(&w.mean_dim(-1, false, Kind::Float), w),
+    )
+}
+
+/// Every MLP output matrix writes a zero-mean vector.
+pub fn mlp_output_centering(model: &dyn LensModel) -> BenchmarkResult {
+    every_weight(
+        "mlp_output_centering",
+        model,
+        "mlp.W_out",
+        "W_out centred over d_model",
+        |w| near_zero(&w.mean_dim(-1, false, Kind::Float), w),
+    )
+}
+
+/// The unembedding is centred over the vocabulary.
+pub fn unembed_centering(model: &dyn LensModel) -> BenchmarkResult {
+    every_weight(
+        "unembed_centering",
+        model,
+        "unembed.W_U",
+        "W_U centred over the vocabulary",
+        |w| near_zero(&w.mean_dim(-1, false, Kind::Float), w),
+    )
+}
+
+/// Every value bias was folded into the output bias.
+pub fn value_bias_folding(model: &dyn LensModel) -> BenchmarkResult {
+    every_weight("value_bias_folding", model, "attn.b_V", "b_V = 0", |b| {
+        let max = b.abs().max().double_value(&[]);
+        (max != 0.0).then(|| format!("max |b_V| = {max:.3e}"))
+    })
+}
+
+/// Every weight of the processed reference equals the model's.
+pub fn weight_processing(
+    model: &dyn LensModel,
+    reference: &dyn LensModel,
+    tolerance: f64,
+) -> BenchmarkResult {
+    let name = "weight_processing";
+    guarded(name, || {
+        let ours = model.tl_weight_names();
+        let (mut missing, mut mismatches, mut worst, mut compared) =
+            (Vec::new(), Vec::new(), 0.0f64, 0usize);
+        for weight in reference.tl_weight_names() {
+            if !ours.contains(&weight) {
+                missing.push(weight);
+                continue;
+            }
+            let outcome = compare(
+                &model.tl_weight(&weight)?.detach(),
+                &reference
+                    .tl_weight(&weight)
+                    .map_err(reference_error)?
+                    .detach(),
+                None,
+            );
+            compared += 1;
+            if let Comparison::Compared { err } = outcome {
+                worst = worst.max(err);
+            }
+            if !outcome.within(tolerance) {
+                mismatches.push(format!("{weight}: {}", outcome.describe()));
+            }
+        }
+        Ok(if missing.is_empty() && mismatches.is_empty() {
+            BenchmarkResult::pass(
+                name,
+                format!("all {compared} processed weights equal the reference's"),
+            )
+        } else {
+            BenchmarkResult::fail(
+                name,
+                format!(
+                    "{} weights differ, {} missing",
+                    mismatches.len(),
+                    missing.len()
+                ),
+            )
+            .with("mismatches", sample_of(&mismatches))
+            .with("missing", sample_of(&missing))
+        }
+        .with("worst_err", worst))
+    })
+}
+
+const PROBE_WEIGHT: &str = "blocks.0.attn.W_V";
+
+fn loss(model: &dyn LensModel, inputs: &Inputs) -> ModelResult<f64> {
+    let _no_grad = tch::no_grad_guard();
+    let options = ForwardOptions {
+        return_type: ReturnType::Loss,
+        ..ForwardOptions::default()
+    };
+    Ok(model
+        .forward(&inputs.tokens, &options)?
+        .loss()?
+        .double_value(&[]))
+}
+
+/// Zeroes head 0 of `PROBE_WEIGHT` through the TL view, measures the loss, restores the weight.
+fn loss_change_when_zeroing(model: &dyn LensModel, inputs: &Inputs) -> ModelResult<(f64, f64)> {
+    let before = loss(model, inputs)?;
+    let view = model.tl_weight(PROBE_WEIGHT)?;
+    let original = view.detach().copy();
+    let after = {
+        let _no_grad = tch::no_grad_guard();
+        let _ = view.get(0).fill_(0.0);
+        loss(model, inputs)
+    };
+    {
+        let _no_grad = tch::no_grad_guard();
+        let mut view = view;
+        view.copy_(&original);
+    }
+    let restored = loss(model, inputs)?;
+    Ok((after? - before, restored - before))
+}
+
+/// Writing through the TL view changes the model, and restoring the weight restores the output.
+pub fn weight_modification(model: &dyn LensModel, inputs: &Inputs) -> BenchmarkResult {
+    let name = "weight_modification";
+    guarded(name, || {
+        let (change, residue) = loss_change_when_zeroing(model, inputs)?;
+        Ok(if change.abs() < 1e-6 {
+            BenchmarkResult::fail(
+                name,
+                format!("zeroing {PROBE_WEIGHT}[0] changed the loss by only {change:.3e}"),
+            )
+        } else if residue != 0.0 {
+            BenchmarkResult::fail(
+                name,
+                format!("restoring {PROBE_WEIGHT} left the loss off by {residue:.3e}"),
+            )
+        } else {
+            BenchmarkResult::pass(
+                name,
+                format!(
+                    "zeroing {PROBE_WEIGHT}[0] changed the loss by {change:.6}; restoring undid it"
+                ),
+            )
+        }
+        .with("loss_change", change))
+    })
+}
+
+/// The model and the reference hold the same `PROBE_WEIGHT`, and the same edit changes both
+/// losses by the same amount.
+pub fn weight_sharing(
+    model: &dyn LensModel,
+    reference: &dyn LensModel,
+    inputs: &Inputs,
+    tolerance: f64,
+) -> BenchmarkResult {
+    let name = "weight_sharing";
+    guarded(name, || {
+        let same = compare(
+            &model.tl_weight(PROBE_WEIGHT)?.detach(),
+            &reference
+                .tl_weight(PROBE_WEIGHT)
+                .map_err(reference_error)?
+                .detach(),
+            None,
+        );
+        if !same.within(tolerance) {
+            return Ok(BenchmarkResult::fail(
+                name,
+                format!("{PROBE_WEIGHT} differs: {}", same.describe()),
+            ));
+        }
+        let (ours, _) = loss_change_when_zeroing(model, inputs)?;
+        let (theirs, _) = loss_change_when_zeroing(reference, inputs).map_err(reference_error)?;
+        let outcome = compare(&Tensor::from(ours), &Tensor::from(theirs), None);
+        Ok(if outcome.within(tolerance) {
+            BenchmarkResult::pass(
+                name,
+                format!("the same edit changes both losses alike: {ours:.6} vs {theirs:.6}"),
+            )
+        } else {
+            BenchmarkResult::fail(
+                name,
+                format!("the same edit changes the losses differently: {ours:.6} vs {theirs:.6}"),
+            )
+        })
+    })
+}

@@ -1,0 +1,168 @@
+//! How two tensors are compared: err = max|a - b| / max(1, max|b|) per tensor, in f64.
+//!
+//! The scale keeps the bound meaningful for quantities of any size (gradients of summed logits
+//! reach hundreds) while small quantities are held to an absolute bound. Non-finite entries must
+//! agree exactly (same infinity, NaN on both sides) except in attention scores, where entries the
+//! mask removed are compared for being masked rather than for their value.
+
+use tch::{Device, Kind, Tensor};
+
+/// The default bound on err in f32.
+pub const F32_TOLERANCE: f64 = 1e-5;
+
+/// The bound for a dtype: 1e-5 in f32 (and f64); half-precision models accumulate rounding
+/// through every layer, so the bound follows their machine epsilon (bf16 eps = 2^-7 ~ 7.8e-3,
+/// f16 eps = 2^-10 ~ 9.8e-4), with a small multiple for accumulation.
+pub fn tolerance_for(kind: Kind) -> f64 {
+    match kind {
+        Kind::BFloat16 => 5e-2,
+        Kind::Half => 1e-2,
+        _ => F32_TOLERANCE,
+    }
+}
+
+/// The outcome of comparing one pair of tensors.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Comparison {
+    /// Same shape; `err` is the relative error over the compared entries.
+    Compared {
+        /// max|a - b| / max(1, max|b|).
+        err: f64,
+    },
+    /// Shapes differ.
+    ShapeMismatch {
+        /// Shape of the tested tensor.
+        ours: Vec<i64>,
+        /// Shape of the reference.
+        reference: Vec<i64>,
+    },
+    /// Non-finite entries differ (one side inf or NaN where the other is not, outside masks).
+    NonFiniteMismatch {
+        /// How many entries.
+        count: i64,
+    },
+}
+
+impl Comparison {
+    /// Whether the comparison is within `tolerance`.
+    pub fn within(&self, tolerance: f64) -> bool {
+        matches!(self, Comparison::Compared { err } if *err <= tolerance)
+    }
+
+    /// A short description for reports.
+    pub fn describe(&self) -> String {
+        match self {
+            Comparison::Compared { err } => format!("err {err:.2e}"),
+            Comparison::ShapeMismatch { ours, reference } => {
+                format!("shape {ours:?} vs reference {reference:?}")
+            }
+            Comparison::NonFiniteMismatch { count } => format!("{count} non-finite entries differ"),
+        }
+    }
+}
+
+/// Compares `ours` with `reference`; `keep` (same shape, bool) restricts the comparison to some
+/// entries (real positions of a padded batch, unmasked attention scores).
+pub fn compare(ours: &Tensor, reference: &Tensor, keep: Option<&Tensor>) -> Comparison {
+    if ours.size() != reference.size() {
+        return Comparison::ShapeMismatch {
+            ours: ours.size(),
+            reference: reference.size(),
+        };
+    }
+    let ours = ours.to_device(Device::Cpu).to_kind(Kind::Double);
+    let reference = reference.to_device(Device::Cpu).to_kind(Kind::Double);
+    let (ours, reference) = match keep {
+        Some(keep) => {
+            let keep = keep.to_device(Device::Cpu).expand_as(&ours);
+            (ours.masked_select(&keep), reference.masked_select(&keep))
+        }
+        None => (ours.reshape([-1]), reference.reshape([-1])),
+    };
+    if reference.numel() == 0 {
+        return Comparison::Compared { err: 0.0 };
+    }
+    let finite = reference.isfinite();
+    let same_nonfinite = ours
+        .eq_tensor(&reference)
+        .logical_or(&ours.isnan().logical_and(&reference.isnan()));
+    let nonfinite_mismatch = i64::try_from(
+        finite
+            .logical_not()
+            .logical_and(&same_nonfinite.logical_not())
+            .sum(Kind::Int64),
+    )
+    .unwrap_or(0)
+        + i64::try_from(
+            finite
+                .logical_and(&ours.isfinite().logical_not())
+                .sum(Kind::Int64),
+        )
+        .unwrap_or(0);
+    if nonfinite_mismatch > 0 {
+        return Comparison::NonFiniteMismatch {
+            count: nonfinite_mismatch,
+        };
+    }
+    let (ours, reference) = (
+        ours.masked_select(&finite),
+        reference.masked_select(&finite),
+    );
+    if reference.numel() == 0 {
+        return Comparison::Compared { err: 0.0 };
+    }
+    let scale = reference.abs().max().double_value(&[]).max(1.0);
+    Comparison::Compared {
+        err: (ours - reference).abs().max().double_value(&[]) / scale,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn err_is_relative_to_the_larger_of_one_and_the_reference_scale() {
+        let reference = Tensor::from_slice(&[100.0f32, -200.0]);
+        let ours = Tensor::from_slice(&[100.0f32, -199.0]);
+        assert_eq!(
+            compare(&ours, &reference, None),
+            Comparison::Compared { err: 1.0 / 200.0 }
+        );
+        let small = Tensor::from_slice(&[1e-3f32]);
+        let off = Tensor::from_slice(&[2e-3f32]);
+        match compare(&off, &small, None) {
+            Comparison::Compared { err } => assert!((err - 1e-3).abs() < 1e-9),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn non_finite_entries_must_agree() {
+        let reference = Tensor::from_slice(&[f32::NEG_INFINITY, 1.0]);
+        assert!(compare(&reference.copy(), &reference, None).within(0.0));
+        let finite = Tensor::from_slice(&[-3.0e38f32, 1.0]);
+        assert_eq!(
+            compare(&finite, &reference, None),
+            Comparison::NonFiniteMismatch { count: 1 }
+        );
+        assert_eq!(
+            compare(&reference, &finite, None),
+            Comparison::NonFiniteMismatch { count: 1 }
+        );
+    }
+
+    #[test]
+    fn shapes_must_agree_and_masks_restrict() {
+        let a = Tensor::zeros([2, 3], (Kind::Float, Device::Cpu));
+        assert!(matches!(
+            compare(&a, &a.reshape([3, 2]), None),
+            Comparison::ShapeMismatch { .. }
+        ));
+        let b = a.copy();
+        let _ = b.get(1).fill_(5.0);
+        let keep = Tensor::from_slice(&[true, false]).unsqueeze(1);
+        assert!(compare(&a, &b, Some(&keep)).within(0.0));
+        assert!(!compare(&a, &b, None).within(0.5));
+    }
+}

@@ -1,0 +1,148 @@
+//! `BenchmarkResult`: one check's outcome, as the Python suite reports it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// How serious a result is. `passed` decides pass or fail, not the severity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// As expected.
+    Info,
+    /// Noteworthy.
+    Warning,
+    /// A real mismatch.
+    Danger,
+    /// The check could not run.
+    Error,
+    /// Not applicable here (e.g. no reference model).
+    Skipped,
+}
+
+impl Severity {
+    fn icon(self) -> &'static str {
+        match self {
+            Severity::Info => "🟢",
+            Severity::Warning => "🟡",
+            Severity::Danger => "🔴",
+            Severity::Error => "❌",
+            Severity::Skipped => "⏭️",
+        }
+    }
+}
+
+/// The outcome of one benchmark.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchmarkResult {
+    /// The benchmark's name, e.g. `backward_hooks`.
+    pub name: String,
+    /// How serious it is.
+    pub severity: Severity,
+    /// One line for people.
+    pub message: String,
+    /// Structured details (numbers, offending hook names...).
+    pub details: BTreeMap<String, Value>,
+    /// Whether the check passed. A skipped check has `passed = true` and severity `Skipped`.
+    pub passed: bool,
+    /// The suite phase (1: bridge vs HF, 2: vs HookedTransformer, 3: processed), if any.
+    pub phase: Option<u8>,
+}
+
+impl BenchmarkResult {
+    fn new(name: &str, severity: Severity, message: impl Into<String>, passed: bool) -> Self {
+        BenchmarkResult {
+            name: name.to_owned(),
+            severity,
+            message: message.into(),
+            details: BTreeMap::new(),
+            passed,
+            phase: None,
+        }
+    }
+
+    /// A passing result.
+    pub fn pass(name: &str, message: impl Into<String>) -> Self {
+        Self::new(name, Severity::Info, message, true)
+    }
+
+    /// A failing result (a mismatch).
+    pub fn fail(name: &str, message: impl Into<String>) -> Self {
+        Self::new(name, Severity::Danger, message, false)
+    }
+
+    /// A check that could not run.
+    pub fn error(name: &str, message: impl Into<String>) -> Self {
+        Self::new(name, Severity::Error, message, false)
+    }
+
+    /// A check that does not apply.
+    pub fn skipped(name: &str, message: impl Into<String>) -> Self {
+        Self::new(name, Severity::Skipped, message, true)
+    }
+
+    /// Adds a detail.
+    pub fn with(mut self, key: &str, value: impl Serialize) -> Self {
+        self.details.insert(
+            key.to_owned(),
+            serde_json::to_value(value).unwrap_or(Value::Null),
+        );
+        self
+    }
+
+    /// Tags the result with its phase.
+    pub fn in_phase(mut self, phase: u8) -> Self {
+        self.phase = Some(phase);
+        self
+    }
+
+    /// Whether the check ran (was not skipped).
+    pub fn ran(&self) -> bool {
+        self.severity != Severity::Skipped
+    }
+}
+
+impl fmt::Display for BenchmarkResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verdict = match (self.severity, self.passed) {
+            (Severity::Skipped, _) => "SKIPPED",
+            (_, true) => "PASS",
+            (_, false) => "FAIL",
+        };
+        write!(
+            f,
+            "{} [{verdict}] {}: {}",
+            self.severity.icon(),
+            self.name,
+            self.message
+        )?;
+        for (key, value) in &self.details {
+            let shown = match value {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            write!(f, "\n  {key}: {shown}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_matches_the_python_suite() {
+        let result =
+            BenchmarkResult::fail("backward_hooks", "Found 1 mismatch").with("mismatches", 1);
+        assert_eq!(
+            result.to_string(),
+            "🔴 [FAIL] backward_hooks: Found 1 mismatch\n  mismatches: 1"
+        );
+        let skipped = BenchmarkResult::skipped("generation", "no tokenizer");
+        assert_eq!(skipped.to_string(), "⏭️ [SKIPPED] generation: no tokenizer");
+        assert!(skipped.passed && !skipped.ran());
+    }
+}

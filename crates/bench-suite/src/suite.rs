@@ -1,0 +1,410 @@
+//! `run_benchmark_suite`: the tiered runner.
+//!
+//! * Phase 1 — the bridge against the raw HF model it wraps (the HF tier: same parameters, no
+//!   hooks, so no second copy of the weights).
+//! * Phase 2 — the unprocessed bridge against the unprocessed HookedTransformer.
+//! * Phase 3 — the bridge in compatibility mode against the processed HookedTransformer (both
+//!   processed in place: still two copies of the weights at most).
+//!
+//! With a reference disabled the suite falls back as the Python suite does: HF -> HT ->
+//! bridge-only (checks that need the missing reference are reported SKIPPED, never passed).
+
+use bridge::{CompatibilityOptions, HfForward, TransformerBridge};
+use hooked_ref::{HookedTransformer, ProcessingOptions};
+use lens_core::model::{LensModel, ModelError, ModelResult};
+use lens_core::LoadOptions;
+use tch::{Device, Kind, Tensor};
+
+use crate::benchmarks::{
+    backward, cache, forward, generation, hooks, weights, GradientTarget, Inputs,
+};
+use crate::compare::tolerance_for;
+use crate::result::BenchmarkResult;
+
+/// The Python suite's default test text.
+pub const DEFAULT_TEST_TEXT: &str = "Natural language processing tasks, such as question answering, machine translation, reading comprehension, and summarization, are typically approached with supervised learning.";
+
+/// The generation prompts of the Python suite.
+pub const GENERATION_PROMPTS: [&str; 3] =
+    ["The quick brown fox", "Hello world", "Machine learning is"];
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct SuiteOptions {
+    /// A local HF directory, an embedded model name, or an HF id.
+    pub model: String,
+    /// Where the models run.
+    pub device: Device,
+    /// Their dtype.
+    pub dtype: Kind,
+    /// The text every benchmark runs on.
+    pub test_text: String,
+    /// Phase 1: compare against the raw HF model.
+    pub use_hf_reference: bool,
+    /// Phases 2 and 3: compare against the HookedTransformer.
+    pub use_ht_reference: bool,
+    /// Phase 3: process the weights and compare again.
+    pub enable_compatibility_mode: bool,
+    /// Which phases to run (1, 2, 3).
+    pub phases: Vec<u8>,
+}
+
+impl Default for SuiteOptions {
+    fn default() -> Self {
+        SuiteOptions {
+            model: lens_core::DEFAULT_MODEL.to_owned(),
+            device: Device::Cpu,
+            dtype: Kind::Float,
+            test_text: DEFAULT_TEST_TEXT.to_owned(),
+            use_hf_reference: true,
+            use_ht_reference: true,
+            enable_compatibility_mode: true,
+            phases: vec![1, 2, 3],
+        }
+    }
+}
+
+/// Called before each benchmark with its name (progress display).
+pub type Progress<'a> = &'a mut dyn FnMut(&str);
+
+/// Loads the models and runs the requested phases. Loading failures are errors (the CLI exits
+/// with 2); a benchmark that cannot run is an ERROR result.
+pub fn run_benchmark_suite(
+    options: &SuiteOptions,
+    progress: Progress,
+) -> ModelResult<Vec<BenchmarkResult>> {
+    let tolerance = tolerance_for(options.dtype);
+    let mut bridge = TransformerBridge::boot(&options.model, options.device, options.dtype)?;
+    let inputs = inputs(&bridge, &options.test_text)?;
+    let mut results = Vec::new();
+    let phase = |n: u8| options.phases.contains(&n);
+
+    if phase(1) {
+        results.extend(phase_one(&bridge, &inputs, options, tolerance, progress));
+    }
+    let mut reference = if options.use_ht_reference && (phase(2) || phase(3)) {
+        Some(HookedTransformer::from_pretrained_no_processing(
+            &options.model,
+            &load_options(options),
+        )?)
+    } else {
+        None
+    };
+    if phase(2) {
+        results.extend(compare_phase(
+            2,
+            &mut bridge,
+            reference.as_mut().map(|r| r as &mut dyn LensModel),
+            &inputs,
+            tolerance,
+            GradientTarget::SumLastLogits,
+            progress,
+        ));
+    }
+    if phase(3) && options.enable_compatibility_mode {
+        progress("enable_compatibility_mode");
+        bridge.enable_compatibility_mode(CompatibilityOptions::default())?;
+        if let Some(reference) = reference.as_mut() {
+            reference.process_weights(ProcessingOptions::default())?;
+        }
+        results.extend(processed_checks(
+            &bridge,
+            reference.as_ref().map(|r| r as &dyn LensModel),
+            &inputs,
+            tolerance,
+            progress,
+        ));
+        results.extend(compare_phase(
+            3,
+            &mut bridge,
+            reference.as_mut().map(|r| r as &mut dyn LensModel),
+            &inputs,
+            tolerance,
+            GradientTarget::SumLastLogProbs,
+            progress,
+        ));
+    } else if phase(3) {
+        results.push(
+            BenchmarkResult::skipped("compatibility_mode", "disabled (--no-compat)").in_phase(3),
+        );
+    }
+    Ok(results)
+}
+
+fn load_options(options: &SuiteOptions) -> LoadOptions {
+    LoadOptions {
+        device: options.device,
+        kind: Some(options.dtype),
+        ..LoadOptions::default()
+    }
+}
+
+/// The test text and prompts as tokens. A checkpoint without `tokenizer.json` runs on token ids
+/// drawn with a fixed seed instead (BOS first; 24 for the text, 5 to 7 per prompt).
+fn inputs(bridge: &TransformerBridge, text: &str) -> ModelResult<Inputs> {
+    if bridge.tokenizer().is_some() {
+        let tokens = bridge.to_tokens(&[text], None, None)?.ids;
+        let prompts = GENERATION_PROMPTS
+            .iter()
+            .map(|p| Ok(bridge.to_tokens(&[p], None, None)?.ids))
+            .collect::<ModelResult<Vec<Tensor>>>()?;
+        return Ok(Inputs {
+            text: text.to_owned(),
+            tokens,
+            prompts,
+        });
+    }
+    let dims = bridge.dims();
+    let bos = bridge.config().bos_token_id.unwrap_or(dims.d_vocab - 1);
+    let device = LensModel::device(bridge);
+    let random = |len: i64, seed: i64| {
+        tch::manual_seed(seed);
+        let ids = Tensor::randint(dims.d_vocab - 1, [1, len - 1], (Kind::Int64, Device::Cpu));
+        Tensor::cat(
+            &[&Tensor::full([1, 1], bos, (Kind::Int64, Device::Cpu)), &ids],
+            1,
+        )
+        .to_device(device)
+    };
+    let prompts = (0..GENERATION_PROMPTS.len() as i64)
+        .map(|i| random(5 + i, 1 + i))
+        .collect();
+    Ok(Inputs {
+        text: format!("{} seeded token ids (the model has no tokenizer)", 24),
+        tokens: random(24, 0),
+        prompts,
+    })
+}
+
+fn phase_one(
+    bridge: &TransformerBridge,
+    inputs: &Inputs,
+    options: &SuiteOptions,
+    tolerance: f64,
+    progress: Progress,
+) -> Vec<BenchmarkResult> {
+    if !options.use_hf_reference {
+        return vec![BenchmarkResult::skipped(
+            "forward_pass_logits",
+            "no HF reference (--no-hf-reference)",
+        )
+        .in_phase(1)];
+    }
+    progress("forward_pass_logits");
+    let reference = tch::no_grad(|| {
+        bridge.hf_model().forward(HfForward {
+            input_ids: Some(&inputs.tokens),
+            ..HfForward::default()
+        })
+    });
+    let result = match reference {
+        Ok(out) => forward::forward_pass(bridge, inputs, &out.logits, tolerance),
+        Err(error) => BenchmarkResult::error(
+            "forward_pass_logits",
+            format!("the HF model failed: {error}"),
+        ),
+    };
+    vec![result.in_phase(1)]
+}
+
+/// The checks that only make sense on processed weights.
+fn processed_checks(
+    bridge: &TransformerBridge,
+    reference: Option<&dyn LensModel>,
+    inputs: &Inputs,
+    tolerance: f64,
+    progress: Progress,
+) -> Vec<BenchmarkResult> {
+    let mut results = Vec::new();
+    let mut run = |name: &str, f: &dyn Fn() -> BenchmarkResult| {
+        progress(name);
+        results.push(f().in_phase(3));
+    };
+    run("no_nan_inf", &|| weights::no_nan_inf(bridge));
+    run("weight_magnitudes", &|| weights::weight_magnitudes(bridge));
+    run("layer_norm_folding", &|| {
+        weights::layer_norm_folding(bridge)
+    });
+    run("attention_output_centering", &|| {
+        weights::attention_output_centering(bridge)
+    });
+    run("mlp_output_centering", &|| {
+        weights::mlp_output_centering(bridge)
+    });
+    run("unembed_centering", &|| weights::unembed_centering(bridge));
+    run("value_bias_folding", &|| {
+        weights::value_bias_folding(bridge)
+    });
+    match reference {
+        Some(reference) => {
+            run("weight_processing", &|| {
+                weights::weight_processing(bridge, reference, tolerance)
+            });
+            run("weight_sharing", &|| {
+                weights::weight_sharing(bridge, reference, inputs, tolerance)
+            });
+        }
+        None => {
+            run("weight_processing", &|| {
+                BenchmarkResult::skipped("weight_processing", "no HookedTransformer reference")
+            });
+            run("weight_sharing", &|| {
+                BenchmarkResult::skipped("weight_sharing", "no HookedTransformer reference")
+            });
+        }
+    }
+    run("weight_modification", &|| {
+        weights::weight_modification(bridge, inputs)
+    });
+    results
+}
+
+/// The comparison benchmarks of Phases 2 and 3, in the Python suite's order.
+fn compare_phase(
+    phase: u8,
+    bridge: &mut TransformerBridge,
+    mut reference: Option<&mut dyn LensModel>,
+    inputs: &Inputs,
+    tolerance: f64,
+    target: GradientTarget,
+    progress: Progress,
+) -> Vec<BenchmarkResult> {
+    let mut results = Vec::new();
+    let mut push = |name: &str, result: BenchmarkResult, progress: &mut dyn FnMut(&str)| {
+        progress(name);
+        results.push(result.in_phase(phase));
+    };
+    let skipped = |name: &str| {
+        BenchmarkResult::skipped(name, "no HookedTransformer reference (--no-ht-reference)")
+    };
+    if phase == 2 {
+        let reference = reference.as_deref();
+        push(
+            "generation",
+            generation::generation(bridge, reference, inputs),
+            progress,
+        );
+        push(
+            "generation_with_kv_cache",
+            generation::generation_with_kv_cache(bridge, inputs),
+            progress,
+        );
+        push(
+            "multiple_generation_calls",
+            generation::multiple_generation_calls(bridge, inputs),
+            progress,
+        );
+    }
+    match reference.as_deref() {
+        Some(r) => {
+            push(
+                "logits_equivalence",
+                forward::logits_equivalence(bridge, r, inputs, tolerance),
+                progress,
+            );
+            push(
+                "loss_equivalence",
+                forward::loss_equivalence(bridge, r, inputs, tolerance),
+                progress,
+            );
+            push("hook_registry", hooks::hook_registry(bridge, r), progress);
+            push(
+                "hook_functionality",
+                hooks::hook_functionality(bridge, Some(r), inputs, tolerance),
+                progress,
+            );
+            push(
+                "critical_forward_hooks",
+                hooks::critical_forward_hooks(bridge, r, inputs, tolerance),
+                progress,
+            );
+            push(
+                "forward_hooks",
+                hooks::forward_hooks(bridge, r, inputs, tolerance),
+                progress,
+            );
+        }
+        None => {
+            for name in ["logits_equivalence", "loss_equivalence", "hook_registry"] {
+                push(name, skipped(name), progress);
+            }
+            push(
+                "hook_functionality",
+                hooks::hook_functionality(bridge, None, inputs, tolerance),
+                progress,
+            );
+            for name in ["critical_forward_hooks", "forward_hooks"] {
+                push(name, skipped(name), progress);
+            }
+        }
+    }
+    push(
+        "gated_hooks_fire",
+        hooks::gated_hooks_fire(bridge, inputs),
+        progress,
+    );
+    if let Some(r) = reference.as_deref_mut() {
+        let mut result = hooks::gated_hooks_fire(r, inputs);
+        result.name = "gated_hooks_fire_reference".to_owned();
+        push("gated_hooks_fire_reference", result, progress);
+    }
+    let reference = reference.as_deref();
+    push(
+        "run_with_cache",
+        cache::run_with_cache(bridge, reference, inputs),
+        progress,
+    );
+    match reference {
+        Some(r) => {
+            push(
+                "activation_cache",
+                cache::activation_cache(bridge, r, inputs, tolerance),
+                progress,
+            );
+            push(
+                "gradient_computation",
+                backward::gradient_computation(bridge, Some(r), inputs, target, tolerance),
+                progress,
+            );
+            push(
+                "critical_backward_hooks",
+                backward::critical_backward_hooks(bridge, r, inputs, target, tolerance),
+                progress,
+            );
+            push(
+                "backward_hooks",
+                backward::backward_hooks(bridge, r, inputs, target, tolerance),
+                progress,
+            );
+        }
+        None => {
+            push("activation_cache", skipped("activation_cache"), progress);
+            push(
+                "gradient_computation",
+                backward::gradient_computation(bridge, None, inputs, target, tolerance),
+                progress,
+            );
+            for name in ["critical_backward_hooks", "backward_hooks"] {
+                push(name, skipped(name), progress);
+            }
+        }
+    }
+    results
+}
+
+/// A readable error for a device that is not there.
+pub fn check_device(device: Device) -> ModelResult<()> {
+    match device {
+        Device::Cuda(i) if !tch::Cuda::is_available() => Err(ModelError::DeviceUnavailable {
+            requested: format!("cuda:{i}"),
+            reason: "this machine has no CUDA device (tch::Cuda::is_available() is false)".into(),
+        }),
+        Device::Cuda(i) if i >= tch::Cuda::device_count() as usize => {
+            Err(ModelError::DeviceUnavailable {
+                requested: format!("cuda:{i}"),
+                reason: format!("only {} CUDA devices", tch::Cuda::device_count()),
+            })
+        }
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,170 @@
+//! Compatibility mode: TransformerLens's weight processing (fold_ln, center_writing_weights,
+//! center_unembed, fold_value_biases) by lens-core's one implementation, on TransformerLens-layout
+//! views of the HuggingFace parameters, then written back through the same views.
+
+use lens_core::model::{ModelError, ModelResult};
+use lens_core::processing::{process_weights, ProcessingOptions};
+use lens_core::tl_params::{AttentionParams, BlockParams, LayerNormParams, MlpParams, Params};
+use tch::Tensor;
+
+use crate::bridge::adapter::{ArchitectureAdapter, Gpt2Adapter};
+use crate::hf::Gpt2Params;
+
+/// The options of [`TransformerBridge::enable_compatibility_mode`](crate::TransformerBridge::enable_compatibility_mode),
+/// TransformerLens's. `Default` is TransformerLens's default: full processing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompatibilityOptions {
+    /// Fold each LayerNorm's weight and bias into the weights reading its output (the
+    /// LayerNorms then have weight 1 and bias 0).
+    pub fold_ln: bool,
+    /// Remove the mean over d_model from every weight writing to the residual stream.
+    pub center_writing_weights: bool,
+    /// Remove the mean over the vocabulary from the unembedding (log-probs are unchanged,
+    /// logits shift per position).
+    pub center_unembed: bool,
+    /// Move the value biases into the attention output bias.
+    pub fold_value_biases: bool,
+    /// Process nothing (the other options are ignored).
+    pub no_processing: bool,
+}
+
+impl Default for CompatibilityOptions {
+    fn default() -> Self {
+        CompatibilityOptions {
+            fold_ln: true,
+            center_writing_weights: true,
+            center_unembed: true,
+            fold_value_biases: true,
+            no_processing: false,
+        }
+    }
+}
+
+/// The bridge's weights as TransformerLens-layout tensors (views of the HF parameters, detached).
+fn read(adapter: &Gpt2Adapter, p: &Gpt2Params) -> ModelResult<Params> {
+    let get = |name: &str| -> ModelResult<Tensor> { Ok(adapter.tl_weight(p, name)?.detach()) };
+    let ln = |prefix: &str| -> ModelResult<Option<LayerNormParams>> {
+        Ok(Some(LayerNormParams {
+            w: get(&format!("{prefix}.w"))?,
+            b: get(&format!("{prefix}.b"))?,
+        }))
+    };
+    let mut blocks = Vec::with_capacity(p.h.len());
+    for l in 0..p.h.len() {
+        let g = |n: &str| get(&format!("blocks.{l}.{n}"));
+        blocks.push(BlockParams {
+            ln1: ln(&format!("blocks.{l}.ln1"))?,
+            attn: AttentionParams {
+                W_Q: g("attn.W_Q")?,
+                W_K: g("attn.W_K")?,
+                W_V: g("attn.W_V")?,
+                b_Q: g("attn.b_Q")?,
+                b_K: g("attn.b_K")?,
+                b_V: g("attn.b_V")?,
+                W_O: g("attn.W_O")?,
+                b_O: g("attn.b_O")?,
+            },
+            ln2: ln(&format!("blocks.{l}.ln2"))?,
+            mlp: MlpParams {
+                W_in: g("mlp.W_in")?,
+                b_in: g("mlp.b_in")?,
+                W_out: g("mlp.W_out")?,
+                b_out: g("mlp.b_out")?,
+            },
+        });
+    }
+    Ok(Params {
+        W_E: get("embed.W_E")?,
+        W_pos: get("pos_embed.W_pos")?,
+        blocks,
+        ln_final: ln("ln_final")?,
+        W_U: get("unembed.W_U")?,
+        b_U: get("unembed.b_U")?,
+    })
+}
+
+/// Processes `p`'s weights in place as TransformerLens does: untie `lm_head` from `wte`, compute
+/// in f32, write back (cast to the model's kind) through the adapter's views; folded LayerNorms
+/// get weight 1 and bias 0.
+pub(crate) fn process(
+    adapter: &Gpt2Adapter,
+    p: &mut Gpt2Params,
+    options: &CompatibilityOptions,
+) -> ModelResult<()> {
+    if options.no_processing {
+        return Ok(());
+    }
+    let _guard = tch::no_grad_guard();
+    if p.is_tied() {
+        p.lm_head = Some(p.wte.detach().copy().set_requires_grad(true));
+    }
+    if p.lm_head_bias.is_none() {
+        let (v, kind, device) = (p.wte.size()[0], p.kind(), p.device());
+        p.lm_head_bias = Some(Tensor::zeros([v], (kind, device)).set_requires_grad(true));
+    }
+    let processing = ProcessingOptions {
+        fold_ln: options.fold_ln,
+        center_writing_weights: options.center_writing_weights,
+        center_unembed: options.center_unembed,
+        fold_value_biases: options.fold_value_biases,
+        refactor_factored_attn_matrices: false,
+    };
+    // The one implementation the HookedTransformer uses too, so both end with identical weights.
+    let w = process_weights(&read(adapter, p)?, processing).map_err(ModelError::InvalidInput)?;
+    write(adapter, p, w)
+}
+
+fn write(adapter: &Gpt2Adapter, p: &Gpt2Params, w: Params) -> ModelResult<()> {
+    let set = |name: &str, value: &Tensor| -> ModelResult<()> {
+        let mut view = adapter.tl_weight(p, name)?;
+        view.f_copy_(&value.to_kind(view.kind()))?;
+        Ok(())
+    };
+    // A folded LayerNorm stays in the HF model as the identity: weight 1, bias 0.
+    let norm = |prefix: &str, ln: &Option<LayerNormParams>| -> ModelResult<()> {
+        match ln {
+            Some(ln) => {
+                set(&format!("{prefix}.w"), &ln.w)?;
+                set(&format!("{prefix}.b"), &ln.b)
+            }
+            None => {
+                let _ = adapter.tl_weight(p, &format!("{prefix}.w"))?.f_fill_(1.0)?;
+                let _ = adapter.tl_weight(p, &format!("{prefix}.b"))?.f_fill_(0.0)?;
+                Ok(())
+            }
+        }
+    };
+    set("embed.W_E", &w.W_E)?;
+    set("pos_embed.W_pos", &w.W_pos)?;
+    for (l, b) in w.blocks.iter().enumerate() {
+        let n = |s: &str| format!("blocks.{l}.{s}");
+        norm(&n("ln1"), &b.ln1)?;
+        let a = &b.attn;
+        for (name, t) in [
+            ("W_Q", &a.W_Q),
+            ("W_K", &a.W_K),
+            ("W_V", &a.W_V),
+            ("b_Q", &a.b_Q),
+            ("b_K", &a.b_K),
+            ("b_V", &a.b_V),
+            ("W_O", &a.W_O),
+            ("b_O", &a.b_O),
+        ] {
+            set(&n(&format!("attn.{name}")), t)?;
+        }
+        norm(&n("ln2"), &b.ln2)?;
+        let m = &b.mlp;
+        for (name, t) in [
+            ("W_in", &m.W_in),
+            ("b_in", &m.b_in),
+            ("W_out", &m.W_out),
+            ("b_out", &m.b_out),
+        ] {
+            set(&n(&format!("mlp.{name}")), t)?;
+        }
+    }
+    norm("ln_final", &w.ln_final)?;
+    set("unembed.W_U", &w.W_U)?;
+    set("unembed.b_U", &w.b_U)?;
+    Ok(())
+}

@@ -1,0 +1,259 @@
+//! The bridge's hook points: one per [`Site`], under the Python TransformerBridge's component
+//! names (`embed.hook_out`, `blocks.0.attn.q.hook_out`, ...), plus the TransformerLens names as
+//! aliases (`hook_embed`, `blocks.0.attn.hook_q`, ...). See `docs/bridge-hook-names.md`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use hookpoint::{HookPoint, HookRegistry};
+use lens_core::model::ModelResult;
+use tch::Tensor;
+
+use crate::tap::{BlockSite, LinSite, LnSite, MaskStyle, Site, Tap, TlPaths};
+
+fn ln_suffix(site: LnSite) -> &'static str {
+    match site {
+        LnSite::In => "hook_in",
+        LnSite::Out => "hook_out",
+        LnSite::Normalized => "hook_normalized",
+        LnSite::Scale => "hook_scale",
+    }
+}
+
+fn lin_suffix(site: LinSite) -> &'static str {
+    match site {
+        LinSite::In => "hook_in",
+        LinSite::Out => "hook_out",
+    }
+}
+
+/// The canonical hook name of a site.
+pub(crate) fn site_name(site: Site) -> String {
+    match site {
+        Site::EmbedIn => "embed.hook_in".into(),
+        Site::EmbedOut => "embed.hook_out".into(),
+        Site::PosEmbedIn => "pos_embed.hook_in".into(),
+        Site::PosEmbedOut => "pos_embed.hook_out".into(),
+        Site::LnFinal(s) => format!("ln_final.{}", ln_suffix(s)),
+        Site::UnembedIn => "unembed.hook_in".into(),
+        Site::UnembedOut => "unembed.hook_out".into(),
+        Site::Block(l, s) => {
+            let rest = match s {
+                BlockSite::In => "hook_in".to_string(),
+                BlockSite::Out => "hook_out".to_string(),
+                BlockSite::MlpIn => "hook_mlp_in".to_string(),
+                BlockSite::ResidMid => "hook_resid_mid".to_string(),
+                BlockSite::Ln1(s) => format!("ln1.{}", ln_suffix(s)),
+                BlockSite::Ln2(s) => format!("ln2.{}", ln_suffix(s)),
+                BlockSite::AttnIn => "attn.hook_in".to_string(),
+                BlockSite::AttnOut => "attn.hook_out".to_string(),
+                BlockSite::AttnScores => "attn.hook_attn_scores".to_string(),
+                BlockSite::Pattern => "attn.hook_pattern".to_string(),
+                BlockSite::HiddenStates => "attn.hook_hidden_states".to_string(),
+                BlockSite::Result => "attn.hook_result".to_string(),
+                BlockSite::AttnInput => "attn.hook_attn_in".to_string(),
+                BlockSite::QInput => "attn.hook_q_input".to_string(),
+                BlockSite::KInput => "attn.hook_k_input".to_string(),
+                BlockSite::VInput => "attn.hook_v_input".to_string(),
+                BlockSite::Q(s) => format!("attn.q.{}", lin_suffix(s)),
+                BlockSite::K(s) => format!("attn.k.{}", lin_suffix(s)),
+                BlockSite::V(s) => format!("attn.v.{}", lin_suffix(s)),
+                BlockSite::Qkv(s) => format!("attn.qkv.{}", lin_suffix(s)),
+                BlockSite::O(s) => format!("attn.o.{}", lin_suffix(s)),
+                BlockSite::MlpCompIn => "mlp.hook_in".to_string(),
+                BlockSite::MlpCompOut => "mlp.hook_out".to_string(),
+                BlockSite::MlpFc(s) => format!("mlp.in.{}", lin_suffix(s)),
+                BlockSite::MlpProj(s) => format!("mlp.out.{}", lin_suffix(s)),
+            };
+            format!("blocks.{l}.{rest}")
+        }
+    }
+}
+
+/// The sites of one block, in the Python bridge's `hook_dict` order (with `hook_resid_mid`, a
+/// hook point of its own here, after `hook_mlp_in`).
+fn block_sites(l: usize) -> Vec<Site> {
+    use BlockSite as B;
+    let ln = |f: fn(LnSite) -> BlockSite| {
+        [LnSite::In, LnSite::Out, LnSite::Normalized, LnSite::Scale].map(f)
+    };
+    let lin = |f: fn(LinSite) -> BlockSite| [LinSite::In, LinSite::Out].map(f);
+    let mut sites = vec![B::In, B::Out, B::MlpIn, B::ResidMid];
+    sites.extend(ln(B::Ln1));
+    sites.extend([
+        B::AttnIn,
+        B::AttnOut,
+        B::AttnScores,
+        B::Pattern,
+        B::HiddenStates,
+        B::Result,
+        B::AttnInput,
+        B::QInput,
+        B::KInput,
+        B::VInput,
+    ]);
+    for f in [B::Q, B::K, B::V, B::Qkv, B::O] {
+        sites.extend(lin(f));
+    }
+    sites.extend(ln(B::Ln2));
+    sites.extend([B::MlpCompIn, B::MlpCompOut]);
+    sites.extend(lin(B::MlpFc));
+    sites.extend(lin(B::MlpProj));
+    sites.into_iter().map(|s| Site::Block(l, s)).collect()
+}
+
+/// Every site of a model with `n_layers` blocks, in registration (`hook_dict`) order.
+pub(crate) fn all_sites(n_layers: usize) -> Vec<Site> {
+    let mut sites = vec![
+        Site::EmbedIn,
+        Site::EmbedOut,
+        Site::PosEmbedIn,
+        Site::PosEmbedOut,
+    ];
+    for l in 0..n_layers {
+        sites.extend(block_sites(l));
+    }
+    sites.extend([LnSite::In, LnSite::Out, LnSite::Normalized, LnSite::Scale].map(Site::LnFinal));
+    sites.extend([Site::UnembedIn, Site::UnembedOut]);
+    sites
+}
+
+/// The TransformerLens names, each an alias of a hook point, in the Python bridge's order.
+pub(crate) fn aliases(n_layers: usize) -> Vec<(String, Site)> {
+    use BlockSite as B;
+    let mut out = vec![
+        ("hook_embed".to_string(), Site::EmbedOut),
+        ("hook_pos_embed".to_string(), Site::PosEmbedOut),
+        ("hook_unembed".to_string(), Site::UnembedOut),
+    ];
+    for l in 0..n_layers {
+        for (name, site) in [
+            ("hook_attn_in", B::AttnInput),
+            ("hook_k_input", B::KInput),
+            ("hook_attn_out", B::AttnOut),
+            ("hook_q_input", B::QInput),
+            ("hook_v_input", B::VInput),
+            ("attn.hook_k", B::K(LinSite::Out)),
+            ("attn.hook_z", B::O(LinSite::In)),
+            ("attn.hook_q", B::Q(LinSite::Out)),
+            ("attn.hook_v", B::V(LinSite::Out)),
+            ("hook_resid_pre", B::In),
+            ("hook_resid_post", B::Out),
+            ("hook_mlp_out", B::MlpCompOut),
+            ("mlp.hook_pre", B::MlpFc(LinSite::Out)),
+            ("mlp.hook_post", B::MlpProj(LinSite::In)),
+        ] {
+            out.push((format!("blocks.{l}.{name}"), Site::Block(l, site)));
+        }
+    }
+    out
+}
+
+/// A gated site: the option it needs, and whether that option is in effect under `paths`.
+fn gate(site: Site, paths: &TlPaths) -> Option<(&'static str, bool)> {
+    let Site::Block(_, s) = site else { return None };
+    Some(match s {
+        BlockSite::Result => ("use_attn_result", paths.use_attn_result),
+        BlockSite::AttnInput => ("use_attn_in", paths.use_attn_in),
+        BlockSite::QInput | BlockSite::KInput | BlockSite::VInput => {
+            ("use_split_qkv_input", paths.use_split_qkv_input)
+        }
+        BlockSite::MlpIn => ("use_hook_mlp_in", paths.use_hook_mlp_in),
+        BlockSite::AttnIn | BlockSite::Qkv(_) => (
+            "use_split_qkv_input and use_attn_in both off",
+            !paths.per_head_inputs(),
+        ),
+        _ => return None,
+    })
+}
+
+/// The hook points of a bridge, by site, in a registry with the TransformerLens aliases.
+pub(crate) struct BridgeHooks {
+    pub registry: HookRegistry,
+    points: HashMap<Site, Arc<HookPoint>>,
+    sites: Vec<Site>,
+    alias_list: Vec<(String, Site)>,
+}
+
+impl BridgeHooks {
+    /// Registers every hook point and alias, and gates the optional ones for `paths`.
+    pub fn new(n_layers: usize, paths: &TlPaths) -> Self {
+        let mut registry = HookRegistry::new();
+        let sites = all_sites(n_layers);
+        let points = sites
+            .iter()
+            .map(|&site| (site, registry.register(site_name(site))))
+            .collect();
+        let alias_list = aliases(n_layers);
+        for (alias, site) in &alias_list {
+            registry
+                .add_alias(alias.clone(), &site_name(*site))
+                .expect("alias targets are registered above");
+        }
+        let mut hooks = BridgeHooks {
+            registry,
+            points,
+            sites,
+            alias_list,
+        };
+        hooks.apply_gates(paths);
+        hooks
+    }
+
+    /// Opens or closes the gated hook points for `paths`.
+    pub fn apply_gates(&mut self, paths: &TlPaths) {
+        for &site in &self.sites {
+            if let Some((flag, enabled)) = gate(site, paths) {
+                self.registry
+                    .set_gate(&site_name(site), flag, enabled)
+                    .expect("every site is registered");
+            }
+        }
+    }
+
+    /// Canonical names then aliases, in the Python bridge's `hook_dict` order.
+    pub fn hook_dict_names(&self) -> Vec<String> {
+        self.sites
+            .iter()
+            .map(|&s| site_name(s))
+            .chain(self.alias_list.iter().map(|(a, _)| a.clone()))
+            .collect()
+    }
+
+    /// Every alias with the canonical name it stands for, in `hook_dict` order.
+    pub fn alias_pairs(&self) -> Vec<(String, String)> {
+        self.alias_list
+            .iter()
+            .map(|(a, s)| (a.clone(), site_name(*s)))
+            .collect()
+    }
+
+    fn point(&self, site: Site) -> &Arc<HookPoint> {
+        &self.points[&site]
+    }
+}
+
+/// The bridge's tap: every site runs its hook point; TransformerLens masking; the optional
+/// paths the bridge's options enable.
+pub(crate) struct BridgeTap<'a> {
+    pub hooks: &'a BridgeHooks,
+    pub paths: TlPaths,
+}
+
+impl Tap for BridgeTap<'_> {
+    fn at(&self, site: Site, x: Tensor) -> ModelResult<Tensor> {
+        Ok(self.hooks.point(site).run(x)?)
+    }
+
+    fn exposes(&self) -> bool {
+        true
+    }
+
+    fn mask_style(&self) -> MaskStyle {
+        MaskStyle::NegInf
+    }
+
+    fn paths(&self) -> TlPaths {
+        self.paths
+    }
+}

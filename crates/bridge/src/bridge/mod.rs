@@ -1,0 +1,317 @@
+//! The TransformerBridge: the HuggingFace model, run with a hook point at every site, under
+//! TransformerLens's names.
+
+pub(crate) mod adapter;
+pub(crate) mod compat;
+pub(crate) mod hooks;
+mod lens;
+mod text;
+
+use hookpoint::HookRegistry;
+use lens_core::model::{ForwardOptions, ForwardOutput, ModelError, ModelResult, ReturnType};
+use lens_core::Gpt2Config;
+use lens_core::{LoadOptions, Tokenizer, Weights};
+use tch::{Device, Kind, Tensor};
+
+use crate::hf::model::gpt2_config;
+use crate::hf::{hf_position_ids, Gpt2LMHeadModel, KvCache};
+use crate::input;
+use crate::loss;
+use crate::tap::TlPaths;
+
+pub use adapter::{ArchitectureAdapter, Component, ComponentKind, Gpt2Adapter};
+pub use compat::CompatibilityOptions;
+use hooks::{BridgeHooks, BridgeTap};
+
+/// A HuggingFace model with every TransformerLens hook name: the Rust counterpart of
+/// TransformerLens's `TransformerBridge`.
+///
+/// It owns the HuggingFace model ([`Gpt2LMHeadModel`]) and runs HuggingFace's forward pass with
+/// a hook point at every component input and output (`embed.hook_out`,
+/// `blocks.0.attn.q.hook_out`, ...) and at TransformerLens's internal sites (`hook_scale`,
+/// `hook_attn_scores`, `hook_pattern`, ...), reachable under the TransformerLens names as well
+/// (`hook_embed`, `blocks.0.attn.hook_q`, `blocks.0.hook_resid_pre`, ...). Where it departs
+/// from the Python bridge (it never fires a hook twice, `hook_resid_mid` is its own point,
+/// masked scores are `-inf`, unknown names are errors), see `docs/bridge-hook-names.md`.
+pub struct TransformerBridge {
+    hf: Gpt2LMHeadModel,
+    adapter: Gpt2Adapter,
+    hooks: BridgeHooks,
+    paths: TlPaths,
+    tokenizer: Option<Tokenizer>,
+    compatibility: Option<CompatibilityOptions>,
+}
+
+impl std::fmt::Debug for TransformerBridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransformerBridge")
+            .field("hf", &self.hf)
+            .field("hook_points", &self.hooks.registry.len())
+            .field("paths", &self.paths)
+            .field("compatibility", &self.compatibility)
+            .finish()
+    }
+}
+
+impl TransformerBridge {
+    /// Loads `model` (a local directory in HuggingFace layout, an embedded model such as
+    /// [`lens_core::DEFAULT_MODEL`], or a HuggingFace hub id; see [`lens_core::ModelSource`]) on
+    /// `device` in `dtype`, with its tokenizer when it has one: TransformerLens's
+    /// `boot_transformers`.
+    ///
+    /// Errors: [`ModelError::DeviceUnavailable`] (e.g. CUDA without a CUDA device),
+    /// [`ModelError::Load`] (files), [`ModelError::Unsupported`] (not GPT-2).
+    pub fn boot(model: &str, device: Device, dtype: Kind) -> ModelResult<Self> {
+        input::check_device(device)?;
+        input::check_float_kind(dtype)?;
+        let loaded = lens_core::load(
+            model,
+            &LoadOptions {
+                kind: Some(dtype),
+                device,
+                ..LoadOptions::default()
+            },
+        )?;
+        let config = gpt2_config(&loaded.config)?;
+        Self::from_parts(config, loaded.weights, loaded.tokenizer, device, dtype)
+    }
+
+    /// A bridge from a parsed config, its checkpoint's tensors (HuggingFace names) and an
+    /// optional tokenizer.
+    pub fn from_parts(
+        config: Gpt2Config,
+        weights: Weights,
+        tokenizer: Option<Tokenizer>,
+        device: Device,
+        dtype: Kind,
+    ) -> ModelResult<Self> {
+        let hf = Gpt2LMHeadModel::from_weights(config, weights, device, dtype)?;
+        Ok(Self::from_hf(hf, tokenizer))
+    }
+
+    /// A bridge over an HF model, which it takes over. Like the Python bridge it adds a zero
+    /// unembedding bias (`unembed.b_U`), which weight processing may change.
+    pub fn from_hf(hf: Gpt2LMHeadModel, tokenizer: Option<Tokenizer>) -> Self {
+        let mut hf = hf;
+        let params = hf.params_mut();
+        if params.lm_head_bias.is_none() {
+            let (v, kind, device) = (params.wte.size()[0], params.kind(), params.device());
+            params.lm_head_bias = Some(Tensor::zeros([v], (kind, device)).set_requires_grad(true));
+        }
+        let adapter = Gpt2Adapter::new(hf.config());
+        let paths = TlPaths::default();
+        let hooks = BridgeHooks::new(hf.config().n_layer as usize, &paths);
+        TransformerBridge {
+            hf,
+            adapter,
+            hooks,
+            paths,
+            tokenizer,
+            compatibility: None,
+        }
+    }
+
+    /// The wrapped HuggingFace model (with the bridge's unembedding bias, and processed weights
+    /// after [`TransformerBridge::enable_compatibility_mode`]).
+    pub fn hf_model(&self) -> &Gpt2LMHeadModel {
+        &self.hf
+    }
+
+    /// The HuggingFace config.
+    pub fn config(&self) -> &Gpt2Config {
+        self.hf.config()
+    }
+
+    /// The architecture adapter (component names, HuggingFace paths, weight views).
+    pub fn adapter(&self) -> &Gpt2Adapter {
+        &self.adapter
+    }
+
+    /// The hook registry (`hook_dict`): add hooks, open scopes, reset. Unknown names are
+    /// errors; a gated hook named while its option is off is an error naming the option.
+    pub fn hook_registry(&self) -> &HookRegistry {
+        &self.hooks.registry
+    }
+
+    /// Every hook name, canonical names then TransformerLens aliases, in the Python bridge's
+    /// `hook_dict` order.
+    pub fn hook_dict_names(&self) -> Vec<String> {
+        self.hooks.hook_dict_names()
+    }
+
+    /// Every alias with the canonical name of its hook point.
+    pub fn hook_aliases(&self) -> Vec<(String, String)> {
+        self.hooks.alias_pairs()
+    }
+
+    /// Removes hooks from every hook point (all of them, aliases and internal points
+    /// included): every non-permanent hook, and permanent ones too with `including_permanent`.
+    /// Returns how many were removed.
+    pub fn reset_hooks(&self, including_permanent: bool) -> usize {
+        self.hooks.registry.reset_hooks(including_permanent)
+    }
+
+    /// The optional TransformerLens paths in effect.
+    pub fn paths(&self) -> TlPaths {
+        self.paths
+    }
+
+    fn set_paths(&mut self, paths: TlPaths) {
+        self.paths = paths;
+        self.hooks.apply_gates(&paths);
+    }
+
+    /// `use_attn_result`: materialise each head's output as `attn.hook_result` `[b, p, h, d]`.
+    pub fn set_use_attn_result(&mut self, on: bool) {
+        self.set_paths(TlPaths {
+            use_attn_result: on,
+            ..self.paths
+        });
+    }
+
+    /// `use_split_qkv_input`: separate per-head copies of the residual for q, k and v
+    /// (`hook_q_input`, ...), each normalised by ln1 (whose hooks then fire three times, with a
+    /// head axis). Errors if `use_attn_in` is on (they exclude each other).
+    pub fn set_use_split_qkv_input(&mut self, on: bool) -> ModelResult<()> {
+        if on && self.paths.use_attn_in {
+            return Err(ModelError::InvalidInput(
+                "use_split_qkv_input and use_attn_in exclude each other; turn use_attn_in off first"
+                    .into(),
+            ));
+        }
+        self.set_paths(TlPaths {
+            use_split_qkv_input: on,
+            ..self.paths
+        });
+        Ok(())
+    }
+
+    /// `use_attn_in`: one per-head copy of the residual shared by q, k and v
+    /// (`hook_attn_in`). Errors if `use_split_qkv_input` is on.
+    pub fn set_use_attn_in(&mut self, on: bool) -> ModelResult<()> {
+        if on && self.paths.use_split_qkv_input {
+            return Err(ModelError::InvalidInput(
+                "use_attn_in and use_split_qkv_input exclude each other; turn use_split_qkv_input off first"
+                    .into(),
+            ));
+        }
+        self.set_paths(TlPaths {
+            use_attn_in: on,
+            ..self.paths
+        });
+        Ok(())
+    }
+
+    /// `use_hook_mlp_in`: hook a copy of the residual before ln2 (`hook_mlp_in`).
+    pub fn set_use_hook_mlp_in(&mut self, on: bool) {
+        self.set_paths(TlPaths {
+            use_hook_mlp_in: on,
+            ..self.paths
+        });
+    }
+
+    /// Processes the weights as TransformerLens's HookedTransformer does (`fold_ln`,
+    /// `center_writing_weights`, `center_unembed`, `fold_value_biases`; in f32, cast back) and
+    /// writes them into the HuggingFace parameters: LayerNorm weights become 1 and biases 0,
+    /// `lm_head` is untied from `wte`. Afterwards logits, loss, and every hook's activation
+    /// and gradient equal those of the processed HookedTransformer.
+    ///
+    /// Errors if compatibility mode is already on (processing twice would fold twice).
+    pub fn enable_compatibility_mode(&mut self, options: CompatibilityOptions) -> ModelResult<()> {
+        if let Some(previous) = self.compatibility {
+            return Err(ModelError::InvalidInput(format!(
+                "compatibility mode is already enabled (with {previous:?})"
+            )));
+        }
+        compat::process(&self.adapter, self.hf.params_mut(), &options)?;
+        self.compatibility = Some(options);
+        Ok(())
+    }
+
+    /// The options compatibility mode was enabled with, if it was.
+    pub fn compatibility_mode(&self) -> Option<CompatibilityOptions> {
+        self.compatibility
+    }
+
+    /// The tokenizer, if the model has one.
+    pub fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.tokenizer.as_ref()
+    }
+
+    fn tap(&self) -> BridgeTap<'_> {
+        BridgeTap {
+            hooks: &self.hooks,
+            paths: self.paths,
+        }
+    }
+
+    /// The forward pass on tokens `[b, p]`: logits, loss (TransformerLens's: with a mask only
+    /// pairs of real tokens count) or both, or the residual stream before block
+    /// `stop_at_layer`. With an attention mask (left padding), position ids are HuggingFace's
+    /// (`cumsum(mask) - 1`, padding at 1).
+    pub fn forward(&self, tokens: &Tensor, options: &ForwardOptions) -> ModelResult<ForwardOutput> {
+        self.run_with_kv(tokens, options, None)
+    }
+
+    /// [`TransformerBridge::forward`] with a KV cache: `tokens` are the new positions, the mask
+    /// covers cached and new positions.
+    pub fn run_with_kv(
+        &self,
+        tokens: &Tensor,
+        options: &ForwardOptions,
+        cache: Option<&mut KvCache>,
+    ) -> ModelResult<ForwardOutput> {
+        let device = self.hf.device();
+        let past_len = cache.as_ref().map_or(0, |c| c.len());
+        let cfg = self.hf.config();
+        let ids = input::tokens(tokens, cfg.vocab_size, cfg.n_ctx, past_len, device)?;
+        let (batch, len) = (ids.size()[0], ids.size()[1]);
+        let mask = input::attention_mask(options.attention_mask, batch, past_len + len, device)?;
+        let positions = mask
+            .as_ref()
+            .map(|m| hf_position_ids(m).narrow(1, past_len, len));
+        let stop = options.stop_at_layer.filter(|&s| s < cfg.n_layer as usize);
+        let pass = self.hf.pass_until(
+            &self.tap(),
+            &ids,
+            mask.as_ref(),
+            positions.as_ref(),
+            cache,
+            false,
+            stop,
+        )?;
+        if pass.residual.is_some() {
+            return Ok(ForwardOutput {
+                logits: None,
+                loss: None,
+                residual: pass.residual,
+            });
+        }
+        let logits = pass
+            .logits
+            .ok_or_else(|| ModelError::InvalidInput("the pass did not reach the logits".into()))?;
+        let loss = match options.return_type {
+            ReturnType::Logits => None,
+            ReturnType::Loss | ReturnType::Both => {
+                if len < 2 {
+                    return Err(ModelError::InvalidInput(
+                        "the loss needs at least two positions".into(),
+                    ));
+                }
+                let loss_mask = mask.as_ref().map(|m| m.narrow(1, past_len, len));
+                Some(loss::tl_loss(
+                    &logits,
+                    &ids,
+                    loss_mask.as_ref(),
+                    options.loss_per_token,
+                ))
+            }
+        };
+        let logits = (options.return_type != ReturnType::Loss).then_some(logits);
+        Ok(ForwardOutput {
+            logits,
+            loss,
+            residual: None,
+        })
+    }
+}

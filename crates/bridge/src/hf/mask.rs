@@ -1,0 +1,87 @@
+//! Causal and padding masks, and position ids, as HuggingFace computes them.
+
+use tch::{Device, Kind, Tensor};
+
+use crate::tap::MaskStyle;
+
+/// `[b | 1, 1, q, k]` booleans, true where query `i` (absolute position `past_len + i`) may
+/// attend to key `j`: `j <= past_len + i` and key `j` is not padding.
+pub(crate) fn allowed(
+    q_len: i64,
+    k_len: i64,
+    past_len: i64,
+    attention_mask: Option<&Tensor>,
+    device: Device,
+) -> Tensor {
+    let q_pos = Tensor::arange_start(past_len, past_len + q_len, (Kind::Int64, device));
+    let k_pos = Tensor::arange(k_len, (Kind::Int64, device));
+    let causal = k_pos
+        .unsqueeze(0)
+        .le_tensor(&q_pos.unsqueeze(1))
+        .view([1, 1, q_len, k_len]);
+    match attention_mask {
+        Some(mask) => {
+            let keys = mask.ne(0).view([mask.size()[0], 1, 1, k_len]);
+            causal.logical_and(&keys)
+        }
+        None => causal,
+    }
+}
+
+/// `torch.finfo(kind).min`, the value HuggingFace's eager attention adds at masked positions.
+pub(crate) fn finfo_min(kind: Kind) -> f64 {
+    match kind {
+        Kind::Half => -65504.0,
+        Kind::BFloat16 => -3.389_531_389_251_535_5e38,
+        Kind::Double => f64::MIN,
+        _ => f32::MIN as f64,
+    }
+}
+
+/// Applies the mask to `scores` `[b, h, q, k]` in `style`. `mask_kind` is the kind HuggingFace
+/// builds its additive mask in (the model's).
+pub(crate) fn apply(
+    scores: &Tensor,
+    allowed: &Tensor,
+    style: MaskStyle,
+    mask_kind: Kind,
+) -> Tensor {
+    match style {
+        MaskStyle::HfAdditiveMin => {
+            let zero = Tensor::zeros([], (scores.kind(), scores.device()));
+            let min = Tensor::full([], finfo_min(mask_kind), (scores.kind(), scores.device()));
+            scores + zero.where_self(allowed, &min)
+        }
+        MaskStyle::NegInf => scores.masked_fill(&allowed.logical_not(), f64::NEG_INFINITY),
+    }
+}
+
+/// Softmax over keys in `style`: HuggingFace's plain softmax, or TransformerLens's, in which a
+/// query with no allowed key gets an all-zero row without passing through NaN (so gradients
+/// stay finite there too).
+pub(crate) fn softmax(scores: &Tensor, allowed: &Tensor, style: MaskStyle) -> Tensor {
+    match style {
+        MaskStyle::HfAdditiveMin => scores.softmax(-1, scores.kind()),
+        MaskStyle::NegInf => {
+            let no_key = allowed.any_dim(-1, true).logical_not();
+            scores
+                .masked_fill(&no_key, 0.0)
+                .softmax(-1, scores.kind())
+                .masked_fill(&no_key, 0.0)
+        }
+    }
+}
+
+/// The position ids HuggingFace's `generate` computes for a (left-padded) batch:
+/// `cumsum(mask) - 1`, with padding positions set to 1. `[b, p]` int64.
+pub fn hf_position_ids(attention_mask: &Tensor) -> Tensor {
+    let mask = attention_mask.to_kind(Kind::Int64);
+    (mask.cumsum(-1, Kind::Int64) - 1).masked_fill(&mask.eq(0), 1)
+}
+
+/// Position ids `past_len..past_len + len` for every row, `[batch, len]` int64.
+pub(crate) fn arange_positions(batch: i64, len: i64, past_len: i64, device: Device) -> Tensor {
+    Tensor::arange_start(past_len, past_len + len, (Kind::Int64, device))
+        .unsqueeze(0)
+        .expand([batch, len], false)
+}

@@ -1,0 +1,42 @@
+//! The examples build as part of this test crate and run on the embedded model; their results
+//! are checked, not just their exit.
+
+#[path = "../examples/activation_patching.rs"]
+#[allow(dead_code)]
+mod activation_patching;
+#[path = "../examples/logit_lens.rs"]
+#[allow(dead_code)]
+mod logit_lens;
+
+#[test]
+fn activation_patching_runs() {
+    let recovery = activation_patching::run(lens_core::DEFAULT_MODEL).expect("example runs");
+    let n_pos = recovery[0].len();
+    // Patching layer 0 at the one position where the prompts differ restores the clean run
+    // exactly; patching any other position of layer 0 changes nothing.
+    let differing = 10; // after BOS + "When Mary and John went to the store," (10 tokens)
+    for (pos, value) in recovery[0].iter().enumerate() {
+        let expected = if pos == differing { 1.0 } else { 0.0 };
+        assert!(
+            (value - expected).abs() < 1e-4,
+            "layer 0, position {pos}: {value}"
+        );
+    }
+    // Before the last block, everything the answer depends on has been moved to the positions
+    // at or after the differing one.
+    let last = recovery.last().unwrap();
+    assert!(last[..differing].iter().all(|v| v.abs() < 1e-4), "{last:?}");
+    assert_eq!(n_pos, 15);
+}
+
+#[test]
+fn logit_lens_runs() {
+    let (stages, model_top) =
+        logit_lens::run(lens_core::DEFAULT_MODEL, "The Eiffel Tower is in").expect("example runs");
+    assert_eq!(stages.len(), 5, "4 blocks' inputs and the final output");
+    assert_eq!(
+        stages.last().unwrap().1[0],
+        model_top,
+        "the last stage is the model's prediction"
+    );
+}

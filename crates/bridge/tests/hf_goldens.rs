@@ -1,0 +1,224 @@
+//! The raw HF model against HuggingFace transformers 5.9.0's goldens (tests/fixtures/*/hf.*):
+//! logits, losses, every hidden state, and greedy generation with and without a KV cache, for
+//! every prompt including the left-padded batch.
+
+mod common;
+
+use bridge::{Gpt2LMHeadModel, HfForward, KvCache};
+use common::*;
+use lens_core::model::GenerateOptions;
+use rstest::rstest;
+use tch::{Kind, Tensor};
+
+fn greedy(use_cache: bool) -> GenerateOptions {
+    GenerateOptions {
+        max_new_tokens: 8,
+        do_sample: false,
+        stop_at_eos: true,
+        use_past_kv_cache: use_cache,
+        ..GenerateOptions::default()
+    }
+}
+
+/// Runs every HF comparison of one config on `model`, into `report`.
+fn compare_hf(config: &str, model: &Gpt2LMHeadModel, report: &mut Report) {
+    let dir = fixtures().join(config);
+    let meta = read_json(&dir.join("hf.json"));
+    let golden = read_tensors(&dir.join("hf.safetensors"));
+    for pid in prompt_ids(&meta) {
+        let g = |name: &str| &golden[&format!("{pid}/{name}")];
+        let tokens = g("tokens");
+        let mask = padding_mask(&golden, &pid);
+        let positions = mask.as_ref().map(|_| g("position_ids"));
+        let out = tch::no_grad(|| {
+            model.forward(HfForward {
+                input_ids: Some(tokens),
+                attention_mask: mask.as_ref(),
+                position_ids: positions,
+                labels: Some(tokens),
+                output_hidden_states: true,
+                ..HfForward::default()
+            })
+        })
+        .expect("forward");
+        report.check(
+            "logits",
+            &format!("{pid}/logits"),
+            relative_error(&out.logits, g("logits"), None),
+        );
+        let loss = out.loss.as_ref().expect("labels given");
+        report.check(
+            "loss",
+            &format!("{pid}/loss"),
+            relative_error(loss, g("loss"), None),
+        );
+        let n_hidden = meta["prompts"][&pid]["n_hidden_states"]
+            .as_u64()
+            .expect("n_hidden_states");
+        if out.hidden_states.len() as u64 != n_hidden {
+            report.fail(format!(
+                "{pid}: {} hidden states, golden {n_hidden}",
+                out.hidden_states.len()
+            ));
+        }
+        for (i, h) in out.hidden_states.iter().enumerate() {
+            let name = format!("hidden_states.{i}");
+            report.check(
+                "hidden_states",
+                &format!("{pid}/{name}"),
+                relative_error(h, g(&name), None),
+            );
+        }
+        if let Some(labels) = golden.get(&format!("{pid}/labels_masked")) {
+            let masked = tch::no_grad(|| {
+                model.forward(HfForward {
+                    input_ids: Some(tokens),
+                    attention_mask: mask.as_ref(),
+                    position_ids: positions,
+                    labels: Some(labels),
+                    ..HfForward::default()
+                })
+            })
+            .expect("forward with masked labels");
+            report.check(
+                "loss",
+                &format!("{pid}/loss_masked_labels"),
+                relative_error(
+                    masked.loss.as_ref().expect("labels"),
+                    g("loss_masked_labels"),
+                    None,
+                ),
+            );
+        }
+        for (key, use_cache) in [("generate.use_cache", true), ("generate.no_cache", false)] {
+            let generated = model
+                .generate(tokens, mask.as_ref(), &greedy(use_cache))
+                .expect("generate");
+            if generated != *g(key) {
+                report.fail(format!("{pid}/{key}: {generated:?} != golden {:?}", g(key)));
+            }
+        }
+    }
+}
+
+#[rstest]
+fn raw_hf_model_matches_transformers(#[values("small", "knobs")] config: &str) {
+    let model = hf_model(config);
+    let mut report = Report::default();
+    compare_hf(config, &model, &mut report);
+    report.assert_ok(&format!("HF {config}"));
+}
+
+/// The comparison can fail: one perturbed weight breaks it.
+#[test]
+fn perturbed_hf_model_fails_the_comparison() {
+    let model = hf_model("small");
+    tch::no_grad(|| {
+        let w = model
+            .parameter("transformer.h.1.mlp.c_fc.bias")
+            .expect("parameter");
+        let _ = w.narrow(0, 3, 1).f_add_scalar_(0.01).expect("write");
+    });
+    let mut report = Report::default();
+    compare_hf("small", &model, &mut report);
+    assert!(
+        report.failures.iter().any(|f| f.contains("logits")),
+        "a perturbed bias must change the logits: {:?}",
+        report.worst
+    );
+}
+
+/// Step-by-step decoding through the KV cache gives the full pass's logits at every position.
+#[test]
+fn kv_cache_steps_equal_the_full_pass() {
+    let model = hf_model("knobs");
+    let golden = read_tensors(&fixtures().join("knobs/hf.safetensors"));
+    let tokens = &golden["single_bos12/tokens"];
+    let full = tch::no_grad(|| {
+        model.forward(HfForward {
+            input_ids: Some(tokens),
+            ..HfForward::default()
+        })
+    })
+    .expect("forward")
+    .logits;
+    let mut cache = KvCache::new();
+    let mut steps = Vec::new();
+    for i in 0..tokens.size()[1] {
+        let out = tch::no_grad(|| {
+            model.forward(HfForward {
+                input_ids: Some(&tokens.narrow(1, i, 1)),
+                past_key_values: Some(&mut cache),
+                ..HfForward::default()
+            })
+        })
+        .expect("cached step");
+        steps.push(out.logits);
+    }
+    assert_eq!(cache.len(), tokens.size()[1]);
+    let stepped = Tensor::cat(&steps, 1);
+    let err = relative_error(&stepped, &full, None);
+    assert!(err <= TOLERANCE, "cached vs full: err {err:.3e}");
+    assert_eq!(full.kind(), Kind::Float);
+}
+
+/// The bridge (unprocessed) is the HF model with hooks: its block inputs, final LayerNorm
+/// output and logits equal HuggingFace's hidden states and logits on every real position (pad
+/// query rows differ by design: TransformerLens's all-zero pattern instead of HF's uniform one).
+#[rstest]
+fn bridge_matches_transformers_on_real_positions(#[values("small", "knobs")] config: &str) {
+    use hookpoint::CacheOptions;
+    use lens_core::model::{ForwardOptions, LensModel};
+
+    let b = bridge(config);
+    let dir = fixtures().join(config);
+    let meta = read_json(&dir.join("hf.json"));
+    let golden = read_tensors(&dir.join("hf.safetensors"));
+    let n_layers = b.dims().n_layers;
+    let mut report = Report::default();
+    for pid in prompt_ids(&meta) {
+        let g = |name: &str| &golden[&format!("{pid}/{name}")];
+        let mask = padding_mask(&golden, &pid);
+        let (out, cache) = tch::no_grad(|| {
+            b.run_with_cache(
+                g("tokens"),
+                &ForwardOptions {
+                    attention_mask: mask.as_ref(),
+                    ..Default::default()
+                },
+                &CacheOptions::default(),
+                &|_| unreachable!("no backward pass"),
+            )
+        })
+        .expect("run_with_cache");
+        let keep = |t: &Tensor| {
+            mask.as_ref()
+                .map(|m| m.to_kind(Kind::Bool).unsqueeze(-1).expand(t.size(), false))
+        };
+        let logits = out.logits.expect("logits");
+        report.check(
+            "logits",
+            &format!("{pid}/logits"),
+            relative_error(&logits, g("logits"), keep(&logits).as_ref()),
+        );
+        for i in 0..n_layers {
+            let ours = cache
+                .get(format!("blocks.{i}.hook_resid_pre").as_str())
+                .expect("cached");
+            let name = format!("hidden_states.{i}");
+            report.check(
+                "hidden_states",
+                &format!("{pid}/{name}"),
+                relative_error(ours, g(&name), keep(ours).as_ref()),
+            );
+        }
+        let ours = cache.get("ln_final.hook_out").expect("cached");
+        let name = format!("hidden_states.{n_layers}");
+        report.check(
+            "hidden_states",
+            &format!("{pid}/{name}"),
+            relative_error(ours, g(&name), keep(ours).as_ref()),
+        );
+    }
+    report.assert_ok(&format!("bridge vs HF {config}"));
+}
