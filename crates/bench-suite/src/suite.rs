@@ -190,6 +190,8 @@ fn phase_one(
         )
         .in_phase(1)];
     }
+    progress("all_components");
+    let components = forward::all_components(bridge, tolerance).in_phase(1);
     progress("forward_pass_logits");
     let reference = tch::no_grad(|| {
         bridge.hf_model().forward(HfForward {
@@ -204,7 +206,7 @@ fn phase_one(
             format!("the HF model failed: {error}"),
         ),
     };
-    vec![result.in_phase(1)]
+    vec![components, result.in_phase(1)]
 }
 
 /// The checks that only make sense on processed weights.

@@ -31,10 +31,10 @@ fn every_benchmark_passes(#[case] model: String) {
         .map(|r| r.to_string())
         .collect();
     assert!(failed.is_empty(), "{model}:\n{}", failed.join("\n"));
-    // Phase 1: 1 result; Phase 2: 16; Phase 3: 10 weight checks + 13 comparisons.
+    // Phase 1: 2 results; Phase 2: 16; Phase 3: 10 weight checks + 13 comparisons.
     assert_eq!(
         results.len(),
-        1 + 16 + 23,
+        2 + 16 + 23,
         "{model}: {:?}",
         results.iter().map(|r| &r.name).collect::<Vec<_>>()
     );

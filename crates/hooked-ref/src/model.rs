@@ -177,6 +177,65 @@ impl HookedTransformer {
         })
     }
 
+    /// Continues a forward pass from the residual stream `[b, p, d_model]` before block
+    /// `start_at_layer` (TransformerLens's `start_at_layer`): blocks `start_at_layer..`, then the
+    /// logits (or the residual before `options.stop_at_layer`). The loss needs tokens, so only
+    /// `ReturnType::Logits` is accepted.
+    pub fn forward_from_layer(
+        &self,
+        residual: &Tensor,
+        start_at_layer: usize,
+        options: &ForwardOptions,
+    ) -> Result<Output> {
+        let n_layers = self.cfg.n_layers as usize;
+        if start_at_layer > n_layers {
+            return Err(Error::InvalidInput(format!(
+                "start_at_layer {start_at_layer} is past the last block ({n_layers} blocks)"
+            )));
+        }
+        if options.return_type != ReturnType::Logits {
+            return Err(Error::InvalidInput(
+                "start_at_layer computes logits only: the loss needs the tokens".into(),
+            ));
+        }
+        if residual.dim() != 3 || residual.size()[2] != self.cfg.d_model {
+            return Err(Error::InvalidInput(format!(
+                "the residual must be [batch, pos, {}], got {:?}",
+                self.cfg.d_model,
+                residual.size()
+            )));
+        }
+        let mask = self.check_mask(
+            options.attention_mask,
+            residual.size()[0],
+            residual.size()[1],
+        )?;
+        let stop = options
+            .stop_at_layer
+            .unwrap_or(n_layers)
+            .min(n_layers)
+            .max(start_at_layer);
+        let residual = self.run_blocks(
+            residual.shallow_clone(),
+            start_at_layer,
+            stop,
+            mask.as_ref(),
+            None,
+        )?;
+        if stop < n_layers {
+            return Ok(Output {
+                logits: None,
+                loss: None,
+                residual: Some(residual),
+            });
+        }
+        Ok(Output {
+            logits: Some(self.unembed(&residual)?),
+            loss: None,
+            residual: None,
+        })
+    }
+
     /// `hook_embed(W_E[tokens]) + hook_pos_embed(W_pos[positions])`.
     pub(crate) fn embed(
         &self,

@@ -110,6 +110,15 @@ fn stop_at_layer_returns_the_residual_before_that_block() {
         .unwrap();
     let resid = stopped.residual.unwrap();
     assert!(max_err(&resid, cache.get(("resid_pre", 2usize)).unwrap()) == 0.0);
+    // ... and start_at_layer continues from it to the same logits.
+    let resumed = model
+        .forward_from_layer(&resid, 2, &ForwardOptions::default())
+        .unwrap();
+    let full = model.forward(&tokens, &ForwardOptions::default()).unwrap();
+    assert!(max_err(resumed.logits().unwrap(), full.logits().unwrap()) == 0.0);
+    assert!(model
+        .forward_from_layer(&resid, 5, &ForwardOptions::default())
+        .is_err());
 }
 
 #[test]

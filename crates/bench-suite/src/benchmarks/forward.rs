@@ -1,10 +1,13 @@
 //! Forward-pass benchmarks: logits and loss against a reference.
 
+use bridge::TransformerBridge;
 use lens_core::model::{ForwardOptions, LensModel, ReturnType};
-use tch::Tensor;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tch::{Kind, Tensor};
 
 use super::{guarded, reference_error, Inputs};
-use crate::compare::compare;
+use crate::compare::{compare, Comparison};
 use crate::result::BenchmarkResult;
 
 /// The model's logits against reference logits computed elsewhere (the raw HF model's, in
@@ -99,4 +102,70 @@ fn verdict(
     }
     .with("comparison", detail)
     .with("tolerance", tolerance)
+}
+
+/// Every component of the bridge (embeddings, each block and its LayerNorms, attention and MLP,
+/// the final LayerNorm, the unembedding) run alone on random inputs through the bridge's hook
+/// points, against the same component of the raw HF model (HF's fused kernels).
+pub fn all_components(bridge: &TransformerBridge, tolerance: f64) -> BenchmarkResult {
+    let name = "all_components";
+    guarded(name, || {
+        let _no_grad = tch::no_grad_guard();
+        let dims = bridge.dims();
+        let (device, kind) = (LensModel::device(bridge), LensModel::kind(bridge));
+        let mut rng = StdRng::seed_from_u64(0);
+        let (batch, len) = (2i64, 8i64.min(dims.n_ctx));
+        let ids: Vec<i64> = (0..batch * len)
+            .map(|_| rng.gen_range(0..dims.d_vocab))
+            .collect();
+        let ids = Tensor::from_slice(&ids)
+            .reshape([batch, len])
+            .to_device(device);
+        let positions = Tensor::arange(len, (Kind::Int64, device))
+            .unsqueeze(0)
+            .repeat([batch, 1]);
+        let hidden: Vec<f32> = (0..batch * len * dims.d_model)
+            .map(|_| rng.gen_range(-2.0f32..2.0))
+            .collect();
+        let hidden = Tensor::from_slice(&hidden)
+            .reshape([batch, len, dims.d_model])
+            .to_device(device)
+            .to_kind(kind);
+        let (mut mismatches, mut worst) = (Vec::new(), 0.0f64);
+        let components = bridge.hf_model().component_names();
+        for component in &components {
+            let input = match component.as_str() {
+                "embed" => &ids,
+                "pos_embed" => &positions,
+                _ => &hidden,
+            };
+            let ours = bridge.run_component(component, input)?;
+            let theirs = bridge.hf_model().run_component(component, input)?;
+            let outcome = compare(&ours, &theirs, None);
+            if let Comparison::Compared { err } = outcome {
+                worst = worst.max(err);
+            }
+            if !outcome.within(tolerance) {
+                mismatches.push(format!("{component}: {}", outcome.describe()));
+            }
+        }
+        Ok(if mismatches.is_empty() {
+            BenchmarkResult::pass(
+                name,
+                format!("all {} components match the HF modules", components.len()),
+            )
+        } else {
+            BenchmarkResult::fail(
+                name,
+                format!(
+                    "{} of {} components differ from the HF modules",
+                    mismatches.len(),
+                    components.len()
+                ),
+            )
+            .with("mismatches", super::sample_of(&mismatches))
+        }
+        .with("components", components.len())
+        .with("worst_err", worst))
+    })
 }

@@ -245,6 +245,12 @@ impl TransformerBridge {
         }
     }
 
+    /// Runs one component alone on `input` through the bridge's hook points: the counterpart of
+    /// [`Gpt2LMHeadModel::run_component`], which the suite's `all_components` compares it with.
+    pub fn run_component(&self, name: &str, input: &Tensor) -> ModelResult<Tensor> {
+        self.hf.run_component_with(&self.tap(), name, input)
+    }
+
     /// The forward pass on tokens `[b, p]`: logits, loss (TransformerLens's: with a mask only
     /// pairs of real tokens count) or both, or the residual stream before block
     /// `stop_at_layer`. With an attention mask (left padding), position ids are HuggingFace's

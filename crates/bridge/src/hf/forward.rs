@@ -371,3 +371,93 @@ fn attention<T: Tap>(
     let out = tap.at(s(BlockSite::HiddenStates), out)?;
     tap.at(s(BlockSite::AttnOut), out)
 }
+
+/// The components [`component`] runs one at a time, for `n_layer` blocks.
+pub(crate) fn component_names(n_layer: usize) -> Vec<String> {
+    let mut names = vec!["embed".to_owned(), "pos_embed".to_owned()];
+    for l in 0..n_layer {
+        for part in ["", ".ln1", ".attn", ".ln2", ".mlp"] {
+            names.push(format!("blocks.{l}{part}"));
+        }
+    }
+    names.extend(["ln_final".to_owned(), "unembed".to_owned()]);
+    names
+}
+
+/// Runs one component on its own: `embed` on token ids, `pos_embed` on position ids,
+/// `blocks.{l}` (the whole block), `blocks.{l}.attn` (from the residual: ln_1 and attention, with
+/// a causal mask), `blocks.{l}.ln1` / `ln2` / `mlp`, `ln_final` and `unembed` on hidden states
+/// `[b, p, d]`.
+pub(crate) fn component<T: Tap>(
+    cfg: &Gpt2Config,
+    p: &Gpt2Params,
+    tap: &T,
+    name: &str,
+    x: &Tensor,
+) -> ModelResult<Tensor> {
+    let eps = cfg.layer_norm_epsilon;
+    let causal = || {
+        let len = x.size()[1];
+        mask::allowed(len, len, 0, None, x.device())
+    };
+    match name {
+        "embed" => {
+            let ids = tap.at(Site::EmbedIn, x.shallow_clone())?;
+            tap.at(
+                Site::EmbedOut,
+                Tensor::embedding(&p.wte, &ids, -1, false, false),
+            )
+        }
+        "pos_embed" => {
+            let positions = tap.at(Site::PosEmbedIn, x.shallow_clone())?;
+            tap.at(
+                Site::PosEmbedOut,
+                Tensor::embedding(&p.wpe, &positions, -1, false, false),
+            )
+        }
+        "ln_final" => layer_norm(tap, Site::LnFinal, x.shallow_clone(), &p.ln_f, eps),
+        "unembed" => {
+            let x = tap.at(Site::UnembedIn, x.shallow_clone())?;
+            let mut logits = x.linear(p.unembed_weight(), None::<&Tensor>);
+            if let Some(bias) = &p.lm_head_bias {
+                logits = &logits + bias;
+            }
+            tap.at(Site::UnembedOut, logits)
+        }
+        _ => {
+            let unknown = || {
+                ModelError::InvalidInput(format!(
+                    "unknown component '{name}'; components are {:?}",
+                    component_names(p.h.len())
+                ))
+            };
+            let rest = name.strip_prefix("blocks.").ok_or_else(unknown)?;
+            let (layer, part) = rest
+                .split_once('.')
+                .map_or((rest, ""), |(l, part)| (l, part));
+            let l: usize = layer.parse().map_err(|_| unknown())?;
+            let bp = p.h.get(l).ok_or_else(unknown)?;
+            let s = |site: BlockSite| Site::Block(l, site);
+            match part {
+                "" => block(cfg, l, bp, tap, x.shallow_clone(), &causal(), None),
+                "attn" => attention(cfg, l, bp, tap, x, &causal(), None),
+                "ln1" => layer_norm(
+                    tap,
+                    |site| s(BlockSite::Ln1(site)),
+                    x.shallow_clone(),
+                    &bp.ln_1,
+                    eps,
+                ),
+                "ln2" => layer_norm(
+                    tap,
+                    |site| s(BlockSite::Ln2(site)),
+                    x.shallow_clone(),
+                    &bp.ln_2,
+                    eps,
+                ),
+                "mlp" => mlp(cfg, l, bp, tap, x.shallow_clone()),
+                _ => Err(unknown()),
+            }
+        }
+    }
+}

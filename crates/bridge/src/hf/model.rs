@@ -188,6 +188,28 @@ impl Gpt2LMHeadModel {
         )
     }
 
+    /// The names [`Gpt2LMHeadModel::run_component`] accepts.
+    pub fn component_names(&self) -> Vec<String> {
+        forward::component_names(self.params.h.len())
+    }
+
+    /// Runs one component alone on `input`, HuggingFace's way (see
+    /// [`Gpt2LMHeadModel::component_names`]): token ids for `embed`, position ids for
+    /// `pos_embed`, hidden states `[b, p, d]` for the others (`blocks.{l}.attn` starts at the
+    /// residual: ln_1, then attention with a causal mask).
+    pub fn run_component(&self, name: &str, input: &Tensor) -> ModelResult<Tensor> {
+        self.run_component_with(&NoTap, name, input)
+    }
+
+    pub(crate) fn run_component_with<T: Tap>(
+        &self,
+        tap: &T,
+        name: &str,
+        input: &Tensor,
+    ) -> ModelResult<Tensor> {
+        forward::component(&self.config, &self.params, tap, name, input)
+    }
+
     /// [`Gpt2LMHeadModel::pass`], stopping before block `stop_at_layer`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn pass_until<T: Tap>(
