@@ -18,7 +18,7 @@ use tch::{Device, Kind, Tensor};
 use crate::benchmarks::{
     backward, cache, forward, generation, hooks, weights, GradientTarget, Inputs,
 };
-use crate::compare::tolerance_for;
+use crate::compare::{tolerances_for, Tolerances};
 use crate::result::BenchmarkResult;
 
 /// The Python suite's default test text.
@@ -73,7 +73,7 @@ pub fn run_benchmark_suite(
     options: &SuiteOptions,
     progress: Progress,
 ) -> ModelResult<Vec<BenchmarkResult>> {
-    let tolerance = tolerance_for(options.dtype);
+    let tolerance = tolerances_for(options.dtype);
     let mut bridge = TransformerBridge::boot(&options.model, options.device, options.dtype)?;
     let inputs = inputs(&bridge, &options.test_text)?;
     let mut results = Vec::new();
@@ -180,7 +180,7 @@ fn phase_one(
     bridge: &TransformerBridge,
     inputs: &Inputs,
     options: &SuiteOptions,
-    tolerance: f64,
+    tolerance: Tolerances,
     progress: Progress,
 ) -> Vec<BenchmarkResult> {
     if !options.use_hf_reference {
@@ -191,7 +191,7 @@ fn phase_one(
         .in_phase(1)];
     }
     progress("all_components");
-    let components = forward::all_components(bridge, tolerance).in_phase(1);
+    let components = forward::all_components(bridge, tolerance.activations).in_phase(1);
     progress("forward_pass_logits");
     let reference = tch::no_grad(|| {
         bridge.hf_model().forward(HfForward {
@@ -200,7 +200,7 @@ fn phase_one(
         })
     });
     let result = match reference {
-        Ok(out) => forward::forward_pass(bridge, inputs, &out.logits, tolerance),
+        Ok(out) => forward::forward_pass(bridge, inputs, &out.logits, tolerance.activations),
         Err(error) => BenchmarkResult::error(
             "forward_pass_logits",
             format!("the HF model failed: {error}"),
@@ -214,7 +214,7 @@ fn processed_checks(
     bridge: &TransformerBridge,
     reference: Option<&dyn LensModel>,
     inputs: &Inputs,
-    tolerance: f64,
+    tolerance: Tolerances,
     progress: Progress,
 ) -> Vec<BenchmarkResult> {
     let mut results = Vec::new();
@@ -228,22 +228,24 @@ fn processed_checks(
         weights::layer_norm_folding(bridge)
     });
     run("attention_output_centering", &|| {
-        weights::attention_output_centering(bridge)
+        weights::attention_output_centering(bridge, tolerance.activations)
     });
     run("mlp_output_centering", &|| {
-        weights::mlp_output_centering(bridge)
+        weights::mlp_output_centering(bridge, tolerance.activations)
     });
-    run("unembed_centering", &|| weights::unembed_centering(bridge));
+    run("unembed_centering", &|| {
+        weights::unembed_centering(bridge, tolerance.activations)
+    });
     run("value_bias_folding", &|| {
         weights::value_bias_folding(bridge)
     });
     match reference {
         Some(reference) => {
             run("weight_processing", &|| {
-                weights::weight_processing(bridge, reference, tolerance)
+                weights::weight_processing(bridge, reference, tolerance.activations)
             });
             run("weight_sharing", &|| {
-                weights::weight_sharing(bridge, reference, inputs, tolerance)
+                weights::weight_sharing(bridge, reference, inputs, tolerance.activations)
             });
         }
         None => {
@@ -267,7 +269,7 @@ fn compare_phase(
     bridge: &mut TransformerBridge,
     mut reference: Option<&mut dyn LensModel>,
     inputs: &Inputs,
-    tolerance: f64,
+    tolerance: Tolerances,
     target: GradientTarget,
     progress: Progress,
 ) -> Vec<BenchmarkResult> {
@@ -283,7 +285,7 @@ fn compare_phase(
         let reference = reference.as_deref();
         push(
             "generation",
-            generation::generation(bridge, reference, inputs),
+            generation::generation(bridge, reference, inputs, tolerance.activations),
             progress,
         );
         push(
@@ -301,28 +303,28 @@ fn compare_phase(
         Some(r) => {
             push(
                 "logits_equivalence",
-                forward::logits_equivalence(bridge, r, inputs, tolerance),
+                forward::logits_equivalence(bridge, r, inputs, tolerance.activations),
                 progress,
             );
             push(
                 "loss_equivalence",
-                forward::loss_equivalence(bridge, r, inputs, tolerance),
+                forward::loss_equivalence(bridge, r, inputs, tolerance.activations),
                 progress,
             );
             push("hook_registry", hooks::hook_registry(bridge, r), progress);
             push(
                 "hook_functionality",
-                hooks::hook_functionality(bridge, Some(r), inputs, tolerance),
+                hooks::hook_functionality(bridge, Some(r), inputs, tolerance.activations),
                 progress,
             );
             push(
                 "critical_forward_hooks",
-                hooks::critical_forward_hooks(bridge, r, inputs, tolerance),
+                hooks::critical_forward_hooks(bridge, r, inputs, tolerance.activations),
                 progress,
             );
             push(
                 "forward_hooks",
-                hooks::forward_hooks(bridge, r, inputs, tolerance),
+                hooks::forward_hooks(bridge, r, inputs, tolerance.activations),
                 progress,
             );
         }
@@ -332,7 +334,7 @@ fn compare_phase(
             }
             push(
                 "hook_functionality",
-                hooks::hook_functionality(bridge, None, inputs, tolerance),
+                hooks::hook_functionality(bridge, None, inputs, tolerance.activations),
                 progress,
             );
             for name in ["critical_forward_hooks", "forward_hooks"] {
@@ -360,22 +362,28 @@ fn compare_phase(
         Some(r) => {
             push(
                 "activation_cache",
-                cache::activation_cache(bridge, r, inputs, tolerance),
+                cache::activation_cache(bridge, r, inputs, tolerance.activations),
                 progress,
             );
             push(
                 "gradient_computation",
-                backward::gradient_computation(bridge, Some(r), inputs, target, tolerance),
+                backward::gradient_computation(
+                    bridge,
+                    Some(r),
+                    inputs,
+                    target,
+                    tolerance.gradients,
+                ),
                 progress,
             );
             push(
                 "critical_backward_hooks",
-                backward::critical_backward_hooks(bridge, r, inputs, target, tolerance),
+                backward::critical_backward_hooks(bridge, r, inputs, target, tolerance.gradients),
                 progress,
             );
             push(
                 "backward_hooks",
-                backward::backward_hooks(bridge, r, inputs, target, tolerance),
+                backward::backward_hooks(bridge, r, inputs, target, tolerance.gradients),
                 progress,
             );
         }
@@ -383,7 +391,7 @@ fn compare_phase(
             push("activation_cache", skipped("activation_cache"), progress);
             push(
                 "gradient_computation",
-                backward::gradient_computation(bridge, None, inputs, target, tolerance),
+                backward::gradient_computation(bridge, None, inputs, target, tolerance.gradients),
                 progress,
             );
             for name in ["critical_backward_hooks", "backward_hooks"] {

@@ -337,8 +337,8 @@ fn generation_benchmarks_fail_on_broken_generation() {
     let short = Broken::new(bridge(), Defect::GeneratesShort);
     fails_only_when_broken(
         "generation",
-        generation::generation(&intact, Some(&reference), &inputs),
-        generation::generation(&short, Some(&reference), &inputs),
+        generation::generation(&intact, Some(&reference), &inputs, TOL),
+        generation::generation(&short, Some(&reference), &inputs, TOL),
     );
     let kv = Broken::new(bridge(), Defect::KvCacheDropsPosition);
     fails_only_when_broken(
@@ -381,19 +381,19 @@ fn weight_processing_benchmarks_fail_when_a_step_is_skipped() {
     let no_centering = skip(|o| o.center_writing_weights = false);
     fails_only_when_broken(
         "attention_output_centering",
-        weights::attention_output_centering(&intact),
-        weights::attention_output_centering(&no_centering),
+        weights::attention_output_centering(&intact, TOL),
+        weights::attention_output_centering(&no_centering, TOL),
     );
     fails_only_when_broken(
         "mlp_output_centering",
-        weights::mlp_output_centering(&intact),
-        weights::mlp_output_centering(&no_centering),
+        weights::mlp_output_centering(&intact, TOL),
+        weights::mlp_output_centering(&no_centering, TOL),
     );
     let no_unembed = skip(|o| o.center_unembed = false);
     fails_only_when_broken(
         "unembed_centering",
-        weights::unembed_centering(&intact),
-        weights::unembed_centering(&no_unembed),
+        weights::unembed_centering(&intact, TOL),
+        weights::unembed_centering(&no_unembed, TOL),
     );
     let no_value_bias = skip(|o| o.fold_value_biases = false);
     fails_only_when_broken(

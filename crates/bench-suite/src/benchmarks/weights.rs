@@ -51,11 +51,11 @@ fn every_weight(
     })
 }
 
-/// Zero within f32 rounding of the tensor's own scale.
-fn near_zero(t: &Tensor, scale_of: &Tensor) -> Option<String> {
+/// Zero within `tolerance` of the tensor's own scale (its rounding).
+fn near_zero(t: &Tensor, scale_of: &Tensor, tolerance: f64) -> Option<String> {
     let scale = scale_of.abs().max().double_value(&[]).max(1.0);
     let worst = t.abs().max().double_value(&[]);
-    (worst / scale > 1e-5).then(|| format!("max |mean| {worst:.2e}"))
+    (worst / scale > tolerance).then(|| format!("max |mean| {worst:.2e}"))
 }
 
 /// No weight holds NaN or an infinity.
@@ -144,35 +144,53 @@ pub fn layer_norm_folding(model: &dyn LensModel) -> BenchmarkResult {
 }
 
 /// Every attention output matrix writes a zero-mean vector.
-pub fn attention_output_centering(model: &dyn LensModel) -> BenchmarkResult {
+pub fn attention_output_centering(model: &dyn LensModel, tolerance: f64) -> BenchmarkResult {
     every_weight(
         "attention_output_centering",
         model,
         "attn.W_O",
         "W_O centred over d_model",
-        |w| near_zero(&w.mean_dim(-1, false, Kind::Float), w),
+        |w| {
+            near_zero(
+                &w.to_kind(Kind::Float).mean_dim(-1, false, Kind::Float),
+                w,
+                tolerance,
+            )
+        },
     )
 }
 
 /// Every MLP output matrix writes a zero-mean vector.
-pub fn mlp_output_centering(model: &dyn LensModel) -> BenchmarkResult {
+pub fn mlp_output_centering(model: &dyn LensModel, tolerance: f64) -> BenchmarkResult {
     every_weight(
         "mlp_output_centering",
         model,
         "mlp.W_out",
         "W_out centred over d_model",
-        |w| near_zero(&w.mean_dim(-1, false, Kind::Float), w),
+        |w| {
+            near_zero(
+                &w.to_kind(Kind::Float).mean_dim(-1, false, Kind::Float),
+                w,
+                tolerance,
+            )
+        },
     )
 }
 
 /// The unembedding is centred over the vocabulary.
-pub fn unembed_centering(model: &dyn LensModel) -> BenchmarkResult {
+pub fn unembed_centering(model: &dyn LensModel, tolerance: f64) -> BenchmarkResult {
     every_weight(
         "unembed_centering",
         model,
         "unembed.W_U",
         "W_U centred over the vocabulary",
-        |w| near_zero(&w.mean_dim(-1, false, Kind::Float), w),
+        |w| {
+            near_zero(
+                &w.to_kind(Kind::Float).mean_dim(-1, false, Kind::Float),
+                w,
+                tolerance,
+            )
+        },
     )
 }
 
