@@ -1,5 +1,5 @@
-//! Next-token losses: HuggingFace's (labels with `-100` ignored) and TransformerLens's (pairs of
-//! real tokens under an attention mask).
+//! HuggingFace's next-token loss (labels with `-100` ignored). The bridge's TransformerLens loss
+//! is lens-core's `lm_cross_entropy_loss`, shared with the HookedTransformer.
 
 use tch::{Kind, Reduction, Tensor};
 
@@ -27,35 +27,4 @@ pub(crate) fn hf_causal_lm_loss(logits: &Tensor, labels: &Tensor) -> Tensor {
         IGNORE_INDEX,
         0.0,
     )
-}
-
-/// TransformerLens's `lm_cross_entropy_loss`: the negative log-probability of each next token,
-/// `[b, p - 1]`, or its mean. With a mask only pairs whose current and next tokens are both real
-/// count (masked entries of the per-token loss are 0).
-pub(crate) fn tl_loss(
-    logits: &Tensor,
-    tokens: &Tensor,
-    attention_mask: Option<&Tensor>,
-    per_token: bool,
-) -> Tensor {
-    let len = logits.size()[1];
-    let log_probs = logits.log_softmax(-1, Kind::Float);
-    let predicted = log_probs
-        .narrow(1, 0, len - 1)
-        .gather(-1, &tokens.narrow(1, 1, len - 1).unsqueeze(-1), false)
-        .squeeze_dim(-1);
-    match attention_mask {
-        Some(mask) => {
-            let pairs =
-                (mask.narrow(1, 0, len - 1) * mask.narrow(1, 1, len - 1)).to_kind(Kind::Float);
-            let masked = -(predicted * &pairs);
-            if per_token {
-                masked
-            } else {
-                masked.sum(Kind::Float) / pairs.sum(Kind::Float)
-            }
-        }
-        None if per_token => -predicted,
-        None => -predicted.mean(Kind::Float),
-    }
 }

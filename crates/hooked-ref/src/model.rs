@@ -1,7 +1,9 @@
 //! `HookedTransformer`: forward passes with every hook point, losses, hooks and caches.
 
 use hookpoint::{run_with_cache, ActivationCache, CacheOptions, HookRegistry, HookSpec};
-use lens_core::model::{ForwardOptions, ForwardOutput as Output, ReturnType};
+use lens_core::model::{
+    lm_cross_entropy_loss, ForwardOptions, ForwardOutput as Output, ReturnType,
+};
 use lens_core::Tokenizer;
 use tch::{Device, Kind, Tensor};
 
@@ -162,7 +164,7 @@ impl HookedTransformer {
         let logits = self.unembed(&residual)?;
         let loss = match options.return_type {
             ReturnType::Logits => None,
-            ReturnType::Loss | ReturnType::Both => Some(cross_entropy_loss(
+            ReturnType::Loss | ReturnType::Both => Some(lm_cross_entropy_loss(
                 &logits,
                 &tokens,
                 mask.as_ref(),
@@ -363,35 +365,5 @@ impl HookedTransformer {
             Some(self.cfg.n_layers as usize),
             || body(self),
         )
-    }
-}
-
-/// Next-token cross-entropy as TransformerLens computes it: the mean over predicted positions,
-/// or, with a mask, over pairs where both the current and the next token are real.
-pub(crate) fn cross_entropy_loss(
-    logits: &Tensor,
-    tokens: &Tensor,
-    mask: Option<&Tensor>,
-    per_token: bool,
-) -> Tensor {
-    let len = logits.size()[1];
-    let log_probs = logits.log_softmax(-1, Kind::Float);
-    let predicted = log_probs
-        .narrow(1, 0, len - 1)
-        .gather(-1, &tokens.narrow(1, 1, len - 1).unsqueeze(-1), false)
-        .squeeze_dim(-1);
-    match mask {
-        Some(mask) => {
-            let pairs =
-                (mask.narrow(1, 0, len - 1) * mask.narrow(1, 1, len - 1)).to_kind(Kind::Float);
-            let masked = -(predicted * &pairs);
-            if per_token {
-                masked
-            } else {
-                masked.sum(Kind::Float) / pairs.sum(Kind::Float)
-            }
-        }
-        None if per_token => -predicted,
-        None => -predicted.mean(Kind::Float),
     }
 }

@@ -247,3 +247,35 @@ pub trait LensModel {
         Ok((output, activations))
     }
 }
+
+/// TransformerLens's `lm_cross_entropy_loss`, the loss every model of the workspace reports: the
+/// negative log-probability of each next token, `[b, p - 1]`, or its mean. With an attention mask
+/// only pairs whose current and next tokens are both real count (masked entries of the per-token
+/// loss are 0).
+pub fn lm_cross_entropy_loss(
+    logits: &Tensor,
+    tokens: &Tensor,
+    attention_mask: Option<&Tensor>,
+    per_token: bool,
+) -> Tensor {
+    let len = logits.size()[1];
+    let log_probs = logits.log_softmax(-1, Kind::Float);
+    let predicted = log_probs
+        .narrow(1, 0, len - 1)
+        .gather(-1, &tokens.narrow(1, 1, len - 1).unsqueeze(-1), false)
+        .squeeze_dim(-1);
+    match attention_mask {
+        Some(mask) => {
+            let pairs =
+                (mask.narrow(1, 0, len - 1) * mask.narrow(1, 1, len - 1)).to_kind(Kind::Float);
+            let masked = -(predicted * &pairs);
+            if per_token {
+                masked
+            } else {
+                masked.sum(Kind::Float) / pairs.sum(Kind::Float)
+            }
+        }
+        None if per_token => -predicted,
+        None => -predicted.mean(Kind::Float),
+    }
+}

@@ -16,7 +16,6 @@ use tch::{Device, Kind, Tensor};
 use crate::hf::model::gpt2_config;
 use crate::hf::{hf_position_ids, Gpt2LMHeadModel, KvCache};
 use crate::input;
-use crate::loss;
 use crate::tap::TlPaths;
 
 pub use adapter::{ArchitectureAdapter, Component, ComponentKind, Gpt2Adapter};
@@ -305,7 +304,7 @@ impl TransformerBridge {
                     ));
                 }
                 let loss_mask = mask.as_ref().map(|m| m.narrow(1, past_len, len));
-                Some(loss::tl_loss(
+                Some(lens_core::model::lm_cross_entropy_loss(
                     &logits,
                     &ids,
                     loss_mask.as_ref(),
