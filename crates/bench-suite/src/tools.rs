@@ -39,7 +39,7 @@ pub struct CacheArgs {
     /// Process the weights (compatibility mode for the bridge, default processing for HookedTransformer).
     #[arg(long)]
     processed: bool,
-    /// Also write the gradient of logits[:, -1, :].sum() at every hook, as <name>_grad.
+    /// Also write the gradient of `logits[:, -1, :].sum()` at every hook, as `<name>_grad`.
     #[arg(long)]
     grads: bool,
     /// The safetensors file to write.
