@@ -115,6 +115,25 @@ impl HookedTransformer {
         )
     }
 
+    /// Generates from text (BOS prepended; a batch is left-padded) and returns each prompt with
+    /// its continuation as text.
+    pub fn generate_text(
+        &self,
+        texts: &[&str],
+        options: &GenerateOptions,
+    ) -> ModelResult<Vec<String>> {
+        let tokenizer = self
+            .tokenizer
+            .as_ref()
+            .ok_or_else(|| ModelError::Unsupported("this model has no tokenizer".into()))?;
+        let tokens = tokenizer
+            .to_tokens(texts, None, Some(lens_core::PaddingSide::Left), true)?
+            .to_device(self.device())?;
+        let mask = (texts.len() > 1).then_some(&tokens.attention_mask);
+        let generated = tch::no_grad(|| self.generate(&tokens.ids, mask, options))?;
+        Ok(tokenizer.to_strings(&generated)?)
+    }
+
     fn empty_kv(&self, batch: i64) -> Vec<LayerKv> {
         let cfg = self.cfg();
         let empty = || {

@@ -10,7 +10,7 @@ impl HookedTransformer {
     /// LayerNorms become LNPre.
     ///
     /// # Errors
-    /// `refactor_factored_attn_matrices` is not implemented yet and is rejected.
+    /// A processing step that does not apply (none at present for GPT-2).
     pub fn process_weights(&mut self, options: ProcessingOptions) -> crate::Result<()> {
         let (params, cfg) = self.params_and_cfg_mut();
         let fold_ln = options.fold_ln && cfg.normalization_type == NormType::LayerNorm;

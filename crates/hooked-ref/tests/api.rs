@@ -211,3 +211,64 @@ fn logit_attributions_of_the_full_decomposition_equal_the_logit_difference() {
         "{total:?} vs {expected:?}"
     );
 }
+
+#[test]
+fn refactoring_the_attention_matrices_changes_no_product_and_no_output() {
+    let processed = tiny(ProcessingOptions::default());
+    let refactored = tiny(ProcessingOptions {
+        refactor_factored_attn_matrices: true,
+        ..ProcessingOptions::default()
+    });
+    let tokens = processed.to_tokens(&[TEXT]).unwrap().ids;
+    let logits = |m: &HookedTransformer| {
+        m.forward(&tokens, &ForwardOptions::default())
+            .unwrap()
+            .logits
+            .unwrap()
+            .detach()
+    };
+    let err = max_err(&logits(&refactored), &logits(&processed));
+    assert!(err < 1e-5, "logits moved by {err:.2e}");
+    for (before, after) in processed
+        .params()
+        .blocks
+        .iter()
+        .zip(&refactored.params().blocks)
+    {
+        let qk = |a: &hooked_ref::AttentionParams| {
+            let q = Tensor::cat(&[&a.W_Q, &a.b_Q.unsqueeze(1)], 1);
+            let k = Tensor::cat(&[&a.W_K, &a.b_K.unsqueeze(1)], 1);
+            q.matmul(&k.transpose(-1, -2)).detach()
+        };
+        let ov = |a: &hooked_ref::AttentionParams| a.W_V.matmul(&a.W_O).detach();
+        assert!(max_err(&qk(&after.attn), &qk(&before.attn)) < 1e-5);
+        assert!(max_err(&ov(&after.attn), &ov(&before.attn)) < 1e-5);
+        assert_eq!(after.attn.b_V.abs().max().double_value(&[]), 0.0);
+        // The factors are balanced: W_Q' and W_K' have equal column norms per head.
+        let norms = |w: &Tensor| {
+            w.square()
+                .sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
+        };
+        let q = Tensor::cat(&[&after.attn.W_Q, &after.attn.b_Q.unsqueeze(1)], 1).detach();
+        let k = Tensor::cat(&[&after.attn.W_K, &after.attn.b_K.unsqueeze(1)], 1).detach();
+        assert!(max_err(&norms(&q), &norms(&k)) < 1e-4);
+    }
+}
+
+#[test]
+fn generates_text_alone_and_in_a_left_padded_batch() {
+    let model = tiny(ProcessingOptions::none());
+    let options = lens_core::model::GenerateOptions {
+        max_new_tokens: 5,
+        ..Default::default()
+    };
+    let alone = model.generate_text(&["Hello world"], &options).unwrap();
+    let batch = model
+        .generate_text(&["The quick brown fox jumps", "Hello world"], &options)
+        .unwrap();
+    assert!(
+        alone[0].starts_with("<|endoftext|>Hello world"),
+        "{alone:?}"
+    );
+    assert!(batch[1].ends_with(&alone[0]), "{batch:?} vs {alone:?}");
+}

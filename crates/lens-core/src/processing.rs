@@ -20,7 +20,9 @@ pub struct ProcessingOptions {
     pub center_unembed: bool,
     /// Move the value biases into the attention output bias.
     pub fold_value_biases: bool,
-    /// Re-factor W_Q W_K^T and W_V W_O by SVD (not implemented yet; must be false).
+    /// Re-factor each head's `W_Q W_K^T` (biases included) and `W_V W_O` by SVD so that the
+    /// two factors are balanced (TransformerLens's `refactor_factored_attn_matrices`; it also
+    /// folds the value biases). Every product, hence every output, is unchanged.
     pub refactor_factored_attn_matrices: bool,
 }
 
@@ -138,11 +140,8 @@ fn fold_value_biases(p: &mut Params) {
 /// decides whether its LayerNorms are plain LN (only then does fold_ln apply).
 ///
 /// # Errors
-/// `refactor_factored_attn_matrices` is not implemented and is rejected.
+/// None at present; the `Result` leaves room for steps that do not apply to a model.
 pub fn process_weights(params: &Params, options: ProcessingOptions) -> Result<Params, String> {
-    if options.refactor_factored_attn_matrices {
-        return Err("refactor_factored_attn_matrices is not implemented".into());
-    }
     let kind = params.W_E.kind();
     let _guard = tch::no_grad_guard();
     let mut p = to_f32(params);
@@ -164,5 +163,42 @@ pub fn process_weights(params: &Params, options: ProcessingOptions) -> Result<Pa
             }
         }
     }
+    if options.refactor_factored_attn_matrices {
+        refactor_factored_attn_matrices(&mut p);
+    }
     Ok(cast_back(p, kind))
+}
+
+/// `A B` as `U diag(S) V^T` without forming the product: SVDs of both factors, then of the small
+/// middle matrix (TransformerLens's `FactoredMatrix.svd`). Batched over leading dimensions.
+fn factored_svd(a: &Tensor, b: &Tensor) -> (Tensor, Tensor, Tensor) {
+    let (ua, sa, va) = a.svd(true, true);
+    let (ub, sb, vb) = b.svd(true, true);
+    let middle = (sa.unsqueeze(-1) * va.transpose(-1, -2)).matmul(&ub) * sb.unsqueeze(-2);
+    let (um, sm, vm) = middle.svd(true, true);
+    (ua.matmul(&um), sm, vb.matmul(&vm))
+}
+
+/// Per head: `[W_Q; b_Q] [W_K; b_K]^T = U S V^T` becomes `W_Q' = U sqrt(S)`, `W_K' = V sqrt(S)`
+/// (the bias rows split off again); the value biases are folded into `b_O`; and
+/// `W_V W_O = U S V^T` becomes `W_V = U S`, `W_O = V^T`.
+fn refactor_factored_attn_matrices(p: &mut Params) {
+    for block in &mut p.blocks {
+        let a = &mut block.attn;
+        let q_eff = Tensor::cat(&[&a.W_Q, &a.b_Q.unsqueeze(1)], 1);
+        let k_eff = Tensor::cat(&[&a.W_K, &a.b_K.unsqueeze(1)], 1);
+        let (u, s, v) = factored_svd(&q_eff, &k_eff.transpose(-1, -2));
+        let root = s.sqrt().unsqueeze(-2);
+        let (q_even, k_even) = (u * &root, v * &root);
+        let d = a.W_Q.size()[1];
+        a.W_Q = q_even.narrow(1, 0, d).contiguous();
+        a.b_Q = q_even.select(1, d).contiguous();
+        a.W_K = k_even.narrow(1, 0, d).contiguous();
+        a.b_K = k_even.select(1, d).contiguous();
+        a.b_O = &a.b_O + Tensor::einsum("hk,hkd->d", &[&a.b_V, &a.W_O], None::<&[i64]>);
+        a.b_V = a.b_V.zeros_like();
+        let (u, s, v) = factored_svd(&a.W_V, &a.W_O);
+        a.W_V = (u * s.unsqueeze(-2)).contiguous();
+        a.W_O = v.transpose(-1, -2).contiguous();
+    }
 }

@@ -24,6 +24,9 @@ pub struct CompatibilityOptions {
     pub center_unembed: bool,
     /// Move the value biases into the attention output bias.
     pub fold_value_biases: bool,
+    /// Re-factor each head's `W_Q W_K^T` and `W_V W_O` by SVD into balanced factors (outputs
+    /// unchanged; off by default, as in TransformerLens).
+    pub refactor_factored_attn_matrices: bool,
     /// Process nothing (the other options are ignored).
     pub no_processing: bool,
 }
@@ -35,6 +38,7 @@ impl Default for CompatibilityOptions {
             center_writing_weights: true,
             center_unembed: true,
             fold_value_biases: true,
+            refactor_factored_attn_matrices: false,
             no_processing: false,
         }
     }
@@ -107,7 +111,7 @@ pub(crate) fn process(
         center_writing_weights: options.center_writing_weights,
         center_unembed: options.center_unembed,
         fold_value_biases: options.fold_value_biases,
-        refactor_factored_attn_matrices: false,
+        refactor_factored_attn_matrices: options.refactor_factored_attn_matrices,
     };
     // The one implementation the HookedTransformer uses too, so both end with identical weights.
     let w = process_weights(&read(adapter, p)?, processing).map_err(ModelError::InvalidInput)?;
