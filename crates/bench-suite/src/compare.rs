@@ -86,6 +86,18 @@ impl Comparison {
 /// Compares `ours` with `reference`; `keep` (same shape, bool) restricts the comparison to some
 /// entries (real positions of a padded batch, unmasked attention scores).
 pub fn compare(ours: &Tensor, reference: &Tensor, keep: Option<&Tensor>) -> Comparison {
+    compare_at_scale(ours, reference, keep, 0.0)
+}
+
+/// [`compare`] with the error divided by `max(1, max|reference|, magnitude)`: for a quantity
+/// that is a sum of cancelling terms, `magnitude` is the size of those terms, which is what the
+/// rounding error of any evaluation is proportional to.
+pub fn compare_at_scale(
+    ours: &Tensor,
+    reference: &Tensor,
+    keep: Option<&Tensor>,
+    magnitude: f64,
+) -> Comparison {
     if ours.size() != reference.size() {
         return Comparison::ShapeMismatch {
             ours: ours.size(),
@@ -133,7 +145,12 @@ pub fn compare(ours: &Tensor, reference: &Tensor, keep: Option<&Tensor>) -> Comp
     if reference.numel() == 0 {
         return Comparison::Compared { err: 0.0 };
     }
-    let scale = reference.abs().max().double_value(&[]).max(1.0);
+    let scale = reference
+        .abs()
+        .max()
+        .double_value(&[])
+        .max(1.0)
+        .max(magnitude);
     Comparison::Compared {
         err: (ours - reference).abs().max().double_value(&[]) / scale,
     }

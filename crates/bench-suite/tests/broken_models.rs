@@ -295,6 +295,25 @@ fn backward_benchmarks_fail_on_a_perturbed_gradient() {
 }
 
 #[test]
+fn a_layer_norm_scale_gradient_off_by_one_percent_fails_despite_its_conditioning() {
+    let (intact, reference) = (bridge(), reference());
+    let inputs = inputs(&intact);
+    let broken = bridge();
+    perturb_gradient(&broken, "blocks.1.ln2.hook_scale", 1.01);
+    let t = GradientTarget::SumLastLogits;
+    let result = backward::backward_hooks(&broken, &reference, &inputs, t, TOL);
+    fails_only_when_broken(
+        "backward_hooks",
+        backward::backward_hooks(&intact, &reference, &inputs, t, TOL),
+        result.clone(),
+    );
+    assert!(
+        result.to_string().contains("blocks.1.ln2.hook_scale_grad"),
+        "{result}"
+    );
+}
+
+#[test]
 fn hook_benchmarks_fail_on_broken_hooks() {
     let (intact, reference) = (bridge(), reference());
     let inputs = inputs(&intact);

@@ -285,8 +285,8 @@ impl LensModel for HookedTransformer {
 
     fn zero_grad(&self) {
         for (_, t) in self.params().named() {
-            let mut t = t.shallow_clone();
-            t.zero_grad();
+            // Dropping the gradient frees it; a parameter that never had one is untouched.
+            let _ = hookpoint::clear_grad(t);
         }
     }
 

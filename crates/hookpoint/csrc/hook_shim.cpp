@@ -96,4 +96,15 @@ char *hp_register_hook(const at::Tensor *tensor, hp_callback callback, hp_drop d
   return nullptr;
 }
 
+// Drops the gradient accumulated on `tensor` (PyTorch's `zero_grad(set_to_none=True)`), freeing
+// its memory. Null on success, else an error message.
+char *hp_clear_grad(const at::Tensor *tensor) {
+  try {
+    const_cast<at::Tensor *>(tensor)->mutable_grad().reset();
+  } catch (const std::exception &e) {
+    return copy_message(e.what());
+  }
+  return nullptr;
+}
+
 }  // extern "C"

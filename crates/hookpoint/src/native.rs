@@ -31,6 +31,7 @@ extern "C" {
         position: *mut u32,
     ) -> *mut c_char;
     fn hp_free_string(message: *mut c_char);
+    fn hp_clear_grad(tensor: *const C_tensor) -> *mut c_char;
 }
 
 /// Native hook registrations whose Rust state libtorch has not released yet.
@@ -175,4 +176,22 @@ pub fn backward(loss: &Tensor) -> Result<()> {
         };
         failure.unwrap_or(HookError::Torch(error))
     })
+}
+
+/// Drops the gradient accumulated on `tensor` and frees its memory (PyTorch's
+/// `zero_grad(set_to_none=True)`; tch's `zero_grad` only fills it with zeros).
+pub fn clear_grad(tensor: &Tensor) -> Result<()> {
+    // SAFETY: `tensor` is a live tch tensor; the shim only resets its gradient slot.
+    let error = unsafe { hp_clear_grad(tensor.as_ptr()) };
+    if error.is_null() {
+        return Ok(());
+    }
+    // SAFETY: a non-null return is a malloc'ed NUL-terminated string owned by us.
+    let message = unsafe { CStr::from_ptr(error) }
+        .to_string_lossy()
+        .into_owned();
+    unsafe { hp_free_string(error) };
+    Err(HookError::Torch(tch::TchError::Torch(format!(
+        "clearing a gradient: {message}"
+    ))))
 }

@@ -197,7 +197,8 @@ pub trait LensModel {
     /// The gradient accumulated on a weight, in TransformerLens's layout (`None` before any
     /// backward pass reached it).
     fn tl_weight_grad(&self, name: &str) -> ModelResult<Option<Tensor>>;
-    /// Clears every parameter's accumulated gradient.
+    /// Drops every parameter's accumulated gradient, freeing its memory (PyTorch's
+    /// `zero_grad(set_to_none=True)`).
     fn zero_grad(&self);
     /// The options that gate optional hook points (`use_attn_result`, `use_split_qkv_input`,
     /// `use_attn_in`, `use_hook_mlp_in`) with their state.

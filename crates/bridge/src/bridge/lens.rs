@@ -109,8 +109,9 @@ impl LensModel for TransformerBridge {
     }
 
     fn zero_grad(&self) {
-        for mut p in self.all_parameters() {
-            p.zero_grad();
+        for p in self.all_parameters() {
+            // Dropping the gradient frees it; a parameter that never had one is untouched.
+            let _ = hookpoint::clear_grad(&p);
         }
     }
 
