@@ -3,6 +3,7 @@
 //! Depends on nothing but std, so it compiles in seconds on a fresh clone, before libtorch exists.
 
 mod libtorch;
+mod perf;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -18,6 +19,10 @@ commands:
   bench [ARGS]   setup, then run the benchmark suite CLI (ARGS go to tl-bench)
   lint           cargo fmt --check, clippy -D warnings and cargo doc with warnings denied
   fixtures       regenerate models-cache/ and tests/fixtures/ with the Python reference libraries
+  perf [--compare-python] [--device cuda] [--quick] [--profile-suite]
+                 the performance harness: writes a GPT-2-small-shaped checkpoint once, times the
+                 bridge, HookedTransformer and the suite (and Python TransformerLens 3.9.0 with
+                 --compare-python), writes docs/performance.md and docs/performance.json
   libtorch-dir   print the resolved libtorch directory (after setup)
 
 environment:
@@ -46,6 +51,7 @@ fn main() -> ExitCode {
         }),
         "lint" => with_libtorch(&root, lint),
         "fixtures" => fixtures(&root),
+        "perf" => perf::perf(&root, rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())

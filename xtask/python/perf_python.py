@@ -1,0 +1,420 @@
+#!/usr/bin/env python3
+"""The Python side of `cargo xtask perf --compare-python` (docs/performance.md).
+
+    python xtask/python/perf_python.py --model models-cache/generated/gpt2-small --out FILE
+                                       [--device cpu|cuda] [--threads 2] [--quick] [--skip-suite]
+
+On the checkpoint `tl-perf` measures (written by make_gpt2_small.py), with the fixtures' venv
+(torch 2.13.0, transformers 5.9.0, transformer-lens 3.9.0), it measures:
+
+* the TransformerLens 3.9.0 suite, `run_benchmark_suite(phases=[1, 2, 3])`, in a child process:
+  the call's wall time, the import time, the whole process's wall time, and its peak RSS and CPU
+  time from `resource.getrusage(RUSAGE_CHILDREN)`;
+* forward passes (batch 1 x 128 and 8 x 128, random token ids, no_grad), medians after a warm-up,
+  the variants interleaved repeat by repeat: HF `GPT2LMHeadModel` (default attention, and eager
+  attention as the Rust HF tier computes it), HookedTransformer forward and `run_with_cache`,
+  TransformerBridge forward and `run_with_cache`;
+* HF `generate` with its KV cache (64 greedy tokens from a 128-token prompt);
+* load times: a plain read of model.safetensors, `GPT2LMHeadModel.from_pretrained`,
+  `HookedTransformer.from_pretrained_no_processing`.
+
+TransformerLens resolves models by official name, so the checkpoint is served offline from a
+Hugging Face cache made next to it (models-cache/generated/hf-home, links to the files) under
+the name `gpt2`: how shared/reference/anchor-numbers.md was measured. Writes JSON to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json")
+NAME = "gpt2"
+
+
+def hf_home_for(model: Path) -> Path:
+    """An offline HF cache serving `model` as `gpt2` (links, no copies)."""
+    home = model.parent / "hf-home"
+    repo = home / "hub" / f"models--{NAME}"
+    commit = hashlib.sha1(b"tlrs-perf gpt2-small").hexdigest()
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for f in FILES:
+        link = snapshot / f
+        target = (model / f).resolve()
+        if link.is_symlink() and Path(os.readlink(link)) == target:
+            continue
+        if link.exists() or link.is_symlink():
+            link.unlink()
+        link.symlink_to(target)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return home
+
+
+def set_env(model: Path, threads: int, device: str) -> None:
+    os.environ["HF_HOME"] = str(hf_home_for(model))
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    if device == "cpu":
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+
+def quiet() -> None:
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except Exception:
+        pass
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+# As tl-perf: a sample during which other processes kept more than BUSY_LIMIT cores busy is
+# taken again, at most RETRIES times.
+BUSY_LIMIT = 0.25
+RETRIES = 3
+
+
+def median(values: list[float]) -> float:
+    s = sorted(values)
+    n = len(s)
+    if n == 0:
+        return float("nan")
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+def stat(samples: list[float], others: list[float] | None = None, retaken: int = 0) -> dict:
+    return {
+        "median_ms": median(samples),
+        "min_ms": min(samples),
+        "samples_ms": samples,
+        "others_cores": median(others) if others else None,
+        "retaken": retaken,
+    }
+
+
+def cpu_snap() -> tuple[float, float, float]:
+    """(wall, busy CPU seconds of the machine, CPU seconds of this process and its children)."""
+    try:
+        fields = open("/proc/stat").readline().split()
+        busy = sum(float(fields[i]) for i in (1, 2, 3, 6, 7)) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        busy = 0.0
+    t = os.times()
+    return time.perf_counter(), busy, t.user + t.system + t.children_user + t.children_system
+
+
+def others_since(before: tuple[float, float, float]) -> float:
+    after = cpu_snap()
+    wall = after[0] - before[0]
+    if wall <= 0:
+        return 0.0
+    return max(0.0, ((after[1] - before[1]) - (after[2] - before[2])) / wall)
+
+
+def quiet_sample(device: str, f, retries: int = RETRIES):
+    """(ms, cores other processes used, runs discarded, f's result)."""
+    again = 0
+    while True:
+        before = cpu_snap()
+        sync(device)
+        t = time.perf_counter()
+        out = f()
+        sync(device)
+        ms = (time.perf_counter() - t) * 1e3
+        busy = others_since(before)
+        if busy > BUSY_LIMIT and again < retries:
+            again += 1
+            continue
+        return ms, busy, again, out
+
+
+def interleaved(device: str, warmup: int, repeats: int, variants: dict) -> dict:
+    for f in variants.values():
+        for _ in range(warmup):
+            f()
+    samples: dict[str, list[float]] = {k: [] for k in variants}
+    others: dict[str, list[float]] = {k: [] for k in variants}
+    retaken = {k: 0 for k in variants}
+    for _ in range(repeats):
+        for name, f in variants.items():
+            ms, busy, again, _ = quiet_sample(device, f)
+            samples[name].append(ms)
+            others[name].append(busy)
+            retaken[name] += again
+    return {k: stat(samples[k], others[k], retaken[k]) for k in variants}
+
+
+# ---- the suite, in a child process -------------------------------------------------------------
+
+
+def suite_child(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    import torch
+    from transformer_lens.benchmarks import run_benchmark_suite
+
+    import_s = time.perf_counter() - t0
+    quiet()
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)
+    t1 = time.perf_counter()
+    results = run_benchmark_suite(
+        NAME,
+        device=args.device,
+        dtype=torch.float32,
+        use_hf_reference=True,
+        use_ht_reference=True,
+        enable_compatibility_mode=True,
+        verbose=False,
+        phases=[1, 2, 3],
+    )
+    suite_s = time.perf_counter() - t1
+    severities = [str(getattr(r, "severity", "")).split(".")[-1].upper() for r in results]
+    failed = [r.name for r in results if not r.passed]
+    doc = {
+        "import_s": import_s,
+        "suite_s": suite_s,
+        "results": len(results),
+        "passed": sum(bool(r.passed) for r in results),
+        "failed": len(failed),
+        "failures": failed,
+        "warnings_passed": sum(
+            1 for r, s in zip(results, severities) if r.passed and s.startswith("WARN")
+        ),
+        "torch_threads": torch.get_num_threads(),
+    }
+    Path(args.child_out).write_text(json.dumps(doc))
+    return 0
+
+
+def run_suite(args: argparse.Namespace, out_dir: Path) -> dict:
+    child_out = out_dir / f"perf-python-suite-{os.getpid()}.json"
+    cmd = [
+        sys.executable,
+        __file__,
+        "--model",
+        str(args.model),
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+        "--suite-child",
+        str(child_out),
+    ]
+    before = cpu_snap()
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t
+    others = others_since(before)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0 or not child_out.exists():
+        raise SystemExit(f"the Python suite failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    doc = json.loads(child_out.read_text())
+    child_out.unlink()
+    doc.update(
+        {
+            "process_wall_s": wall,
+            "peak_rss_mb": usage.ru_maxrss / 1024.0,
+            "cpu_s": usage.ru_utime + usage.ru_stime,
+            "others_cores": others,
+            "command": f"run_benchmark_suite('{NAME}', phases=[1, 2, 3], verbose=False) "
+            "in a child process",
+        }
+    )
+    return doc
+
+
+# ---- in-process measurements -------------------------------------------------------------------
+
+
+def measure(args: argparse.Namespace) -> dict:
+    import torch
+
+    quiet()
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)
+    import transformer_lens
+    import transformers
+    from transformer_lens import HookedTransformer
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import GPT2LMHeadModel
+
+    quiet()
+    dev = args.device
+    quick = args.quick
+    reps_small, reps_large, reps_gen, reps_load = (1, 1, 1, 1) if quick else (5, 3, 3, 3)
+    new_tokens = 8 if quick else 64
+    out: dict = {
+        "versions": {
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "transformer_lens": getattr(transformer_lens, "__version__", "3.9.0"),
+        },
+        "threads": torch.get_num_threads(),
+        "device": dev,
+    }
+
+    model_dir = str(args.model)
+    st_file = args.model / "model.safetensors"
+
+    def read():
+        with open(st_file, "rb") as f:
+            return f.read()
+
+    def load_hf():
+        return GPT2LMHeadModel.from_pretrained(model_dir, dtype=torch.float32).to(dev).eval()
+
+    def load_ht():
+        return HookedTransformer.from_pretrained_no_processing(
+            NAME, device=dev, dtype=torch.float32
+        )
+
+    log("loads")
+    out["load"] = interleaved(
+        dev, 1, reps_load, {"read": read, "hf": load_hf, "ht": load_ht}
+    )
+
+    log("models")
+    hf = load_hf()
+    hf_eager = (
+        GPT2LMHeadModel.from_pretrained(
+            model_dir, dtype=torch.float32, attn_implementation="eager"
+        )
+        .to(dev)
+        .eval()
+    )
+    ht = load_ht()
+    bridge = TransformerBridge.boot_transformers(NAME, device=dev, dtype=torch.float32)
+    out["attn_implementation_default"] = getattr(hf.config, "_attn_implementation", None)
+
+    forward = {}
+    with torch.no_grad():
+        for batch, reps in ((1, reps_small), (8, reps_large)):
+            log(f"forward {batch}x128")
+            g = torch.Generator().manual_seed(batch)
+            tokens = torch.randint(0, 50257, (batch, 128), generator=g).to(dev)
+            counts = {}
+
+            def ht_cache():
+                _, cache = ht.run_with_cache(tokens)
+                counts["ht_cache"] = len(cache)
+
+            def bridge_cache():
+                _, cache = bridge.run_with_cache(tokens)
+                counts["tl_bridge_cache"] = len(cache)
+
+            forward[f"{batch}x128"] = interleaved(
+                dev,
+                1,
+                reps,
+                {
+                    "hf": lambda: hf(tokens).logits,
+                    "hf_eager": lambda: hf_eager(tokens).logits,
+                    "tl_bridge": lambda: bridge(tokens),
+                    "tl_bridge_cache": bridge_cache,
+                    "ht": lambda: ht(tokens),
+                    "ht_cache": ht_cache,
+                },
+            )
+            forward[f"{batch}x128"]["cache_entries"] = counts
+    out["forward"] = forward
+    del hf_eager, bridge, ht
+
+    log("generation")
+    g = torch.Generator().manual_seed(7)
+    prompt = torch.randint(0, 50257, (1, 128), generator=g).to(dev)
+
+    def generate(n):
+        with torch.no_grad():
+            res = hf.generate(
+                prompt,
+                attention_mask=torch.ones_like(prompt),
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=50256,
+            )
+        assert res.shape[1] == 128 + n, res.shape
+        return res
+
+    generate(4)
+    samples, others, retaken = [], [], 0
+    for _ in range(reps_gen):
+        ms, busy, again, _ = quiet_sample(dev, lambda: generate(new_tokens))
+        samples.append(ms)
+        others.append(busy)
+        retaken += again
+    s = stat(samples, others, retaken)
+    out["generation"] = {
+        "new_tokens": new_tokens,
+        "prompt_tokens": 128,
+        "hf_cached": {
+            "seconds": s["median_ms"] / 1e3,
+            "tokens_per_s": new_tokens / (s["median_ms"] / 1e3),
+            "stat": s,
+        },
+    }
+    return out
+
+
+def log(msg: str) -> None:
+    print(f"perf_python: {msg} ...", file=sys.stderr, flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--skip-suite", action="store_true")
+    parser.add_argument("--suite-child", dest="child_out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.model = args.model.resolve()
+    set_env(args.model, args.threads, args.device)
+    if args.child_out:
+        return suite_child(args)
+    if args.out is None:
+        parser.error("--out is required")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    doc: dict = {}
+    if not args.skip_suite:
+        log("the TransformerLens 3.9.0 suite (phases 1-3, child process)")
+        doc["suite"] = run_suite(args, args.out.parent)
+    doc.update(measure(args))
+    doc["wall_s"] = time.perf_counter() - started
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    log(f"wrote {args.out} ({doc['wall_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

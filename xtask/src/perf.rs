@@ -1,0 +1,195 @@
+//! `cargo xtask perf [--compare-python] [--device cuda] [--quick] [--profile-suite]`: the
+//! performance harness (docs/performance.md).
+//!
+//! 1. Makes sure the fixtures' Python environment exists (the venv `cargo xtask fixtures` uses:
+//!    `$TLRS_FIXTURES_VENV`, default `<repo>/.venv-fixtures`) and writes the GPT-2-small-shaped
+//!    checkpoint once (xtask/python/make_gpt2_small.py -> models-cache/generated/gpt2-small/).
+//! 2. Builds bench-suite's binaries and runs `tl-perf measure` (forward, backward, generation,
+//!    load, and the suite as a separate `tl-bench` process).
+//! 3. With `--compare-python`, runs xtask/python/perf_python.py: TransformerLens 3.9.0's suite and
+//!    the same forward passes in Python, on the same checkpoint, in the same run.
+//! 4. `tl-perf report` writes docs/performance.md and docs/performance.json
+//!    (docs/performance-cuda.{md,json} with `--device cuda`).
+//!
+//! Intermediate JSON goes to `<repo>/target/perf/`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::{cargo, libtorch, run};
+
+/// Options of `cargo xtask perf`.
+struct PerfArgs {
+    compare_python: bool,
+    device: String,
+    quick: bool,
+    profile_suite: bool,
+}
+
+fn parse(args: &[String]) -> Result<PerfArgs, String> {
+    let mut parsed = PerfArgs {
+        compare_python: false,
+        device: "cpu".to_owned(),
+        quick: false,
+        profile_suite: false,
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--compare-python" => parsed.compare_python = true,
+            "--quick" => parsed.quick = true,
+            "--profile-suite" => parsed.profile_suite = true,
+            "--device" => {
+                parsed.device = it
+                    .next()
+                    .ok_or("--device needs a value (cpu or cuda)")?
+                    .clone();
+            }
+            other => {
+                if let Some(device) = other.strip_prefix("--device=") {
+                    parsed.device = device.to_owned();
+                } else {
+                    return Err(format!(
+                        "perf: unknown argument '{other}' \
+                         (use --compare-python, --device cpu|cuda, --quick, --profile-suite)"
+                    ));
+                }
+            }
+        }
+    }
+    if parsed.device != "cpu" && !parsed.device.starts_with("cuda") {
+        return Err(format!(
+            "perf: unknown device '{}' (cpu or cuda)",
+            parsed.device
+        ));
+    }
+    Ok(parsed)
+}
+
+/// `cargo xtask perf ARGS`.
+pub fn perf(root: &Path, args: &[String]) -> Result<(), String> {
+    let args = parse(args)?;
+    libtorch::setup(root)?;
+    let python = fixtures_python(root)?;
+    run(Command::new(&python)
+        .arg(root.join("xtask/python/make_gpt2_small.py"))
+        .arg("--root")
+        .arg(root))?;
+    let model = root.join("models-cache/generated/gpt2-small");
+
+    cargo(root, &["build", "--package", "bench-suite", "--bins"], &[])?;
+    let work = root.join("target/perf");
+    std::fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
+    let rust_json = work.join(format!("rust-{}.json", file_tag(&args.device)));
+    let mut measure = vec![
+        "measure".to_owned(),
+        "--model".to_owned(),
+        path_str(&model)?,
+        "--device".to_owned(),
+        args.device.clone(),
+        "--out".to_owned(),
+        path_str(&rust_json)?,
+    ];
+    if args.quick {
+        measure.push("--quick".to_owned());
+    }
+    if args.profile_suite {
+        measure.push("--profile-suite".to_owned());
+    }
+    tl_perf(root, &measure)?;
+
+    let python_json = work.join(format!("python-{}.json", file_tag(&args.device)));
+    if args.compare_python {
+        let mut command = Command::new(&python);
+        command
+            .arg(root.join("xtask/python/perf_python.py"))
+            .arg("--model")
+            .arg(&model)
+            .args(["--device", &args.device])
+            .arg("--out")
+            .arg(&python_json);
+        if args.quick {
+            command.arg("--quick");
+        }
+        run(&mut command)?;
+    }
+
+    let (md, json) = if args.device == "cpu" {
+        ("docs/performance.md", "docs/performance.json")
+    } else {
+        ("docs/performance-cuda.md", "docs/performance-cuda.json")
+    };
+    let mut report = vec![
+        "report".to_owned(),
+        "--rust".to_owned(),
+        path_str(&rust_json)?,
+        "--md".to_owned(),
+        path_str(&root.join(md))?,
+        "--json".to_owned(),
+        path_str(&root.join(json))?,
+    ];
+    if args.compare_python {
+        report.push("--python".to_owned());
+        report.push(path_str(&python_json)?);
+    }
+    tl_perf(root, &report)?;
+    println!("wrote {md} and {json}");
+    Ok(())
+}
+
+fn file_tag(device: &str) -> String {
+    device.replace(':', "")
+}
+
+fn path_str(path: &Path) -> Result<String, String> {
+    path.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("{} is not UTF-8", path.display()))
+}
+
+/// `cargo run -p bench-suite --bin tl-perf -- ARGS` (already built: starts at once).
+fn tl_perf(root: &Path, args: &[String]) -> Result<(), String> {
+    cargo(
+        root,
+        &[
+            "run",
+            "--quiet",
+            "--package",
+            "bench-suite",
+            "--bin",
+            "tl-perf",
+            "--",
+        ],
+        args,
+    )
+}
+
+/// The fixtures' venv with torch, transformers and transformer-lens (installed from
+/// xtask/python/requirements-fixtures.txt when they cannot be imported yet).
+fn fixtures_python(root: &Path) -> Result<PathBuf, String> {
+    let venv = std::env::var_os("TLRS_FIXTURES_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join(".venv-fixtures"));
+    let python = libtorch::ensure_venv(&venv)?;
+    let ready = Command::new(&python)
+        .args(["-c", "import torch, transformers, transformer_lens"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ready {
+        println!(
+            "installing the fixture requirements into {}",
+            venv.display()
+        );
+        run(Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(root.join("xtask/python/requirements-fixtures.txt")))?;
+    }
+    Ok(python)
+}
