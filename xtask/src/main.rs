@@ -127,28 +127,43 @@ fn lint(root: &Path) -> Result<(), String> {
         .args(["doc", "--workspace", "--no-deps"]))
 }
 
-/// Regenerates the embedded model and the goldens with the Python reference libraries, in a
-/// venv of their own (Python is a fixture tool only; nothing at run time needs it).
-fn fixtures(root: &Path) -> Result<(), String> {
+/// The interpreter of the fixtures' venv (`$TLRS_FIXTURES_VENV`, default `<repo>/.venv-fixtures`),
+/// created if missing. The pinned requirements are installed when `always_install` is set or
+/// the reference libraries cannot be imported yet.
+pub(crate) fn fixtures_python(root: &Path, always_install: bool) -> Result<PathBuf, String> {
     let venv = std::env::var_os("TLRS_FIXTURES_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join(".venv-fixtures"));
-    let requirements = root.join("xtask/python/requirements-fixtures.txt");
     let python = libtorch::ensure_venv(&venv)?;
-    println!(
-        "installing the fixture requirements into {}",
-        venv.display()
-    );
-    run(Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "-r",
-        ])
-        .arg(&requirements))?;
+    let ready = || {
+        Command::new(&python)
+            .args(["-c", "import torch, transformers, transformer_lens"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if always_install || !ready() {
+        println!(
+            "installing the fixture requirements into {}",
+            venv.display()
+        );
+        run(Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(root.join("xtask/python/requirements-fixtures.txt")))?;
+    }
+    Ok(python)
+}
+
+/// Regenerates the embedded model and the goldens with the Python reference libraries, in a
+/// venv of their own (Python is a fixture tool only; nothing at run time needs it).
+fn fixtures(root: &Path) -> Result<(), String> {
+    let python = fixtures_python(root, true)?;
     run(Command::new(&python)
         .arg(root.join("xtask/python/fixtures.py"))
         .arg("--root")

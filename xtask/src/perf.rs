@@ -13,7 +13,7 @@
 //!
 //! Intermediate JSON goes to `<repo>/target/perf/`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use crate::{cargo, libtorch, run};
@@ -70,7 +70,7 @@ fn parse(args: &[String]) -> Result<PerfArgs, String> {
 pub fn perf(root: &Path, args: &[String]) -> Result<(), String> {
     let args = parse(args)?;
     libtorch::setup(root)?;
-    let python = fixtures_python(root)?;
+    let python = crate::fixtures_python(root, false)?;
     run(Command::new(&python)
         .arg(root.join("xtask/python/make_gpt2_small.py"))
         .arg("--root")
@@ -162,34 +162,4 @@ fn tl_perf(root: &Path, args: &[String]) -> Result<(), String> {
         ],
         args,
     )
-}
-
-/// The fixtures' venv with torch, transformers and transformer-lens (installed from
-/// xtask/python/requirements-fixtures.txt when they cannot be imported yet).
-fn fixtures_python(root: &Path) -> Result<PathBuf, String> {
-    let venv = std::env::var_os("TLRS_FIXTURES_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join(".venv-fixtures"));
-    let python = libtorch::ensure_venv(&venv)?;
-    let ready = Command::new(&python)
-        .args(["-c", "import torch, transformers, transformer_lens"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ready {
-        println!(
-            "installing the fixture requirements into {}",
-            venv.display()
-        );
-        run(Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "-r",
-            ])
-            .arg(root.join("xtask/python/requirements-fixtures.txt")))?;
-    }
-    Ok(python)
 }
