@@ -46,7 +46,41 @@ fn stacked(components: Vec<Tensor>, labels: Vec<String>, like: &Tensor) -> Label
     LabelledStack { stack, labels }
 }
 
+/// Which LayerNorm `finish` applies to a stack (see [`CacheAnalysis::apply_ln_to_stack`]).
+struct LnTarget {
+    layer: usize,
+    mlp_input: bool,
+    recompute: bool,
+}
+
 impl<'a> CacheAnalysis<'a> {
+    /// Position-slices the components, stacks them with their labels (an empty stack is shaped
+    /// like the residual stream), and applies a LayerNorm when asked.
+    fn finish(
+        &self,
+        components: Vec<Tensor>,
+        labels: Vec<String>,
+        pos_slice: &Slice,
+        ln: Option<LnTarget>,
+    ) -> Result<LabelledStack> {
+        let components = components
+            .into_iter()
+            .map(|c| self.pos(c, pos_slice))
+            .collect::<Result<Vec<_>>>()?;
+        let like = self.pos(self.act("resid_pre", 0)?, pos_slice)?;
+        let mut out = stacked(components, labels, &like);
+        if let Some(ln) = ln {
+            out.stack = self.apply_ln_to_stack(
+                &out.stack,
+                Some(ln.layer),
+                ln.mlp_input,
+                pos_slice,
+                ln.recompute,
+            )?;
+        }
+        Ok(out)
+    }
+
     /// Pairs a cache with the model it came from.
     pub fn new(cache: &'a ActivationCache, model: &'a dyn ResidualModel) -> Self {
         CacheAnalysis { cache, model }
@@ -95,22 +129,12 @@ impl<'a> CacheAnalysis<'a> {
                 labels.push(format!("{l}_mid"));
             }
         }
-        let components = components
-            .into_iter()
-            .map(|c| self.pos(c, pos_slice))
-            .collect::<Result<Vec<_>>>()?;
-        let like = components[0].shallow_clone();
-        let mut out = stacked(components, labels, &like);
-        if apply_ln {
-            out.stack = self.apply_ln_to_stack(
-                &out.stack,
-                Some(layer),
-                mlp_input,
-                pos_slice,
-                layer == self.n_layers(),
-            )?;
-        }
-        Ok(out)
+        let ln = apply_ln.then_some(LnTarget {
+            layer,
+            mlp_input,
+            recompute: layer == self.n_layers(),
+        });
+        self.finish(components, labels, pos_slice, ln)
     }
 
     /// The residual stream at `layer` split into what wrote it: embeddings, then each earlier
@@ -150,17 +174,12 @@ impl<'a> CacheAnalysis<'a> {
             components.push(self.act("attn_out", layer)?);
             labels.push(format!("{layer}_attn_out"));
         }
-        let components = components
-            .into_iter()
-            .map(|c| self.pos(c, pos_slice))
-            .collect::<Result<Vec<_>>>()?;
-        let like = self.pos(self.act("resid_pre", 0)?, pos_slice)?;
-        let mut out = stacked(components, labels, &like);
-        if apply_ln {
-            out.stack =
-                self.apply_ln_to_stack(&out.stack, Some(layer), mlp_input, pos_slice, false)?;
-        }
-        Ok(out)
+        let ln = apply_ln.then_some(LnTarget {
+            layer,
+            mlp_input,
+            recompute: false,
+        });
+        self.finish(components, labels, pos_slice, ln)
     }
 
     /// Each head's output `[b, p, h, d]` of block `layer`: the cached `attn.hook_result` when
@@ -209,16 +228,12 @@ impl<'a> CacheAnalysis<'a> {
             components.push(self.act("resid_post", layer - 1)? - total);
             labels.push("remainder".to_owned());
         }
-        let components = components
-            .into_iter()
-            .map(|c| self.pos(c, pos_slice))
-            .collect::<Result<Vec<_>>>()?;
-        let like = self.pos(self.act("resid_pre", 0)?, pos_slice)?;
-        let mut out = stacked(components, labels, &like);
-        if apply_ln {
-            out.stack = self.apply_ln_to_stack(&out.stack, Some(layer), false, pos_slice, false)?;
-        }
-        Ok(out)
+        let ln = apply_ln.then_some(LnTarget {
+            layer,
+            mlp_input: false,
+            recompute: false,
+        });
+        self.finish(components, labels, pos_slice, ln)
     }
 
     /// `name` of every block before `layer` (all blocks for `None`), stacked: e.g. `("pattern",
