@@ -11,7 +11,7 @@
 
 use bridge::{CompatibilityOptions, HfForward, TransformerBridge};
 use hooked_ref::{HookedTransformer, ProcessingOptions};
-use lens_core::model::{LensModel, ModelError, ModelResult};
+use lens_core::model::{LensModel, ModelResult};
 use lens_core::LoadOptions;
 use tch::{Device, Kind, Tensor};
 
@@ -402,19 +402,5 @@ fn compare_phase(
     results
 }
 
-/// A readable error for a device that is not there.
-pub fn check_device(device: Device) -> ModelResult<()> {
-    match device {
-        Device::Cuda(i) if !tch::Cuda::is_available() => Err(ModelError::DeviceUnavailable {
-            requested: format!("cuda:{i}"),
-            reason: "this machine has no CUDA device (tch::Cuda::is_available() is false)".into(),
-        }),
-        Device::Cuda(i) if i >= tch::Cuda::device_count() as usize => {
-            Err(ModelError::DeviceUnavailable {
-                requested: format!("cuda:{i}"),
-                reason: format!("only {} CUDA devices", tch::Cuda::device_count()),
-            })
-        }
-        _ => Ok(()),
-    }
-}
+/// A readable error for a device that is not there (shared with the models).
+pub use lens_core::model::check_device;

@@ -2,7 +2,7 @@
 //! names what was wrong and what was expected.
 
 use lens_core::model::{ModelError, ModelResult};
-use tch::{Cuda, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 fn is_integer(kind: Kind) -> bool {
     matches!(
@@ -11,36 +11,7 @@ fn is_integer(kind: Kind) -> bool {
     )
 }
 
-/// Checks that `device` exists on this machine: CUDA needs a CUDA device with that index.
-pub(crate) fn check_device(device: Device) -> ModelResult<()> {
-    match device {
-        Device::Cpu => Ok(()),
-        Device::Cuda(index) => {
-            let count = if Cuda::is_available() {
-                Cuda::device_count()
-            } else {
-                0
-            };
-            if (index as i64) < count {
-                Ok(())
-            } else {
-                Err(ModelError::DeviceUnavailable {
-                    requested: format!("cuda:{index}"),
-                    reason: if count == 0 {
-                        "no CUDA device is available (or libtorch was built without CUDA)"
-                            .to_string()
-                    } else {
-                        format!("only {count} CUDA device(s) are available")
-                    },
-                })
-            }
-        }
-        other => Err(ModelError::DeviceUnavailable {
-            requested: format!("{other:?}"),
-            reason: "only CPU and CUDA devices are supported".to_string(),
-        }),
-    }
-}
+pub(crate) use lens_core::model::check_device;
 
 /// Checks that `kind` is a floating-point kind a model can hold (f32, f16, bf16, f64).
 pub(crate) fn check_float_kind(kind: Kind) -> ModelResult<()> {

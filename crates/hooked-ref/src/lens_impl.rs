@@ -4,7 +4,8 @@
 use hookpoint::{HookRegistry, Normalization, ResidualModel};
 use lens_core::generation::generate_with;
 use lens_core::model::{
-    ForwardOptions, ForwardOutput, GenerateOptions, LensModel, ModelDims, ModelError, ModelResult,
+    check_device, ForwardOptions, ForwardOutput, GenerateOptions, LensModel, ModelDims, ModelError,
+    ModelResult,
 };
 use lens_core::{load, LoadOptions, Tokenizer};
 use tch::{Device, Kind, Tensor};
@@ -206,20 +207,6 @@ impl HookedTransformer {
             }
         }
         Ok(())
-    }
-}
-
-fn check_device(device: Device) -> ModelResult<()> {
-    match device {
-        Device::Cuda(i)
-            if !tch::Cuda::is_available() || i >= tch::Cuda::device_count() as usize =>
-        {
-            Err(ModelError::DeviceUnavailable {
-                requested: format!("cuda:{i}"),
-                reason: "no such CUDA device on this machine".into(),
-            })
-        }
-        _ => Ok(()),
     }
 }
 

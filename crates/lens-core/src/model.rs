@@ -280,3 +280,35 @@ pub fn lm_cross_entropy_loss(
         None => -predicted.mean(Kind::Float),
     }
 }
+
+/// Checks that `device` exists here: the CPU, or a CUDA device this machine has. Anything else
+/// is [`ModelError::DeviceUnavailable`] naming the device and why.
+pub fn check_device(device: Device) -> ModelResult<()> {
+    match device {
+        Device::Cpu => Ok(()),
+        Device::Cuda(index) => {
+            let count = if tch::Cuda::is_available() {
+                tch::Cuda::device_count()
+            } else {
+                0
+            };
+            if (index as i64) < count {
+                Ok(())
+            } else {
+                Err(ModelError::DeviceUnavailable {
+                    requested: format!("cuda:{index}"),
+                    reason: if count == 0 {
+                        "no CUDA device is available (or libtorch was built without CUDA)"
+                            .to_string()
+                    } else {
+                        format!("only {count} CUDA device(s) are available")
+                    },
+                })
+            }
+        }
+        other => Err(ModelError::DeviceUnavailable {
+            requested: format!("{other:?}"),
+            reason: "only CPU and CUDA devices are supported".to_string(),
+        }),
+    }
+}
