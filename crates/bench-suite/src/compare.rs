@@ -159,9 +159,13 @@ pub fn compare_at_scale(
     }
 }
 
-/// The common case without copies: no mask, same dtype and device, every entry finite. The
-/// difference is taken in the tensors' own dtype (its rounding is far below any bound used here)
-/// and only two scalars come back. `None` sends the caller to the general path.
+/// The common case without copies: no mask, same dtype and device, every entry finite. Every
+/// figure is a streaming reduction: `max|x|` (infinity norm) is finite exactly when every entry
+/// of `x` is (NaN and infinities propagate through it), and `max|a - b|` is taken over chunks,
+/// so no temporary of the tensors' size is allocated (for a 38.6M-entry embedding gradient that
+/// is the difference between touching 150 MB of fresh pages and 16 MB of reused ones). The
+/// difference is taken in the tensors' own dtype (its rounding is far below any bound used
+/// here). `None` sends the caller to the general path.
 fn finite_err(
     ours: &Tensor,
     reference: &Tensor,
@@ -175,23 +179,48 @@ fn finite_err(
     {
         return None;
     }
-    let all_finite = |t: &Tensor| bool::try_from(t.isfinite().all()).unwrap_or(false);
-    if !all_finite(reference) || !all_finite(ours) {
+    let reference_max = max_abs(reference);
+    if !reference_max.is_finite() || !max_abs(ours).is_finite() {
         return None;
     }
-    let diff = (ours - reference)
-        .abs()
-        .max()
-        .to_kind(Kind::Double)
-        .double_value(&[]);
-    let scale = reference
-        .abs()
-        .max()
+    let diff = max_abs_difference(ours, reference);
+    Some(diff / reference_max.max(1.0).max(magnitude))
+}
+
+/// Entries per chunk of [`max_abs_difference`]: 4M (16 MB in f32).
+const CHUNK: i64 = 1 << 22;
+
+/// `max|x|` as f64 (0 for an empty tensor), NaN if any entry is NaN, infinite if any is
+/// infinite.
+pub fn max_abs(x: &Tensor) -> f64 {
+    if x.numel() == 0 {
+        return 0.0;
+    }
+    x.reshape([-1])
+        .norm_scalaropt_dim(f64::INFINITY, [0i64].as_slice(), false)
         .to_kind(Kind::Double)
         .double_value(&[])
-        .max(1.0)
-        .max(magnitude);
-    Some(diff / scale)
+}
+
+/// `max|a - b|` over same-shaped tensors, a chunk at a time.
+fn max_abs_difference(a: &Tensor, b: &Tensor) -> f64 {
+    let (a, b) = (a.reshape([-1]), b.reshape([-1]));
+    let n = a.numel() as i64;
+    let mut worst = 0.0f64;
+    let mut start = 0;
+    while start < n {
+        let len = CHUNK.min(n - start);
+        let chunk = max_abs(&(a.narrow(0, start, len) - b.narrow(0, start, len)));
+        // NaN (an overflowing difference) must win.
+        if chunk.is_nan() || chunk > worst {
+            worst = chunk;
+        }
+        if worst.is_nan() {
+            break;
+        }
+        start += len;
+    }
+    worst
 }
 
 #[cfg(test)]
@@ -212,6 +241,26 @@ mod tests {
             Comparison::Compared { err } => assert!((err - 1e-3).abs() < 1e-9),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_chunked_difference_sees_every_entry() {
+        // Three chunks and a bit; the one difference sits in the last, partial chunk.
+        let n = 3 * CHUNK + 5;
+        let reference = Tensor::ones([n], (Kind::Float, Device::Cpu));
+        let ours = reference.copy();
+        let _ = ours.narrow(0, n - 2, 1).fill_(1.5);
+        assert_eq!(
+            compare(&ours, &reference, None),
+            Comparison::Compared { err: 0.5 }
+        );
+        // A NaN in a middle chunk is a mismatch, not a maximum skipped over.
+        let _ = ours.narrow(0, CHUNK + 7, 1).fill_(f64::NAN);
+        assert_eq!(
+            compare(&ours, &reference, None),
+            Comparison::NonFiniteMismatch { count: 1 }
+        );
+        assert_eq!(max_abs(&Tensor::zeros([0], (Kind::Float, Device::Cpu))), 0.0);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! [`NoTap`] returns the activation untouched (it inlines to nothing), the bridge's tap runs the
 //! site's hook point.
 
+pub use hookpoint::Passed;
 use lens_core::model::ModelResult;
 use tch::Tensor;
 
@@ -144,9 +145,14 @@ pub trait Tap {
     /// Passes the activation at `site` through (a hook point may read or replace it).
     fn at(&self, site: Site, x: Tensor) -> ModelResult<Tensor>;
 
-    /// Whether activations are exposed. `false` lets the pass use HF's fused kernels (e.g.
-    /// `layer_norm`) instead of the decomposed form whose intermediates the hooks see.
-    fn exposes(&self) -> bool;
+    /// [`Tap::at`], also saying whether the activation came out untouched (no replacement, no
+    /// in-place edit, no backward hook on it), so the pass may go on from its own copy of the
+    /// input through a fused kernel.
+    fn at_noting_edits(&self, site: Site, x: Tensor) -> ModelResult<Passed>;
+
+    /// Whether a hook is attached at `site`. The pass computes an intermediate that only the
+    /// hooks need (a LayerNorm's scale) only when one is.
+    fn hooked(&self, site: Site) -> bool;
 
     /// How masked attention scores are written.
     fn mask_style(&self) -> MaskStyle;
@@ -165,7 +171,16 @@ impl Tap for NoTap {
         Ok(x)
     }
 
-    fn exposes(&self) -> bool {
+    #[inline(always)]
+    fn at_noting_edits(&self, _site: Site, x: Tensor) -> ModelResult<Passed> {
+        Ok(Passed {
+            activation: x,
+            untouched: true,
+        })
+    }
+
+    #[inline(always)]
+    fn hooked(&self, _site: Site) -> bool {
         false
     }
 

@@ -410,6 +410,71 @@ fn hooks_edit_the_forward_pass() {
     b.zero_grad();
 }
 
+/// The bridge runs HuggingFace's fused LayerNorm and fused `c_attn` while no hook edits the
+/// intermediates those skip; these checks prove an edit (a replacement or an in-place change)
+/// still takes effect, and that reading changes nothing.
+#[test]
+fn edits_inside_layer_norm_and_qkv_take_effect() {
+    let b = bridge("small");
+    let tokens = small_tokens();
+    let clean = logits(&b, &tokens);
+    let run = |specs: &[HookSpec]| {
+        tch::no_grad(|| b.run_with_hooks(&tokens, &ForwardOptions::default(), specs))
+            .unwrap()
+            .logits
+            .unwrap()
+    };
+    // Reading the scale, the normalized values and q/k/v inputs leaves the logits bit-identical.
+    let read = Hook::new(|x, _| {
+        let _ = x.sum(Kind::Float);
+        None
+    });
+    let readers: Vec<HookSpec> = [
+        "blocks.0.ln1.hook_scale",
+        "blocks.1.ln2.hook_normalized",
+        "ln_final.hook_scale",
+        "blocks.0.attn.q.hook_in",
+        "blocks.2.attn.v.hook_in",
+    ]
+    .iter()
+    .map(|name| HookSpec::forward(*name, read.clone()))
+    .collect();
+    assert_eq!(run(&readers), clean);
+
+    // Doubling the scale and halving the normalized values are the same edit.
+    let times = |factor: f64| Hook::new(move |x, _| Some(x * factor));
+    let scale_doubled = run(&[HookSpec::forward("blocks.1.ln1.hook_scale", times(2.0))]);
+    let normalized_halved = run(&[HookSpec::forward(
+        "blocks.1.ln1.hook_normalized",
+        times(0.5),
+    )]);
+    assert!(relative_error(&scale_doubled, &clean, None) > 1e-3);
+    assert!(relative_error(&scale_doubled, &normalized_halved, None) < 1e-6);
+
+    // The same edit made in place, returning nothing, has the same effect.
+    let halve_in_place = Hook::new(|x, _| {
+        let _ = x.shallow_clone().g_mul_scalar_(0.5);
+        None
+    });
+    let in_place = run(&[HookSpec::forward(
+        "blocks.1.ln1.hook_normalized",
+        halve_in_place.clone(),
+    )]);
+    assert!(relative_error(&in_place, &normalized_halved, None) < 1e-6);
+
+    // An in-place edit of k's input reaches the keys (q and v share that tensor, as they do
+    // when the hook returns an edited copy to each).
+    let k_in_place = run(&[HookSpec::forward("blocks.0.attn.k.hook_in", halve_in_place)]);
+    let all_halved = run(&[
+        HookSpec::forward("blocks.0.attn.q.hook_in", times(0.5)),
+        HookSpec::forward("blocks.0.attn.k.hook_in", Hook::new(|_, _| None)),
+        HookSpec::forward("blocks.0.attn.v.hook_in", times(0.5)),
+        HookSpec::forward("blocks.0.attn.k.hook_in", times(0.5)),
+    ]);
+    assert!(relative_error(&k_in_place, &clean, None) > 1e-4);
+    assert!(relative_error(&k_in_place, &all_halved, None) < 1e-6);
+}
+
 #[test]
 fn resid_mid_gradient_covers_the_skip_connection() {
     // Python's bridge aliases hook_resid_mid to ln2.hook_in, whose gradient misses the skip

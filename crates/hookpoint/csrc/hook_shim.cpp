@@ -107,4 +107,14 @@ char *hp_clear_grad(const at::Tensor *tensor) {
   return nullptr;
 }
 
+// The version counter of `tensor`'s storage (bumped by every in-place change), or -1 when the
+// tensor has none (an inference-mode tensor).
+int64_t hp_version(const at::Tensor *tensor) {
+  try {
+    return static_cast<int64_t>(tensor->_version());
+  } catch (const std::exception &) {
+    return -1;
+  }
+}
+
 }  // extern "C"

@@ -51,5 +51,5 @@ pub use error::{Direction, HookError, Result};
 pub use handle::HookHandle;
 pub use names::{act_name, ActKey};
 pub use native::{backward, clear_grad, live_backward_hooks};
-pub use point::{layer_of, AddOptions, Hook, HookContext, HookFn, HookPoint};
+pub use point::{layer_of, AddOptions, Hook, HookContext, HookFn, HookPoint, Passed};
 pub use registry::{HookRegistry, HookScope, HookSpec, NamesFilter, Selected};

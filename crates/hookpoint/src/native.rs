@@ -32,6 +32,7 @@ extern "C" {
     ) -> *mut c_char;
     fn hp_free_string(message: *mut c_char);
     fn hp_clear_grad(tensor: *const C_tensor) -> *mut c_char;
+    fn hp_version(tensor: *const C_tensor) -> i64;
 }
 
 /// Native hook registrations whose Rust state libtorch has not released yet.
@@ -176,6 +177,15 @@ pub fn backward(loss: &Tensor) -> Result<()> {
         };
         failure.unwrap_or(HookError::Torch(error))
     })
+}
+
+/// The version counter of `tensor`'s storage, which every in-place change bumps; `None` when the
+/// tensor keeps none (an inference-mode tensor).
+pub(crate) fn version(tensor: &Tensor) -> Option<i64> {
+    // SAFETY: `tensor` is a live tch tensor; the shim only reads its version counter and
+    // catches any C++ exception.
+    let version = unsafe { hp_version(tensor.as_ptr()) };
+    (version >= 0).then_some(version)
 }
 
 /// Drops the gradient accumulated on `tensor` and frees its memory (PyTorch's

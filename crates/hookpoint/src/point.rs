@@ -302,6 +302,43 @@ impl HookPoint {
         }
         Ok(current)
     }
+
+    /// [`HookPoint::run`], also saying whether the activation came out untouched (see
+    /// [`Passed::untouched`]). A replacement counts as an edit unless it is the same view of the
+    /// same storage with the same kind; an in-place change is seen through the storage's version
+    /// counter.
+    pub fn run_noting_edits(&self, activation: Tensor) -> Result<Passed> {
+        if self.attached.load(Ordering::Acquire) == 0 {
+            return Ok(Passed {
+                activation,
+                untouched: true,
+            });
+        }
+        let original = activation.shallow_clone();
+        let version_before = native::version(&original);
+        let activation = self.run(activation)?;
+        let untouched = self.hook_count(Direction::Backward) == 0
+            && version_before.is_some()
+            && native::version(&activation) == version_before
+            && activation.kind() == original.kind()
+            && activation.is_set_to(&original);
+        Ok(Passed {
+            activation,
+            untouched,
+        })
+    }
+}
+
+/// What [`HookPoint::run_noting_edits`] returns.
+#[derive(Debug)]
+pub struct Passed {
+    /// The activation after the hooks, as [`HookPoint::run`] returns it.
+    pub activation: Tensor,
+    /// True when the hooks left the activation exactly as it came in: no hook returned a
+    /// different tensor, none changed it in place, and no backward hook was registered on it.
+    /// The caller may then compute what follows from the input by another route (a fused
+    /// kernel) without the hooks being able to tell.
+    pub untouched: bool,
 }
 
 fn call_forward(entry: &HookEntry, activation: &Tensor) -> Result<Option<Tensor>> {

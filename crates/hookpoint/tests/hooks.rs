@@ -464,3 +464,63 @@ fn an_unhooked_point_passes_the_tensor_through_untouched() {
         "no autograd node is added when no hook is attached"
     );
 }
+
+#[test]
+fn run_noting_edits_tells_reads_from_edits() {
+    let point = hookpoint::HookPoint::new("probe");
+    let x = || Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
+    let passed = |hook: Option<(Direction, Hook)>| {
+        let _handle =
+            hook.map(|(direction, hook)| point.add_hook(direction, hook, AddOptions::default()));
+        let input = x().set_requires_grad(true);
+        let out = point.run_noting_edits(input.shallow_clone()).unwrap();
+        (out.untouched, out.activation)
+    };
+    let read = |direction| Some((direction, Hook::new(|_, _| None)));
+
+    // No hook, a hook that only reads, a hook that returns its input (or a view of all of it).
+    assert!(passed(None).0);
+    assert!(passed(read(Direction::Forward)).0);
+    assert!(
+        passed(Some((
+            Direction::Forward,
+            Hook::new(|t, _| Some(t.shallow_clone()))
+        )))
+        .0
+    );
+    assert!(
+        passed(Some((
+            Direction::Forward,
+            Hook::new(|t, _| Some(t.view([3])))
+        )))
+        .0
+    );
+
+    // A replacement with other values, even equal ones, is an edit; so is a changed kind.
+    let (untouched, out) = passed(Some((Direction::Forward, Hook::new(|t, _| Some(t * 2.0)))));
+    assert!(!untouched);
+    assert_eq!(out, x() * 2.0);
+    assert!(!passed(Some((Direction::Forward, Hook::new(|t, _| Some(t.copy()))))).0);
+    assert!(
+        !passed(Some((
+            Direction::Forward,
+            Hook::new(|t, _| Some(t.to_kind(Kind::Double)))
+        )))
+        .0
+    );
+
+    // An in-place change without a replacement is an edit (seen through the version counter).
+    let in_place = Hook::new(|t, _| {
+        let _ = tch::no_grad(|| t.shallow_clone().g_mul_scalar_(3.0));
+        None
+    });
+    let input = x().set_requires_grad(true);
+    let handle = point.add_hook(Direction::Forward, in_place, AddOptions::default());
+    let out = tch::no_grad(|| point.run_noting_edits(input.detach()).unwrap());
+    drop(handle);
+    assert!(!out.untouched);
+    assert_eq!(out.activation, x() * 3.0);
+
+    // A backward hook needs the returned tensor in the graph: not untouched.
+    assert!(!passed(read(Direction::Backward)).0);
+}

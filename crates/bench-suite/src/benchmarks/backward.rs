@@ -3,12 +3,13 @@
 use std::collections::BTreeMap;
 
 use lens_core::model::{ForwardOptions, LensModel, ModelResult};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use super::hooks::CRITICAL_FORWARD_HOOKS;
 use super::{
     capture, compare_caches, describe, guarded, reference_error, sample_of, GradientTarget, Inputs,
 };
+use crate::compare::{compare_at_scale, max_abs, Comparison};
 use crate::result::BenchmarkResult;
 
 /// The gradient of `target` at every hook of the reference, compared with the model's.
@@ -132,6 +133,10 @@ pub fn gradient_computation(
         }
         let names = model.tl_weight_names();
         let reference_names = reference.map(|r| r.tl_weight_names()).unwrap_or_default();
+        let our_storage = storage_of(model, &names);
+        let their_storage = reference
+            .map(|r| storage_of(r, &reference_names))
+            .unwrap_or_default();
         let mut without = Vec::new();
         let mut pairs: Vec<(String, Tensor, Tensor)> = Vec::new();
         for weight in &names {
@@ -142,7 +147,7 @@ pub fn gradient_computation(
             // Weights the reference does not have (a processed HookedTransformer has no
             // LayerNorm weights) are only required to get a gradient.
             if let Some(reference) = reference.filter(|_| reference_names.contains(weight)) {
-                match reference_gradient(model, reference, weight, &names)
+                match reference_gradient(reference, weight, &our_storage, &their_storage)
                     .map_err(reference_error)?
                 {
                     Some(theirs) => pairs.push((weight.clone(), ours, theirs)),
@@ -153,28 +158,20 @@ pub fn gradient_computation(
         let mut scales: BTreeMap<&str, f64> = BTreeMap::new();
         for (weight, _, theirs) in &pairs {
             let scale = scales.entry(group_of(weight)).or_insert(1.0);
-            *scale = scale.max(theirs.abs().max().double_value(&[]));
+            *scale = scale.max(max_abs(theirs));
         }
         let (mut mismatches, mut worst) = (Vec::new(), 0.0f64);
         for (weight, ours, theirs) in &pairs {
-            if ours.size() != theirs.size() {
-                mismatches.push(format!(
-                    "{weight}: shape {:?} vs {:?}",
-                    ours.size(),
-                    theirs.size()
-                ));
-                continue;
-            }
-            let diff = (ours.to_kind(Kind::Double)
-                - theirs.to_device(ours.device()).to_kind(Kind::Double))
-            .abs()
-            .max()
-            .double_value(&[]);
-            let err = diff / scales[group_of(weight)];
-            worst = worst.max(err);
-            // NaN counts as a mismatch.
-            if err.is_nan() || err > tolerance {
-                mismatches.push(format!("{weight}: err {err:.2e}"));
+            let theirs = theirs.to_device(ours.device());
+            match compare_at_scale(ours, &theirs, None, scales[group_of(weight)]) {
+                Comparison::Compared { err } => {
+                    worst = worst.max(err);
+                    // NaN counts as a mismatch.
+                    if err.is_nan() || err > tolerance {
+                        mismatches.push(format!("{weight}: err {err:.2e}"));
+                    }
+                }
+                other => mismatches.push(format!("{weight}: {}", other.describe())),
             }
         }
         // Only now: the gradients above are views of the parameters' .grad storage.
@@ -217,34 +214,54 @@ fn group_of(weight: &str) -> &str {
     &weight[..end.unwrap_or(weight.len())]
 }
 
-/// Whether two TL weights of `model` are views of one parameter.
-fn tied(model: &dyn LensModel, a: &str, b: &str) -> ModelResult<bool> {
-    let (x, y) = (model.tl_weight(a)?, model.tl_weight(b)?);
-    Ok(x.numel() == y.numel() && x.data_ptr() == y.data_ptr())
+/// Where each TL weight of a model lives: `(data_ptr, numel)`, equal for two views of one
+/// parameter (tied weights). Weights the model does not have are absent.
+fn storage_of(model: &dyn LensModel, names: &[String]) -> BTreeMap<String, (usize, i64)> {
+    names
+        .iter()
+        .filter_map(|name| {
+            let t = model.tl_weight(name).ok()?;
+            Some((name.clone(), (t.data_ptr() as usize, t.numel() as i64)))
+        })
+        .collect()
 }
 
-/// The reference's gradient for `weight`, summed over the weights tied to it in `model` but not
-/// in the reference (transposed into `weight`'s layout where needed).
+/// The weights tied to `weight` in a model, by [`storage_of`].
+fn tied_to<'a>(
+    storage: &'a BTreeMap<String, (usize, i64)>,
+    weight: &'a str,
+) -> impl Iterator<Item = &'a str> + 'a {
+    let own = storage.get(weight).copied();
+    storage
+        .iter()
+        .filter(move |(name, place)| name.as_str() != weight && Some(**place) == own)
+        .map(|(name, _)| name.as_str())
+}
+
+/// The reference's gradient for `weight`, summed over the weights tied to it in the model
+/// (`ours`, by [`storage_of`]) but not in the reference (`theirs`), transposed into `weight`'s
+/// layout where needed.
 fn reference_gradient(
-    model: &dyn LensModel,
     reference: &dyn LensModel,
     weight: &str,
-    names: &[String],
+    ours: &BTreeMap<String, (usize, i64)>,
+    theirs: &BTreeMap<String, (usize, i64)>,
 ) -> ModelResult<Option<Tensor>> {
     let Some(mut total) = reference.tl_weight_grad(weight)? else {
         return Ok(None);
     };
-    for other in names.iter().filter(|o| o.as_str() != weight) {
-        if tied(model, weight, other)? && !tied(reference, weight, other).unwrap_or(false) {
-            if let Some(extra) = reference.tl_weight_grad(other)? {
-                let extra = if extra.size() == total.size() {
-                    extra
-                } else {
-                    extra.transpose(0, 1)
-                };
-                // Not `+=`: `total` may be the reference's own .grad storage.
-                total = &total + extra;
-            }
+    for other in tied_to(ours, weight) {
+        if tied_to(theirs, weight).any(|t| t == other) {
+            continue;
+        }
+        if let Some(extra) = reference.tl_weight_grad(other)? {
+            let extra = if extra.size() == total.size() {
+                extra
+            } else {
+                extra.transpose(0, 1)
+            };
+            // Not `+=`: `total` may be the reference's own .grad storage.
+            total = &total + extra;
         }
     }
     Ok(Some(total))

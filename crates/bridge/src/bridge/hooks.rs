@@ -9,7 +9,7 @@ use hookpoint::{HookPoint, HookRegistry};
 use lens_core::model::ModelResult;
 use tch::Tensor;
 
-use crate::tap::{BlockSite, LinSite, LnSite, MaskStyle, Site, Tap, TlPaths};
+use crate::tap::{BlockSite, LinSite, LnSite, MaskStyle, Passed, Site, Tap, TlPaths};
 
 fn ln_suffix(site: LnSite) -> &'static str {
     match site {
@@ -245,8 +245,12 @@ impl Tap for BridgeTap<'_> {
         Ok(self.hooks.point(site).run(x)?)
     }
 
-    fn exposes(&self) -> bool {
-        true
+    fn at_noting_edits(&self, site: Site, x: Tensor) -> ModelResult<Passed> {
+        Ok(self.hooks.point(site).run_noting_edits(x)?)
+    }
+
+    fn hooked(&self, site: Site) -> bool {
+        self.hooks.point(site).has_hooks()
     }
 
     fn mask_style(&self) -> MaskStyle {

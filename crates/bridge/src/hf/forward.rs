@@ -7,7 +7,7 @@ use lens_core::Gpt2Config;
 use tch::{Kind, Tensor};
 
 use crate::hf::kv_cache::KvCache;
-use crate::hf::mask;
+use crate::hf::mask::{self, AttentionMask};
 use crate::hf::params::{BlockParams, Conv1dParams, Gpt2Params, LayerNormParams};
 use crate::tap::{BlockSite, LinSite, LnSite, Site, Tap};
 
@@ -50,9 +50,12 @@ fn conv1d_parts(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Tensor {
         .reshape(shape.as_slice())
 }
 
-/// A LayerNorm. Unexposed: HuggingFace's fused `layer_norm`. Exposed: centre,
-/// `hook_scale(sqrt(mean(x^2) + eps))`, `hook_normalized(x / scale)`, then `* w + b` (in f32
-/// for half-precision models, cast back), as TransformerLens computes it.
+/// A LayerNorm. HuggingFace's fused `layer_norm` computes the output unless a hook on
+/// `hook_scale` or `hook_normalized` edits its value (or has a backward hook, which needs those
+/// values in the graph): then the output is `hook_normalized * w + b`, from TransformerLens's
+/// decomposed form (centre, `hook_scale(sqrt(mean(x^2) + eps))`, `hook_normalized(x / scale)`, in
+/// f32 for half-precision models, cast back). Hooks that only read see the decomposed values and
+/// leave the output exactly as with no hook at all.
 fn layer_norm<T: Tap>(
     tap: &T,
     site: impl Fn(LnSite) -> Site,
@@ -61,7 +64,11 @@ fn layer_norm<T: Tap>(
     eps: f64,
 ) -> ModelResult<Tensor> {
     let x = tap.at(site(LnSite::In), x)?;
-    let out = if tap.exposes() {
+    let fused = |x: &Tensor| {
+        let d = x.size().last().copied().unwrap_or(0);
+        x.layer_norm([d], Some(&params.weight), Some(&params.bias), eps, true)
+    };
+    let out = if tap.hooked(site(LnSite::Scale)) || tap.hooked(site(LnSite::Normalized)) {
         let kind = x.kind();
         let xf = match kind {
             Kind::Half | Kind::BFloat16 => x.to_kind(Kind::Float),
@@ -69,12 +76,16 @@ fn layer_norm<T: Tap>(
         };
         let centred = &xf - xf.mean_dim(-1, true, xf.kind());
         let scale = (centred.square().mean_dim(-1, true, xf.kind()) + eps).sqrt();
-        let scale = tap.at(site(LnSite::Scale), scale)?;
-        let normalized = tap.at(site(LnSite::Normalized), centred / scale)?;
-        (normalized * &params.weight + &params.bias).to_kind(kind)
+        let scale = tap.at_noting_edits(site(LnSite::Scale), scale)?;
+        let normalized =
+            tap.at_noting_edits(site(LnSite::Normalized), centred / &scale.activation)?;
+        if scale.untouched && normalized.untouched {
+            fused(&x)
+        } else {
+            (normalized.activation * &params.weight + &params.bias).to_kind(kind)
+        }
     } else {
-        let d = x.size().last().copied().unwrap_or(0);
-        x.layer_norm([d], Some(&params.weight), Some(&params.bias), eps, true)
+        fused(&x)
     };
     tap.at(site(LnSite::Out), out)
 }
@@ -108,7 +119,7 @@ pub(crate) fn forward<T: Tap>(
     let mut hidden = embeds + pos_embeds;
 
     let q_len = input_ids.size()[1];
-    let allowed = mask::allowed(
+    let allowed = AttentionMask::new(
         q_len,
         past_len + q_len,
         past_len,
@@ -136,16 +147,18 @@ pub(crate) fn forward<T: Tap>(
         hidden_states.push(normed.shallow_clone());
     }
     let x = tap.at(Site::UnembedIn, normed)?;
-    let mut logits = x.linear(p.unembed_weight(), None::<&Tensor>);
-    if let Some(bias) = &p.lm_head_bias {
-        logits = &logits + bias;
-    }
-    let logits = tap.at(Site::UnembedOut, logits)?;
+    let logits = tap.at(Site::UnembedOut, unembed(p, &x))?;
     Ok(PassOutput {
         logits: Some(logits),
         residual: None,
         hidden_states,
     })
+}
+
+/// `lm_head`, with the bias the bridge adds (`b_U`) inside the same product (one pass over the
+/// `[b, p, vocab]` logits, not a second one to add it).
+fn unembed(p: &Gpt2Params, x: &Tensor) -> Tensor {
+    x.linear(p.unembed_weight(), p.lm_head_bias.as_ref())
 }
 
 /// One `GPT2Block`: `x + attn(ln_1(x))`, then `+ mlp(ln_2(.))`.
@@ -155,7 +168,7 @@ fn block<T: Tap>(
     bp: &BlockParams,
     tap: &T,
     x: Tensor,
-    allowed: &Tensor,
+    allowed: &AttentionMask,
     cache: Option<&mut KvCache>,
 ) -> ModelResult<Tensor> {
     let s = |site: BlockSite| Site::Block(l, site);
@@ -266,27 +279,19 @@ fn qkv<T: Tap>(
         let x = ln1(resid_pre.shallow_clone())?;
         let x = tap.at(s(BlockSite::AttnIn), x)?;
         let x = tap.at(s(BlockSite::Qkv(LinSite::In)), x)?;
-        let fused = if tap.exposes() {
-            // The bridge: q, k and v each from its own (hookable) input, through its slice of
-            // c_attn; their concatenation is the fused projection c_attn computes.
-            let q = conv1d_parts(
-                &tap.at(s(BlockSite::Q(LinSite::In)), x.shallow_clone())?,
-                &slice_w(0),
-                &slice_b(0),
-            );
-            let k = conv1d_parts(
-                &tap.at(s(BlockSite::K(LinSite::In)), x.shallow_clone())?,
-                &slice_w(1),
-                &slice_b(1),
-            );
-            let v = conv1d_parts(
-                &tap.at(s(BlockSite::V(LinSite::In)), x)?,
-                &slice_w(2),
-                &slice_b(2),
-            );
-            Tensor::cat(&[q, k, v], -1)
-        } else {
+        // The bridge's q, k and v each have a hookable input. While no hook edits them (the
+        // usual case, also when hooks only read), c_attn runs fused, as in HuggingFace; an
+        // edit makes q, k and v each go through its own slice of c_attn, from its own input.
+        let q_in = tap.at_noting_edits(s(BlockSite::Q(LinSite::In)), x.shallow_clone())?;
+        let k_in = tap.at_noting_edits(s(BlockSite::K(LinSite::In)), x.shallow_clone())?;
+        let v_in = tap.at_noting_edits(s(BlockSite::V(LinSite::In)), x.shallow_clone())?;
+        let fused = if q_in.untouched && k_in.untouched && v_in.untouched {
             conv1d(&x, &bp.c_attn)
+        } else {
+            let q = conv1d_parts(&q_in.activation, &slice_w(0), &slice_b(0));
+            let k = conv1d_parts(&k_in.activation, &slice_w(1), &slice_b(1));
+            let v = conv1d_parts(&v_in.activation, &slice_w(2), &slice_b(2));
+            Tensor::cat(&[q, k, v], -1)
         };
         let fused = tap.at(s(BlockSite::Qkv(LinSite::Out)), fused)?;
         let parts = fused.split(d, -1);
@@ -309,7 +314,7 @@ fn attention<T: Tap>(
     bp: &BlockParams,
     tap: &T,
     resid_pre: &Tensor,
-    allowed: &Tensor,
+    allowed: &AttentionMask,
     cache: Option<&mut KvCache>,
 ) -> ModelResult<Tensor> {
     let s = |site: BlockSite| Site::Block(l, site);
@@ -398,7 +403,7 @@ pub(crate) fn component<T: Tap>(
     let eps = cfg.layer_norm_epsilon;
     let causal = || {
         let len = x.size()[1];
-        mask::allowed(len, len, 0, None, x.device())
+        AttentionMask::new(len, len, 0, None, x.device())
     };
     match name {
         "embed" => {
@@ -418,11 +423,7 @@ pub(crate) fn component<T: Tap>(
         "ln_final" => layer_norm(tap, Site::LnFinal, x.shallow_clone(), &p.ln_f, eps),
         "unembed" => {
             let x = tap.at(Site::UnembedIn, x.shallow_clone())?;
-            let mut logits = x.linear(p.unembed_weight(), None::<&Tensor>);
-            if let Some(bias) = &p.lm_head_bias {
-                logits = &logits + bias;
-            }
-            tap.at(Site::UnembedOut, logits)
+            tap.at(Site::UnembedOut, unembed(p, &x))
         }
         _ => {
             let unknown = || {

@@ -4,27 +4,48 @@ use tch::{Device, Kind, Tensor};
 
 use crate::tap::MaskStyle;
 
-/// `[b | 1, 1, q, k]` booleans, true where query `i` (absolute position `past_len + i`) may
-/// attend to key `j`: `j <= past_len + i` and key `j` is not padding.
-pub(crate) fn allowed(
-    q_len: i64,
-    k_len: i64,
-    past_len: i64,
-    attention_mask: Option<&Tensor>,
-    device: Device,
-) -> Tensor {
-    let q_pos = Tensor::arange_start(past_len, past_len + q_len, (Kind::Int64, device));
-    let k_pos = Tensor::arange(k_len, (Kind::Int64, device));
-    let causal = k_pos
-        .unsqueeze(0)
-        .le_tensor(&q_pos.unsqueeze(1))
-        .view([1, 1, q_len, k_len]);
-    match attention_mask {
-        Some(mask) => {
-            let keys = mask.ne(0).view([mask.size()[0], 1, 1, k_len]);
-            causal.logical_and(&keys)
+/// Which keys each query may attend to, built once per pass and shared by every layer.
+pub(crate) struct AttentionMask {
+    /// `[b | 1, 1, q, k]` booleans, true where query `i` (absolute position `past_len + i`) may
+    /// attend to key `j`: `j <= past_len + i` and key `j` is not padding.
+    allowed: Tensor,
+    /// `!allowed`, where TransformerLens writes `-inf`.
+    blocked: Tensor,
+    /// `[b, 1, q, 1]`, true for a query with no allowed key (a left-padding position); `None`
+    /// without a padding mask, where the causal mask always allows the query's own position.
+    no_key: Option<Tensor>,
+}
+
+impl AttentionMask {
+    /// The mask for `q_len` queries after `past_len` cached positions, over `k_len` keys.
+    pub(crate) fn new(
+        q_len: i64,
+        k_len: i64,
+        past_len: i64,
+        attention_mask: Option<&Tensor>,
+        device: Device,
+    ) -> Self {
+        let q_pos = Tensor::arange_start(past_len, past_len + q_len, (Kind::Int64, device));
+        let k_pos = Tensor::arange(k_len, (Kind::Int64, device));
+        let causal = k_pos
+            .unsqueeze(0)
+            .le_tensor(&q_pos.unsqueeze(1))
+            .view([1, 1, q_len, k_len]);
+        let (allowed, no_key) = match attention_mask {
+            Some(mask) => {
+                let keys = mask.ne(0).view([mask.size()[0], 1, 1, k_len]);
+                let allowed = causal.logical_and(&keys);
+                let no_key = allowed.any_dim(-1, true).logical_not();
+                (allowed, Some(no_key))
+            }
+            None => (causal, None),
+        };
+        let blocked = allowed.logical_not();
+        AttentionMask {
+            allowed,
+            blocked,
+            no_key,
         }
-        None => causal,
     }
 }
 
@@ -42,7 +63,7 @@ pub(crate) fn finfo_min(kind: Kind) -> f64 {
 /// builds its additive mask in (the model's).
 pub(crate) fn apply(
     scores: &Tensor,
-    allowed: &Tensor,
+    mask: &AttentionMask,
     style: MaskStyle,
     mask_kind: Kind,
 ) -> Tensor {
@@ -50,25 +71,22 @@ pub(crate) fn apply(
         MaskStyle::HfAdditiveMin => {
             let zero = Tensor::zeros([], (scores.kind(), scores.device()));
             let min = Tensor::full([], finfo_min(mask_kind), (scores.kind(), scores.device()));
-            scores + zero.where_self(allowed, &min)
+            scores + zero.where_self(&mask.allowed, &min)
         }
-        MaskStyle::NegInf => scores.masked_fill(&allowed.logical_not(), f64::NEG_INFINITY),
+        MaskStyle::NegInf => scores.masked_fill(&mask.blocked, f64::NEG_INFINITY),
     }
 }
 
 /// Softmax over keys in `style`: HuggingFace's plain softmax, or TransformerLens's, in which a
 /// query with no allowed key gets an all-zero row without passing through NaN (so gradients
 /// stay finite there too).
-pub(crate) fn softmax(scores: &Tensor, allowed: &Tensor, style: MaskStyle) -> Tensor {
-    match style {
-        MaskStyle::HfAdditiveMin => scores.softmax(-1, scores.kind()),
-        MaskStyle::NegInf => {
-            let no_key = allowed.any_dim(-1, true).logical_not();
-            scores
-                .masked_fill(&no_key, 0.0)
-                .softmax(-1, scores.kind())
-                .masked_fill(&no_key, 0.0)
-        }
+pub(crate) fn softmax(scores: &Tensor, mask: &AttentionMask, style: MaskStyle) -> Tensor {
+    match (style, &mask.no_key) {
+        (MaskStyle::NegInf, Some(no_key)) => scores
+            .masked_fill(no_key, 0.0)
+            .softmax(-1, scores.kind())
+            .masked_fill(no_key, 0.0),
+        _ => scores.softmax(-1, scores.kind()),
     }
 }
 
