@@ -260,7 +260,10 @@ mod tests {
             compare(&ours, &reference, None),
             Comparison::NonFiniteMismatch { count: 1 }
         );
-        assert_eq!(max_abs(&Tensor::zeros([0], (Kind::Float, Device::Cpu))), 0.0);
+        assert_eq!(
+            max_abs(&Tensor::zeros([0], (Kind::Float, Device::Cpu))),
+            0.0
+        );
     }
 
     #[test]

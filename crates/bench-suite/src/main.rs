@@ -157,6 +157,8 @@ fn run(args: RunArgs) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // Freed tensor memory stays for the next pass (lens_core::allocator).
+    lens_core::allocator::keep_freed_memory();
     let cli = Cli::parse();
     match cli.command {
         None => run(cli.run),

@@ -31,6 +31,7 @@
 //! # Ok::<(), lens_core::LensError>(())
 //! ```
 
+pub mod allocator;
 pub mod config;
 mod error;
 pub mod generation;

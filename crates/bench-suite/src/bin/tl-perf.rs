@@ -152,6 +152,8 @@ fn device_name(device: Device) -> String {
 }
 
 fn main() -> ExitCode {
+    // Freed tensor memory stays for the next pass (lens_core::allocator).
+    lens_core::allocator::keep_freed_memory();
     let cli = Cli::parse();
     let outcome = match cli.command {
         Cmd::Measure(args) => measure(&args),
@@ -1106,12 +1108,24 @@ fn measure_generation(
         let _ = run(&options(4, *cached))?;
     }
     let mut samples: Vec<(Vec<f64>, Vec<f64>, usize)> = vec![Default::default(); runs.len()];
+    // The cached runs first, alternating which goes first in each round, so neither always
+    // follows the other (or a long uncached run, which leaves the allocator in another state);
+    // then the uncached ones.
     let rounds = runs.iter().map(|r| r.2).max().unwrap_or(1);
-    for round in 0..rounds {
-        for (i, (name, cached, repeats, run)) in runs.iter().enumerate() {
-            if round >= *repeats {
-                continue;
-            }
+    let mut order = Vec::new();
+    for cached_pass in [true, false] {
+        for round in 0..rounds {
+            let mut these: Vec<usize> = (0..runs.len())
+                .filter(|&i| runs[i].1 == cached_pass && round < runs[i].2)
+                .collect();
+            let len = these.len().max(1);
+            these.rotate_left(round % len);
+            order.extend(these);
+        }
+    }
+    for i in order {
+        let (name, cached, _, run) = &runs[i];
+        {
             // A run without the cache takes long: take it again once at most.
             let retries = if *cached { RETRIES } else { 1 };
             let (ms, busy, again, out) =
