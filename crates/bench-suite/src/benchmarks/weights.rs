@@ -5,7 +5,7 @@ use lens_core::model::{ForwardOptions, LensModel, ModelResult, ReturnType};
 use tch::{Kind, Tensor};
 
 use super::{guarded, reference_error, sample_of, Inputs};
-use crate::compare::{compare, Comparison};
+use crate::compare::{compare, max_abs, Comparison};
 use crate::result::BenchmarkResult;
 
 fn weights_matching(model: &dyn LensModel, suffix: &str) -> Vec<String> {
@@ -53,16 +53,21 @@ fn every_weight(
 
 /// Zero within `tolerance` of the tensor's own scale (its rounding).
 fn near_zero(t: &Tensor, scale_of: &Tensor, tolerance: f64) -> Option<String> {
-    let scale = scale_of.abs().max().double_value(&[]).max(1.0);
-    let worst = t.abs().max().double_value(&[]);
+    let scale = max_abs(scale_of).max(1.0);
+    let worst = max_abs(t);
     (worst / scale > tolerance).then(|| format!("max |mean| {worst:.2e}"))
 }
 
 /// No weight holds NaN or an infinity.
 pub fn no_nan_inf(model: &dyn LensModel) -> BenchmarkResult {
     every_weight("no_nan_inf", model, "", "all finite", |w| {
+        // max |w| is finite exactly when every entry is; count only then (no temporaries in the
+        // common case).
+        if max_abs(w).is_finite() {
+            return None;
+        }
         let bad = i64::try_from(w.isfinite().logical_not().sum(Kind::Int64)).unwrap_or(-1);
-        (bad != 0).then(|| format!("{bad} non-finite entries"))
+        Some(format!("{bad} non-finite entries"))
     })
 }
 
@@ -75,8 +80,17 @@ pub fn weight_magnitudes(model: &dyn LensModel) -> BenchmarkResult {
         let names = model.tl_weight_names();
         for weight in &names {
             let w = model.tl_weight(weight)?.detach();
-            let max = w.abs().max().double_value(&[]);
-            let mean = w.abs().mean(Kind::Float).double_value(&[]);
+            let max = max_abs(&w);
+            // The L1 norm: mean |w| without an |w| temporary.
+            let mean = if w.numel() == 0 {
+                0.0
+            } else {
+                w.reshape([-1])
+                    .norm_scalaropt_dim(1.0, [0i64].as_slice(), false)
+                    .to_kind(Kind::Double)
+                    .double_value(&[])
+                    / w.numel() as f64
+            };
             // Biases may legitimately be zero (b_V after folding, b_U of GPT-2); matrices may not.
             let is_bias = weight
                 .rsplit('.')
@@ -197,7 +211,7 @@ pub fn unembed_centering(model: &dyn LensModel, tolerance: f64) -> BenchmarkResu
 /// Every value bias was folded into the output bias.
 pub fn value_bias_folding(model: &dyn LensModel) -> BenchmarkResult {
     every_weight("value_bias_folding", model, "attn.b_V", "b_V = 0", |b| {
-        let max = b.abs().max().double_value(&[]);
+        let max = max_abs(b);
         (max != 0.0).then(|| format!("max |b_V| = {max:.3e}"))
     })
 }
