@@ -510,6 +510,32 @@ fn resid_mid_gradient_covers_the_skip_connection() {
     }
 }
 
+/// The zero `b_U` the bridge adds is left out of the unembedding while it is zero and needs no
+/// gradient; a write through its TransformerLens view (in place) must still reach the logits,
+/// and with gradients on it must get one.
+#[test]
+fn the_unembedding_bias_is_used_once_written() {
+    let b = bridge("small");
+    let tokens = small_tokens();
+    let clean = logits(&b, &tokens);
+    let b_u = b.tl_weight("unembed.b_U").unwrap();
+    tch::no_grad(|| {
+        let _ = b_u.shallow_clone().fill_(0.25);
+    });
+    assert!(relative_error(&logits(&b, &tokens), &(&clean + 0.25), None) < 1e-6);
+    tch::no_grad(|| {
+        let _ = b_u.shallow_clone().fill_(0.0);
+    });
+    assert_eq!(logits(&b, &tokens), clean);
+    // With gradients recorded, b_U takes part in the product and gets its gradient.
+    let out = b.forward(&tokens, &ForwardOptions::default()).unwrap();
+    hookpoint::backward(&out.logits.unwrap().select(1, -1).sum(Kind::Float)).unwrap();
+    let grad = b.tl_weight_grad("unembed.b_U").unwrap().expect("b_U has a gradient");
+    // d(sum of the last position's logits)/d b_U = 1 for every token.
+    assert_eq!(grad, Tensor::ones_like(&grad));
+    b.zero_grad();
+}
+
 #[test]
 fn tl_weight_views_write_the_model() {
     let b = bridge("small");

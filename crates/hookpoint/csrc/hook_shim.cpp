@@ -7,6 +7,7 @@
 // exception here so that libtorch aborts the backward pass and tch reports it as an error.
 
 #include <ATen/core/Tensor.h>
+#include <ATen/core/grad_mode.h>
 
 #include <cstdint>
 #include <cstdlib>
@@ -116,5 +117,8 @@ int64_t hp_version(const at::Tensor *tensor) {
     return -1;
   }
 }
+
+// Whether autograd records operations on this thread (not inside no_grad).
+int hp_grad_enabled() { return at::GradMode::is_enabled() ? 1 : 0; }
 
 }  // extern "C"

@@ -50,6 +50,8 @@ pub use cache::{
 pub use error::{Direction, HookError, Result};
 pub use handle::HookHandle;
 pub use names::{act_name, ActKey};
-pub use native::{backward, clear_grad, live_backward_hooks};
+pub use native::{
+    backward, clear_grad, grad_enabled, live_backward_hooks, version as tensor_version,
+};
 pub use point::{layer_of, AddOptions, Hook, HookContext, HookFn, HookPoint, Passed};
 pub use registry::{HookRegistry, HookScope, HookSpec, NamesFilter, Selected};

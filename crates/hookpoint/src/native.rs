@@ -33,6 +33,7 @@ extern "C" {
     fn hp_free_string(message: *mut c_char);
     fn hp_clear_grad(tensor: *const C_tensor) -> *mut c_char;
     fn hp_version(tensor: *const C_tensor) -> i64;
+    fn hp_grad_enabled() -> std::os::raw::c_int;
 }
 
 /// Native hook registrations whose Rust state libtorch has not released yet.
@@ -179,9 +180,17 @@ pub fn backward(loss: &Tensor) -> Result<()> {
     })
 }
 
-/// The version counter of `tensor`'s storage, which every in-place change bumps; `None` when the
-/// tensor keeps none (an inference-mode tensor).
-pub(crate) fn version(tensor: &Tensor) -> Option<i64> {
+/// Whether autograd records operations on this thread, i.e. not inside `tch::no_grad` (which tch
+/// does not expose).
+pub fn grad_enabled() -> bool {
+    // SAFETY: reads a thread-local flag of libtorch.
+    unsafe { hp_grad_enabled() != 0 }
+}
+
+/// The version counter of `tensor`'s storage, which every in-place change bumps (PyTorch's
+/// `tensor._version`); `None` when the tensor keeps none (an inference-mode tensor). Equal
+/// versions mean the values were not changed in place in between.
+pub fn version(tensor: &Tensor) -> Option<i64> {
     // SAFETY: `tensor` is a live tch tensor; the shim only reads its version counter and
     // catches any C++ exception.
     let version = unsafe { hp_version(tensor.as_ptr()) };

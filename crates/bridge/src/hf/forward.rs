@@ -155,10 +155,16 @@ pub(crate) fn forward<T: Tap>(
     })
 }
 
-/// `lm_head`, with the bias the bridge adds (`b_U`) inside the same product (one pass over the
-/// `[b, p, vocab]` logits, not a second one to add it).
+/// `lm_head`, with the bias the bridge adds (`b_U`) inside the same product (`addmm`: no second
+/// pass over the `[b, p, vocab]` logits to add it), or left out while it is zero and needs no
+/// gradient (then even the copy of the bias into the output is saved; adding zeros changes no
+/// bit).
 fn unembed(p: &Gpt2Params, x: &Tensor) -> Tensor {
-    x.linear(p.unembed_weight(), p.lm_head_bias.as_ref())
+    let bias = p
+        .lm_head_bias
+        .as_ref()
+        .filter(|bias| !p.unembed_bias_is_inert(bias));
+    x.linear(p.unembed_weight(), bias)
 }
 
 /// One `GPT2Block`: `x + attn(ln_1(x))`, then `+ mlp(ln_2(.))`.

@@ -4,6 +4,8 @@
 
 use lens_core::model::{ModelError, ModelResult};
 use lens_core::{Gpt2Config, Weights};
+use std::sync::Mutex;
+
 use tch::{Device, Kind, Tensor};
 
 /// A LayerNorm's weight and bias, `[d]` each.
@@ -57,6 +59,8 @@ pub struct Gpt2Params {
     /// A bias of the unembedding, `[vocab]`. HF's GPT-2 has none; the TransformerBridge adds a
     /// zero one (TransformerLens's `b_U`) that weight processing may change.
     pub lm_head_bias: Option<Tensor>,
+    /// The bias tensor last found all zero, and its storage's version then.
+    zero_bias_seen: Mutex<Option<(Tensor, i64)>>,
 }
 
 impl Gpt2Params {
@@ -122,7 +126,33 @@ impl Gpt2Params {
             ln_f,
             lm_head,
             lm_head_bias: None,
+            zero_bias_seen: Mutex::new(None),
         })
+    }
+
+    /// Whether adding `bias` (the unembedding bias) to the logits would change nothing: it is
+    /// all zero and no gradient is being recorded for it. Zero is checked once per tensor and
+    /// version of its storage, so a write through a TransformerLens view (in place) or a new
+    /// tensor is seen. The zero `b_U` the bridge adds then costs no pass over the logits.
+    pub(crate) fn unembed_bias_is_inert(&self, bias: &Tensor) -> bool {
+        if bias.requires_grad() && hookpoint::grad_enabled() {
+            return false;
+        }
+        let Some(version) = hookpoint::tensor_version(bias) else {
+            return false;
+        };
+        let mut seen = self
+            .zero_bias_seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((tensor, at)) = seen.as_ref() {
+            if *at == version && tensor.is_set_to(bias) {
+                return true;
+            }
+        }
+        let zero = i64::try_from(bias.count_nonzero(None::<i64>)).is_ok_and(|n| n == 0);
+        *seen = zero.then(|| (bias.shallow_clone(), version));
+        zero
     }
 
     /// The unembedding matrix `[vocab, d]`: `lm_head.weight`, or `wte` while tied.
