@@ -160,7 +160,7 @@ pub fn compare_at_scale(
 }
 
 /// The common case without copies: no mask, same dtype and device, every entry finite. Every
-/// figure is a streaming reduction: `max|x|` (infinity norm) is finite exactly when every entry
+/// figure is a streaming reduction: `max|x|` ([`max_abs`]) is finite exactly when every entry
 /// of `x` is (NaN and infinities propagate through it), and `max|a - b|` is taken over chunks,
 /// so no temporary of the tensors' size is allocated (for a 38.6M-entry embedding gradient that
 /// is the difference between touching 150 MB of fresh pages and 16 MB of reused ones). The
@@ -191,15 +191,21 @@ fn finite_err(
 const CHUNK: i64 = 1 << 22;
 
 /// `max|x|` as f64 (0 for an empty tensor), NaN if any entry is NaN, infinite if any is
-/// infinite.
+/// infinite. One `aminmax` pass: libtorch's min/max reductions propagate NaN, and they run several
+/// times faster here than the infinity norm or `abs().max()` (7-9 ms against 50-60 ms for 38.6M
+/// f32 entries on 2 cores), which also allocates an |x| temporary.
 pub fn max_abs(x: &Tensor) -> f64 {
     if x.numel() == 0 {
         return 0.0;
     }
-    x.reshape([-1])
-        .norm_scalaropt_dim(f64::INFINITY, [0i64].as_slice(), false)
-        .to_kind(Kind::Double)
-        .double_value(&[])
+    let (min, max) = x.aminmax(None::<i64>, false);
+    let value = |t: Tensor| t.to_kind(Kind::Double).double_value(&[]);
+    let (min, max) = (value(min), value(max));
+    if min.is_nan() || max.is_nan() {
+        f64::NAN
+    } else {
+        min.abs().max(max.abs())
+    }
 }
 
 /// `max|a - b|` over same-shaped tensors, a chunk at a time.

@@ -530,7 +530,10 @@ fn the_unembedding_bias_is_used_once_written() {
     // With gradients recorded, b_U takes part in the product and gets its gradient.
     let out = b.forward(&tokens, &ForwardOptions::default()).unwrap();
     hookpoint::backward(&out.logits.unwrap().select(1, -1).sum(Kind::Float)).unwrap();
-    let grad = b.tl_weight_grad("unembed.b_U").unwrap().expect("b_U has a gradient");
+    let grad = b
+        .tl_weight_grad("unembed.b_U")
+        .unwrap()
+        .expect("b_U has a gradient");
     // d(sum of the last position's logits)/d b_U = 1 for every token.
     assert_eq!(grad, Tensor::ones_like(&grad));
     b.zero_grad();
