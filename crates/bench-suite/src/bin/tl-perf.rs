@@ -1536,6 +1536,26 @@ fn report(args: &ReportArgs) -> AnyResult<()> {
     Ok(())
 }
 
+/// Parameters of GPT-2 small with an untied unembedding (compatibility mode unties `W_U`): what
+/// each model holds in Phase 3, in MiB of f32.
+const PHASE3_MODEL_MIB: f64 = (124_439_808.0 + 38_597_376.0) * 4.0 / 1_048_576.0;
+
+/// Seconds the suite profile spent in the benchmarks named `names` (both phases).
+fn profile_seconds(rust: &Value, names: &[&str]) -> Option<f64> {
+    let steps = rust.pointer("/suite_profile/steps")?.as_array()?;
+    Some(
+        steps
+            .iter()
+            .filter(|s| {
+                s.get("to")
+                    .and_then(Value::as_str)
+                    .is_some_and(|to| names.contains(&to))
+            })
+            .filter_map(|s| get(s, "seconds"))
+            .sum(),
+    )
+}
+
 /// Why a target is missed: (a key shared by targets with one cause, the explanation).
 fn cause(id: &str, rust: &Value, python: Option<&Value>) -> Option<(&'static str, String)> {
     let r = |path: &str| get(rust, path);
@@ -1553,30 +1573,29 @@ fn cause(id: &str, rust: &Value, python: Option<&Value>) -> Option<(&'static str
             3,
         )
     };
+    let caching = |v: Option<&Value>, size: &str, model: &str| {
+        fmt_opt(
+            diff(
+                v,
+                &format!("forward.{size}.{model}_cache.median_ms"),
+                &format!("forward.{size}.{model}.median_ms"),
+            ),
+            0,
+        )
+    };
     match id {
         "bridge_forward_1x128" | "bridge_forward_8x128" => Some((
             "bridge",
             format!(
-                "**Bridge forward.** The bridge does not run the raw model's computation when no \
-                 hook is attached. (1) It adds a zero unembedding bias `b_U` to the HF model \
-                 (`TransformerBridge::from_hf`, as the Python bridge does) and applies it as a \
-                 separate `&logits + bias` (crates/bridge/src/hf/forward.rs): one more pass over, \
-                 and a fresh allocation of, the `[b, p, 50257]` logits. The bridge's own HF model \
-                 (`hf_model()`) alone takes {} x (1x128) and {} x (8x128) the raw model's time in \
-                 this run. (2) `BridgeTap::exposes()` is always true \
-                 (crates/bridge/src/bridge/hooks.rs), so every LayerNorm runs decomposed (six \
-                 kernels instead of the fused `layer_norm`), q, k and v are three `addmm` on \
-                 column slices of `c_attn` plus a `cat` instead of one `addmm`, and \
-                 TransformerLens's masking adds two `masked_fill`s around the softmax \
-                 (crates/bridge/src/hf/mask.rs). Timed alone with this libtorch on this machine, \
-                 per block at 8x128: LayerNorm 0.20 -> 0.83 ms (twice per block), q/k/v 14.3 -> \
-                 19.1 ms, mask + softmax 0.87 -> 3.35 ms: about 8.6 ms per block, 100 ms per pass \
-                 (about 7 ms per pass at 1x128). Fix, in the bridge: fuse the bias into the \
-                 unembedding product (`linear(x, W, Some(b_U))`) or skip it while it is the zero \
-                 the bridge added; take the fused kernels wherever none of the points they would \
-                 skip has a hook (`HookPoint::has_hooks` on `ln*.hook_scale`/`hook_normalized` \
-                 and `attn.{{q,k,v}}.hook_in`); skip the `no_key` fills when there is no \
-                 attention mask (with a causal mask alone every query has a key).",
+                "**Bridge forward.** With no hook attached the bridge runs the raw model's \
+                 kernels: the fused `layer_norm`, one `c_attn` product for q, k and v, and no \
+                 pass for the zero `b_U` it adds (left out of the unembedding while it is zero \
+                 and needs no gradient; crates/bridge/src/hf/forward.rs). What is left is \
+                 TransformerLens's `-inf` mask (one `masked_fill` where HF adds its additive \
+                 mask) and about 400 unhooked hook points at one atomic load each. The bridge's \
+                 own HF model takes {} x (1x128) and {} x (8x128) the raw model's time in this \
+                 run, with no hook point at all: differences of a few percent are this machine's \
+                 run-to-run spread; compare the fastest samples.",
                 over("1x128", "hf_in_bridge"),
                 over("8x128", "hf_in_bridge"),
             ),
@@ -1584,61 +1603,22 @@ fn cause(id: &str, rust: &Value, python: Option<&Value>) -> Option<(&'static str
         "run_with_cache_1x128" | "run_with_cache_8x128" => Some((
             "cache",
             format!(
-                "**run_with_cache.** It adds its own cost to the bridge forward's overhead \
-                 (previous item): the cache copies nothing (`detach` only) but keeps all 394 \
-                 activations alive; when it is dropped glibc hands that memory back to the \
-                 kernel, and the next pass faults it in and zeroes it again (`perf`: \
-                 `clear_page_erms`, `exc_page_fault`). Caching costs {} ms over the bridge forward \
-                 at 1x128 and {} ms at 8x128 here; the HookedTransformer pays the same ({} ms, {} \
-                 ms){}. Measured while writing the harness: with \
-                 `GLIBC_TUNABLES=glibc.malloc.trim_threshold=4294967296` (freed memory kept for \
-                 reuse) the caching cost at 1x128 fell from 29 to 6 ms and this ratio from 1.20 \
-                 to 1.14, for every model alike. So: the bridge-forward fixes, plus keeping freed \
-                 memory (`mallopt(M_TRIM_THRESHOLD)` in the binaries, or reusing one cache's \
-                 buffers across calls).",
-                fmt_opt(
-                    diff(
-                        Some(rust),
-                        "forward.1x128.bridge_cache.median_ms",
-                        "forward.1x128.bridge.median_ms"
-                    ),
-                    0
-                ),
-                fmt_opt(
-                    diff(
-                        Some(rust),
-                        "forward.8x128.bridge_cache.median_ms",
-                        "forward.8x128.bridge.median_ms"
-                    ),
-                    0
-                ),
-                fmt_opt(
-                    diff(
-                        Some(rust),
-                        "forward.1x128.hooked_cache.median_ms",
-                        "forward.1x128.hooked.median_ms"
-                    ),
-                    0
-                ),
-                fmt_opt(
-                    diff(
-                        Some(rust),
-                        "forward.8x128.hooked_cache.median_ms",
-                        "forward.8x128.hooked.median_ms"
-                    ),
-                    0
-                ),
+                "**run_with_cache.** The cache copies nothing (`detach` only) but keeps every \
+                 activation alive until it is dropped: caching costs {} ms over the bridge \
+                 forward at 1x128 and {} ms at 8x128 here (HookedTransformer {} and {} ms{}). The \
+                 binaries keep freed memory for reuse (`lens_core::allocator::keep_freed_memory`: \
+                 glibc serves blocks up to 32 MiB from its heap and keeps up to 2 GiB freed); \
+                 without that every pass faults its activations' pages back in and the kernel \
+                 zeroes them (`perf`: `clear_page_erms`, `exc_page_fault`). Blocks over 32 MiB \
+                 (the 8x128 logits, 206 MB) are still mapped fresh for every pass.",
+                caching(Some(rust), "1x128", "bridge"),
+                caching(Some(rust), "8x128", "bridge"),
+                caching(Some(rust), "1x128", "hooked"),
+                caching(Some(rust), "8x128", "hooked"),
                 match python {
                     Some(_) => format!(
-                        ", and so does Python's TransformerBridge ({} ms at 1x128)",
-                        fmt_opt(
-                            diff(
-                                python,
-                                "forward.1x128.tl_bridge_cache.median_ms",
-                                "forward.1x128.tl_bridge.median_ms"
-                            ),
-                            0
-                        )
+                        "; Python's TransformerBridge {} ms at 1x128",
+                        caching(python, "1x128", "tl_bridge")
                     ),
                     None => String::new(),
                 }
@@ -1647,11 +1627,9 @@ fn cause(id: &str, rust: &Value, python: Option<&Value>) -> Option<(&'static str
         "kv_cache_vs_hf" => Some((
             "generation",
             format!(
-                "**Cached generation.** Each step runs one position through the same bridge \
-                 pass, so every token pays the bridge-forward overhead above (decomposed \
-                 LayerNorms, three q/k/v products and a `cat`, the mask fills, the zero-bias pass \
-                 over 50257 logits): {} ms per generated token more than the raw model here. The \
-                 same fixes apply.",
+                "**Cached generation.** Each step runs one position through the same kernels as \
+                 the raw model; the difference, {} ms per generated token here, is within this \
+                 machine's spread (the harness alternates which model runs first in each round).",
                 fmt_opt(
                     diff(
                         Some(rust),
@@ -1684,12 +1662,13 @@ fn cause(id: &str, rust: &Value, python: Option<&Value>) -> Option<(&'static str
             Some((
                 "backward",
                 format!(
-                    "**Backward hooks.** The backward half of one variant varies from run to run \
-                     on this machine as much as the bound allows (plain {}, hooked {} in this \
-                     run), so a median of a few samples can land on either side; compare the \
-                     fastest samples. A 15-repeat run while writing the harness gave hooked / \
-                     plain 0.92 on medians and 0.97 on the fastest samples: the 392 native hooks \
-                     (one C++ tensor hook and one call into Rust each) cost less than the noise.",
+                    "**Backward hooks.** A backward hook on `hook_scale`, `hook_normalized` or \
+                     `attn.{{q,k,v}}.hook_in` needs those values in the graph, so the hooked \
+                     pass takes the decomposed LayerNorms and three q/k/v products where the \
+                     plain pass takes the fused kernels; the 392 native hooks themselves (one \
+                     C++ tensor hook and one call into Rust each) cost less than the noise. The \
+                     backward half varies from run to run on this machine (plain {}, hooked {} \
+                     in this run); compare the fastest samples.",
                     spread("plain"),
                     spread("hooked")
                 ),
@@ -1704,31 +1683,56 @@ fn cause(id: &str, rust: &Value, python: Option<&Value>) -> Option<(&'static str
                 fmt_opt(r("load.stats.tokenizer_only.median_ms"), 0)
             ),
         )),
-        "suite_wall" => Some((
-            "suite_wall",
-            format!(
-                "**Suite wall time.** The suite is libtorch work in both languages: the Rust \
-                 suite used {} s of CPU, the Python suite {} s, so a faster host language cannot \
-                 reach 1/4 by itself; the Rust suite has to do less work. Its largest item is \
-                 `compare` (crates/bench-suite/src/compare.rs): for every tensor compared it \
-                 makes f64 copies of both sides, four boolean masks and two `masked_select` \
-                 copies. On a 38.6M-element tensor (`W_E`, `W_U` and their gradients) that takes \
-                 about 3.9 s on this machine, against about 0.4 s for a fast path \
-                 (`isfinite().all()` on both sides, then `max|a - b|` and `max|b|`, the masked \
-                 path only when some entry is not finite); `perf` puts half of \
-                 `weight_processing`'s time in the kernel zeroing fresh pages for those \
-                 temporaries (`clear_page_erms` 33 %, `exc_page_fault` 9 %). \
-                 `weight_processing` and `gradient_computation` (twice: every parameter's \
-                 gradient) are mostly `compare` (profile below, when run with \
-                 `--profile-suite`). After that \
-                 fix, the generation benchmarks (uncached greedy runs on four prompts) and the \
-                 forward/backward passes each benchmark repeats remain: one cached forward and \
-                 backward pass per model, shared by the benchmarks of a phase, would remove most \
-                 of them.",
+        "suite_wall" => {
+            Some((
+                "suite_wall",
+                format!(
+                "**Suite wall time.** Both suites are libtorch work on the same model: the Rust \
+                 suite used {} s of CPU, the Python suite {} s. Fixed on the way here: `compare` \
+                 and the parameter-gradient comparison made f64 copies, masks and \
+                 `masked_select` copies of every tensor (3.9 s for one 38.6M-entry tensor); they \
+                 now use streaming reductions (`aminmax` for max |x|, max |a - b| in 4M-entry \
+                 chunks), and the weight checks no longer build |w| or `isfinite` temporaries. \
+                 What remains is the passes themselves (profile below, {} s in all): the \
+                 generation benchmarks, {} s (about 150 greedy steps, each reading all 124M \
+                 weights from memory: ~40 ms a step on this machine, cached or not, as the \
+                 prompts are short); the gradient benchmarks, {} s (a forward and a backward \
+                 pass of both models per benchmark, three per phase); and ~25 benchmarks that \
+                 each run their own forward passes of both models, as the Python suite's do. \
+                 That is the bound: the generation and gradient benchmarks alone take more than \
+                 the {} s the target allows, so meeting it needs a suite that runs fewer passes \
+                 than Python's (one cached forward and one backward pass per model and phase, \
+                 shared by every benchmark that reads them; the generation checks on one \
+                 left-padded batch instead of prompt by prompt).",
                 fmt_opt(r("suite.cpu_s"), 1),
-                fmt_opt(p("suite.cpu_s"), 1)
+                fmt_opt(p("suite.cpu_s"), 1),
+                fmt_opt(r("suite_profile.total_s"), 1),
+                fmt_opt(
+                    profile_seconds(
+                        rust,
+                        &[
+                            "generation",
+                            "generation_with_kv_cache",
+                            "multiple_generation_calls"
+                        ]
+                    ),
+                    1
+                ),
+                fmt_opt(
+                    profile_seconds(
+                        rust,
+                        &[
+                            "gradient_computation",
+                            "critical_backward_hooks",
+                            "backward_hooks"
+                        ]
+                    ),
+                    1
+                ),
+                fmt_opt(p("suite.suite_s").or(Some(ANCHOR_SUITE_S)).map(|s| s / 4.0), 1),
             ),
-        )),
+            ))
+        }
         "suite_rss" => {
             // The interval of the profile with the highest RSS, if the suite was profiled.
             let peak_step = rust
@@ -1742,35 +1746,35 @@ fn cause(id: &str, rust: &Value, python: Option<&Value>) -> Option<(&'static str
                 });
             let where_ = match peak_step {
                 Some(s) => format!(
-                    "In the profile below the peak, {} MiB, is reached between `{}` and `{}` \
-                     (from {} MiB at its start). ",
+                    "In the profile below the peak, {} MiB, is reached in `{}` (from {} MiB at \
+                     its start). ",
                     fmt_opt(get(s, "rss_mib_peak"), 0),
-                    s.get("from").and_then(Value::as_str).unwrap_or("?"),
                     s.get("to").and_then(Value::as_str).unwrap_or("?"),
                     fmt_opt(get(s, "rss_mib_at_start"), 0)
                 ),
                 None => String::new(),
             };
+            let bound = p("suite.peak_rss_mb")
+                .or(Some(ANCHOR_SUITE_RSS_MB))
+                .map(|m| m / 2.0);
             Some((
                 "suite_rss",
                 format!(
-                    "**Suite peak RSS.** {where_}Two causes. (1) `compare`'s temporaries \
-                     (previous item): comparing `W_E`/`W_U` or their gradients (38.6M entries \
-                     each) makes f64 copies, masks and `masked_select` copies of both sides, \
-                     about 2 GB at once, in `gradient_computation` and `weight_processing`. \
-                     (2) The floor: two f32 copies of 124M parameters (2 x 475 MiB) plus, in the \
-                     gradient benchmarks, both models' full gradients (another 2 x 475 MiB) plus \
-                     libtorch's own ~0.4 GiB is about 2.3 GiB, already at the bound ({} MiB in \
-                     this run). Meeting it needs a `compare` that does not copy and gradient \
-                     benchmarks that never hold both models' full gradients at once (free each \
-                     model's gradients as soon as they are compared, or compare block by \
-                     block).",
-                    fmt_opt(
-                        p("suite.peak_rss_mb")
-                            .or(Some(ANCHOR_SUITE_RSS_MB))
-                            .map(|m| m / 2.0),
-                        0
-                    )
+                    "**Suite peak RSS.** {where_}`gradient_computation` compares every \
+                     parameter's gradient between the two models, so both models' full f32 \
+                     gradients exist at once next to both models' weights. In Phase 3 each \
+                     model holds {:.0} MiB (124M parameters plus the untied `W_U`), so weights \
+                     and gradients alone are {:.0} MiB, before libtorch's runtime and any \
+                     activation, against a bound of {} MiB. (`compare`'s f64 copies, about 2 GB \
+                     at once, were removed on the way here.) That is the bound: meeting it needs \
+                     a gradient comparison that never holds both gradient sets (compare each \
+                     parameter's gradient from a tensor hook during the second model's backward \
+                     pass and free the first model's as it goes), and even then one gradient set \
+                     and two models come to {:.0} MiB.",
+                    PHASE3_MODEL_MIB,
+                    4.0 * PHASE3_MODEL_MIB,
+                    fmt_opt(bound, 0),
+                    3.0 * PHASE3_MODEL_MIB,
                 ),
             ))
         }
@@ -1923,14 +1927,33 @@ fn render_markdown(rust: &Value, python: Option<&Value>, targets: &[Target]) -> 
         );
     }
 
+    let _ = writeln!(
+        out,
+        "\n### What the figures rest on\n\n\
+         * The bridge runs HuggingFace's fused kernels (`layer_norm`, one `c_attn` product) unless \
+         a hook edits an intermediate they skip (`HookPoint::run_noting_edits`: a replacement, an \
+         in-place change seen through the storage's version counter, or a backward hook); hooks \
+         that only read, `run_with_cache` included, leave the pass and its logits bit-identical \
+         (docs/bridge-hook-names.md).\n\
+         * The zero `b_U` the bridge adds is left out of the unembedding while it is zero and \
+         needs no gradient; the attention mask is built once per pass, and the empty-row fills \
+         of TransformerLens's softmax run only with a padding mask.\n\
+         * `tl-bench` and `tl-perf` call `lens_core::allocator::keep_freed_memory` (glibc keeps \
+         freed blocks up to 32 MiB for reuse instead of unmapping them); programs linking the \
+         crates can do the same.\n\
+         * The suite's comparisons are streaming reductions (`aminmax`, chunked differences), \
+         with no full-size f64 copies or masks unless some entry is not finite.\n\
+         * Timings: each figure is a median over repeats after a warm-up, with the models \
+         alternating; a sample taken while other processes kept a core busy is taken again.\n"
+    );
+
     let missed: Vec<&Target> = targets.iter().filter(|t| t.met == Some(false)).collect();
     if !missed.is_empty() {
         let _ = writeln!(
             out,
             "\n### Why targets are missed\n\n\
-             Causes found with this harness, `perf` and timing the pieces alone (the analysis \
-             behind the text is from when the harness was written; the figures in it are this \
-             run's). None of the fixes lies in the harness.\n"
+             Causes found with this harness, `perf` and timing the pieces alone; the figures in \
+             the text are this run's.\n"
         );
         let mut seen = std::collections::BTreeSet::new();
         for t in missed {
