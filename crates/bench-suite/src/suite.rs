@@ -317,16 +317,10 @@ fn compare_phase(
                 hooks::hook_functionality(bridge, Some(r), inputs, tolerance.activations),
                 progress,
             );
-            push(
-                "critical_forward_hooks",
-                hooks::critical_forward_hooks(bridge, r, inputs, tolerance.activations),
-                progress,
-            );
-            push(
-                "forward_hooks",
-                hooks::forward_hooks(bridge, r, inputs, tolerance.activations),
-                progress,
-            );
+            let [critical, all] =
+                hooks::critical_and_all_forward_hooks(bridge, r, inputs, tolerance.activations);
+            push("critical_forward_hooks", critical, progress);
+            push("forward_hooks", all, progress);
         }
         None => {
             for name in ["logits_equivalence", "loss_equivalence", "hook_registry"] {
@@ -376,16 +370,15 @@ fn compare_phase(
                 ),
                 progress,
             );
-            push(
-                "critical_backward_hooks",
-                backward::critical_backward_hooks(bridge, r, inputs, target, tolerance.gradients),
-                progress,
+            let [critical, all] = backward::critical_and_all_backward_hooks(
+                bridge,
+                r,
+                inputs,
+                target,
+                tolerance.gradients,
             );
-            push(
-                "backward_hooks",
-                backward::backward_hooks(bridge, r, inputs, target, tolerance.gradients),
-                progress,
-            );
+            push("critical_backward_hooks", critical, progress);
+            push("backward_hooks", all, progress);
         }
         None => {
             push("activation_cache", skipped("activation_cache"), progress);

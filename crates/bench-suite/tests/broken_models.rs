@@ -263,6 +263,14 @@ fn forward_benchmarks_fail_on_a_perturbed_activation() {
         hooks::critical_forward_hooks(&intact, &reference, &inputs, TOL),
         hooks::critical_forward_hooks(&broken, &reference, &inputs, TOL),
     );
+    // The suite's way: both from one recording per model.
+    let shared = |model| hooks::critical_and_all_forward_hooks(model, &reference, &inputs, TOL);
+    let ([intact_critical, intact_all], [broken_critical, broken_all]) =
+        (shared(&intact), shared(&broken));
+    assert_eq!(intact_critical.name, "critical_forward_hooks");
+    assert_eq!(intact_all.name, "forward_hooks");
+    fails_only_when_broken("critical_forward_hooks", intact_critical, broken_critical);
+    fails_only_when_broken("forward_hooks", intact_all, broken_all);
     fails_only_when_broken(
         "activation_cache",
         cache::activation_cache(&intact, &reference, &inputs, TOL),
@@ -292,6 +300,15 @@ fn backward_benchmarks_fail_on_a_perturbed_gradient() {
         backward::gradient_computation(&intact, Some(&reference), &inputs, t, TOL),
         backward::gradient_computation(&broken, Some(&reference), &inputs, t, TOL),
     );
+    // The suite's way: both hook-gradient benchmarks from one recording per model.
+    let shared =
+        |model| backward::critical_and_all_backward_hooks(model, &reference, &inputs, t, TOL);
+    let ([intact_critical, intact_all], [broken_critical, broken_all]) =
+        (shared(&intact), shared(&broken));
+    assert_eq!(intact_critical.name, "critical_backward_hooks");
+    assert_eq!(intact_all.name, "backward_hooks");
+    fails_only_when_broken("critical_backward_hooks", intact_critical, broken_critical);
+    fails_only_when_broken("backward_hooks", intact_all, broken_all);
 }
 
 #[test]

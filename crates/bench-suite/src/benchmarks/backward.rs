@@ -1,7 +1,9 @@
 //! Backward benchmarks: the gradient at every hook, and the gradients of the parameters.
 
 use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use hookpoint::ActivationCache;
 use lens_core::model::{ForwardOptions, LensModel, ModelResult};
 use tch::Tensor;
 
@@ -40,11 +42,6 @@ pub fn critical_backward_hooks(
     target: GradientTarget,
     tolerance: f64,
 ) -> BenchmarkResult {
-    let names: Vec<String> = CRITICAL_FORWARD_HOOKS
-        .iter()
-        .filter(|n| !matches!(**n, "hook_pos_embed" | "ln_final.hook_normalized"))
-        .map(|n| format!("{n}_grad"))
-        .collect();
     compare_gradients(
         "critical_backward_hooks",
         model,
@@ -52,8 +49,56 @@ pub fn critical_backward_hooks(
         inputs,
         target,
         tolerance,
-        Some(names),
+        Some(critical_gradient_names()),
     )
+}
+
+/// [`critical_backward_hooks`] and [`backward_hooks`], in that order, from one recorded forward
+/// and backward pass per model (the two compare the same recording on different names; the
+/// suite runs them this way to halve its backward passes).
+pub fn critical_and_all_backward_hooks(
+    model: &dyn LensModel,
+    reference: &dyn LensModel,
+    inputs: &Inputs,
+    target: GradientTarget,
+    tolerance: f64,
+) -> [BenchmarkResult; 2] {
+    let recorded = catch_unwind(AssertUnwindSafe(|| {
+        record_gradients(model, reference, inputs, target)
+    }));
+    let judge = |name: &str, names: Option<Vec<String>>| match &recorded {
+        Ok(Ok((ours, theirs))) => guarded(name, || {
+            Ok(judge_gradients(
+                name, ours, theirs, names, target, tolerance,
+            ))
+        }),
+        Ok(Err(error)) => BenchmarkResult::error(name, format!("could not run: {error}")),
+        Err(_) => BenchmarkResult::error(name, "panicked while recording the gradients"),
+    };
+    [
+        judge("critical_backward_hooks", Some(critical_gradient_names())),
+        judge("backward_hooks", None),
+    ]
+}
+
+fn critical_gradient_names() -> Vec<String> {
+    CRITICAL_FORWARD_HOOKS
+        .iter()
+        .filter(|n| !matches!(**n, "hook_pos_embed" | "ln_final.hook_normalized"))
+        .map(|n| format!("{n}_grad"))
+        .collect()
+}
+
+/// Every hook's activation and gradient for `target`, for the model and the reference.
+fn record_gradients(
+    model: &dyn LensModel,
+    reference: &dyn LensModel,
+    inputs: &Inputs,
+    target: GradientTarget,
+) -> ModelResult<(ActivationCache, ActivationCache)> {
+    let ours = capture(model, &inputs.tokens, Some(target))?;
+    let theirs = capture(reference, &inputs.tokens, Some(target)).map_err(reference_error)?;
+    Ok((ours, theirs))
 }
 
 fn compare_gradients(
@@ -66,45 +111,54 @@ fn compare_gradients(
     names: Option<Vec<String>>,
 ) -> BenchmarkResult {
     guarded(name, || {
-        let ours = capture(model, &inputs.tokens, Some(target))?;
-        let theirs = capture(reference, &inputs.tokens, Some(target)).map_err(reference_error)?;
-        let names = names.unwrap_or_else(|| {
-            theirs
-                .keys()
-                .filter(|k| k.ends_with("_grad"))
-                .map(str::to_owned)
-                .collect()
-        });
-        if names.is_empty() {
-            return Ok(BenchmarkResult::fail(
-                name,
-                "the reference recorded no gradient at all",
-            ));
-        }
-        let report = compare_caches(&ours, &theirs, Some(&names), tolerance);
-        Ok(
-            if report.missing.is_empty() && report.mismatches.is_empty() {
-                BenchmarkResult::pass(
-                    name,
-                    format!("all {} hook gradients match", report.compared),
-                )
-            } else {
-                BenchmarkResult::fail(
-                    name,
-                    format!(
-                        "{} gradient mismatches, {} missing",
-                        report.mismatches.len(),
-                        report.missing.len()
-                    ),
-                )
-                .with("mismatches", sample_of(&describe(&report.mismatches)))
-                .with("missing", sample_of(&report.missing))
-            }
-            .with("compared", report.compared)
-            .with("worst_err", report.worst)
-            .with("loss", format!("{target:?}")),
-        )
+        let (ours, theirs) = record_gradients(model, reference, inputs, target)?;
+        Ok(judge_gradients(
+            name, &ours, &theirs, names, target, tolerance,
+        ))
     })
+}
+
+/// Compares the recorded hook gradients `names` (every gradient the reference recorded when
+/// `None`).
+fn judge_gradients(
+    name: &str,
+    ours: &ActivationCache,
+    theirs: &ActivationCache,
+    names: Option<Vec<String>>,
+    target: GradientTarget,
+    tolerance: f64,
+) -> BenchmarkResult {
+    let names = names.unwrap_or_else(|| {
+        theirs
+            .keys()
+            .filter(|k| k.ends_with("_grad"))
+            .map(str::to_owned)
+            .collect()
+    });
+    if names.is_empty() {
+        return BenchmarkResult::fail(name, "the reference recorded no gradient at all");
+    }
+    let report = compare_caches(ours, theirs, Some(&names), tolerance);
+    if report.missing.is_empty() && report.mismatches.is_empty() {
+        BenchmarkResult::pass(
+            name,
+            format!("all {} hook gradients match", report.compared),
+        )
+    } else {
+        BenchmarkResult::fail(
+            name,
+            format!(
+                "{} gradient mismatches, {} missing",
+                report.mismatches.len(),
+                report.missing.len()
+            ),
+        )
+        .with("mismatches", sample_of(&describe(&report.mismatches)))
+        .with("missing", sample_of(&report.missing))
+    }
+    .with("compared", report.compared)
+    .with("worst_err", report.worst)
+    .with("loss", format!("{target:?}"))
 }
 
 /// Backward from `target` reaches every parameter, and (with a reference) each parameter's

@@ -1,9 +1,10 @@
 //! Hook benchmarks: names, firing, forward activations, and the effect of an ablation.
 
 use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 
-use hookpoint::{Hook, HookSpec, NamesFilter};
+use hookpoint::{ActivationCache, Hook, HookSpec, NamesFilter};
 use lens_core::model::{ForwardOptions, LensModel, ModelResult, ReturnType};
 use tch::Tensor;
 
@@ -109,50 +110,8 @@ pub fn forward_hooks(
 ) -> BenchmarkResult {
     let name = "forward_hooks";
     guarded(name, || {
-        let ours = capture(model, &inputs.tokens, None)?;
-        let theirs = capture(reference, &inputs.tokens, None).map_err(reference_error)?;
-        let report = compare_caches(&ours, &theirs, None, tolerance);
-        let mut silent = never_fired(model, &ours);
-        silent.extend(
-            never_fired(reference, &theirs)
-                .into_iter()
-                .map(|n| format!("{n} (reference)")),
-        );
-        let repeated: Vec<String> = firing_counts(model, &inputs.tokens)?
-            .into_iter()
-            .filter(|(_, c)| *c != 1)
-            .map(|(n, c)| format!("{n} fired {c} times"))
-            .collect();
-        let problems =
-            report.missing.len() + report.mismatches.len() + silent.len() + repeated.len();
-        let result = if problems == 0 {
-            BenchmarkResult::pass(
-                name,
-                format!(
-                    "all {} reference activations match; every hook fired once",
-                    report.compared
-                ),
-            )
-        } else {
-            BenchmarkResult::fail(
-                name,
-                format!(
-                    "{} mismatches, {} missing, {} never fired, {} fired more than once",
-                    report.mismatches.len(),
-                    report.missing.len(),
-                    silent.len(),
-                    repeated.len()
-                ),
-            )
-            .with("mismatches", sample_of(&describe(&report.mismatches)))
-            .with("missing", sample_of(&report.missing))
-            .with("never_fired", sample_of(&silent))
-            .with("fired_more_than_once", sample_of(&repeated))
-        };
-        Ok(result
-            .with("compared", report.compared)
-            .with("worst_err", report.worst)
-            .with("tolerance", tolerance))
+        let (ours, theirs) = record_activations(model, reference, inputs)?;
+        judge_all(name, model, reference, inputs, &ours, &theirs, tolerance)
     })
 }
 
@@ -165,34 +124,144 @@ pub fn critical_forward_hooks(
 ) -> BenchmarkResult {
     let name = "critical_forward_hooks";
     guarded(name, || {
-        let ours = capture(model, &inputs.tokens, None)?;
-        let theirs = capture(reference, &inputs.tokens, None).map_err(reference_error)?;
-        let names: Vec<String> = CRITICAL_FORWARD_HOOKS
-            .iter()
-            .map(|n| (*n).to_owned())
-            .collect();
-        let report = compare_caches(&ours, &theirs, Some(&names), tolerance);
-        Ok(
-            if report.missing.is_empty() && report.mismatches.is_empty() {
-                BenchmarkResult::pass(
-                    name,
-                    format!("all {} critical hooks match", report.compared),
-                )
-            } else {
-                BenchmarkResult::fail(
-                    name,
-                    format!(
-                        "{} missing, {} mismatches",
-                        report.missing.len(),
-                        report.mismatches.len()
-                    ),
-                )
-                .with("missing", report.missing.clone())
-                .with("mismatches", describe(&report.mismatches))
-            }
-            .with("worst_err", report.worst),
-        )
+        let (ours, theirs) = record_activations(model, reference, inputs)?;
+        Ok(judge_critical(name, &ours, &theirs, tolerance))
     })
+}
+
+/// [`critical_forward_hooks`] and [`forward_hooks`], in that order, from one recorded pass per
+/// model (the suite runs them this way to halve its passes).
+pub fn critical_and_all_forward_hooks(
+    model: &dyn LensModel,
+    reference: &dyn LensModel,
+    inputs: &Inputs,
+    tolerance: f64,
+) -> [BenchmarkResult; 2] {
+    let recorded = catch_unwind(AssertUnwindSafe(|| {
+        record_activations(model, reference, inputs)
+    }));
+    let failed = |name: &str| match &recorded {
+        Ok(Err(error)) => BenchmarkResult::error(name, format!("could not run: {error}")),
+        _ => BenchmarkResult::error(name, "panicked while recording the activations"),
+    };
+    match &recorded {
+        Ok(Ok((ours, theirs))) => [
+            guarded("critical_forward_hooks", || {
+                Ok(judge_critical(
+                    "critical_forward_hooks",
+                    ours,
+                    theirs,
+                    tolerance,
+                ))
+            }),
+            guarded("forward_hooks", || {
+                judge_all(
+                    "forward_hooks",
+                    model,
+                    reference,
+                    inputs,
+                    ours,
+                    theirs,
+                    tolerance,
+                )
+            }),
+        ],
+        _ => [failed("critical_forward_hooks"), failed("forward_hooks")],
+    }
+}
+
+/// Every hook's activation (no gradients), for the model and the reference.
+fn record_activations(
+    model: &dyn LensModel,
+    reference: &dyn LensModel,
+    inputs: &Inputs,
+) -> ModelResult<(ActivationCache, ActivationCache)> {
+    let ours = capture(model, &inputs.tokens, None)?;
+    let theirs = capture(reference, &inputs.tokens, None).map_err(reference_error)?;
+    Ok((ours, theirs))
+}
+
+fn judge_all(
+    name: &str,
+    model: &dyn LensModel,
+    reference: &dyn LensModel,
+    inputs: &Inputs,
+    ours: &ActivationCache,
+    theirs: &ActivationCache,
+    tolerance: f64,
+) -> ModelResult<BenchmarkResult> {
+    let report = compare_caches(ours, theirs, None, tolerance);
+    let mut silent = never_fired(model, ours);
+    silent.extend(
+        never_fired(reference, theirs)
+            .into_iter()
+            .map(|n| format!("{n} (reference)")),
+    );
+    let repeated: Vec<String> = firing_counts(model, &inputs.tokens)?
+        .into_iter()
+        .filter(|(_, c)| *c != 1)
+        .map(|(n, c)| format!("{n} fired {c} times"))
+        .collect();
+    let problems = report.missing.len() + report.mismatches.len() + silent.len() + repeated.len();
+    let result = if problems == 0 {
+        BenchmarkResult::pass(
+            name,
+            format!(
+                "all {} reference activations match; every hook fired once",
+                report.compared
+            ),
+        )
+    } else {
+        BenchmarkResult::fail(
+            name,
+            format!(
+                "{} mismatches, {} missing, {} never fired, {} fired more than once",
+                report.mismatches.len(),
+                report.missing.len(),
+                silent.len(),
+                repeated.len()
+            ),
+        )
+        .with("mismatches", sample_of(&describe(&report.mismatches)))
+        .with("missing", sample_of(&report.missing))
+        .with("never_fired", sample_of(&silent))
+        .with("fired_more_than_once", sample_of(&repeated))
+    };
+    Ok(result
+        .with("compared", report.compared)
+        .with("worst_err", report.worst)
+        .with("tolerance", tolerance))
+}
+
+fn judge_critical(
+    name: &str,
+    ours: &ActivationCache,
+    theirs: &ActivationCache,
+    tolerance: f64,
+) -> BenchmarkResult {
+    let names: Vec<String> = CRITICAL_FORWARD_HOOKS
+        .iter()
+        .map(|n| (*n).to_owned())
+        .collect();
+    let report = compare_caches(ours, theirs, Some(&names), tolerance);
+    if report.missing.is_empty() && report.mismatches.is_empty() {
+        BenchmarkResult::pass(
+            name,
+            format!("all {} critical hooks match", report.compared),
+        )
+    } else {
+        BenchmarkResult::fail(
+            name,
+            format!(
+                "{} missing, {} mismatches",
+                report.missing.len(),
+                report.mismatches.len()
+            ),
+        )
+        .with("missing", report.missing.clone())
+        .with("mismatches", describe(&report.mismatches))
+    }
+    .with("worst_err", report.worst)
 }
 
 /// Zero-ablates head 0 of block 0's values and measures the loss change; the change must be
