@@ -107,6 +107,8 @@ pub fn run_benchmark_suite(
         if let Some(reference) = reference.as_mut() {
             reference.process_weights(ProcessingOptions::default())?;
         }
+        // Processing replaced most weights of both models: the old ones go back to the kernel.
+        lens_core::allocator::release_freed_memory();
         results.extend(processed_checks(
             &bridge,
             reference.as_ref().map(|r| r as &dyn LensModel),

@@ -13,9 +13,21 @@
 //! linking the crates can do the same.
 
 /// Keeps freed memory in the process for reuse (see the module documentation). Returns whether
-/// the allocator accepted the settings; always `false` off glibc, where nothing is changed.
+/// the settings were applied: `false` off glibc, and when the environment variable
+/// `TLRS_KEEP_FREED_MEMORY` is `0` (glibc's defaults stay: a lower resident set between passes,
+/// slower passes).
 pub fn keep_freed_memory() -> bool {
+    if std::env::var_os("TLRS_KEEP_FREED_MEMORY").is_some_and(|v| v == "0") {
+        return false;
+    }
     imp::keep_freed_memory()
+}
+
+/// Hands the freed memory the allocator keeps back to the kernel now (glibc's `malloc_trim`), for
+/// a moment after which the process holds much less than before (a model's weights replaced).
+/// Returns whether any memory was released; `false` off glibc.
+pub fn release_freed_memory() -> bool {
+    imp::release_freed_memory()
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -24,6 +36,12 @@ mod imp {
 
     extern "C" {
         fn mallopt(param: c_int, value: c_int) -> c_int;
+        fn malloc_trim(pad: usize) -> c_int;
+    }
+
+    pub(super) fn release_freed_memory() -> bool {
+        // SAFETY: malloc_trim only returns free heap memory to the kernel.
+        unsafe { malloc_trim(0) == 1 }
     }
 
     /// glibc's `M_TRIM_THRESHOLD`.
@@ -47,6 +65,10 @@ mod imp {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 mod imp {
     pub(super) fn keep_freed_memory() -> bool {
+        false
+    }
+
+    pub(super) fn release_freed_memory() -> bool {
         false
     }
 }
