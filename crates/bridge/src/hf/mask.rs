@@ -9,8 +9,10 @@ pub(crate) struct AttentionMask {
     /// `[b | 1, 1, q, k]` booleans, true where query `i` (absolute position `past_len + i`) may
     /// attend to key `j`: `j <= past_len + i` and key `j` is not padding.
     allowed: Tensor,
-    /// `!allowed`, where TransformerLens writes `-inf`.
-    blocked: Tensor,
+    /// `!allowed`, where TransformerLens writes `-inf`; `None` when nothing is blocked (one
+    /// new position without a padding mask, as in each step of cached generation: the causal
+    /// mask allows every earlier key).
+    blocked: Option<Tensor>,
     /// `[b, 1, q, 1]`, true for a query with no allowed key (a left-padding position); `None`
     /// without a padding mask, where the causal mask always allows the query's own position.
     no_key: Option<Tensor>,
@@ -40,7 +42,7 @@ impl AttentionMask {
             }
             None => (causal, None),
         };
-        let blocked = allowed.logical_not();
+        let blocked = (attention_mask.is_some() || q_len > 1).then(|| allowed.logical_not());
         AttentionMask {
             allowed,
             blocked,
@@ -73,7 +75,10 @@ pub(crate) fn apply(
             let min = Tensor::full([], finfo_min(mask_kind), (scores.kind(), scores.device()));
             scores + zero.where_self(&mask.allowed, &min)
         }
-        MaskStyle::NegInf => scores.masked_fill(&mask.blocked, f64::NEG_INFINITY),
+        MaskStyle::NegInf => match &mask.blocked {
+            Some(blocked) => scores.masked_fill(blocked, f64::NEG_INFINITY),
+            None => scores.shallow_clone(),
+        },
     }
 }
 
