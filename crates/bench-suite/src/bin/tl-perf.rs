@@ -221,7 +221,9 @@ fn time_ms<T>(device: Device, f: impl FnOnce() -> T) -> (f64, T) {
 type Variant<'a> = (&'a str, Box<dyn FnMut() -> AnyResult<()> + 'a>);
 
 /// Runs every variant `warmup` times, then `repeats` rounds of all variants in turn
-/// (interleaved, so slow phases of a shared machine hit every variant alike). A sample during
+/// (interleaved, so slow phases of a shared machine hit every variant alike; each round starts
+/// one variant later, so no variant always follows the same one, whose freed memory it would
+/// always find in the same state). A sample during
 /// which other processes kept more than [`BUSY_LIMIT`] cores busy is taken again (at most
 /// [`RETRIES`] times); how many were retaken is recorded.
 fn interleaved(
@@ -238,8 +240,10 @@ fn interleaved(
     let n = variants.len();
     let (mut samples, mut others, mut retaken) =
         (vec![Vec::new(); n], vec![Vec::new(); n], vec![0; n]);
-    for _ in 0..repeats {
-        for (i, (name, f)) in variants.iter_mut().enumerate() {
+    for round in 0..repeats {
+        for step in 0..n {
+            let i = (round + step) % n;
+            let (name, f) = &mut variants[i];
             let (ms, busy, again, ()) =
                 quiet_sample(device, RETRIES, &mut *f).map_err(|e| format!("{name}: {e}"))?;
             samples[i].push(ms);

@@ -360,7 +360,7 @@ fn attention<T: Tap>(
     };
     let scores = tap.at(
         s(BlockSite::AttnScores),
-        mask::apply(&scores, allowed, style, model_kind),
+        mask::apply(scores, allowed, style, model_kind),
     )?;
     let pattern = mask::softmax(&scores, allowed, style).to_kind(model_kind);
     let pattern = tap.at(s(BlockSite::Pattern), pattern)?;

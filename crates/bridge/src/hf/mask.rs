@@ -62,9 +62,12 @@ pub(crate) fn finfo_min(kind: Kind) -> f64 {
 }
 
 /// Applies the mask to `scores` `[b, h, q, k]` in `style`. `mask_kind` is the kind HuggingFace
-/// builds its additive mask in (the model's).
+/// builds its additive mask in (the model's). TransformerLens's `-inf` is written in place: the
+/// scores are this pass's own fresh tensor, and no backward function keeps them (the product and
+/// the scalar scaling that make them save only their inputs), so this saves a copy of
+/// `[b, h, q, k]` per layer.
 pub(crate) fn apply(
-    scores: &Tensor,
+    scores: Tensor,
     mask: &AttentionMask,
     style: MaskStyle,
     mask_kind: Kind,
@@ -76,8 +79,12 @@ pub(crate) fn apply(
             scores + zero.where_self(&mask.allowed, &min)
         }
         MaskStyle::NegInf => match &mask.blocked {
-            Some(blocked) => scores.masked_fill(blocked, f64::NEG_INFINITY),
-            None => scores.shallow_clone(),
+            Some(blocked) => {
+                let mut scores = scores;
+                let _ = scores.masked_fill_(blocked, f64::NEG_INFINITY);
+                scores
+            }
+            None => scores,
         },
     }
 }
