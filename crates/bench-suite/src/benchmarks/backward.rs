@@ -9,7 +9,8 @@ use tch::Tensor;
 
 use super::hooks::CRITICAL_FORWARD_HOOKS;
 use super::{
-    capture, compare_caches, describe, guarded, reference_error, sample_of, GradientTarget, Inputs,
+    capture_both, compare_caches, describe, guarded, reference_error, sample_of, GradientTarget,
+    Inputs,
 };
 use crate::compare::{compare_at_scale, max_abs, Comparison};
 use crate::result::BenchmarkResult;
@@ -64,7 +65,7 @@ pub fn critical_and_all_backward_hooks(
     tolerance: f64,
 ) -> [BenchmarkResult; 2] {
     let recorded = catch_unwind(AssertUnwindSafe(|| {
-        record_gradients(model, reference, inputs, target)
+        capture_both(model, reference, inputs, Some(target))
     }));
     let judge = |name: &str, names: Option<Vec<String>>| match &recorded {
         Ok(Ok((ours, theirs))) => guarded(name, || {
@@ -89,18 +90,6 @@ fn critical_gradient_names() -> Vec<String> {
         .collect()
 }
 
-/// Every hook's activation and gradient for `target`, for the model and the reference.
-fn record_gradients(
-    model: &dyn LensModel,
-    reference: &dyn LensModel,
-    inputs: &Inputs,
-    target: GradientTarget,
-) -> ModelResult<(ActivationCache, ActivationCache)> {
-    let ours = capture(model, &inputs.tokens, Some(target))?;
-    let theirs = capture(reference, &inputs.tokens, Some(target)).map_err(reference_error)?;
-    Ok((ours, theirs))
-}
-
 fn compare_gradients(
     name: &str,
     model: &dyn LensModel,
@@ -111,7 +100,7 @@ fn compare_gradients(
     names: Option<Vec<String>>,
 ) -> BenchmarkResult {
     guarded(name, || {
-        let (ours, theirs) = record_gradients(model, reference, inputs, target)?;
+        let (ours, theirs) = capture_both(model, reference, inputs, Some(target))?;
         Ok(judge_gradients(
             name, &ours, &theirs, names, target, tolerance,
         ))

@@ -3,7 +3,8 @@
 use lens_core::model::LensModel;
 
 use super::{
-    capture, compare_caches, describe, guarded, never_fired, reference_error, sample_of, Inputs,
+    capture, capture_both, compare_caches, describe, guarded, never_fired, reference_error,
+    sample_of, Inputs,
 };
 use crate::result::BenchmarkResult;
 
@@ -62,8 +63,7 @@ pub fn activation_cache(
 ) -> BenchmarkResult {
     let name = "activation_cache";
     guarded(name, || {
-        let ours = capture(model, &inputs.tokens, None)?;
-        let theirs = capture(reference, &inputs.tokens, None).map_err(reference_error)?;
+        let (ours, theirs) = capture_both(model, reference, inputs, None)?;
         let report = compare_caches(&ours, &theirs, None, tolerance);
         Ok(
             if report.missing.is_empty() && report.mismatches.is_empty() && report.compared > 0 {

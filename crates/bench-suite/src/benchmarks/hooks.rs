@@ -9,7 +9,8 @@ use lens_core::model::{ForwardOptions, LensModel, ModelResult, ReturnType};
 use tch::Tensor;
 
 use super::{
-    capture, compare_caches, describe, guarded, never_fired, reference_error, sample_of, Inputs,
+    capture_both, compare_caches, describe, guarded, never_fired, reference_error, sample_of,
+    Inputs,
 };
 use crate::compare::compare;
 use crate::result::BenchmarkResult;
@@ -110,7 +111,7 @@ pub fn forward_hooks(
 ) -> BenchmarkResult {
     let name = "forward_hooks";
     guarded(name, || {
-        let (ours, theirs) = record_activations(model, reference, inputs)?;
+        let (ours, theirs) = capture_both(model, reference, inputs, None)?;
         judge_all(name, model, reference, inputs, &ours, &theirs, tolerance)
     })
 }
@@ -124,7 +125,7 @@ pub fn critical_forward_hooks(
 ) -> BenchmarkResult {
     let name = "critical_forward_hooks";
     guarded(name, || {
-        let (ours, theirs) = record_activations(model, reference, inputs)?;
+        let (ours, theirs) = capture_both(model, reference, inputs, None)?;
         Ok(judge_critical(name, &ours, &theirs, tolerance))
     })
 }
@@ -138,7 +139,7 @@ pub fn critical_and_all_forward_hooks(
     tolerance: f64,
 ) -> [BenchmarkResult; 2] {
     let recorded = catch_unwind(AssertUnwindSafe(|| {
-        record_activations(model, reference, inputs)
+        capture_both(model, reference, inputs, None)
     }));
     let failed = |name: &str| match &recorded {
         Ok(Err(error)) => BenchmarkResult::error(name, format!("could not run: {error}")),
@@ -168,17 +169,6 @@ pub fn critical_and_all_forward_hooks(
         ],
         _ => [failed("critical_forward_hooks"), failed("forward_hooks")],
     }
-}
-
-/// Every hook's activation (no gradients), for the model and the reference.
-fn record_activations(
-    model: &dyn LensModel,
-    reference: &dyn LensModel,
-    inputs: &Inputs,
-) -> ModelResult<(ActivationCache, ActivationCache)> {
-    let ours = capture(model, &inputs.tokens, None)?;
-    let theirs = capture(reference, &inputs.tokens, None).map_err(reference_error)?;
-    Ok((ours, theirs))
 }
 
 fn judge_all(

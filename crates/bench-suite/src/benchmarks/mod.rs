@@ -90,6 +90,18 @@ pub fn capture(
     Ok(cache)
 }
 
+/// [`capture`] of the model and of the reference (whose errors are marked as the reference's).
+pub fn capture_both(
+    model: &dyn LensModel,
+    reference: &dyn LensModel,
+    inputs: &Inputs,
+    target: Option<GradientTarget>,
+) -> ModelResult<(ActivationCache, ActivationCache)> {
+    let ours = capture(model, &inputs.tokens, target)?;
+    let theirs = capture(reference, &inputs.tokens, target).map_err(reference_error)?;
+    Ok((ours, theirs))
+}
+
 /// Hook points of `model` that are not gated off but are absent from `cache` (never fired).
 pub fn never_fired(model: &dyn LensModel, cache: &ActivationCache) -> Vec<String> {
     let registry = model.hooks();

@@ -1566,6 +1566,18 @@ fn profile_seconds(rust: &Value, names: &[&str]) -> Option<f64> {
     )
 }
 
+/// "min-max ms" of the samples at `pointer` (a JSON pointer to an array of milliseconds).
+fn sample_range(v: &Value, pointer: &str) -> String {
+    let samples: Vec<f64> = v
+        .pointer(pointer)
+        .and_then(Value::as_array)
+        .map(|v| v.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default();
+    let lo = samples.iter().copied().fold(f64::NAN, f64::min);
+    let hi = samples.iter().copied().fold(f64::NAN, f64::max);
+    format!("{}-{} ms", fmt_opt(Some(lo), 0), fmt_opt(Some(hi), 0))
+}
+
 /// Why a target is missed: (a key shared by targets with one cause, the explanation).
 fn cause(id: &str, rust: &Value, python: Option<&Value>) -> Option<(&'static str, String)> {
     let r = |path: &str| get(rust, path);
@@ -1635,16 +1647,8 @@ fn cause(id: &str, rust: &Value, python: Option<&Value>) -> Option<(&'static str
             ),
         )),
         "kv_cache_vs_hf" => {
-            let range = |k: &str| {
-                let samples: Vec<f64> = rust
-                    .pointer(&format!("/generation/{k}/stat/samples_ms"))
-                    .and_then(Value::as_array)
-                    .map(|v| v.iter().filter_map(Value::as_f64).collect())
-                    .unwrap_or_default();
-                let lo = samples.iter().copied().fold(f64::NAN, f64::min);
-                let hi = samples.iter().copied().fold(f64::NAN, f64::max);
-                format!("{}-{} ms", fmt_opt(Some(lo), 0), fmt_opt(Some(hi), 0))
-            };
+            let range =
+                |k: &str| sample_range(rust, &format!("/generation/{k}/stat/samples_ms"));
             Some((
                 "generation",
                 format!(
@@ -1678,16 +1682,8 @@ fn cause(id: &str, rust: &Value, python: Option<&Value>) -> Option<(&'static str
                 .to_owned(),
         )),
         "backward_hooks_total" | "backward_hooks_backward_only" => {
-            let spread = |k: &str| {
-                let samples: Vec<f64> = rust
-                    .pointer(&format!("/backward/{k}/backward/samples_ms"))
-                    .and_then(Value::as_array)
-                    .map(|v| v.iter().filter_map(Value::as_f64).collect())
-                    .unwrap_or_default();
-                let lo = samples.iter().copied().fold(f64::NAN, f64::min);
-                let hi = samples.iter().copied().fold(f64::NAN, f64::max);
-                format!("{}-{} ms", fmt_opt(Some(lo), 0), fmt_opt(Some(hi), 0))
-            };
+            let spread =
+                |k: &str| sample_range(rust, &format!("/backward/{k}/backward/samples_ms"));
             Some((
                 "backward",
                 format!(
