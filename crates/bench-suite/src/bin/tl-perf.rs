@@ -1961,8 +1961,10 @@ fn render_markdown(rust: &Value, python: Option<&Value>, targets: &[Target]) -> 
          that only read, `run_with_cache` included, leave the pass and its logits bit-identical \
          (docs/bridge-hook-names.md).\n\
          * The zero `b_U` the bridge adds is left out of the unembedding while it is zero and \
-         needs no gradient; the attention mask is built once per pass, and the empty-row fills \
-         of TransformerLens's softmax run only with a padding mask.\n\
+         needs no gradient; the attention mask is built once per pass, TransformerLens's `-inf` \
+         is written in place (and not at all for one new position without padding, where \
+         nothing is masked), and the empty-row fills of its softmax run only with a padding \
+         mask.\n\
          * `tl-bench` and `tl-perf` call `lens_core::allocator::keep_freed_memory` (glibc keeps \
          freed blocks up to 32 MiB for reuse instead of unmapping them); programs linking the \
          crates can do the same.\n\
