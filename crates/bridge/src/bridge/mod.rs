@@ -266,25 +266,21 @@ impl TransformerBridge {
         options: &ForwardOptions,
         cache: Option<&mut KvCache>,
     ) -> ModelResult<ForwardOutput> {
-        let device = self.hf.device();
         let past_len = cache.as_ref().map_or(0, |c| c.len());
         let cfg = self.hf.config();
-        let ids = input::tokens(tokens, cfg.vocab_size, cfg.n_ctx, past_len, device)?;
-        let (batch, len) = (ids.size()[0], ids.size()[1]);
-        let mask = input::attention_mask(options.attention_mask, batch, past_len + len, device)?;
-        let positions = mask
-            .as_ref()
-            .map(|m| hf_position_ids(m).narrow(1, past_len, len));
+        let mut inputs = self
+            .hf
+            .check_inputs(tokens, options.attention_mask, None, past_len)?;
+        let len = inputs.ids.size()[1];
+        // With padding, HuggingFace's generate-style positions (`cumsum(mask) - 1`), which are in
+        // range by construction.
+        if let Some(mask) = &inputs.mask {
+            inputs.positions = hf_position_ids(mask).narrow(1, past_len, len);
+        }
         let stop = options.stop_at_layer.filter(|&s| s < cfg.n_layer as usize);
-        let pass = self.hf.pass_until(
-            &self.tap(),
-            &ids,
-            mask.as_ref(),
-            positions.as_ref(),
-            cache,
-            false,
-            stop,
-        )?;
+        let pass = self
+            .hf
+            .pass_checked(&self.tap(), &inputs, cache, false, stop)?;
         if pass.residual.is_some() {
             return Ok(ForwardOutput {
                 logits: None,
@@ -303,10 +299,10 @@ impl TransformerBridge {
                         "the loss needs at least two positions".into(),
                     ));
                 }
-                let loss_mask = mask.as_ref().map(|m| m.narrow(1, past_len, len));
+                let loss_mask = inputs.mask.as_ref().map(|m| m.narrow(1, past_len, len));
                 Some(lens_core::model::lm_cross_entropy_loss(
                     &logits,
-                    &ids,
+                    &inputs.ids,
                     loss_mask.as_ref(),
                     options.loss_per_token,
                 ))

@@ -177,15 +177,9 @@ impl Gpt2LMHeadModel {
         cache: Option<&mut KvCache>,
         output_hidden_states: bool,
     ) -> ModelResult<forward::PassOutput> {
-        self.pass_until(
-            tap,
-            input_ids,
-            attention_mask,
-            position_ids,
-            cache,
-            output_hidden_states,
-            None,
-        )
+        let past_len = cache.as_ref().map_or(0, |c| c.len());
+        let inputs = self.check_inputs(input_ids, attention_mask, position_ids, past_len)?;
+        self.pass_checked(tap, &inputs, cache, output_hidden_states, None)
     }
 
     /// The names [`Gpt2LMHeadModel::run_component`] accepts.
@@ -210,20 +204,17 @@ impl Gpt2LMHeadModel {
         forward::component(&self.config, &self.params, tap, name, input)
     }
 
-    /// [`Gpt2LMHeadModel::pass`], stopping before block `stop_at_layer`.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn pass_until<T: Tap>(
+    /// Checks a pass's inputs and brings them to the model's device: token ids (range, length
+    /// with `past_len` cached positions), the attention mask over cached and new positions, and
+    /// position ids (HuggingFace's default without them: `past_len..`).
+    pub(crate) fn check_inputs(
         &self,
-        tap: &T,
         input_ids: &Tensor,
         attention_mask: Option<&Tensor>,
         position_ids: Option<&Tensor>,
-        cache: Option<&mut KvCache>,
-        output_hidden_states: bool,
-        stop_at_layer: Option<usize>,
-    ) -> ModelResult<forward::PassOutput> {
+        past_len: i64,
+    ) -> ModelResult<CheckedInputs> {
         let device = self.device();
-        let past_len = cache.as_ref().map_or(0, |c| c.len());
         let ids = input::tokens(
             input_ids,
             self.config.vocab_size,
@@ -232,6 +223,29 @@ impl Gpt2LMHeadModel {
             device,
         )?;
         let (batch, q_len) = (ids.size()[0], ids.size()[1]);
+        let mask = input::attention_mask(attention_mask, batch, past_len + q_len, device)?;
+        let positions = match position_ids {
+            Some(p) => input::position_ids(p, batch, q_len, self.config.n_positions, device)?,
+            None => mask::arange_positions(batch, q_len, past_len, device),
+        };
+        Ok(CheckedInputs {
+            ids,
+            mask,
+            positions,
+        })
+    }
+
+    /// One pass over inputs from [`Gpt2LMHeadModel::check_inputs`], stopping before block
+    /// `stop_at_layer`.
+    pub(crate) fn pass_checked<T: Tap>(
+        &self,
+        tap: &T,
+        inputs: &CheckedInputs,
+        cache: Option<&mut KvCache>,
+        output_hidden_states: bool,
+        stop_at_layer: Option<usize>,
+    ) -> ModelResult<forward::PassOutput> {
+        let batch = inputs.ids.size()[0];
         if let Some(cache) = cache.as_ref() {
             if let Some((k, _)) = cache.layer(0) {
                 if k.size()[0] != batch {
@@ -242,19 +256,14 @@ impl Gpt2LMHeadModel {
                 }
             }
         }
-        let mask = input::attention_mask(attention_mask, batch, past_len + q_len, device)?;
-        let positions = match position_ids {
-            Some(p) => input::position_ids(p, batch, q_len, self.config.n_positions, device)?,
-            None => mask::arange_positions(batch, q_len, past_len, device),
-        };
         forward::forward(
             &self.config,
             &self.params,
             tap,
             PassInput {
-                input_ids: &ids,
-                position_ids: &positions,
-                attention_mask: mask.as_ref(),
+                input_ids: &inputs.ids,
+                position_ids: &inputs.positions,
+                attention_mask: inputs.mask.as_ref(),
                 cache,
                 stop_at_layer,
                 output_hidden_states,
@@ -285,6 +294,17 @@ impl Gpt2LMHeadModel {
             self.device(),
         )
     }
+}
+
+/// A pass's inputs, checked and on the model's device (see
+/// [`Gpt2LMHeadModel::check_inputs`]).
+pub(crate) struct CheckedInputs {
+    /// `[b, q]` int64 token ids.
+    pub ids: Tensor,
+    /// `[b, past + q]` int64, 1 for real tokens; `None`: every token is real.
+    pub mask: Option<Tensor>,
+    /// `[b | 1, q]` int64 position ids.
+    pub positions: Tensor,
 }
 
 /// The GPT-2 config of `config`, or [`ModelError::Unsupported`].
