@@ -1,7 +1,6 @@
 //! Backward benchmarks: the gradient at every hook, and the gradients of the parameters.
 
 use std::collections::BTreeMap;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use hookpoint::ActivationCache;
 use lens_core::model::{ForwardOptions, LensModel, ModelResult};
@@ -9,8 +8,8 @@ use tch::Tensor;
 
 use super::hooks::CRITICAL_FORWARD_HOOKS;
 use super::{
-    capture_both, compare_caches, describe, guarded, reference_error, sample_of, GradientTarget,
-    Inputs,
+    capture_both, compare_caches, describe, guarded, judge_one_recording, reference_error,
+    sample_of, GradientTarget, Inputs,
 };
 use crate::compare::{compare_at_scale, max_abs, Comparison};
 use crate::result::BenchmarkResult;
@@ -64,22 +63,25 @@ pub fn critical_and_all_backward_hooks(
     target: GradientTarget,
     tolerance: f64,
 ) -> [BenchmarkResult; 2] {
-    let recorded = catch_unwind(AssertUnwindSafe(|| {
-        capture_both(model, reference, inputs, Some(target))
-    }));
-    let judge = |name: &str, names: Option<Vec<String>>| match &recorded {
-        Ok(Ok((ours, theirs))) => guarded(name, || {
-            Ok(judge_gradients(
-                name, ours, theirs, names, target, tolerance,
-            ))
-        }),
-        Ok(Err(error)) => BenchmarkResult::error(name, format!("could not run: {error}")),
-        Err(_) => BenchmarkResult::error(name, "panicked while recording the gradients"),
-    };
-    [
-        judge("critical_backward_hooks", Some(critical_gradient_names())),
-        judge("backward_hooks", None),
-    ]
+    let critical = "critical_backward_hooks";
+    let all = "backward_hooks";
+    judge_one_recording(
+        model,
+        reference,
+        inputs,
+        Some(target),
+        [
+            (critical, &|ours, theirs| {
+                let names = Some(critical_gradient_names());
+                Ok(judge_gradients(
+                    critical, ours, theirs, names, target, tolerance,
+                ))
+            }),
+            (all, &|ours, theirs| {
+                Ok(judge_gradients(all, ours, theirs, None, target, tolerance))
+            }),
+        ],
+    )
 }
 
 fn critical_gradient_names() -> Vec<String> {

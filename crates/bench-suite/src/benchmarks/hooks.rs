@@ -1,7 +1,6 @@
 //! Hook benchmarks: names, firing, forward activations, and the effect of an ablation.
 
 use std::collections::BTreeMap;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 
 use hookpoint::{ActivationCache, Hook, HookSpec, NamesFilter};
@@ -9,8 +8,8 @@ use lens_core::model::{ForwardOptions, LensModel, ModelResult, ReturnType};
 use tch::Tensor;
 
 use super::{
-    capture_both, compare_caches, describe, guarded, never_fired, reference_error, sample_of,
-    Inputs,
+    capture_both, compare_caches, describe, guarded, judge_one_recording, never_fired,
+    reference_error, sample_of, Inputs,
 };
 use crate::compare::compare;
 use crate::result::BenchmarkResult;
@@ -138,37 +137,22 @@ pub fn critical_and_all_forward_hooks(
     inputs: &Inputs,
     tolerance: f64,
 ) -> [BenchmarkResult; 2] {
-    let recorded = catch_unwind(AssertUnwindSafe(|| {
-        capture_both(model, reference, inputs, None)
-    }));
-    let failed = |name: &str| match &recorded {
-        Ok(Err(error)) => BenchmarkResult::error(name, format!("could not run: {error}")),
-        _ => BenchmarkResult::error(name, "panicked while recording the activations"),
-    };
-    match &recorded {
-        Ok(Ok((ours, theirs))) => [
-            guarded("critical_forward_hooks", || {
-                Ok(judge_critical(
-                    "critical_forward_hooks",
-                    ours,
-                    theirs,
-                    tolerance,
-                ))
+    let critical = "critical_forward_hooks";
+    let all = "forward_hooks";
+    judge_one_recording(
+        model,
+        reference,
+        inputs,
+        None,
+        [
+            (critical, &|ours, theirs| {
+                Ok(judge_critical(critical, ours, theirs, tolerance))
             }),
-            guarded("forward_hooks", || {
-                judge_all(
-                    "forward_hooks",
-                    model,
-                    reference,
-                    inputs,
-                    ours,
-                    theirs,
-                    tolerance,
-                )
+            (all, &|ours, theirs| {
+                judge_all(all, model, reference, inputs, ours, theirs, tolerance)
             }),
         ],
-        _ => [failed("critical_forward_hooks"), failed("forward_hooks")],
-    }
+    )
 }
 
 fn judge_all(
