@@ -189,20 +189,26 @@ pub fn ensure_venv(venv: &Path) -> Result<PathBuf, String> {
     Ok(python)
 }
 
+/// `python -m pip install --quiet --disable-pip-version-check`, for the caller to name what.
+pub fn pip_install(python: &Path) -> Command {
+    let mut command = Command::new(python);
+    command.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ]);
+    command
+}
+
 fn install_into_venv(venv: &Path) -> Result<(), String> {
     let python = ensure_venv(venv)?;
     println!(
         "installing torch=={TORCH_VERSION} from PyPI into {} (about 5 GB, a few minutes)",
         venv.display()
     );
-    let status = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
+    let status = pip_install(&python)
         .arg(format!("torch=={TORCH_VERSION}"))
         .status()
         .map_err(|e| format!("cannot run pip: {e}"))?;

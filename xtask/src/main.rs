@@ -146,15 +146,8 @@ pub(crate) fn fixtures_python(root: &Path, always_install: bool) -> Result<PathB
             "installing the fixture requirements into {}",
             venv.display()
         );
-        run(Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "-r",
-            ])
+        run(libtorch::pip_install(&python)
+            .arg("-r")
             .arg(root.join("xtask/python/requirements-fixtures.txt")))?;
     }
     Ok(python)
