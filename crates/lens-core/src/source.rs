@@ -56,12 +56,27 @@ pub struct ResolveOptions {
 }
 
 impl ResolveOptions {
-    /// The embedded models directory in effect.
+    /// The embedded models directory in effect: the option, else `$TLRS_MODELS_CACHE`, else the
+    /// first existing one of [`default_models_caches`] (the last of them when none exists).
     pub fn models_cache_dir(&self) -> PathBuf {
         self.models_cache
             .clone()
             .or_else(|| env_path("TLRS_MODELS_CACHE"))
-            .unwrap_or_else(|| normalize(Path::new(WORKSPACE_MODELS_CACHE)))
+            .unwrap_or_else(|| {
+                let candidates = default_models_caches();
+                candidates
+                    .iter()
+                    .find(|dir| dir.is_dir())
+                    .or(candidates.last())
+                    .cloned()
+                    .unwrap_or_else(|| normalize(Path::new(WORKSPACE_MODELS_CACHE)))
+            })
+    }
+
+    /// The embedded models of the models cache in effect (directories with a `config.json`),
+    /// sorted.
+    pub fn embedded_models(&self) -> Vec<String> {
+        embedded_models(&self.models_cache_dir())
     }
 
     /// The hub cache directory in effect, or `None` when neither an option, an environment
@@ -104,6 +119,24 @@ impl ResolveOptions {
     pub fn hub_revision(&self) -> &str {
         self.revision.as_deref().unwrap_or("main")
     }
+}
+
+/// Where embedded models are looked for when neither [`ResolveOptions::models_cache`] nor
+/// `$TLRS_MODELS_CACHE` names a directory, in order: beside the running executable
+/// (`<exe dir>/models-cache`, then `<exe dir>/../share/transformer-lens-rs/models-cache`, for a
+/// binary installed or copied together with the models), then the `models-cache/` of the source
+/// tree this library was built from (what `cargo run` and `cargo install --path` use).
+pub fn default_models_caches() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(exe_dir) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+    {
+        dirs.push(exe_dir.join("models-cache"));
+        dirs.push(exe_dir.join("../share/transformer-lens-rs/models-cache"));
+    }
+    dirs.push(normalize(Path::new(WORKSPACE_MODELS_CACHE)));
+    dirs.into_iter().map(|d| normalize(&d)).collect()
 }
 
 /// Where a model's files came from.
@@ -269,8 +302,22 @@ impl ModelSource {
                 );
             }
             let available = embedded_models(&models_cache);
+            let also = if opts.models_cache.is_some() || env_path("TLRS_MODELS_CACHE").is_some() {
+                String::new()
+            } else {
+                let others: Vec<String> = default_models_caches()
+                    .iter()
+                    .filter(|dir| **dir != models_cache)
+                    .map(|dir| dir.display().to_string())
+                    .collect();
+                format!("; also looked for a models cache in {}", others.join(", "))
+            };
+            let searched = format!(
+                "{also}; set TLRS_MODELS_CACHE to the directory holding {model}/ (the \
+                 repository's models-cache/), or pass the model's own directory"
+            );
             looked.push(format!(
-                "embedded models in {}: no '{model}' (available: {})",
+                "embedded models in {}: no '{model}' (available: {}){searched}",
                 models_cache.display(),
                 if available.is_empty() {
                     "none".to_string()

@@ -255,6 +255,59 @@ fn is_float(kind: Kind) -> bool {
     )
 }
 
+/// Writes `tensors` to a safetensors file at `path`, with `metadata` in its header (the
+/// `__metadata__` map Python's `safe_open(...).metadata()` returns). Each tensor is copied to the
+/// CPU and made contiguous; names must be unique.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    let corrupt = |message: String| LensError::Safetensors {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut stored = Vec::with_capacity(tensors.len());
+    for (name, tensor) in tensors {
+        let tensor = tensor.detach().to_device(Device::Cpu).contiguous();
+        let dtype = dtype_of(tensor.kind()).ok_or_else(|| LensError::UnsupportedDtype {
+            path: path.to_path_buf(),
+            tensor: name.clone(),
+            dtype: format!("{:?}", tensor.kind()),
+        })?;
+        let mut bytes = vec![0u8; tensor.numel() * tensor.kind().elt_size_in_bytes()];
+        tensor.copy_data_u8(&mut bytes, tensor.numel());
+        let shape: Vec<usize> = tensor.size().iter().map(|&d| d as usize).collect();
+        stored.push((name.clone(), dtype, shape, bytes));
+    }
+    let views = stored
+        .iter()
+        .map(|(name, dtype, shape, bytes)| {
+            safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
+                .map(|view| (name.clone(), view))
+                .map_err(|e| corrupt(format!("tensor '{name}': {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::serialize_to_file(views, Some(metadata), path)
+        .map_err(|e| corrupt(format!("cannot write: {e}")))
+}
+
+fn dtype_of(kind: Kind) -> Option<Dtype> {
+    Some(match kind {
+        Kind::Bool => Dtype::BOOL,
+        Kind::Uint8 => Dtype::U8,
+        Kind::Int8 => Dtype::I8,
+        Kind::Int16 => Dtype::I16,
+        Kind::Int => Dtype::I32,
+        Kind::Int64 => Dtype::I64,
+        Kind::Half => Dtype::F16,
+        Kind::BFloat16 => Dtype::BF16,
+        Kind::Float => Dtype::F32,
+        Kind::Double => Dtype::F64,
+        _ => return None,
+    })
+}
+
 fn kind_of(dtype: Dtype) -> Option<Kind> {
     Some(match dtype {
         Dtype::BOOL => Kind::Bool,
