@@ -73,4 +73,16 @@ pub use hf::{
     KvCache, LayerNormParams,
 };
 pub use loss::IGNORE_INDEX;
+/// The tch version the bridge is built on (`bridge::tch::Device`, ...), so a dependent crate
+/// need not pin it separately.
+pub use tch;
+
+/// Everything the basic flow needs, in one `use bridge::prelude::*;`: boot a bridge, tokenize,
+/// run with hooks or with a cache, read the output.
+pub mod prelude {
+    pub use crate::{CompatibilityOptions, TransformerBridge};
+    pub use hookpoint::{ActivationCache, CacheOptions, Hook, HookSpec, NamesFilter};
+    pub use lens_core::model::{ForwardOptions, ForwardOutput, LensModel, ReturnType};
+    pub use tch::{Device, Kind, Tensor};
+}
 pub use tap::TlPaths;
