@@ -76,16 +76,20 @@ fn errors_name_the_problem_and_leave_no_hook() {
         matches!(gated, Err(ModelError::Hook(HookError::FlagNotEnabled { ref flag, .. })) if flag == "use_attn_result")
     );
     assert_eq!(model.hooks().hook_count(), 0);
+    // A CUDA device this machine does not have (cuda:0 without a GPU) is a clear error.
+    let absent = if tch::Cuda::is_available() {
+        tch::Cuda::device_count() as usize
+    } else {
+        0
+    };
     let cuda = LoadOptions {
-        device: tch::Device::Cuda(0),
+        device: tch::Device::Cuda(absent),
         ..LoadOptions::default()
     };
-    if !tch::Cuda::is_available() {
-        assert!(matches!(
-            HookedTransformer::from_pretrained_no_processing(DEFAULT_MODEL, &cuda),
-            Err(ModelError::DeviceUnavailable { .. })
-        ));
-    }
+    assert!(matches!(
+        HookedTransformer::from_pretrained_no_processing(DEFAULT_MODEL, &cuda),
+        Err(ModelError::DeviceUnavailable { .. })
+    ));
 }
 
 #[test]

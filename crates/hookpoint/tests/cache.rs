@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{device_available, input, max_abs_diff, sum, TinyModel, HOOK_NAMES};
+use common::{input, max_abs_diff, require_device, sum, TinyModel, HOOK_NAMES};
 use hookpoint::{backward, run_with_cache, ActKey, CacheOptions, HookError, NamesFilter, Slice};
 use rstest::rstest;
 use tch::{Device, Kind, Tensor};
@@ -45,12 +45,11 @@ fn names_filter_selects(#[case] filter: NamesFilter, #[case] expected: Vec<&str>
 }
 
 #[rstest]
-fn incl_bwd_stores_the_gradient_at_every_point(
-    #[values(Device::Cpu, Device::Cuda(0))] device: Device,
-) {
-    if !device_available(device, "incl_bwd_stores_the_gradient_at_every_point") {
-        return;
-    }
+#[case::cpu(Device::Cpu)]
+#[ignore = "needs a CUDA device"]
+#[case::cuda(Device::Cuda(0))]
+fn incl_bwd_stores_the_gradient_at_every_point(#[case] device: Device) {
+    require_device(device);
     let model = TinyModel::new(device);
     let x = input(device);
     let options = CacheOptions {

@@ -7,7 +7,7 @@ mod common;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 
-use common::{device_available, input, max_abs_diff, sum, TinyModel};
+use common::{input, max_abs_diff, require_device, sum, TinyModel};
 use hookpoint::{backward, AddOptions, Direction, Hook, HookError, HookSpec, NamesFilter};
 use rstest::rstest;
 use tch::{Device, Kind, Tensor};
@@ -28,10 +28,11 @@ fn recorder() -> (Seen, Hook) {
 }
 
 #[rstest]
-fn forward_hook_reads_the_activation(#[values(Device::Cpu, Device::Cuda(0))] device: Device) {
-    if !device_available(device, "forward_hook_reads_the_activation") {
-        return;
-    }
+#[case::cpu(Device::Cpu)]
+#[ignore = "needs a CUDA device"]
+#[case::cuda(Device::Cuda(0))]
+fn forward_hook_reads_the_activation(#[case] device: Device) {
+    require_device(device);
     let model = TinyModel::new(device);
     let x = input(device);
     let (seen, hook) = recorder();
@@ -98,10 +99,11 @@ fn replacement_of_another_shape_is_an_error_naming_both_shapes() {
 }
 
 #[rstest]
-fn backward_hook_reads_the_gradient(#[values(Device::Cpu, Device::Cuda(0))] device: Device) {
-    if !device_available(device, "backward_hook_reads_the_gradient") {
-        return;
-    }
+#[case::cpu(Device::Cpu)]
+#[ignore = "needs a CUDA device"]
+#[case::cuda(Device::Cuda(0))]
+fn backward_hook_reads_the_gradient(#[case] device: Device) {
+    require_device(device);
     let model = TinyModel::new(device);
     let x = input(device);
     let (seen, hook) = recorder();
@@ -123,12 +125,11 @@ fn backward_hook_reads_the_gradient(#[values(Device::Cpu, Device::Cuda(0))] devi
 }
 
 #[rstest]
-fn backward_hook_replacement_reaches_the_leaves(
-    #[values(Device::Cpu, Device::Cuda(0))] device: Device,
-) {
-    if !device_available(device, "backward_hook_replacement_reaches_the_leaves") {
-        return;
-    }
+#[case::cpu(Device::Cpu)]
+#[ignore = "needs a CUDA device"]
+#[case::cuda(Device::Cuda(0))]
+fn backward_hook_replacement_reaches_the_leaves(#[case] device: Device) {
+    require_device(device);
     let x = input(device);
     let plain = TinyModel::new(device);
     backward(&sum(&plain.plain_forward(&x))).unwrap();
@@ -306,15 +307,11 @@ fn a_panicking_forward_hook_is_an_error_and_leaves_no_hook() {
 }
 
 #[rstest]
-fn a_panicking_backward_hook_is_reported_after_backward(
-    #[values(Device::Cpu, Device::Cuda(0))] device: Device,
-) {
-    if !device_available(
-        device,
-        "a_panicking_backward_hook_is_reported_after_backward",
-    ) {
-        return;
-    }
+#[case::cpu(Device::Cpu)]
+#[ignore = "needs a CUDA device"]
+#[case::cuda(Device::Cuda(0))]
+fn a_panicking_backward_hook_is_reported_after_backward(#[case] device: Device) {
+    require_device(device);
     let model = TinyModel::new(device);
     let x = input(device);
     let boom = Hook::new(|_, _| panic!("backward boom"));

@@ -7,6 +7,16 @@ use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use tch::{Kind, Tensor};
 
+/// Fails the test without a CUDA device. CUDA tests are `#[ignore = "needs a CUDA device"]`:
+/// they run only when asked for (`cargo xtask test` asks on a machine with a GPU, or with
+/// `TLRS_REQUIRE_CUDA=1`), and asked for without a device they fail.
+pub fn require_cuda() {
+    assert!(
+        tch::Cuda::is_available(),
+        "this CUDA test was asked for, but no CUDA device is available"
+    );
+}
+
 /// The workspace root.
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

@@ -420,13 +420,16 @@ fn tokens_move_between_devices() {
     let t = gpt2().to_tokens(&["Hello"], None, None, true).unwrap();
     let moved = t.to_device(Device::Cpu).unwrap();
     assert!(moved.ids.equal(&t.ids));
-    if tch::Cuda::is_available() {
-        let cuda = t.to_device(Device::Cuda(0)).unwrap();
-        assert_eq!(cuda.ids.device(), Device::Cuda(0));
-        let mask =
-            attention_mask_from_ids(&cuda.ids, BOS, Some(BOS), true, PaddingSide::Right).unwrap();
-        assert_eq!(mask.device(), Device::Cuda(0));
-    } else {
-        eprintln!("SKIPPED cuda part of tokens_move_between_devices: no CUDA device");
-    }
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn tokens_move_to_cuda() {
+    crate::common::require_cuda();
+    let t = gpt2().to_tokens(&["Hello"], None, None, true).unwrap();
+    let cuda = t.to_device(Device::Cuda(0)).unwrap();
+    assert_eq!(cuda.ids.device(), Device::Cuda(0));
+    let mask =
+        attention_mask_from_ids(&cuda.ids, BOS, Some(BOS), true, PaddingSide::Right).unwrap();
+    assert_eq!(mask.device(), Device::Cuda(0));
 }

@@ -298,11 +298,9 @@ fn embedded_checkpoint() {
 }
 
 #[test]
-fn loads_onto_cuda_when_available() {
-    if !tch::Cuda::is_available() {
-        eprintln!("SKIPPED loads_onto_cuda_when_available: no CUDA device");
-        return;
-    }
+#[ignore = "needs a CUDA device"]
+fn loads_onto_cuda() {
+    crate::common::require_cuda();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("w.safetensors");
     let (a, ids) = sample();
