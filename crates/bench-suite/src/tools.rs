@@ -5,13 +5,14 @@ use std::process::ExitCode;
 
 use bridge::{CompatibilityOptions, HfForward, TransformerBridge};
 use clap::{Args, ValueEnum};
-use hooked_ref::{HookedTransformer, ProcessingOptions};
+use hooked_ref::{HookedTransformer, HookedTransformerConfig, ProcessingOptions};
 use hookpoint::CacheOptions;
 use lens_core::model::{ForwardOptions, GenerateOptions, LensModel, ModelError, ModelResult};
 use lens_core::LoadOptions;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
-use crate::benchmarks::GradientTarget;
+use crate::export::{metadata, select_entries, CacheMetadata, GradOf, Names};
+use crate::model_args::{device_name, dtype_name, ModelArgs};
 
 /// Which implementation to run.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -27,9 +28,8 @@ pub enum Impl {
 /// Options of `cache`.
 #[derive(Args)]
 pub struct CacheArgs {
-    /// Local HF directory, embedded model name, or HF id.
-    #[arg(long, default_value = lens_core::DEFAULT_MODEL)]
-    model: String,
+    #[command(flatten)]
+    model: ModelArgs,
     /// The input text (BOS is prepended).
     #[arg(long)]
     text: String,
@@ -39,9 +39,16 @@ pub struct CacheArgs {
     /// Process the weights (compatibility mode for the bridge, default processing for HookedTransformer).
     #[arg(long)]
     processed: bool,
-    /// Also write the gradient of `logits[:, -1, :].sum()` at every hook, as `<name>_grad`.
-    #[arg(long)]
-    grads: bool,
+    /// Hook names to write: `tl` (TransformerLens's names and shapes, what a HookedTransformer
+    /// cache holds), `bridge` (the bridge's canonical names) or `both`.
+    #[arg(long, value_enum, default_value = "tl")]
+    names: Names,
+    /// Also write, as `<name>_grad`, the gradient at every hook of: `loss` (mean next-token
+    /// cross-entropy), `logit:TOKEN[@POS]`, `logit-diff:A,B[@POS]`, `sum-last-logprobs` or
+    /// `sum-last-logits`. TOKEN is a token id or a token's text (` Paris`); POS defaults to the
+    /// last position and may be negative.
+    #[arg(long, value_name = "TARGET")]
+    grad_of: Option<GradOf>,
     /// The safetensors file to write.
     #[arg(long)]
     out: PathBuf,
@@ -50,9 +57,8 @@ pub struct CacheArgs {
 /// Options of `generate`.
 #[derive(Args)]
 pub struct GenerateArgs {
-    /// Local HF directory, embedded model name, or HF id.
-    #[arg(long, default_value = lens_core::DEFAULT_MODEL)]
-    model: String,
+    #[command(flatten)]
+    model: ModelArgs,
     /// The prompt.
     #[arg(long)]
     prompt: String,
@@ -79,22 +85,38 @@ pub struct GenerateArgs {
 /// Options of `hooks`.
 #[derive(Args)]
 pub struct HooksArgs {
-    /// Local HF directory, embedded model name, or HF id.
-    #[arg(long, default_value = lens_core::DEFAULT_MODEL)]
-    model: String,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Which implementation (hooked or bridge).
     #[arg(long = "impl", value_enum, default_value = "bridge")]
     implementation: Impl,
 }
 
-fn load(model: &str, implementation: Impl, processed: bool) -> ModelResult<Box<dyn LensModel>> {
+fn boot_bridge(args: &ModelArgs) -> ModelResult<TransformerBridge> {
+    args.check_device()?;
+    TransformerBridge::boot(&args.model, args.device, args.dtype)
+}
+
+/// A model to run, with the TransformerLens hook names of its configuration (those a
+/// HookedTransformer of it registers).
+struct Loaded {
+    model: Box<dyn LensModel>,
+    tl_names: Vec<String>,
+}
+
+fn load(args: &ModelArgs, implementation: Impl, processed: bool) -> ModelResult<Loaded> {
     Ok(match implementation {
         Impl::Bridge => {
-            let mut bridge = TransformerBridge::boot(model, Device::Cpu, Kind::Float)?;
+            let mut bridge = boot_bridge(args)?;
             if processed {
                 bridge.enable_compatibility_mode(CompatibilityOptions::default())?;
             }
-            Box::new(bridge)
+            let tl_names =
+                hooked_ref::hook_names(&HookedTransformerConfig::from_gpt2(bridge.config()));
+            Loaded {
+                model: Box::new(bridge),
+                tl_names,
+            }
         }
         Impl::Hooked => {
             let processing = if processed {
@@ -102,11 +124,17 @@ fn load(model: &str, implementation: Impl, processed: bool) -> ModelResult<Box<d
             } else {
                 ProcessingOptions::none()
             };
-            Box::new(HookedTransformer::from_pretrained(
-                model,
-                &LoadOptions::default(),
-                processing,
-            )?)
+            let options = LoadOptions {
+                device: args.device,
+                kind: Some(args.dtype),
+                ..LoadOptions::default()
+            };
+            let model = HookedTransformer::from_pretrained(&args.model, &options, processing)?;
+            let tl_names = hooked_ref::hook_names(model.cfg());
+            Loaded {
+                model: Box::new(model),
+                tl_names,
+            }
         }
         Impl::Hf => {
             return Err(ModelError::Unsupported(
@@ -140,9 +168,30 @@ pub fn cache(args: CacheArgs) -> ExitCode {
 
 fn write_cache(args: &CacheArgs) -> ModelResult<()> {
     let mut entries: Vec<(String, Tensor)> = Vec::new();
+    let mut meta = CacheMetadata {
+        model: args.model.model.clone(),
+        implementation: format!("{:?}", args.implementation).to_lowercase(),
+        names: args.names.as_str().to_owned(),
+        dtype: dtype_name(args.model.dtype),
+        device: device_name(args.model.device),
+        processing: "none".to_owned(),
+        grad_of: "none".to_owned(),
+        text: args.text.clone(),
+        tokens: Vec::new(),
+        str_tokens: Vec::new(),
+    };
+    let tokens;
+    let tokenizer;
     if let Impl::Hf = args.implementation {
-        let bridge = TransformerBridge::boot(&args.model, Device::Cpu, Kind::Float)?;
-        let tokens = tokens_of(&bridge, &args.text)?;
+        if args.grad_of.is_some() || args.processed {
+            return Err(ModelError::Unsupported(
+                "the raw HF model writes hidden states only: --grad-of and --processed need \
+                 --impl hooked or bridge"
+                    .into(),
+            ));
+        }
+        let bridge = boot_bridge(&args.model)?;
+        tokens = tokens_of(&bridge, &args.text)?;
         let out = tch::no_grad(|| {
             bridge.hf_model().forward(HfForward {
                 input_ids: Some(&tokens),
@@ -150,38 +199,61 @@ fn write_cache(args: &CacheArgs) -> ModelResult<()> {
                 ..HfForward::default()
             })
         })?;
-        entries.push(("tokens".into(), tokens));
+        meta.names = "hidden_states".to_owned();
         entries.push(("logits".into(), out.logits));
         for (i, hidden) in out.hidden_states.into_iter().enumerate() {
             entries.push((format!("hidden_states.{i}"), hidden));
         }
+        tokenizer = bridge.tokenizer().cloned();
     } else {
-        let model = load(&args.model, args.implementation, args.processed)?;
-        let tokens = tokens_of(model.as_ref(), &args.text)?;
+        let Loaded { model, tl_names } = load(&args.model, args.implementation, args.processed)?;
+        if args.processed {
+            meta.processing = processing_of(args.implementation);
+        }
+        tokens = tokens_of(model.as_ref(), &args.text)?;
+        let target = match &args.grad_of {
+            Some(grad_of) => {
+                meta.grad_of = grad_of.to_string();
+                Some(grad_of.resolve(model.tokenizer(), model.dims().d_vocab)?)
+            }
+            None => None,
+        };
+        let _no_grad = target.is_none().then(tch::no_grad_guard);
         let options = CacheOptions {
-            incl_bwd: args.grads,
+            incl_bwd: target.is_some(),
             ..CacheOptions::default()
         };
-        let target = GradientTarget::SumLastLogits;
         let (out, cache) =
             model.run_with_cache(&tokens, &ForwardOptions::default(), &options, &|o| {
-                target.of(o)
+                target
+                    .ok_or_else(|| ModelError::InvalidInput("no gradient target".into()))?
+                    .of(o, &tokens)
             })?;
-        entries.push(("tokens".into(), tokens));
         entries.push(("logits".into(), out.logits()?.detach()));
-        entries.extend(
-            cache
-                .iter()
-                .map(|(name, t)| (name.to_owned(), t.shallow_clone())),
-        );
+        if let (Impl::Hooked, Names::Bridge) = (args.implementation, args.names) {
+            return Err(ModelError::Unsupported(
+                "the HookedTransformer has TransformerLens names only: use --names tl".into(),
+            ));
+        }
+        entries.extend(select_entries(&cache, args.names, &tl_names));
+        tokenizer = model.tokenizer().cloned();
     }
-    let entries: Vec<(String, Tensor)> = entries
-        .into_iter()
-        .map(|(n, t)| (n, t.detach().to_device(Device::Cpu).contiguous()))
-        .collect();
-    Tensor::write_safetensors(&entries, &args.out)?;
+    meta.tokens = Vec::<i64>::try_from(tokens.get(0).to_device(Device::Cpu))?;
+    if let Some(tokenizer) = &tokenizer {
+        meta.str_tokens = tokenizer.to_str_tokens(&tokens.get(0), None)?;
+    }
+    entries.insert(0, ("tokens".into(), tokens));
+    lens_core::weights::write_safetensors(&args.out, &entries, metadata(&meta))?;
     println!("wrote {} tensors to {}", entries.len(), args.out.display());
     Ok(())
+}
+
+/// What `--processed` did to the weights, for the file's metadata.
+fn processing_of(implementation: Impl) -> String {
+    match implementation {
+        Impl::Bridge => format!("{:?}", CompatibilityOptions::default()),
+        _ => format!("{:?}", ProcessingOptions::default()),
+    }
 }
 
 /// `generate`: a continuation of the prompt.
@@ -203,10 +275,10 @@ fn run_generate(args: &GenerateArgs) -> ModelResult<()> {
     } else {
         args.implementation
     };
-    let model = load(&args.model, implementation, false)?;
+    let model = load(&args.model, implementation, false)?.model;
     let tokens = tokens_of(model.as_ref(), &args.prompt)?;
     let generated = if let Impl::Hf = args.implementation {
-        let bridge = TransformerBridge::boot(&args.model, Device::Cpu, Kind::Float)?;
+        let bridge = boot_bridge(&args.model)?;
         tch::no_grad(|| bridge.hf_model().generate(&tokens, None, &options))?
     } else {
         tch::no_grad(|| model.generate(&tokens, None, &options))?
@@ -224,14 +296,16 @@ pub fn hooks(args: HooksArgs) -> ExitCode {
 }
 
 fn list_hooks(args: &HooksArgs) -> ModelResult<()> {
-    let model = load(&args.model, args.implementation, false)?;
+    let model = load(&args.model, args.implementation, false)?.model;
     let tokens = tokens_of(model.as_ref(), "The quick brown fox")?;
-    let (_, cache) = model.run_with_cache(
-        &tokens,
-        &ForwardOptions::default(),
-        &CacheOptions::default(),
-        &|o| GradientTarget::SumLastLogits.of(o),
-    )?;
+    let (_, cache) = tch::no_grad(|| {
+        model.run_with_cache(
+            &tokens,
+            &ForwardOptions::default(),
+            &CacheOptions::default(),
+            &|_| Err(ModelError::InvalidInput("no gradients are recorded".into())),
+        )
+    })?;
     let registry = model.hooks();
     let shape_of = |name: &str| match (cache.get(name), registry.disabled_by(name)) {
         (Ok(t), _) => format!("{:?}", t.size()),

@@ -136,3 +136,12 @@ impl ModelHooks {
         hooks
     }
 }
+
+/// The hook names a HookedTransformer with configuration `cfg` registers, in TransformerLens's
+/// `hook_dict` order (gated hooks included): the names a TransformerLens `ActivationCache` of
+/// such a model can hold. No weights are needed.
+pub fn hook_names(cfg: &HookedTransformerConfig) -> Vec<String> {
+    let mut registry = HookRegistry::new();
+    ModelHooks::register(&mut registry, cfg);
+    registry.names().map(str::to_owned).collect()
+}

@@ -21,6 +21,7 @@ mod processing;
 
 pub use config::{HookedTransformerConfig, NormType};
 pub use error::{Error, Result};
+pub use hooks::hook_names;
 pub use layers::LayerKv;
 pub use lens_core::model::{ForwardOptions, ForwardOutput, ReturnType};
 pub use model::HookedTransformer;
