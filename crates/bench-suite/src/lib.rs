@@ -8,10 +8,15 @@
 
 pub mod benchmarks;
 pub mod compare;
+pub mod export;
+pub mod html;
+pub mod model_args;
+pub mod process;
 pub mod report;
 pub mod result;
 pub mod suite;
 pub mod tools;
+pub mod verify;
 
 pub use result::{BenchmarkResult, Severity};
-pub use suite::{run_benchmark_suite, SuiteOptions, DEFAULT_TEST_TEXT};
+pub use suite::{run_benchmark_suite, run_suite, SuiteOptions, SuiteReport, DEFAULT_TEST_TEXT};

@@ -3,11 +3,11 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// How serious a result is. `passed` decides pass or fail, not the severity.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     /// As expected.
@@ -35,7 +35,7 @@ impl Severity {
 }
 
 /// The outcome of one benchmark.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BenchmarkResult {
     /// The benchmark's name, e.g. `backward_hooks`.
     pub name: String,
@@ -49,6 +49,50 @@ pub struct BenchmarkResult {
     pub passed: bool,
     /// The suite phase (1: bridge vs HF, 2: vs HookedTransformer, 3: processed), if any.
     pub phase: Option<u8>,
+    /// Wall time of the check, when the suite timed it (a recording shared by two checks is
+    /// charged to the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
+    /// The process's peak resident memory (MiB) when the check finished, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mib: Option<f64>,
+    /// err of every compared hook, by name (the comparisons behind the heatmaps of the HTML
+    /// report); `inf` for a shape or non-finite mismatch. Not printed.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        with = "infinite_as_null"
+    )]
+    pub errors: BTreeMap<String, f64>,
+}
+
+/// JSON has no infinity: an infinite err (shapes or non-finite entries differ) is written as
+/// `null` and read back as infinity.
+mod infinite_as_null {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        errors: &BTreeMap<String, f64>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let shown: BTreeMap<&str, Option<f64>> = errors
+            .iter()
+            .map(|(name, &err)| (name.as_str(), err.is_finite().then_some(err)))
+            .collect();
+        shown.serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<BTreeMap<String, f64>, D::Error> {
+        let read = BTreeMap::<String, Option<f64>>::deserialize(deserializer)?;
+        Ok(read
+            .into_iter()
+            .map(|(name, err)| (name, err.unwrap_or(f64::INFINITY)))
+            .collect())
+    }
 }
 
 impl BenchmarkResult {
@@ -60,6 +104,9 @@ impl BenchmarkResult {
             details: BTreeMap::new(),
             passed,
             phase: None,
+            seconds: None,
+            peak_rss_mib: None,
+            errors: BTreeMap::new(),
         }
     }
 
@@ -95,6 +142,12 @@ impl BenchmarkResult {
     /// Tags the result with its phase.
     pub fn in_phase(mut self, phase: u8) -> Self {
         self.phase = Some(phase);
+        self
+    }
+
+    /// Records the err of each compared hook (see [`BenchmarkResult::errors`]).
+    pub fn with_errors(mut self, errors: impl IntoIterator<Item = (String, f64)>) -> Self {
+        self.errors.extend(errors);
         self
     }
 

@@ -13,12 +13,15 @@ use bridge::{CompatibilityOptions, HfForward, TransformerBridge};
 use hooked_ref::{HookedTransformer, ProcessingOptions};
 use lens_core::model::{LensModel, ModelResult};
 use lens_core::LoadOptions;
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 use crate::benchmarks::{
     backward, cache, forward, generation, hooks, weights, GradientTarget, Inputs,
 };
 use crate::compare::{tolerances_for, Tolerances};
+use crate::process::peak_rss_mib;
 use crate::result::BenchmarkResult;
 
 /// The Python suite's default test text.
@@ -67,20 +70,61 @@ impl Default for SuiteOptions {
 /// Called before each benchmark with its name (progress display).
 pub type Progress<'a> = &'a mut dyn FnMut(&str);
 
+/// Where a phase's time and memory went.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PhaseTotals {
+    /// 1, 2 or 3.
+    pub phase: u8,
+    /// Wall time of the phase, its setup included (loading the HookedTransformer for Phase 2,
+    /// processing both models' weights for Phase 3).
+    pub seconds: f64,
+    /// The process's peak resident set (MiB) at the end of the phase.
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// A suite run: every result, and the totals of each phase that ran.
+#[derive(Clone, Debug)]
+pub struct SuiteReport {
+    /// Every result, in the order the checks ran.
+    pub results: Vec<BenchmarkResult>,
+    /// Seconds spent booting the bridge and tokenizing the inputs.
+    pub load_seconds: f64,
+    /// The phases that ran, in order.
+    pub phases: Vec<PhaseTotals>,
+}
+
 /// Loads the models and runs the requested phases. Loading failures are errors (the CLI exits
 /// with 2); a benchmark that cannot run is an ERROR result.
 pub fn run_benchmark_suite(
     options: &SuiteOptions,
     progress: Progress,
 ) -> ModelResult<Vec<BenchmarkResult>> {
+    Ok(run_suite(options, progress)?.results)
+}
+
+/// [`run_benchmark_suite`], with the time and memory of each phase.
+pub fn run_suite(options: &SuiteOptions, progress: Progress) -> ModelResult<SuiteReport> {
+    let started = Instant::now();
     let tolerance = tolerances_for(options.dtype);
     let mut bridge = TransformerBridge::boot(&options.model, options.device, options.dtype)?;
     let inputs = inputs(&bridge, &options.test_text)?;
+    let load_seconds = started.elapsed().as_secs_f64();
     let mut results = Vec::new();
+    let mut phases = Vec::new();
     let phase = |n: u8| options.phases.contains(&n);
+    let mut phase_clock = Instant::now();
+    let mut close_phase = |n: u8, phases: &mut Vec<PhaseTotals>| {
+        phases.push(PhaseTotals {
+            phase: n,
+            seconds: phase_clock.elapsed().as_secs_f64(),
+            peak_rss_mib: peak_rss_mib(),
+        });
+        phase_clock = Instant::now();
+    };
 
     if phase(1) {
         results.extend(phase_one(&bridge, &inputs, options, tolerance, progress));
+        close_phase(1, &mut phases);
     }
     let mut reference = if options.use_ht_reference && (phase(2) || phase(3)) {
         Some(HookedTransformer::from_pretrained_no_processing(
@@ -100,6 +144,7 @@ pub fn run_benchmark_suite(
             GradientTarget::SumLastLogits,
             progress,
         ));
+        close_phase(2, &mut phases);
     }
     if phase(3) && options.enable_compatibility_mode {
         progress("enable_compatibility_mode");
@@ -125,12 +170,35 @@ pub fn run_benchmark_suite(
             GradientTarget::SumLastLogProbs,
             progress,
         ));
+        close_phase(3, &mut phases);
     } else if phase(3) {
         results.push(
             BenchmarkResult::skipped("compatibility_mode", "disabled (--no-compat)").in_phase(3),
         );
+        close_phase(3, &mut phases);
     }
-    Ok(results)
+    Ok(SuiteReport {
+        results,
+        load_seconds,
+        phases,
+    })
+}
+
+/// Times the checks of a phase: each result gets the wall time since the previous one (or
+/// since the clock started) and the peak resident set when it finished.
+struct Clock(Instant);
+
+impl Clock {
+    fn start() -> Self {
+        Clock(Instant::now())
+    }
+
+    fn stamp(&mut self, mut result: BenchmarkResult) -> BenchmarkResult {
+        result.seconds = Some(self.0.elapsed().as_secs_f64());
+        result.peak_rss_mib = peak_rss_mib();
+        self.0 = Instant::now();
+        result
+    }
 }
 
 fn load_options(options: &SuiteOptions) -> LoadOptions {
@@ -192,8 +260,10 @@ fn phase_one(
         )
         .in_phase(1)];
     }
+    let mut clock = Clock::start();
     progress("all_components");
-    let components = forward::all_components(bridge, tolerance.activations).in_phase(1);
+    let components =
+        clock.stamp(forward::all_components(bridge, tolerance.activations).in_phase(1));
     progress("forward_pass_logits");
     let reference = tch::no_grad(|| {
         bridge.hf_model().forward(HfForward {
@@ -208,7 +278,7 @@ fn phase_one(
             format!("the HF model failed: {error}"),
         ),
     };
-    vec![components, result.in_phase(1)]
+    vec![components, clock.stamp(result.in_phase(1))]
 }
 
 /// The checks that only make sense on processed weights.
@@ -220,9 +290,10 @@ fn processed_checks(
     progress: Progress,
 ) -> Vec<BenchmarkResult> {
     let mut results = Vec::new();
+    let mut clock = Clock::start();
     let mut run = |name: &str, f: &dyn Fn() -> BenchmarkResult| {
         progress(name);
-        results.push(f().in_phase(3));
+        results.push(clock.stamp(f().in_phase(3)));
     };
     run("no_nan_inf", &|| weights::no_nan_inf(bridge));
     run("weight_magnitudes", &|| weights::weight_magnitudes(bridge));
@@ -276,9 +347,10 @@ fn compare_phase(
     progress: Progress,
 ) -> Vec<BenchmarkResult> {
     let mut results = Vec::new();
+    let mut clock = Clock::start();
     let mut push = |name: &str, result: BenchmarkResult, progress: &mut dyn FnMut(&str)| {
         progress(name);
-        results.push(result.in_phase(phase));
+        results.push(clock.stamp(result.in_phase(phase)));
     };
     let skipped = |name: &str| {
         BenchmarkResult::skipped(name, "no HookedTransformer reference (--no-ht-reference)")

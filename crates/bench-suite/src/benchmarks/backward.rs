@@ -149,6 +149,7 @@ fn judge_gradients(
     }
     .with("compared", report.compared)
     .with("worst_err", report.worst)
+    .with_errors(report.errors)
     .with("loss", format!("{target:?}"))
 }
 

@@ -204,7 +204,8 @@ fn judge_all(
     Ok(result
         .with("compared", report.compared)
         .with("worst_err", report.worst)
-        .with("tolerance", tolerance))
+        .with("tolerance", tolerance)
+        .with_errors(report.errors))
 }
 
 fn judge_critical(

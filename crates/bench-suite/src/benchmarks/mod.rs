@@ -177,6 +177,8 @@ pub struct HookComparison {
     pub worst: f64,
     /// How many hooks were compared.
     pub compared: usize,
+    /// `(name, err)` of every compared hook; `inf` where the shapes or non-finite entries differ.
+    pub errors: Vec<(String, f64)>,
 }
 
 /// Compares every entry of `reference` named in `names` (all of them when `None`) with `ours`.
@@ -197,6 +199,7 @@ pub fn compare_caches(
         mismatches: Vec::new(),
         worst: 0.0,
         compared: 0,
+        errors: Vec::new(),
     };
     for name in wanted {
         let Ok(expected) = reference.get(name.as_str()) else {
@@ -225,9 +228,14 @@ pub fn compare_caches(
             }
         }
         report.compared += 1;
-        if let Comparison::Compared { err } = outcome {
+        let err = match outcome {
+            Comparison::Compared { err } => err,
+            _ => f64::INFINITY,
+        };
+        if err.is_finite() {
             report.worst = report.worst.max(err);
         }
+        report.errors.push((name.clone(), err));
         if !outcome.within(tolerance) {
             report.mismatches.push((name, outcome.describe()));
         }
