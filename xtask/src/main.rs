@@ -2,6 +2,7 @@
 //!
 //! Depends on nothing but std, so it compiles in seconds on a fresh clone, before libtorch exists.
 
+mod downstream;
 mod libtorch;
 mod perf;
 
@@ -41,7 +42,7 @@ fn main() -> ExitCode {
     let outcome = match command {
         "setup" => libtorch::setup(&root).map(|dir| println!("libtorch ready: {}", dir.display())),
         "libtorch-dir" => libtorch::resolved(&root).map(|dir| println!("{}", dir.display())),
-        "test" => with_libtorch(&root, |root| cargo(root, &["test", "--workspace"], rest)),
+        "test" => with_libtorch(&root, |root| test(root, rest)),
         "bench" => with_libtorch(&root, |root| {
             cargo(
                 root,
@@ -105,6 +106,47 @@ fn run(command: &mut Command) -> Result<(), String> {
     }
 }
 
+/// Every test: the workspace's cargo tests (ARGS go to cargo test), then, when no ARGS narrow
+/// the run, the checks that need cargo's build lock free or a second toolchain: a crate outside
+/// the workspace built against `bridge`, and the Python round trip of `tl-bench cache`.
+fn test(root: &Path, args: &[String]) -> Result<(), String> {
+    cargo(root, &["test", "--workspace"], args)?;
+    if !args.is_empty() {
+        return Ok(());
+    }
+    cuda_tests(root)?;
+    downstream::check(root)?;
+    roundtrip(root)
+}
+
+/// The CUDA tests: `#[ignore = "needs a CUDA device"]`, each with `cuda` in its name, so the
+/// harness reports them as ignored, with that reason, on a machine without a GPU. They run here
+/// when a GPU is present, and always with `TLRS_REQUIRE_CUDA=1` (GPU CI), where a missing device
+/// then fails them instead of letting them pass unrun.
+fn cuda_tests(root: &Path) -> Result<(), String> {
+    let required = std::env::var_os("TLRS_REQUIRE_CUDA").is_some_and(|v| v == "1");
+    if !required && !gpu_present() {
+        println!(
+            "CUDA tests: not run (no GPU here; the harness lists them as ignored). \
+             TLRS_REQUIRE_CUDA=1 runs them, and fails them without a device."
+        );
+        return Ok(());
+    }
+    cargo(
+        root,
+        &["test", "--workspace", "--", "--ignored", "cuda"],
+        &[],
+    )
+}
+
+/// Whether `nvidia-smi` lists a GPU.
+fn gpu_present() -> bool {
+    Command::new("nvidia-smi")
+        .arg("-L")
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("GPU"))
+}
+
 fn lint(root: &Path) -> Result<(), String> {
     cargo(root, &["fmt", "--all", "--", "--check"], &[])?;
     cargo(
@@ -151,6 +193,34 @@ pub(crate) fn fixtures_python(root: &Path, always_install: bool) -> Result<PathB
             .arg(root.join("xtask/python/requirements-fixtures.txt")))?;
     }
     Ok(python)
+}
+
+/// The Python round trip: `tl-bench cache` files loaded into TransformerLens 3.9.0's
+/// `ActivationCache` match its own `run_with_cache` on the embedded model, activations and
+/// gradients (xtask/python/cache_roundtrip.py, in the fixtures' venv).
+fn roundtrip(root: &Path) -> Result<(), String> {
+    let python = fixtures_python(root, false)?;
+    cargo(
+        root,
+        &[
+            "build",
+            "--quiet",
+            "--package",
+            "bench-suite",
+            "--bin",
+            "tl-bench",
+        ],
+        &[],
+    )?;
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    run(Command::new(&python)
+        .arg(root.join("xtask/python/cache_roundtrip.py"))
+        .arg("--tl-bench")
+        .arg(target_dir.join("debug/tl-bench"))
+        .arg("--model-dir")
+        .arg(root.join("models-cache/tiny-gpt2")))
 }
 
 /// Regenerates the embedded model and the goldens with the Python reference libraries, in a
