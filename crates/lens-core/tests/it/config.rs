@@ -1,6 +1,8 @@
 //! config.json parsing.
 
-use lens_core::{Activation, Gpt2Config, HfConfig, LensError};
+use lens_core::{
+    Activation, Gpt2Config, HfConfig, LensError, LlamaConfig, LlamaFamily, RopeScaling,
+};
 use rstest::rstest;
 use tch::{Kind, Tensor};
 
@@ -136,14 +138,14 @@ fn knobs_fixture_config() {
 }
 
 #[rstest]
-#[case::llama(
-    r#"{"model_type": "llama", "architectures": ["LlamaForCausalLM"]}"#,
-    "model_type 'llama' (LlamaForCausalLM)"
+#[case::falcon(
+    r#"{"model_type": "falcon", "architectures": ["FalconForCausalLM"]}"#,
+    "model_type 'falcon' (FalconForCausalLM)"
 )]
 #[case::type_only(r#"{"model_type": "bert"}"#, "model_type 'bert'")]
 #[case::arch_only(
-    r#"{"architectures": ["MistralForCausalLM"]}"#,
-    "architectures [MistralForCausalLM]"
+    r#"{"architectures": ["GPTJForCausalLM"]}"#,
+    "architectures [GPTJForCausalLM]"
 )]
 #[case::nothing(r#"{"n_embd": 8}"#, "neither model_type nor architectures")]
 fn unsupported_architecture(#[case] json: &str, #[case] found: &str) {
@@ -152,7 +154,10 @@ fn unsupported_architecture(#[case] json: &str, #[case] found: &str) {
         matches!(err, LensError::UnsupportedArchitecture { .. }),
         "{err:?}"
     );
-    assert_message(&err, &[found, "gpt2 (GPT2LMHeadModel)"]);
+    assert_message(
+        &err,
+        &[found, "gpt2 (GPT2LMHeadModel)", "qwen3 (Qwen3ForCausalLM)"],
+    );
 }
 
 #[rstest]
@@ -273,4 +278,163 @@ fn activation_shapes_of_negative_and_large_inputs() {
     let c = (2.0f64 / std::f64::consts::PI).sqrt();
     let manual = (&x * 0.5) * (((&x + x.pow_tensor_scalar(3.0) * 0.044715) * c).tanh() + 1.0);
     assert!(Activation::GeluNew.apply(&x).equal(&manual));
+}
+
+fn llama(json: &str) -> LlamaConfig {
+    match HfConfig::from_json(json).expect("valid config") {
+        HfConfig::Llama(c) => c,
+        other => panic!("not a Llama-family config: {other:?}"),
+    }
+}
+
+#[test]
+fn llama_family_configs_get_their_family_defaults() {
+    let l = llama(r#"{"model_type": "llama"}"#);
+    assert_eq!(l.family, LlamaFamily::Llama);
+    assert_eq!(
+        (
+            l.vocab_size,
+            l.hidden_size,
+            l.intermediate_size,
+            l.num_hidden_layers
+        ),
+        (32000, 4096, 11008, 32)
+    );
+    assert_eq!(
+        (l.num_attention_heads, l.num_key_value_heads, l.head_dim),
+        (32, 32, 128)
+    );
+    assert_eq!(
+        (l.bos_token_id, l.eos_token_ids.as_slice()),
+        (Some(1), &[2][..])
+    );
+    assert_eq!(l.hidden_act, Activation::Silu);
+    assert_eq!((l.rms_norm_eps, l.max_position_embeddings), (1e-6, 2048));
+    assert!(!l.tie_word_embeddings && !l.qkv_bias && !l.o_bias && !l.mlp_bias && !l.qk_norm);
+    assert_eq!((l.rope.theta, l.rope.scaling), (10000.0, RopeScaling::None));
+    assert!(l.layer_windows.iter().all(Option::is_none));
+
+    let m = llama(r#"{"architectures": ["MistralForCausalLM"]}"#);
+    assert_eq!(m.family, LlamaFamily::Mistral);
+    assert_eq!((m.num_key_value_heads, m.intermediate_size), (8, 14336));
+    assert_eq!(m.layer_windows, vec![Some(4096); 32]);
+    let m = llama(r#"{"model_type": "mistral", "sliding_window": null}"#);
+    assert!(m.layer_windows.iter().all(Option::is_none));
+    let l = llama(r#"{"model_type": "llama", "bos_token_id": null, "eos_token_id": [5, 7]}"#);
+    assert_eq!(
+        (l.bos_token_id, l.eos_token_ids.as_slice()),
+        (None, &[5, 7][..])
+    );
+
+    let q2 = llama(r#"{"model_type": "qwen2"}"#);
+    assert!(
+        q2.qkv_bias && !q2.o_bias,
+        "Qwen2 biases q, k and v, never o"
+    );
+    assert_eq!((q2.vocab_size, q2.bos_token_id), (151936, None));
+    assert!(q2.eos_token_ids.is_empty());
+    assert!(
+        q2.layer_windows.iter().all(Option::is_none),
+        "use_sliding_window is off"
+    );
+    let q2 = llama(
+        r#"{"model_type": "qwen2", "use_sliding_window": true, "sliding_window": 8,
+            "num_hidden_layers": 4, "max_window_layers": 2}"#,
+    );
+    assert_eq!(q2.layer_windows, vec![None, None, Some(8), Some(8)]);
+
+    let q3 = llama(
+        r#"{"model_type": "qwen3", "hidden_size": 64, "num_attention_heads": 4,
+            "num_key_value_heads": 4}"#,
+    );
+    assert!(q3.qk_norm && !q3.qkv_bias);
+    assert_eq!(
+        q3.head_dim, 128,
+        "Qwen3's head_dim is its own key (default 128)"
+    );
+    let q3 = llama(r#"{"model_type": "qwen3", "attention_bias": true}"#);
+    assert!(q3.qkv_bias && q3.o_bias);
+}
+
+#[test]
+fn rope_settings_are_read_from_either_layout() {
+    // transformers 5: rope_parameters.
+    let new = llama(
+        r#"{"model_type": "llama", "rope_parameters": {"rope_type": "llama3",
+            "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}"#,
+    );
+    assert_eq!(new.rope.theta, 500000.0);
+    assert_eq!(
+        new.rope.scaling,
+        RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192.0
+        }
+    );
+    // Earlier files: rope_theta and rope_scaling (with "type" or "rope_type").
+    let old = llama(
+        r#"{"model_type": "llama", "rope_theta": 12345.5,
+            "rope_scaling": {"type": "linear", "factor": 2.0}}"#,
+    );
+    assert_eq!(old.rope.theta, 12345.5);
+    assert_eq!(old.rope.scaling, RopeScaling::Linear { factor: 2.0 });
+    let err = HfConfig::from_json(
+        r#"{"model_type": "llama", "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}"#,
+    )
+    .unwrap_err();
+    assert_message(&err, &["rope type 'yarn'", "default, linear, llama3"]);
+    let err = HfConfig::from_json(
+        r#"{"model_type": "llama", "rope_scaling": {"rope_type": "llama3", "factor": 4.0}}"#,
+    )
+    .unwrap_err();
+    assert_message(&err, &["llama3 rope scaling", "low_freq_factor"]);
+}
+
+#[rstest]
+#[case::gqa(r#"{"model_type": "llama", "num_attention_heads": 6, "num_key_value_heads": 4}"#,
+    &["num_attention_heads (6)", "num_key_value_heads (4)"])]
+#[case::odd_head(r#"{"model_type": "qwen3", "head_dim": 7}"#, &["head_dim (7)", "even"])]
+#[case::eos(r#"{"model_type": "llama", "vocab_size": 10, "bos_token_id": 1, "eos_token_id": [2, 12]}"#,
+    &["eos_token_id (12)", "vocab_size 10"])]
+#[case::window(r#"{"model_type": "mistral", "sliding_window": 0}"#, &["sliding_window"])]
+#[case::layer_types(r#"{"model_type": "qwen2", "num_hidden_layers": 2, "layer_types": ["full_attention"]}"#,
+    &["layer_types lists 1 layers", "num_hidden_layers is 2"])]
+fn inconsistent_llama_configs_are_refused(#[case] json: &str, #[case] words: &[&str]) {
+    let err = HfConfig::from_json(json).unwrap_err();
+    assert!(matches!(err, LensError::InvalidConfig { .. }), "{err:?}");
+    assert_message(&err, words);
+}
+
+#[test]
+fn the_decoder_fixtures_parse_as_written_by_transformers() {
+    let dir = workspace().join("tests/fixtures");
+    let config =
+        |name: &str| match HfConfig::from_file(dir.join(name).join("model/config.json")).unwrap() {
+            HfConfig::Llama(c) => c,
+            other => panic!("{name}: {other:?}"),
+        };
+    let a = config("dec-a");
+    assert_eq!(
+        (a.family, a.gqa_ratio(), a.head_dim),
+        (LlamaFamily::Llama, 2, 16)
+    );
+    assert!(a.qkv_bias && a.o_bias && a.mlp_bias && !a.tie_word_embeddings);
+    assert!(matches!(a.rope.scaling, RopeScaling::Llama3 { .. }));
+    let b = config("dec-b");
+    assert_eq!((b.gqa_ratio(), b.head_dim, b.hidden_size), (4, 16, 48));
+    assert_eq!(b.rope.scaling, RopeScaling::Linear { factor: 2.0 });
+    assert!(b.tie_word_embeddings);
+    let c = config("dec-c");
+    assert_eq!(c.family, LlamaFamily::Mistral);
+    assert_eq!(c.layer_windows, vec![Some(4), Some(4)]);
+    let d = config("dec-d");
+    assert_eq!((d.family, d.rope.theta), (LlamaFamily::Qwen2, 12345.6));
+    assert!(d.qkv_bias && !d.o_bias);
+    let e = config("dec-e");
+    assert_eq!((e.family, e.head_dim), (LlamaFamily::Qwen3, 24));
+    assert!(e.qk_norm);
+    assert_eq!(e.eos_token_ids, vec![383]);
 }
