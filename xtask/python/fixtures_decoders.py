@@ -103,7 +103,7 @@ DECODER_CONFIGS = [
             "max_position_embeddings": 64,
             "rms_norm_eps": 1e-6,
             "tie_word_embeddings": True,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 12345.6},
+            "rope_parameters": {"rope_type": "default", "rope_theta": 20.5},
         },
     },
     {
@@ -122,7 +122,7 @@ DECODER_CONFIGS = [
             "rms_norm_eps": 1e-6,
             "tie_word_embeddings": False,
             "attention_bias": False,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 77777.5},
+            "rope_parameters": {"rope_type": "default", "rope_theta": 60.5},
         },
     },
 ]

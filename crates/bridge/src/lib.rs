@@ -70,7 +70,7 @@ pub use bridge::{
 };
 pub use hf::{
     hf_position_ids, BlockParams, Conv1dParams, Gpt2LMHeadModel, Gpt2Params, HfForward, HfOutput,
-    KvCache, LayerNormParams,
+    KvCache, LayerNormParams, LinearParams, LlamaForCausalLM, LlamaLayerParams, LlamaParams,
 };
 pub use loss::IGNORE_INDEX;
 /// The tch version the bridge is built on (`bridge::tch::Device`, ...), so a dependent crate

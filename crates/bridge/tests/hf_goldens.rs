@@ -4,11 +4,49 @@
 
 mod common;
 
-use bridge::{Gpt2LMHeadModel, HfForward, KvCache};
+use bridge::{Gpt2LMHeadModel, HfForward, HfOutput, KvCache, LlamaForCausalLM};
 use common::*;
-use lens_core::model::GenerateOptions;
+use lens_core::model::{GenerateOptions, ModelResult};
 use rstest::rstest;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
+
+/// What the comparison needs of a raw HF model: HuggingFace's `forward` and `generate`.
+trait HfModel {
+    fn forward(&self, args: HfForward<'_>) -> ModelResult<HfOutput>;
+    fn generate(
+        &self,
+        ids: &Tensor,
+        mask: Option<&Tensor>,
+        options: &GenerateOptions,
+    ) -> ModelResult<Tensor>;
+}
+
+macro_rules! hf_model_impl {
+    ($model:ty) => {
+        impl HfModel for $model {
+            fn forward(&self, args: HfForward<'_>) -> ModelResult<HfOutput> {
+                <$model>::forward(self, args)
+            }
+            fn generate(
+                &self,
+                ids: &Tensor,
+                mask: Option<&Tensor>,
+                options: &GenerateOptions,
+            ) -> ModelResult<Tensor> {
+                <$model>::generate(self, ids, mask, options)
+            }
+        }
+    };
+}
+hf_model_impl!(Gpt2LMHeadModel);
+hf_model_impl!(LlamaForCausalLM);
+
+/// A Llama-family fixture's model (tests/fixtures/dec-*), on the CPU in f32.
+fn decoder(config: &str) -> LlamaForCausalLM {
+    let dir = fixtures().join(config).join("model");
+    LlamaForCausalLM::from_pretrained(dir.to_str().expect("utf-8 path"), Device::Cpu, Kind::Float)
+        .expect("fixture model loads")
+}
 
 fn greedy(use_cache: bool) -> GenerateOptions {
     GenerateOptions {
@@ -21,7 +59,7 @@ fn greedy(use_cache: bool) -> GenerateOptions {
 }
 
 /// Runs every HF comparison of one config on `model`, into `report`.
-fn compare_hf(config: &str, model: &Gpt2LMHeadModel, report: &mut Report) {
+fn compare_hf(config: &str, model: &dyn HfModel, report: &mut Report) {
     let dir = fixtures().join(config);
     let meta = read_json(&dir.join("hf.json"));
     let golden = read_tensors(&dir.join("hf.safetensors"));
@@ -107,6 +145,102 @@ fn raw_hf_model_matches_transformers(#[values("small", "knobs")] config: &str) {
     let mut report = Report::default();
     compare_hf(config, &model, &mut report);
     report.assert_ok(&format!("HF {config}"));
+}
+
+/// Llama (GQA, llama3 and linear rope, biases, tied and untied), Mistral (a window of 4 keys
+/// under 12-token prompts and 20-token generations), Qwen2 (q/k/v biases, a non-integer
+/// rope_theta), Qwen3 (q/k norms, head_dim 24 with d_model / n_heads = 16).
+#[rstest]
+fn llama_family_matches_transformers(
+    #[values("dec-a", "dec-b", "dec-c", "dec-d", "dec-e")] config: &str,
+) {
+    let model = decoder(config);
+    let mut report = Report::default();
+    compare_hf(config, &model, &mut report);
+    report.assert_ok(&format!("HF {config}"));
+}
+
+/// A fixture's model built from its own weights but a config with one knob changed, as code that
+/// ignored that knob would compute.
+fn decoder_ignoring(
+    config: &str,
+    change: impl FnOnce(&mut lens_core::LlamaConfig),
+) -> LlamaForCausalLM {
+    let dir = fixtures().join(config).join("model");
+    let loaded = lens_core::load(
+        dir.to_str().expect("utf-8 path"),
+        &lens_core::LoadOptions::default(),
+    )
+    .expect("fixture loads");
+    let mut llama = loaded
+        .config
+        .as_llama()
+        .expect("a Llama-family config")
+        .clone();
+    change(&mut llama);
+    LlamaForCausalLM::from_weights(llama, loaded.weights, Device::Cpu, Kind::Float)
+        .expect("model builds")
+}
+
+/// Every mechanism the fixtures exercise is one the goldens see: ignoring it fails them.
+#[test]
+fn ignoring_any_knob_fails_the_goldens() {
+    use lens_core::RopeScaling;
+    let cases: Vec<(&str, &str, LlamaForCausalLM)> = vec![
+        (
+            "dec-a",
+            "llama3 rope scaling ignored",
+            decoder_ignoring("dec-a", |c| c.rope.scaling = RopeScaling::None),
+        ),
+        (
+            "dec-b",
+            "linear rope scaling ignored",
+            decoder_ignoring("dec-b", |c| c.rope.scaling = RopeScaling::None),
+        ),
+        (
+            "dec-c",
+            "sliding window ignored",
+            decoder_ignoring("dec-c", |c| {
+                c.layer_windows = vec![None; c.layer_windows.len()]
+            }),
+        ),
+        (
+            "dec-c",
+            "window one key too wide",
+            decoder_ignoring("dec-c", |c| {
+                c.layer_windows = vec![Some(5); c.layer_windows.len()]
+            }),
+        ),
+        (
+            "dec-d",
+            "rope_theta truncated to an integer",
+            decoder_ignoring("dec-d", |c| c.rope.theta = c.rope.theta.trunc()),
+        ),
+        (
+            "dec-e",
+            "rope_theta truncated to an integer",
+            decoder_ignoring("dec-e", |c| c.rope.theta = c.rope.theta.trunc()),
+        ),
+        (
+            "dec-e",
+            "q/k norms left out",
+            decoder_ignoring("dec-e", |c| c.qk_norm = false),
+        ),
+        (
+            "dec-a",
+            "rms_norm_eps of another family",
+            decoder_ignoring("dec-a", |c| c.rms_norm_eps = 1e-2),
+        ),
+    ];
+    for (config, what, model) in cases {
+        let mut report = Report::default();
+        compare_hf(config, &model, &mut report);
+        assert!(
+            report.failures.iter().any(|f| f.contains("logits")),
+            "{config} with {what} still matched: {:?}",
+            report.worst
+        );
+    }
 }
 
 /// The comparison can fail: one perturbed weight breaks it.

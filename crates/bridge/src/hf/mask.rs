@@ -27,12 +27,28 @@ impl AttentionMask {
         attention_mask: Option<&Tensor>,
         device: Device,
     ) -> Self {
+        Self::with_window(q_len, k_len, past_len, attention_mask, None, device)
+    }
+
+    /// [`AttentionMask::new`], and with a sliding `window` only the last `window` keys up to
+    /// each query's own position (HuggingFace's `sliding_window_overlay`: key `j` is allowed for
+    /// query `i` when `i - window < j <= i`).
+    pub(crate) fn with_window(
+        q_len: i64,
+        k_len: i64,
+        past_len: i64,
+        attention_mask: Option<&Tensor>,
+        window: Option<i64>,
+        device: Device,
+    ) -> Self {
         let q_pos = Tensor::arange_start(past_len, past_len + q_len, (Kind::Int64, device));
         let k_pos = Tensor::arange(k_len, (Kind::Int64, device));
-        let causal = k_pos
-            .unsqueeze(0)
-            .le_tensor(&q_pos.unsqueeze(1))
-            .view([1, 1, q_len, k_len]);
+        let mut causal = k_pos.unsqueeze(0).le_tensor(&q_pos.unsqueeze(1));
+        if let Some(window) = window {
+            let recent = k_pos.unsqueeze(0).gt_tensor(&(q_pos.unsqueeze(1) - window));
+            causal = causal.logical_and(&recent);
+        }
+        let causal = causal.view([1, 1, q_len, k_len]);
         let (allowed, no_key) = match attention_mask {
             Some(mask) => {
                 let keys = mask.ne(0).view([mask.size()[0], 1, 1, k_len]);
@@ -42,7 +58,8 @@ impl AttentionMask {
             }
             None => (causal, None),
         };
-        let blocked = (attention_mask.is_some() || q_len > 1).then(|| allowed.logical_not());
+        let blocked = (attention_mask.is_some() || q_len > 1 || window.is_some_and(|w| w < k_len))
+            .then(|| allowed.logical_not());
         AttentionMask {
             allowed,
             blocked,

@@ -1,13 +1,15 @@
-//! The HF tier: HuggingFace's `GPT2LMHeadModel` with its parameter names, layouts and
-//! semantics, and no hooks.
+//! The HF tier: HuggingFace's models with their parameter names, layouts and semantics, and no
+//! hooks: `GPT2LMHeadModel`, and the Llama family (`llama`: Llama, Mistral, Qwen2, Qwen3).
 
 pub(crate) mod forward;
 pub(crate) mod kv_cache;
+pub(crate) mod llama;
 pub(crate) mod mask;
 pub(crate) mod model;
 pub(crate) mod params;
 
 pub use kv_cache::KvCache;
+pub use llama::{LinearParams, LlamaForCausalLM, LlamaLayerParams, LlamaParams};
 pub use mask::hf_position_ids;
 pub use model::{Gpt2LMHeadModel, HfForward, HfOutput};
 pub use params::{BlockParams, Conv1dParams, Gpt2Params, LayerNormParams};

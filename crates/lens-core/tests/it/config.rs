@@ -431,7 +431,7 @@ fn the_decoder_fixtures_parse_as_written_by_transformers() {
     assert_eq!(c.family, LlamaFamily::Mistral);
     assert_eq!(c.layer_windows, vec![Some(4), Some(4)]);
     let d = config("dec-d");
-    assert_eq!((d.family, d.rope.theta), (LlamaFamily::Qwen2, 12345.6));
+    assert_eq!((d.family, d.rope.theta), (LlamaFamily::Qwen2, 20.5));
     assert!(d.qkv_bias && !d.o_bias);
     let e = config("dec-e");
     assert_eq!((e.family, e.head_dim), (LlamaFamily::Qwen3, 24));

@@ -1,0 +1,505 @@
+//! HuggingFace's Llama-family decoders, `LlamaForCausalLM`, `MistralForCausalLM`,
+//! `Qwen2ForCausalLM` and `Qwen3ForCausalLM`, operation by operation as transformers 5.9.0
+//! computes them in eager mode: RMSNorm in f32 cast back, rotary embeddings (default, `linear`
+//! and `llama3` frequencies, half-split pairs), grouped-query attention, sliding windows per
+//! layer, Qwen3's per-head q/k RMSNorm, a SwiGLU MLP, tied or untied embeddings; HF's additive
+//! `finfo.min` masks, its position ids, loss, KV cache and `output_hidden_states`. No hooks.
+
+use lens_core::model::{GenerateOptions, ModelError, ModelResult};
+use lens_core::{HfConfig, LlamaConfig, LoadOptions, RopeScaling, Weights};
+use tch::{Device, Kind, Tensor};
+
+use crate::hf::kv_cache::KvCache;
+use crate::hf::mask::{self, AttentionMask};
+use crate::hf::model::{generate_hf_style, HfForward, HfOutput};
+use crate::input;
+use crate::loss;
+use crate::tap::MaskStyle;
+
+/// A `torch.nn.Linear`: `y = x W^T + b`, `weight` `[out, in]`.
+#[derive(Debug)]
+pub struct LinearParams {
+    /// `weight`, `[out, in]`.
+    pub weight: Tensor,
+    /// `bias`, `[out]`, when the layer has one.
+    pub bias: Option<Tensor>,
+}
+
+impl LinearParams {
+    fn apply(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.weight, self.bias.as_ref())
+    }
+}
+
+/// One decoder layer (`model.layers.{i}`).
+#[derive(Debug)]
+pub struct LlamaLayerParams {
+    /// `input_layernorm.weight`, `[d]`.
+    pub input_layernorm: Tensor,
+    /// `self_attn.q_proj`, `[n_heads * d_head, d]`.
+    pub q_proj: LinearParams,
+    /// `self_attn.k_proj`, `[n_kv_heads * d_head, d]`.
+    pub k_proj: LinearParams,
+    /// `self_attn.v_proj`, `[n_kv_heads * d_head, d]`.
+    pub v_proj: LinearParams,
+    /// `self_attn.o_proj`, `[d, n_heads * d_head]`.
+    pub o_proj: LinearParams,
+    /// Qwen3's `self_attn.q_norm.weight`, `[d_head]`.
+    pub q_norm: Option<Tensor>,
+    /// Qwen3's `self_attn.k_norm.weight`, `[d_head]`.
+    pub k_norm: Option<Tensor>,
+    /// `post_attention_layernorm.weight`, `[d]`.
+    pub post_attention_layernorm: Tensor,
+    /// `mlp.gate_proj`, `[d_mlp, d]`.
+    pub gate_proj: LinearParams,
+    /// `mlp.up_proj`, `[d_mlp, d]`.
+    pub up_proj: LinearParams,
+    /// `mlp.down_proj`, `[d, d_mlp]`.
+    pub down_proj: LinearParams,
+}
+
+/// Every parameter of a Llama-family `*ForCausalLM`, under HuggingFace's names.
+#[derive(Debug)]
+pub struct LlamaParams {
+    /// `model.embed_tokens.weight`, `[vocab, d]`.
+    pub embed_tokens: Tensor,
+    /// `model.layers`.
+    pub layers: Vec<LlamaLayerParams>,
+    /// `model.norm.weight`, `[d]`.
+    pub norm: Tensor,
+    /// `lm_head.weight`, `[vocab, d]`; `None` while tied to `embed_tokens`.
+    pub lm_head: Option<Tensor>,
+}
+
+impl LlamaParams {
+    /// Takes every tensor a model with `config` needs out of `weights` (shapes checked),
+    /// converted to `kind` on `device`, as leaves that require gradients. Errors name the
+    /// missing or mis-shaped tensor.
+    pub fn from_weights(
+        config: &LlamaConfig,
+        weights: &mut Weights,
+        device: Device,
+        kind: Kind,
+    ) -> ModelResult<Self> {
+        let (d, m, v) = (
+            config.hidden_size,
+            config.intermediate_size,
+            config.vocab_size,
+        );
+        let (q_width, kv_width) = (
+            config.num_attention_heads * config.head_dim,
+            config.num_key_value_heads * config.head_dim,
+        );
+        let mut take = |name: &str, shape: &[i64]| -> ModelResult<Tensor> {
+            let t = weights.take_shaped(name, shape)?;
+            Ok(t.f_to_device(device)?
+                .f_to_kind(kind)?
+                .detach()
+                .set_requires_grad(true))
+        };
+        let mut layers = Vec::with_capacity(config.num_hidden_layers as usize);
+        for l in 0..config.num_hidden_layers {
+            let p = |s: &str| format!("model.layers.{l}.{s}");
+            let mut linear = |s: &str, n_out: i64, n_in: i64, bias: bool| {
+                Ok::<_, ModelError>(LinearParams {
+                    weight: take(&p(&format!("{s}.weight")), &[n_out, n_in])?,
+                    bias: if bias {
+                        Some(take(&p(&format!("{s}.bias")), &[n_out])?)
+                    } else {
+                        None
+                    },
+                })
+            };
+            let q_proj = linear("self_attn.q_proj", q_width, d, config.qkv_bias)?;
+            let k_proj = linear("self_attn.k_proj", kv_width, d, config.qkv_bias)?;
+            let v_proj = linear("self_attn.v_proj", kv_width, d, config.qkv_bias)?;
+            let o_proj = linear("self_attn.o_proj", d, q_width, config.o_bias)?;
+            let gate_proj = linear("mlp.gate_proj", m, d, config.mlp_bias)?;
+            let up_proj = linear("mlp.up_proj", m, d, config.mlp_bias)?;
+            let down_proj = linear("mlp.down_proj", d, m, config.mlp_bias)?;
+            let (q_norm, k_norm) = if config.qk_norm {
+                (
+                    Some(take(&p("self_attn.q_norm.weight"), &[config.head_dim])?),
+                    Some(take(&p("self_attn.k_norm.weight"), &[config.head_dim])?),
+                )
+            } else {
+                (None, None)
+            };
+            layers.push(LlamaLayerParams {
+                input_layernorm: take(&p("input_layernorm.weight"), &[d])?,
+                q_proj,
+                k_proj,
+                v_proj,
+                o_proj,
+                q_norm,
+                k_norm,
+                post_attention_layernorm: take(&p("post_attention_layernorm.weight"), &[d])?,
+                gate_proj,
+                up_proj,
+                down_proj,
+            });
+        }
+        let embed_tokens = take("model.embed_tokens.weight", &[v, d])?;
+        let norm = take("model.norm.weight", &[d])?;
+        let lm_head = if config.tie_word_embeddings {
+            None
+        } else {
+            Some(take("lm_head.weight", &[v, d])?)
+        };
+        Ok(LlamaParams {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+        })
+    }
+
+    /// The unembedding, `[vocab, d]` (`embed_tokens` while tied).
+    pub fn unembedding(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+}
+
+/// HuggingFace's Llama-family causal language model (eager attention, eval mode).
+pub struct LlamaForCausalLM {
+    config: LlamaConfig,
+    params: LlamaParams,
+    /// The rotary inverse frequencies `[d_head / 2]`, f32, as the rotary module's buffer.
+    inv_freq: Tensor,
+}
+
+impl std::fmt::Debug for LlamaForCausalLM {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlamaForCausalLM")
+            .field("family", &self.config.family)
+            .field("layers", &self.config.num_hidden_layers)
+            .field("hidden_size", &self.config.hidden_size)
+            .field("kind", &self.params.embed_tokens.kind())
+            .field("device", &self.params.embed_tokens.device())
+            .finish()
+    }
+}
+
+impl LlamaForCausalLM {
+    /// Loads a model by name (local directory, embedded model or HF hub id) on `device` in
+    /// `kind`. Errors: [`ModelError::DeviceUnavailable`], [`ModelError::Load`] for the files,
+    /// [`ModelError::Unsupported`] for a config of another architecture.
+    pub fn from_pretrained(model: &str, device: Device, kind: Kind) -> ModelResult<Self> {
+        input::check_device(device)?;
+        input::check_float_kind(kind)?;
+        let loaded = lens_core::load(
+            model,
+            &LoadOptions {
+                kind: Some(kind),
+                device,
+                ..LoadOptions::default()
+            },
+        )?;
+        let config = llama_config(&loaded.config)?;
+        Self::from_weights(config, loaded.weights, device, kind)
+    }
+
+    /// A model from a parsed config and its checkpoint's tensors (HuggingFace names).
+    pub fn from_weights(
+        config: LlamaConfig,
+        mut weights: Weights,
+        device: Device,
+        kind: Kind,
+    ) -> ModelResult<Self> {
+        input::check_device(device)?;
+        input::check_float_kind(kind)?;
+        let params = LlamaParams::from_weights(&config, &mut weights, device, kind)?;
+        let inv_freq = inverse_frequencies(&config, device);
+        Ok(LlamaForCausalLM {
+            config,
+            params,
+            inv_freq,
+        })
+    }
+
+    /// The HuggingFace config.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// The parameters, under their HuggingFace names.
+    pub fn params(&self) -> &LlamaParams {
+        &self.params
+    }
+
+    /// Where the parameters live.
+    pub fn device(&self) -> Device {
+        self.params.embed_tokens.device()
+    }
+
+    /// The parameters' dtype.
+    pub fn kind(&self) -> Kind {
+        self.params.embed_tokens.kind()
+    }
+
+    /// HuggingFace's `forward`: logits, the loss when `labels` are given, hidden states on
+    /// request (`n_layers + 1`: the embeddings, each layer's output, and the final norm of the
+    /// last layer's output in place of that output).
+    pub fn forward(&self, args: HfForward<'_>) -> ModelResult<HfOutput> {
+        let ids = args
+            .input_ids
+            .ok_or_else(|| ModelError::InvalidInput("input_ids are required".into()))?;
+        let cache = args.past_key_values;
+        let past_len = cache.as_ref().map_or(0, |c| c.len());
+        let device = self.device();
+        // Rotary positions have no table: like HF, no length limit beyond the tensors'.
+        let ids = input::tokens(ids, self.config.vocab_size, i64::MAX, past_len, device)?;
+        let (batch, q_len) = (ids.size()[0], ids.size()[1]);
+        let mask = input::attention_mask(args.attention_mask, batch, past_len + q_len, device)?;
+        let positions = match args.position_ids {
+            Some(p) => input::position_ids(p, batch, q_len, i64::MAX, device)?,
+            None => mask::arange_positions(batch, q_len, past_len, device),
+        };
+        if let Some((k, _)) = cache.as_ref().and_then(|c| c.layer(0)) {
+            if k.size()[0] != batch {
+                return Err(ModelError::InvalidInput(format!(
+                    "the KV cache holds a batch of {}, the input has {batch}",
+                    k.size()[0]
+                )));
+            }
+        }
+        let (logits, hidden_states) = self.pass(
+            &ids,
+            &positions,
+            mask.as_ref(),
+            cache,
+            args.output_hidden_states,
+        );
+        let loss = match args.labels {
+            Some(labels) if labels.size()[..] != logits.size()[..2] => {
+                return Err(ModelError::InvalidInput(format!(
+                    "labels have shape {:?}, expected {:?}",
+                    labels.size(),
+                    &logits.size()[..2]
+                )))
+            }
+            Some(labels) => Some(loss::hf_causal_lm_loss(&logits, labels)),
+            None => None,
+        };
+        Ok(HfOutput {
+            logits,
+            loss,
+            hidden_states,
+        })
+    }
+
+    /// HuggingFace's `generate` (greedy or sampled, see [`GenerateOptions`]), with position ids
+    /// `cumsum(mask) - 1` for left-padded batches; returns prompt and continuation.
+    pub fn generate(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        options: &GenerateOptions,
+    ) -> ModelResult<Tensor> {
+        generate_hf_style(
+            |ids, mask, positions, cache| {
+                let out = self.forward(HfForward {
+                    input_ids: Some(ids),
+                    attention_mask: mask,
+                    position_ids: Some(positions),
+                    past_key_values: cache,
+                    ..HfForward::default()
+                })?;
+                Ok(out.logits)
+            },
+            input_ids,
+            attention_mask,
+            options,
+            self.config.eos_token_ids.first().copied(),
+            self.device(),
+        )
+    }
+
+    /// One pass over checked inputs: logits `[b, q, vocab]` and, on request, hidden states.
+    fn pass(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        attention_mask: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+        output_hidden_states: bool,
+    ) -> (Tensor, Vec<Tensor>) {
+        let past_len = cache.as_ref().map_or(0, |c| c.len());
+        let q_len = ids.size()[1];
+        let k_len = past_len + q_len;
+        let device = self.device();
+        // One mask per distinct window (global, and the sliding one where layers slide).
+        let masks: Vec<(Option<i64>, AttentionMask)> = distinct(&self.config.layer_windows)
+            .into_iter()
+            .map(|w| {
+                let m =
+                    AttentionMask::with_window(q_len, k_len, past_len, attention_mask, w, device);
+                (w, m)
+            })
+            .collect();
+        let mut x = Tensor::embedding(&self.params.embed_tokens, ids, -1, false, false);
+        let (cos, sin) = rotary_cos_sin(&self.inv_freq, positions, x.kind());
+        let mut hidden_states = Vec::new();
+        for (l, layer) in self.params.layers.iter().enumerate() {
+            if output_hidden_states {
+                hidden_states.push(x.shallow_clone());
+            }
+            let window = self.config.layer_windows[l];
+            let mask = &masks
+                .iter()
+                .find(|(w, _)| *w == window)
+                .expect("a mask for every window")
+                .1;
+            let attended = self.attention(layer, l, &x, &cos, &sin, mask, cache.as_deref_mut());
+            // Out of place: tch's `+=` adds in place, into the tensor hidden_states holds.
+            x = &x + attended;
+            let normed = rms_norm(
+                &x,
+                &layer.post_attention_layernorm,
+                self.config.rms_norm_eps,
+            );
+            x = &x + self.mlp(layer, &normed);
+        }
+        let x = rms_norm(&x, &self.params.norm, self.config.rms_norm_eps);
+        if output_hidden_states {
+            hidden_states.push(x.shallow_clone());
+        }
+        let logits = x.linear::<Tensor>(self.params.unembedding(), None);
+        (logits, hidden_states)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        layer: &LlamaLayerParams,
+        index: usize,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &AttentionMask,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor {
+        let c = &self.config;
+        let (batch, q_len) = (x.size()[0], x.size()[1]);
+        let normed = rms_norm(x, &layer.input_layernorm, c.rms_norm_eps);
+        let heads = |proj: &LinearParams, n: i64, norm: Option<&Tensor>| {
+            let h = proj.apply(&normed).view([batch, q_len, n, c.head_dim]);
+            let h = match norm {
+                Some(w) => rms_norm(&h, w, c.rms_norm_eps),
+                None => h,
+            };
+            h.transpose(1, 2)
+        };
+        let q = heads(&layer.q_proj, c.num_attention_heads, layer.q_norm.as_ref());
+        let k = heads(&layer.k_proj, c.num_key_value_heads, layer.k_norm.as_ref());
+        let v = heads(&layer.v_proj, c.num_key_value_heads, None);
+        let (q, k) = (rotate(&q, cos, sin), rotate(&k, cos, sin));
+        let (k, v) = match cache {
+            Some(cache) => cache.append(index, k, v),
+            None => (k, v),
+        };
+        let (k, v) = (repeat_kv(&k, c.gqa_ratio()), repeat_kv(&v, c.gqa_ratio()));
+        let scores = q.matmul(&k.transpose(2, 3)) * (c.head_dim as f64).powf(-0.5);
+        let scores = mask::apply(scores, mask, MaskStyle::HfAdditiveMin, x.kind());
+        let pattern = scores.softmax(-1, Kind::Float).to_kind(q.kind());
+        let z = pattern.matmul(&v).transpose(1, 2).contiguous();
+        layer
+            .o_proj
+            .apply(&z.reshape([batch, q_len, c.num_attention_heads * c.head_dim]))
+    }
+
+    fn mlp(&self, layer: &LlamaLayerParams, x: &Tensor) -> Tensor {
+        let gate = self.config.hidden_act.apply(&layer.gate_proj.apply(x));
+        layer.down_proj.apply(&(gate * layer.up_proj.apply(x)))
+    }
+}
+
+/// The Llama-family config of `config`, or [`ModelError::Unsupported`].
+pub(crate) fn llama_config(config: &HfConfig) -> ModelResult<LlamaConfig> {
+    config.as_llama().cloned().ok_or_else(|| {
+        ModelError::Unsupported(format!(
+            "architecture {} is not a Llama-family model",
+            config.architecture()
+        ))
+    })
+}
+
+/// The distinct values of `windows`, in first-seen order.
+fn distinct(windows: &[Option<i64>]) -> Vec<Option<i64>> {
+    let mut out: Vec<Option<i64>> = Vec::new();
+    for w in windows {
+        if !out.contains(w) {
+            out.push(*w);
+        }
+    }
+    out
+}
+
+/// `LlamaRMSNorm`: in f32, `x * rsqrt(mean(x^2) + eps)`, cast back, times the weight.
+fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
+    let kind = x.kind();
+    let h = x.to_kind(Kind::Float);
+    let variance = h.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+    let h = h * (variance + eps).rsqrt();
+    weight * h.to_kind(kind)
+}
+
+/// The rotary inverse frequencies of `ROPE_INIT_FUNCTIONS` in f32: `1 / theta^(2i/d)`, then
+/// divided by the factor (`linear`) or blended by wavelength (`llama3`).
+fn inverse_frequencies(config: &LlamaConfig, device: Device) -> Tensor {
+    let dim = config.head_dim;
+    let exponents = Tensor::arange_start_step(0, dim, 2, (Kind::Int64, device))
+        .to_kind(Kind::Float)
+        / dim as f64;
+    let inv_freq = Tensor::pow_scalar(config.rope.theta, &exponents).reciprocal();
+    match config.rope.scaling {
+        RopeScaling::None => inv_freq,
+        RopeScaling::Linear { factor } => inv_freq / factor,
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings: old_context,
+        } => {
+            let low_freq_wavelen = old_context / low_freq_factor;
+            let high_freq_wavelen = old_context / high_freq_factor;
+            let wavelen = inv_freq.reciprocal() * (2.0 * std::f64::consts::PI);
+            let long = wavelen.gt(low_freq_wavelen);
+            let scaled = (&inv_freq / factor).where_self(&long, &inv_freq);
+            let smooth = (wavelen.reciprocal() * old_context - low_freq_factor)
+                / (high_freq_factor - low_freq_factor);
+            let smoothed = (smooth.ones_like() - &smooth) * &scaled / factor + &smooth * &scaled;
+            let medium = wavelen
+                .lt(high_freq_wavelen)
+                .logical_not()
+                .logical_and(&long.logical_not());
+            smoothed.where_self(&medium, &scaled)
+        }
+    }
+}
+
+/// `cos` and `sin` `[b, q, d_head]` for `positions` `[b, q]`, computed in f32 and cast to `kind`
+/// (the frequencies concatenated with themselves: half-split pairs).
+fn rotary_cos_sin(inv_freq: &Tensor, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
+    let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * inv_freq.view([1, 1, -1]);
+    let emb = Tensor::cat(&[&freqs, &freqs], -1);
+    (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
+}
+
+/// `apply_rotary_pos_emb` for one of q, k `[b, h, q, d]`: `x * cos + rotate_half(x) * sin`.
+fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    let half = x.size()[3] / 2;
+    let rotated = Tensor::cat(&[-x.narrow(3, half, half), x.narrow(3, 0, half)], -1);
+    x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1)
+}
+
+/// `repeat_kv`: each key/value head repeated for the `groups` query heads that share it.
+fn repeat_kv(x: &Tensor, groups: i64) -> Tensor {
+    if groups == 1 {
+        return x.shallow_clone();
+    }
+    let (b, h, s, d) = x.size4().expect("[b, h, s, d]");
+    x.unsqueeze(2)
+        .expand([b, h, groups, s, d], false)
+        .reshape([b, h * groups, s, d])
+}
