@@ -1,6 +1,6 @@
 //! `HookedTransformerConfig`: TransformerLens's model configuration, built from an HF config.
 
-use lens_core::config::{Activation, Gpt2Config};
+use lens_core::config::{Activation, Gpt2Config, LlamaConfig, RopeScaling};
 
 /// How a block normalises its inputs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -9,6 +9,32 @@ pub enum NormType {
     LayerNorm,
     /// Centre and scale only; weight and bias folded into the next layer (`LNPre`).
     LayerNormPre,
+    /// RMSNorm with a learned weight (`RMS`).
+    Rms,
+    /// Scale only; the weight folded into the next layer (`RMSPre`).
+    RmsPre,
+}
+
+impl NormType {
+    /// Whether the norm centres its input (LayerNorm) rather than only scaling it (RMSNorm).
+    pub fn centres(self) -> bool {
+        matches!(self, NormType::LayerNorm | NormType::LayerNormPre)
+    }
+}
+
+/// TransformerLens's rotary settings (`rotary_dim`, `rotary_base`, `rotary_adjacent_pairs`, and
+/// the rope scaling of the checkpoint).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rotary {
+    /// How many dimensions of each head rotate (the first `dim`).
+    pub dim: i64,
+    /// The base `theta` (kept as the checkpoint's float; TransformerLens 3.9.0 truncates a
+    /// non-integer Qwen base to an integer).
+    pub base: f64,
+    /// GPT-J's adjacent pairs instead of the half-split pairs of NeoX and Llama.
+    pub adjacent_pairs: bool,
+    /// Scaled frequencies (`linear`, `llama3` / NTK-by-parts).
+    pub scaling: RopeScaling,
 }
 
 /// TransformerLens's `HookedTransformerConfig`, restricted to what GPT-2-style models use.
@@ -54,6 +80,18 @@ pub struct HookedTransformerConfig {
     pub bos_token_id: i64,
     /// End-of-sequence token.
     pub eos_token_id: i64,
+    /// Key/value heads when fewer than `n_heads` (grouped-query attention).
+    pub n_key_value_heads: Option<i64>,
+    /// Rotary attention instead of a learned positional embedding (`positional_embedding_type`).
+    pub rotary: Option<Rotary>,
+    /// A gated MLP: `act(x W_gate) * (x W_in)`.
+    pub gated_mlp: bool,
+    /// Per-head RMSNorm of queries and keys (`use_qk_norm`, Qwen3).
+    pub use_qk_norm: bool,
+    /// Per block, its sliding attention window (`use_local_attn` / `window_size`), or `None`.
+    pub windows: Vec<Option<i64>>,
+    /// The HF class the model was converted from.
+    pub original_architecture: String,
 }
 
 impl HookedTransformerConfig {
@@ -65,6 +103,11 @@ impl HookedTransformerConfig {
             ("use_attn_in", self.use_attn_in),
             ("use_hook_mlp_in", self.use_hook_mlp_in),
         ]
+    }
+
+    /// Key/value heads (`n_heads` without grouping).
+    pub fn n_kv_heads(&self) -> i64 {
+        self.n_key_value_heads.unwrap_or(self.n_heads)
     }
 
     /// The divisor of block `layer`'s attention scores.
@@ -106,6 +149,53 @@ impl HookedTransformerConfig {
             use_hook_tokens: false,
             bos_token_id: hf.bos_token_id.unwrap_or(hf.vocab_size - 1),
             eos_token_id: hf.eos_token_id.unwrap_or(hf.vocab_size - 1),
+            n_key_value_heads: None,
+            rotary: None,
+            gated_mlp: false,
+            use_qk_norm: false,
+            windows: vec![None; hf.n_layer.max(0) as usize],
+            original_architecture: "GPT2LMHeadModel".to_owned(),
+        }
+    }
+
+    /// TransformerLens's Llama-family conversion (Llama, Mistral, Qwen2, Qwen3), with HF's
+    /// numbers where TransformerLens 3.9.0 departs from them: `d_head` is the checkpoint's
+    /// `head_dim` (TransformerLens uses `d_model / n_heads` for Llama and Qwen2), the rotary base
+    /// keeps its fraction, and the checkpoint's linear and llama3 rope scaling apply.
+    pub fn from_llama(hf: &LlamaConfig) -> Self {
+        let grouped = hf.num_key_value_heads != hf.num_attention_heads;
+        HookedTransformerConfig {
+            d_model: hf.hidden_size,
+            d_head: hf.head_dim,
+            n_heads: hf.num_attention_heads,
+            d_mlp: hf.intermediate_size,
+            n_layers: hf.num_hidden_layers,
+            n_ctx: hf.max_position_embeddings,
+            d_vocab: hf.vocab_size,
+            act_fn: hf.hidden_act,
+            eps: hf.rms_norm_eps,
+            normalization_type: NormType::Rms,
+            use_attn_scale: true,
+            scale_attn_by_inverse_layer_idx: false,
+            default_prepend_bos: true,
+            use_attn_result: false,
+            use_split_qkv_input: false,
+            use_attn_in: false,
+            use_hook_mlp_in: false,
+            use_hook_tokens: false,
+            bos_token_id: hf.bos_token_id.unwrap_or(hf.vocab_size - 1),
+            eos_token_id: hf.eos_token_ids.first().copied().unwrap_or(hf.vocab_size - 1),
+            n_key_value_heads: grouped.then_some(hf.num_key_value_heads),
+            rotary: Some(Rotary {
+                dim: hf.head_dim,
+                base: hf.rope.theta,
+                adjacent_pairs: false,
+                scaling: hf.rope.scaling,
+            }),
+            gated_mlp: true,
+            use_qk_norm: hf.qk_norm,
+            windows: hf.layer_windows.clone(),
+            original_architecture: hf.family.architecture().to_owned(),
         }
     }
 }

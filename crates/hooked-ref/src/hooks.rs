@@ -35,13 +35,22 @@ pub(crate) struct BlockHooks {
     pub resid_pre: Arc<HookPoint>,
     pub resid_mid: Arc<HookPoint>,
     pub resid_post: Arc<HookPoint>,
+    /// Rotary attention: queries and keys after rotation.
+    pub rot_q: Option<Arc<HookPoint>>,
+    pub rot_k: Option<Arc<HookPoint>>,
+    /// A gated MLP: the linear (non-gate) branch, `x W_in`.
+    pub mlp_pre_linear: Option<Arc<HookPoint>>,
+    /// Qwen3's per-head q/k RMSNorms.
+    pub q_norm: Option<LnHooks>,
+    pub k_norm: Option<LnHooks>,
 }
 
 /// Every hook point of the model.
 pub(crate) struct ModelHooks {
     pub tokens: Option<Arc<HookPoint>>,
     pub embed: Arc<HookPoint>,
-    pub pos_embed: Arc<HookPoint>,
+    /// A learned positional embedding's hook (`None` under rotary attention).
+    pub pos_embed: Option<Arc<HookPoint>>,
     pub blocks: Vec<BlockHooks>,
     pub ln_final: LnHooks,
     pub unembed_in: Arc<HookPoint>,
@@ -59,7 +68,10 @@ impl ModelHooks {
     /// Registers every hook point (TransformerLens's module order) and gates the optional ones.
     pub fn register(registry: &mut HookRegistry, cfg: &HookedTransformerConfig) -> ModelHooks {
         let embed = registry.register("hook_embed");
-        let pos_embed = registry.register("hook_pos_embed");
+        let pos_embed = cfg
+            .rotary
+            .is_none()
+            .then(|| registry.register("hook_pos_embed"));
         let tokens = cfg
             .use_hook_tokens
             .then(|| registry.register("hook_tokens"));
@@ -84,6 +96,12 @@ impl ModelHooks {
         let p = |s: &str| format!("blocks.{layer}.{s}");
         let ln1 = ln_hooks(registry, &p("ln1"));
         let ln2 = ln_hooks(registry, &p("ln2"));
+        let q_norm = cfg
+            .use_qk_norm
+            .then(|| ln_hooks(registry, &p("attn.q_norm")));
+        let k_norm = cfg
+            .use_qk_norm
+            .then(|| ln_hooks(registry, &p("attn.k_norm")));
         let mut reg = |s: &str| registry.register(p(s));
         let hooks = BlockHooks {
             ln1,
@@ -107,7 +125,20 @@ impl ModelHooks {
             resid_pre: reg("hook_resid_pre"),
             resid_mid: reg("hook_resid_mid"),
             resid_post: reg("hook_resid_post"),
+            rot_q: None,
+            rot_k: None,
+            mlp_pre_linear: None,
+            q_norm,
+            k_norm,
         };
+        let mut hooks = hooks;
+        if cfg.rotary.is_some() {
+            hooks.rot_k = Some(registry.register(p("attn.hook_rot_k")));
+            hooks.rot_q = Some(registry.register(p("attn.hook_rot_q")));
+        }
+        if cfg.gated_mlp {
+            hooks.mlp_pre_linear = Some(registry.register(p("mlp.hook_pre_linear")));
+        }
         let gates = [
             ("attn.hook_result", "use_attn_result", cfg.use_attn_result),
             ("hook_attn_in", "use_attn_in", cfg.use_attn_in),

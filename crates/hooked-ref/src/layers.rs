@@ -23,22 +23,35 @@ pub(crate) struct MaskInfo<'a> {
     pub attention_mask: Option<&'a Tensor>,
 }
 
-/// LayerNorm (TransformerLens's): centre, `hook_scale(sqrt(mean(x^2) + eps))`,
-/// `hook_normalized(x / scale)`, then `* w + b` unless folded (LNPre).
+/// The block's norm as TransformerLens computes it. LayerNorm: centre,
+/// `hook_scale(sqrt(mean(x^2) + eps))`, `hook_normalized(x / scale)`, then `* w + b` unless
+/// folded (LNPre). RMSNorm: the same without centring, computed in f32 (cast back after
+/// `hook_normalized`), then `* w` unless folded (RMSPre).
 pub(crate) fn layer_norm(
+    cfg: &HookedTransformerConfig,
     x: &Tensor,
     params: Option<&LayerNormParams>,
     hooks: &LnHooks,
-    eps: f64,
 ) -> Result<Tensor> {
-    let centred = x - x.mean_dim(-1, true, Kind::Float).to_kind(x.kind());
-    let scale = (centred.square().mean_dim(-1, true, Kind::Float) + eps)
-        .sqrt()
-        .to_kind(x.kind());
-    let scale = hooks.scale.run(scale)?;
-    let normalized = hooks.normalized.run(centred / scale)?;
+    let eps = cfg.eps;
+    let normalized = if cfg.normalization_type.centres() {
+        let centred = x - x.mean_dim(-1, true, Kind::Float).to_kind(x.kind());
+        let scale = (centred.square().mean_dim(-1, true, Kind::Float) + eps)
+            .sqrt()
+            .to_kind(x.kind());
+        let scale = hooks.scale.run(scale)?;
+        hooks.normalized.run(centred / scale)?
+    } else {
+        let kind = x.kind();
+        let h = x.to_kind(Kind::Float);
+        let scale = hooks
+            .scale
+            .run((h.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float) + eps).sqrt())?;
+        hooks.normalized.run(h / scale)?.to_kind(kind)
+    };
     Ok(match params {
-        Some(p) => normalized * &p.w + &p.b,
+        Some(LayerNormParams { w, b: Some(b) }) => normalized * w + b,
+        Some(LayerNormParams { w, b: None }) => normalized * w,
         None => normalized,
     })
 }
@@ -62,21 +75,40 @@ pub(crate) fn block(
     } else {
         resid_mid.shallow_clone()
     };
-    let normalized = layer_norm(&mlp_in, params.ln2.as_ref(), &hooks.ln2, cfg.eps)?;
+    let normalized = layer_norm(cfg, &mlp_in, params.ln2.as_ref(), &hooks.ln2)?;
     let mlp_out = hooks
         .mlp_out
         .run(mlp(cfg, &params.mlp, hooks, &normalized)?)?;
     Ok(hooks.resid_post.run(resid_mid + mlp_out)?)
 }
 
+/// The MLP. Plain: `hook_post(act(hook_pre(x W_in + b_in))) W_out + b_out`. Gated:
+/// `hook_pre(x W_gate [+ b_gate])`, `hook_pre_linear(x W_in + b_in)`,
+/// `hook_post(act(pre) * pre_linear)`, then `W_out`, `b_out`. (TransformerLens adds `b_in` after
+/// the product; every checkpoint TransformerLens converts has `b_in = 0`, where the two agree,
+/// and a Llama with `mlp_bias` biases its up projection, which is what `b_in` is here.)
 fn mlp(
     cfg: &HookedTransformerConfig,
     params: &MlpParams,
     hooks: &BlockHooks,
     x: &Tensor,
 ) -> Result<Tensor> {
-    let pre = hooks.mlp_pre.run(x.matmul(&params.W_in) + &params.b_in)?;
-    let post = hooks.mlp_post.run(cfg.act_fn.apply(&pre))?;
+    let post = match (&params.W_gate, &hooks.mlp_pre_linear) {
+        (Some(w_gate), Some(pre_linear_hook)) => {
+            let gate = x.matmul(w_gate);
+            let gate = match &params.b_gate {
+                Some(b) => gate + b,
+                None => gate,
+            };
+            let pre = hooks.mlp_pre.run(gate)?;
+            let pre_linear = pre_linear_hook.run(x.matmul(&params.W_in) + &params.b_in)?;
+            hooks.mlp_post.run(cfg.act_fn.apply(&pre) * pre_linear)?
+        }
+        _ => {
+            let pre = hooks.mlp_pre.run(x.matmul(&params.W_in) + &params.b_in)?;
+            hooks.mlp_post.run(cfg.act_fn.apply(&pre))?
+        }
+    };
     Ok(post.matmul(&params.W_out) + &params.b_out)
 }
 
@@ -105,7 +137,7 @@ fn qkv(
     resid_pre: &Tensor,
 ) -> Result<[Tensor; 3]> {
     let a = &params.attn;
-    let ln = |x: &Tensor| layer_norm(x, params.ln1.as_ref(), &hooks.ln1, cfg.eps);
+    let ln = |x: &Tensor| layer_norm(cfg, x, params.ln1.as_ref(), &hooks.ln1);
     if !(cfg.use_split_qkv_input || cfg.use_attn_in) {
         let x = ln(resid_pre)?;
         return Ok([
@@ -133,6 +165,38 @@ fn qkv(
     ])
 }
 
+/// Qwen3's per-head RMSNorm of queries or keys `[b, p, h, dh]`, as TransformerLens applies it:
+/// over `[b * p * h, dh]` rows (its hooks see that shape), then back.
+fn head_norm(
+    cfg: &HookedTransformerConfig,
+    x: Tensor,
+    w: Option<&Tensor>,
+    hooks: Option<&LnHooks>,
+) -> Result<Tensor> {
+    let (Some(w), Some(hooks)) = (w, hooks) else {
+        return Ok(x);
+    };
+    let shape = x.size();
+    let rows = x.reshape([-1, cfg.d_head]);
+    let ln = LayerNormParams {
+        w: w.shallow_clone(),
+        b: None,
+    };
+    let rms = HookedTransformerConfig {
+        normalization_type: crate::config::NormType::Rms,
+        ..cfg.clone()
+    };
+    Ok(layer_norm(&rms, &rows, Some(&ln), hooks)?.reshape(shape.as_slice()))
+}
+
+/// `repeat_interleave` of key/value heads `[b, k, h_kv, dh]` for the query heads sharing them.
+fn repeat_heads(x: &Tensor, groups: i64) -> Tensor {
+    if groups == 1 {
+        return x.shallow_clone();
+    }
+    x.repeat_interleave_self_int(groups, Some(2), None)
+}
+
 fn attention(
     cfg: &HookedTransformerConfig,
     layer: i64,
@@ -143,9 +207,14 @@ fn attention(
     kv: Option<&mut LayerKv>,
 ) -> Result<Tensor> {
     let [q, k, v] = qkv(cfg, params, hooks, resid_pre)?;
+    let a = &params.attn;
     let q = hooks.q.run(q)?;
-    let mut k = hooks.k.run(k)?;
-    let mut v = hooks.v.run(v)?;
+    let k = hooks.k.run(k)?;
+    let v = hooks.v.run(v)?;
+    let q = head_norm(cfg, q, a.q_norm.as_ref(), hooks.q_norm.as_ref())?;
+    let mut k = head_norm(cfg, k, a.k_norm.as_ref(), hooks.k_norm.as_ref())?;
+    let mut v = v;
+    // The cache holds keys before rotation (TransformerLens rotates all keys on every pass).
     let past_len = match kv {
         Some(cache) => {
             let past = cache.k.size()[1];
@@ -157,9 +226,19 @@ fn attention(
         }
         None => 0,
     };
+    let (q, k) = match (&cfg.rotary, &hooks.rot_q, &hooks.rot_k) {
+        (Some(rotary), Some(rot_q), Some(rot_k)) => (
+            rot_q.run(crate::rotary::apply(rotary, &q, past_len, mask.attention_mask))?,
+            rot_k.run(crate::rotary::apply(rotary, &k, 0, mask.attention_mask))?,
+        ),
+        _ => (q, k),
+    };
+    let groups = cfg.n_heads / cfg.n_kv_heads();
+    let (k, v) = (repeat_heads(&k, groups), repeat_heads(&v, groups));
     // [b, h, q, dh] . [b, h, dh, k] -> [b, h, q, k]
     let scores = q.transpose(1, 2).matmul(&k.permute([0, 2, 3, 1])) / cfg.attn_scale(layer);
-    let masked = masked_positions(&scores, past_len, mask.attention_mask);
+    let window = cfg.windows.get(layer as usize).copied().flatten();
+    let masked = masked_positions(&scores, past_len, mask.attention_mask, window);
     let scores = hooks
         .attn_scores
         .run(scores.masked_fill(&masked, f64::NEG_INFINITY))?;
@@ -174,17 +253,24 @@ fn attention(
     output(cfg, &params.attn, hooks, &z)
 }
 
-/// `[b|1, 1, q, k]` booleans, true where a query may not attend: later positions (causal) and
-/// padding keys.
-fn masked_positions(scores: &Tensor, past_len: i64, attention_mask: Option<&Tensor>) -> Tensor {
+/// `[b|1, 1, q, k]` booleans, true where a query may not attend: later positions (causal),
+/// padding keys, and with a sliding `window` keys `window` or more positions back.
+fn masked_positions(
+    scores: &Tensor,
+    past_len: i64,
+    attention_mask: Option<&Tensor>,
+    window: Option<i64>,
+) -> Tensor {
     let (q_len, k_len) = (scores.size()[2], scores.size()[3]);
     let device = scores.device();
     let q_pos = Tensor::arange_start(past_len, past_len + q_len, (Kind::Int64, device));
     let k_pos = Tensor::arange(k_len, (Kind::Int64, device));
-    let causal = k_pos
-        .unsqueeze(0)
-        .gt_tensor(&q_pos.unsqueeze(1))
-        .view([1, 1, q_len, k_len]);
+    let mut blocked = k_pos.unsqueeze(0).gt_tensor(&q_pos.unsqueeze(1));
+    if let Some(window) = window {
+        let old = k_pos.unsqueeze(0).le_tensor(&(q_pos.unsqueeze(1) - window));
+        blocked = blocked.logical_or(&old);
+    }
+    let causal = blocked.view([1, 1, q_len, k_len]);
     match attention_mask {
         Some(mask) => causal.logical_or(&mask.eq(0).view([mask.size()[0], 1, 1, k_len])),
         None => causal,

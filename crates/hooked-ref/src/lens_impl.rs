@@ -299,6 +299,8 @@ impl ResidualModel for HookedTransformer {
         match self.cfg().normalization_type {
             NormType::LayerNorm => Normalization::LayerNorm,
             NormType::LayerNormPre => Normalization::LayerNormPre,
+            NormType::Rms => Normalization::Rms,
+            NormType::RmsPre => Normalization::RmsPre,
         }
     }
 
@@ -331,11 +333,18 @@ impl ResidualModel for HookedTransformer {
 
     fn apply_ln_final(&self, residual: &Tensor) -> hookpoint::Result<Tensor> {
         // ln_final's own computation, without firing its hooks (this is analysis, not a forward pass).
-        let x = residual - residual.mean_dim(-1, true, residual.kind());
+        let x = if self.cfg().normalization_type.centres() {
+            residual - residual.mean_dim(-1, true, residual.kind())
+        } else {
+            residual.shallow_clone()
+        };
         let scale = (x.square().mean_dim(-1, true, residual.kind()) + self.cfg().eps).sqrt();
         let normalized = x / scale;
         Ok(match &self.params().ln_final {
-            Some(ln) => normalized * ln.w.detach() + ln.b.detach(),
+            Some(ln) => match &ln.b {
+                Some(b) => normalized * ln.w.detach() + b.detach(),
+                None => normalized * ln.w.detach(),
+            },
             None => normalized,
         })
     }

@@ -18,8 +18,9 @@ mod lens_impl;
 mod model;
 mod params;
 mod processing;
+mod rotary;
 
-pub use config::{HookedTransformerConfig, NormType};
+pub use config::{HookedTransformerConfig, NormType, Rotary};
 pub use error::{Error, Result};
 pub use hooks::hook_names;
 pub use layers::LayerKv;

@@ -238,7 +238,8 @@ impl HookedTransformer {
         })
     }
 
-    /// `hook_embed(W_E[tokens]) + hook_pos_embed(W_pos[positions])`.
+    /// `hook_embed(W_E[tokens]) + hook_pos_embed(W_pos[positions])` (no positional term under
+    /// rotary attention).
     pub(crate) fn embed(
         &self,
         tokens: &Tensor,
@@ -256,14 +257,11 @@ impl HookedTransformer {
                 .index_select(0, &tokens.reshape([-1]))
                 .reshape([batch, len, -1]),
         )?;
-        let pos = layers::positional(
-            &self.params.W_pos,
-            &self.hooks.pos_embed,
-            len,
-            past_len,
-            mask,
-            batch,
-        )?;
+        // Rotary attention has no positional embedding (and no `hook_pos_embed`).
+        let (Some(w_pos), Some(hook)) = (&self.params.W_pos, &self.hooks.pos_embed) else {
+            return Ok(embed);
+        };
+        let pos = layers::positional(w_pos, hook, len, past_len, mask, batch)?;
         Ok(embed + pos)
     }
 
@@ -297,10 +295,10 @@ impl HookedTransformer {
     /// `ln_final`, then `unembed.hook_in`, `x W_U + b_U`, `unembed.hook_out`.
     pub(crate) fn unembed(&self, residual: &Tensor) -> Result<Tensor> {
         let x = layers::layer_norm(
+            &self.cfg,
             residual,
             self.params.ln_final.as_ref(),
             &self.hooks.ln_final,
-            self.cfg.eps,
         )?;
         let x = self.hooks.unembed_in.run(x)?;
         Ok(self

@@ -22,7 +22,7 @@ pub fn convert_gpt2<E>(
         let p = |s: &str| format!("transformer.h.{l}.{s}");
         let ln1 = LayerNormParams {
             w: get(&p("ln_1.weight"), &[d])?,
-            b: get(&p("ln_1.bias"), &[d])?,
+            b: Some(get(&p("ln_1.bias"), &[d])?),
         };
         let c_attn = get(&p("attn.c_attn.weight"), &[d, 3 * h * dh])?;
         let c_attn_bias = get(&p("attn.c_attn.bias"), &[3 * h * dh])?;
@@ -49,16 +49,20 @@ pub fn convert_gpt2<E>(
             b_V: b_v,
             W_O: get(&p("attn.c_proj.weight"), &[h * dh, d])?.reshape([h, dh, d]),
             b_O: get(&p("attn.c_proj.bias"), &[d])?,
+            q_norm: None,
+            k_norm: None,
         };
         let ln2 = LayerNormParams {
             w: get(&p("ln_2.weight"), &[d])?,
-            b: get(&p("ln_2.bias"), &[d])?,
+            b: Some(get(&p("ln_2.bias"), &[d])?),
         };
         let mlp = MlpParams {
             W_in: get(&p("mlp.c_fc.weight"), &[d, m])?,
             b_in: get(&p("mlp.c_fc.bias"), &[m])?,
             W_out: get(&p("mlp.c_proj.weight"), &[m, d])?,
             b_out: get(&p("mlp.c_proj.bias"), &[d])?,
+            W_gate: None,
+            b_gate: None,
         };
         blocks.push(BlockParams {
             ln1: Some(ln1),
@@ -69,7 +73,7 @@ pub fn convert_gpt2<E>(
     }
     let ln_final = LayerNormParams {
         w: get("transformer.ln_f.weight", &[d])?,
-        b: get("transformer.ln_f.bias", &[d])?,
+        b: Some(get("transformer.ln_f.bias", &[d])?),
     };
     let w_u = if tie_word_embeddings {
         w_e.copy()
@@ -81,7 +85,7 @@ pub fn convert_gpt2<E>(
     let b_u = Tensor::zeros([v], (w_u.kind(), w_u.device()));
     Ok(Params {
         W_E: w_e,
-        W_pos: wpe,
+        W_pos: Some(wpe),
         blocks,
         ln_final: Some(ln_final),
         W_U: w_u,

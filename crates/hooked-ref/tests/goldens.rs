@@ -61,6 +61,12 @@ fn config_from_golden(cfg: &serde_json::Value, flags: bool) -> HookedTransformer
         use_hook_tokens: false,
         bos_token_id: int("d_vocab") - 1,
         eos_token_id: int("d_vocab") - 1,
+        n_key_value_heads: None,
+        rotary: None,
+        gated_mlp: false,
+        use_qk_norm: false,
+        windows: vec![None; int("n_layers") as usize],
+        original_architecture: "GPT2LMHeadModel".to_owned(),
     }
 }
 

@@ -75,7 +75,9 @@ fn cast_back(p: Params, kind: Kind) -> Params {
 }
 
 /// Folds `ln`'s bias into `bias` through the *unscaled* weight, then its scale into `weight`,
-/// then centres `weight` over the d_model axis `d_axis`. `weight_sum(w, b)` computes
+/// then, for a LayerNorm, centres `weight` over the d_model axis `d_axis` (an RMSNorm has no bias
+/// and does not centre its input, so its fold only scales: TransformerLens's
+/// `fold_layer_norm(center_weights=False)`). `weight_sum(w, b)` computes
 /// `sum_d w[.., d, ..] * b[d]` in the bias's shape.
 fn fold_into(
     weight: &mut Tensor,
@@ -85,9 +87,22 @@ fn fold_into(
     scale_shape: &[i64],
     weight_sum: impl Fn(&Tensor, &Tensor) -> Tensor,
 ) {
-    *bias = &*bias + weight_sum(weight, &ln.b);
+    if let Some(b) = &ln.b {
+        *bias = &*bias + weight_sum(weight, b);
+    }
     *weight = &*weight * ln.w.reshape(scale_shape);
-    *weight = &*weight - mean(weight, d_axis);
+    if ln.b.is_some() {
+        *weight = &*weight - mean(weight, d_axis);
+    }
+}
+
+/// Scales a bias-free weight (a gated MLP's gate) by `ln`, centring it for a LayerNorm, as
+/// [`fold_into`] does its weight.
+fn fold_scale_into(weight: &mut Tensor, ln: &LayerNormParams, d_axis: i64, scale_shape: &[i64]) {
+    *weight = &*weight * ln.w.reshape(scale_shape);
+    if ln.b.is_some() {
+        *weight = &*weight - mean(weight, d_axis);
+    }
 }
 
 fn fold_ln(p: &mut Params) {
@@ -106,6 +121,9 @@ fn fold_ln(p: &mut Params) {
             fold_into(&mut m.W_in, &mut m.b_in, &ln2, 0, &[-1, 1], |w, b| {
                 b.matmul(w)
             });
+            if let Some(w_gate) = m.W_gate.as_mut() {
+                fold_scale_into(w_gate, &ln2, 0, &[-1, 1]);
+            }
         }
     }
     if let Some(ln_final) = p.ln_final.take() {
@@ -117,7 +135,9 @@ fn fold_ln(p: &mut Params) {
 
 fn center_writing_weights(p: &mut Params) {
     p.W_E = &p.W_E - mean(&p.W_E, -1);
-    p.W_pos = &p.W_pos - mean(&p.W_pos, -1);
+    if let Some(w_pos) = p.W_pos.as_mut() {
+        *w_pos = &*w_pos - mean(w_pos, -1);
+    }
     for block in &mut p.blocks {
         let (a, m) = (&mut block.attn, &mut block.mlp);
         a.W_O = &a.W_O - mean(&a.W_O, -1);

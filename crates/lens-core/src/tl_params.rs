@@ -1,19 +1,25 @@
 //! Parameters in TransformerLens's layout (`W_Q [h, d, dh]`, `W_O [h, dh, d]`, `W_U [d, V]`...),
 //! shared by every model of the workspace: the HookedTransformer holds them, the bridge presents
 //! views of its HF parameters in this shape, and weight processing works on them.
+//!
+//! What an architecture lacks is `None`: no positional embedding under rotary attention, no
+//! norm bias for RMSNorm, no gate for a plain MLP, no q/k norms outside Qwen3.
 
 use tch::Tensor;
 
-/// LayerNorm weight and bias `[d_model]` (absent after fold_ln turned it into LNPre).
+/// A LayerNorm's or RMSNorm's weight `[d]` and, for LayerNorm, bias `[d]` (the whole norm is
+/// absent once fold_ln turned it into LNPre / RMSPre).
 #[derive(Debug)]
 pub struct LayerNormParams {
     /// Scale `w`.
     pub w: Tensor,
-    /// Bias `b`.
-    pub b: Tensor,
+    /// Bias `b`; `None` for RMSNorm.
+    pub b: Option<Tensor>,
 }
 
-/// One block's attention: `W_Q/W_K/W_V [h, d, dh]`, `b_Q/b_K/b_V [h, dh]`, `W_O [h, dh, d]`, `b_O [d]`.
+/// One block's attention: `W_Q [h, d, dh]`, `W_K/W_V [h_kv, d, dh]` (`h_kv < h` with grouped
+/// keys and values), `b_Q [h, dh]`, `b_K/b_V [h_kv, dh]`, `W_O [h, dh, d]`, `b_O [d]`, and the
+/// per-head q/k RMSNorm weights `[dh]` of Qwen3.
 #[derive(Debug)]
 #[allow(non_snake_case)]
 pub struct AttentionParams {
@@ -25,9 +31,21 @@ pub struct AttentionParams {
     pub b_V: Tensor,
     pub W_O: Tensor,
     pub b_O: Tensor,
+    /// `attn.q_norm.w`, `[dh]`.
+    pub q_norm: Option<Tensor>,
+    /// `attn.k_norm.w`, `[dh]`.
+    pub k_norm: Option<Tensor>,
 }
 
-/// One block's MLP: `W_in [d, m]`, `b_in [m]`, `W_out [m, d]`, `b_out [d]`.
+impl AttentionParams {
+    /// Whether keys and values have fewer heads than queries.
+    pub fn grouped(&self) -> bool {
+        self.W_K.size()[0] != self.W_Q.size()[0]
+    }
+}
+
+/// One block's MLP: `W_in [d, m]`, `b_in [m]`, `W_out [m, d]`, `b_out [d]`; a gated MLP also
+/// has `W_gate [d, m]` (and, where the checkpoint biases its gate, `b_gate [m]`).
 #[derive(Debug)]
 #[allow(non_snake_case)]
 pub struct MlpParams {
@@ -35,6 +53,10 @@ pub struct MlpParams {
     pub b_in: Tensor,
     pub W_out: Tensor,
     pub b_out: Tensor,
+    /// The gate projection of a gated MLP.
+    pub W_gate: Option<Tensor>,
+    /// The gate's bias (Llama's `mlp_bias`; TransformerLens has none).
+    pub b_gate: Option<Tensor>,
 }
 
 /// One transformer block.
@@ -50,17 +72,17 @@ pub struct BlockParams {
     pub mlp: MlpParams,
 }
 
-/// All parameters of a GPT-2-style HookedTransformer.
+/// All parameters of a HookedTransformer.
 #[derive(Debug)]
 #[allow(non_snake_case)]
 pub struct Params {
     /// Token embedding `[d_vocab, d_model]`.
     pub W_E: Tensor,
-    /// Positional embedding `[n_ctx, d_model]`.
-    pub W_pos: Tensor,
+    /// Positional embedding `[n_ctx, d_model]`; `None` for rotary attention.
+    pub W_pos: Option<Tensor>,
     /// The blocks.
     pub blocks: Vec<BlockParams>,
-    /// Final LayerNorm (`None` once folded).
+    /// Final norm (`None` once folded).
     pub ln_final: Option<LayerNormParams>,
     /// Unembedding `[d_model, d_vocab]`.
     pub W_U: Tensor,
@@ -68,40 +90,54 @@ pub struct Params {
     pub b_U: Tensor,
 }
 
+fn push_norm<'a>(out: &mut Vec<(String, &'a Tensor)>, prefix: &str, ln: &'a LayerNormParams) {
+    out.push((format!("{prefix}.w"), &ln.w));
+    if let Some(b) = &ln.b {
+        out.push((format!("{prefix}.b"), b));
+    }
+}
+
 impl Params {
-    /// Every parameter with its TransformerLens state-dict name, in a stable order.
+    /// Every parameter with its TransformerLens state-dict name, in a stable order (grouped
+    /// keys and values under TransformerLens's `_W_K`, `_W_V`, `_b_K`, `_b_V`).
     pub fn named(&self) -> Vec<(String, &Tensor)> {
-        let mut out: Vec<(String, &Tensor)> = vec![
-            ("embed.W_E".into(), &self.W_E),
-            ("pos_embed.W_pos".into(), &self.W_pos),
-        ];
+        let mut out: Vec<(String, &Tensor)> = vec![("embed.W_E".into(), &self.W_E)];
+        if let Some(w_pos) = &self.W_pos {
+            out.push(("pos_embed.W_pos".into(), w_pos));
+        }
         for (l, block) in self.blocks.iter().enumerate() {
             if let Some(ln) = &block.ln1 {
-                out.push((format!("blocks.{l}.ln1.w"), &ln.w));
-                out.push((format!("blocks.{l}.ln1.b"), &ln.b));
+                push_norm(&mut out, &format!("blocks.{l}.ln1"), ln);
             }
             let a = &block.attn;
+            let kv = if a.grouped() { "_" } else { "" };
             for (name, t) in [
-                ("W_Q", &a.W_Q),
-                ("W_K", &a.W_K),
-                ("W_V", &a.W_V),
-                ("W_O", &a.W_O),
+                ("W_Q".to_string(), &a.W_Q),
+                (format!("{kv}W_K"), &a.W_K),
+                (format!("{kv}W_V"), &a.W_V),
+                ("W_O".to_string(), &a.W_O),
+                ("b_Q".to_string(), &a.b_Q),
+                (format!("{kv}b_K"), &a.b_K),
+                (format!("{kv}b_V"), &a.b_V),
+                ("b_O".to_string(), &a.b_O),
             ] {
                 out.push((format!("blocks.{l}.attn.{name}"), t));
             }
-            for (name, t) in [
-                ("b_Q", &a.b_Q),
-                ("b_K", &a.b_K),
-                ("b_V", &a.b_V),
-                ("b_O", &a.b_O),
-            ] {
-                out.push((format!("blocks.{l}.attn.{name}"), t));
+            for (name, t) in [("q_norm", &a.q_norm), ("k_norm", &a.k_norm)] {
+                if let Some(t) = t {
+                    out.push((format!("blocks.{l}.attn.{name}.w"), t));
+                }
             }
             if let Some(ln) = &block.ln2 {
-                out.push((format!("blocks.{l}.ln2.w"), &ln.w));
-                out.push((format!("blocks.{l}.ln2.b"), &ln.b));
+                push_norm(&mut out, &format!("blocks.{l}.ln2"), ln);
             }
             let m = &block.mlp;
+            if let Some(w_gate) = &m.W_gate {
+                out.push((format!("blocks.{l}.mlp.W_gate"), w_gate));
+            }
+            if let Some(b_gate) = &m.b_gate {
+                out.push((format!("blocks.{l}.mlp.b_gate"), b_gate));
+            }
             for (name, t) in [
                 ("W_in", &m.W_in),
                 ("b_in", &m.b_in),
@@ -112,8 +148,7 @@ impl Params {
             }
         }
         if let Some(ln) = &self.ln_final {
-            out.push(("ln_final.w".into(), &ln.w));
-            out.push(("ln_final.b".into(), &ln.b));
+            push_norm(&mut out, "ln_final", ln);
         }
         out.push(("unembed.W_U".into(), &self.W_U));
         out.push(("unembed.b_U".into(), &self.b_U));
@@ -130,17 +165,18 @@ impl Params {
 }
 
 impl Params {
-    /// A new parameter set with `f` applied to every tensor (LayerNorms stay present or absent).
+    /// A new parameter set with `f` applied to every tensor (what is absent stays absent).
     pub fn map(&self, f: impl Fn(&Tensor) -> Tensor) -> Params {
+        let opt = |t: &Option<Tensor>| t.as_ref().map(&f);
         let ln = |l: &Option<LayerNormParams>| {
             l.as_ref().map(|l| LayerNormParams {
                 w: f(&l.w),
-                b: f(&l.b),
+                b: opt(&l.b),
             })
         };
         Params {
             W_E: f(&self.W_E),
-            W_pos: f(&self.W_pos),
+            W_pos: opt(&self.W_pos),
             blocks: self
                 .blocks
                 .iter()
@@ -155,6 +191,8 @@ impl Params {
                         b_V: f(&b.attn.b_V),
                         W_O: f(&b.attn.W_O),
                         b_O: f(&b.attn.b_O),
+                        q_norm: opt(&b.attn.q_norm),
+                        k_norm: opt(&b.attn.k_norm),
                     },
                     ln2: ln(&b.ln2),
                     mlp: MlpParams {
@@ -162,6 +200,8 @@ impl Params {
                         b_in: f(&b.mlp.b_in),
                         W_out: f(&b.mlp.W_out),
                         b_out: f(&b.mlp.b_out),
+                        W_gate: opt(&b.mlp.W_gate),
+                        b_gate: opt(&b.mlp.b_gate),
                     },
                 })
                 .collect(),

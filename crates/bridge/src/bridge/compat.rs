@@ -50,7 +50,7 @@ fn read(adapter: &Gpt2Adapter, p: &Gpt2Params) -> ModelResult<Params> {
     let ln = |prefix: &str| -> ModelResult<Option<LayerNormParams>> {
         Ok(Some(LayerNormParams {
             w: get(&format!("{prefix}.w"))?,
-            b: get(&format!("{prefix}.b"))?,
+            b: Some(get(&format!("{prefix}.b"))?),
         }))
     };
     let mut blocks = Vec::with_capacity(p.h.len());
@@ -67,6 +67,8 @@ fn read(adapter: &Gpt2Adapter, p: &Gpt2Params) -> ModelResult<Params> {
                 b_V: g("attn.b_V")?,
                 W_O: g("attn.W_O")?,
                 b_O: g("attn.b_O")?,
+                q_norm: None,
+                k_norm: None,
             },
             ln2: ln(&format!("blocks.{l}.ln2"))?,
             mlp: MlpParams {
@@ -74,12 +76,14 @@ fn read(adapter: &Gpt2Adapter, p: &Gpt2Params) -> ModelResult<Params> {
                 b_in: g("mlp.b_in")?,
                 W_out: g("mlp.W_out")?,
                 b_out: g("mlp.b_out")?,
+                W_gate: None,
+                b_gate: None,
             },
         });
     }
     Ok(Params {
         W_E: get("embed.W_E")?,
-        W_pos: get("pos_embed.W_pos")?,
+        W_pos: Some(get("pos_embed.W_pos")?),
         blocks,
         ln_final: ln("ln_final")?,
         W_U: get("unembed.W_U")?,
@@ -129,7 +133,10 @@ fn write(adapter: &Gpt2Adapter, p: &Gpt2Params, w: Params) -> ModelResult<()> {
         match ln {
             Some(ln) => {
                 set(&format!("{prefix}.w"), &ln.w)?;
-                set(&format!("{prefix}.b"), &ln.b)
+                match &ln.b {
+                    Some(b) => set(&format!("{prefix}.b"), b),
+                    None => Ok(()),
+                }
             }
             None => {
                 let _ = adapter.tl_weight(p, &format!("{prefix}.w"))?.f_fill_(1.0)?;
@@ -139,7 +146,9 @@ fn write(adapter: &Gpt2Adapter, p: &Gpt2Params, w: Params) -> ModelResult<()> {
         }
     };
     set("embed.W_E", &w.W_E)?;
-    set("pos_embed.W_pos", &w.W_pos)?;
+    if let Some(w_pos) = &w.W_pos {
+        set("pos_embed.W_pos", w_pos)?;
+    }
     for (l, b) in w.blocks.iter().enumerate() {
         let n = |s: &str| format!("blocks.{l}.{s}");
         norm(&n("ln1"), &b.ln1)?;
