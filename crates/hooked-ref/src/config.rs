@@ -184,7 +184,11 @@ impl HookedTransformerConfig {
             use_hook_mlp_in: false,
             use_hook_tokens: false,
             bos_token_id: hf.bos_token_id.unwrap_or(hf.vocab_size - 1),
-            eos_token_id: hf.eos_token_ids.first().copied().unwrap_or(hf.vocab_size - 1),
+            eos_token_id: hf
+                .eos_token_ids
+                .first()
+                .copied()
+                .unwrap_or(hf.vocab_size - 1),
             n_key_value_heads: grouped.then_some(hf.num_key_value_heads),
             rotary: Some(Rotary {
                 dim: hf.head_dim,

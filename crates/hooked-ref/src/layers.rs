@@ -228,7 +228,12 @@ fn attention(
     };
     let (q, k) = match (&cfg.rotary, &hooks.rot_q, &hooks.rot_k) {
         (Some(rotary), Some(rot_q), Some(rot_k)) => (
-            rot_q.run(crate::rotary::apply(rotary, &q, past_len, mask.attention_mask))?,
+            rot_q.run(crate::rotary::apply(
+                rotary,
+                &q,
+                past_len,
+                mask.attention_mask,
+            ))?,
             rot_k.run(crate::rotary::apply(rotary, &k, 0, mask.attention_mask))?,
         ),
         _ => (q, k),

@@ -7,13 +7,13 @@ use lens_core::model::{
     check_device, ForwardOptions, ForwardOutput, GenerateOptions, LensModel, ModelDims, ModelError,
     ModelResult,
 };
-use lens_core::{load, LoadOptions, Tokenizer};
+use lens_core::{load, HfConfig, LoadOptions, Tokenizer};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::{HookedTransformerConfig, NormType};
 use crate::layers::LayerKv;
 use crate::model::HookedTransformer;
-use crate::params::convert_gpt2;
+use crate::params::{convert_gpt2, convert_llama};
 use crate::processing::ProcessingOptions;
 
 impl HookedTransformer {
@@ -27,21 +27,38 @@ impl HookedTransformer {
     ) -> ModelResult<Self> {
         check_device(options.device)?;
         let mut loaded = load(model, options)?;
-        let hf = loaded.config.as_gpt2().ok_or_else(|| {
-            ModelError::Unsupported(format!(
-                "HookedTransformer implements GPT-2 only, not {}",
-                loaded.config.architecture()
-            ))
-        })?;
-        let cfg = HookedTransformerConfig::from_gpt2(hf);
-        let tied = hf.tie_word_embeddings;
-        let params = convert_gpt2(&cfg, tied, |name, shape| {
-            if shape.contains(&-1) {
-                loaded.weights.take(name)
-            } else {
-                loaded.weights.take_shaped(name, shape)
+        let weights = &mut loaded.weights;
+        let (cfg, params) = match &loaded.config {
+            HfConfig::Gpt2(hf) => {
+                let cfg = HookedTransformerConfig::from_gpt2(hf);
+                let params = convert_gpt2(&cfg, hf.tie_word_embeddings, |name, shape| {
+                    if shape.contains(&-1) {
+                        weights.take(name)
+                    } else {
+                        weights.take_shaped(name, shape)
+                    }
+                })?;
+                (cfg, params)
             }
-        })?;
+            HfConfig::Llama(hf) => {
+                let cfg = HookedTransformerConfig::from_llama(hf);
+                let names: std::collections::BTreeSet<String> =
+                    weights.names().map(str::to_owned).collect();
+                let params = convert_llama(
+                    &cfg,
+                    hf.tie_word_embeddings,
+                    |name| names.contains(name),
+                    |name, shape| weights.take_shaped(name, shape),
+                )?;
+                (cfg, params)
+            }
+            other => {
+                return Err(ModelError::Unsupported(format!(
+                    "HookedTransformer does not implement {}",
+                    other.architecture()
+                )))
+            }
+        };
         let mut model = HookedTransformer::from_params(cfg, params.requires_grad(true))
             .with_tokenizer(loaded.tokenizer.take());
         model.process_weights(processing)?;

@@ -26,5 +26,7 @@ pub use hooks::hook_names;
 pub use layers::LayerKv;
 pub use lens_core::model::{ForwardOptions, ForwardOutput, ReturnType};
 pub use model::HookedTransformer;
-pub use params::{convert_gpt2, AttentionParams, BlockParams, LayerNormParams, MlpParams, Params};
+pub use params::{
+    convert_gpt2, convert_llama, AttentionParams, BlockParams, LayerNormParams, MlpParams, Params,
+};
 pub use processing::ProcessingOptions;

@@ -18,9 +18,9 @@ fn frequencies(rotary: &Rotary, device: tch::Device) -> Tensor {
             original_max_position_embeddings: old_context,
         } => {
             // NTK-by-parts, as transformers computes the inverse frequencies.
-            let exponents =
-                Tensor::arange_start_step(0, rd, 2, (Kind::Int64, device)).to_kind(Kind::Float)
-                    / rd as f64;
+            let exponents = Tensor::arange_start_step(0, rd, 2, (Kind::Int64, device))
+                .to_kind(Kind::Float)
+                / rd as f64;
             let inv_freq = Tensor::pow_scalar(rotary.base, &exponents).reciprocal();
             let low_freq_wavelen = old_context / low_freq_factor;
             let high_freq_wavelen = old_context / high_freq_factor;

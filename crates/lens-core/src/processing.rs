@@ -150,7 +150,10 @@ fn center_writing_weights(p: &mut Params) {
 fn fold_value_biases(p: &mut Params) {
     for block in &mut p.blocks {
         let a = &mut block.attn;
-        a.b_O = &a.b_O + Tensor::einsum("hk,hkd->d", &[&a.b_V, &a.W_O], None::<&[i64]>);
+        // Grouped values: each value head serves `groups` consecutive query heads.
+        let groups = a.W_Q.size()[0] / a.b_V.size()[0];
+        let b_v = a.b_V.repeat_interleave_self_int(groups, Some(0), None);
+        a.b_O = &a.b_O + Tensor::einsum("hk,hkd->d", &[&b_v, &a.W_O], None::<&[i64]>);
         a.b_V = a.b_V.zeros_like();
     }
 }
