@@ -156,7 +156,7 @@ impl HookedTransformer {
         let cfg = self.cfg();
         let empty = || {
             Tensor::zeros(
-                [batch, 0, cfg.n_heads, cfg.d_head],
+                [batch, 0, cfg.n_kv_heads(), cfg.d_head],
                 (self.kind(), self.device()),
             )
         };
