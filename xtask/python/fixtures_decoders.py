@@ -8,6 +8,13 @@ attention and write tests/fixtures/<name>/hf.{json,safetensors} exactly as the G
 (fixtures.hf_goldens: logits, losses, every hidden state, greedy generation with and without the
 KV cache, for single prompts and a left-padded batch).
 
+It also writes tests/fixtures/<name>/hooked_{unprocessed,processed}.{json,safetensors}: TransformerLens
+3.9.0 HookedTransformer goldens in the format of the GPT-2 ones (fixtures.ht_goldens), for a
+HookedTransformer built the way TL builds one from a local directory (convert_hf_model_config ->
+HookedTransformerConfig -> get_pretrained_state_dict -> load_and_process_state_dict), with the
+corrections listed under "corrections" in each JSON wherever TL 3.9.0 would not compute what HF
+computes (see tl_config_and_corrections / tl_state_dict_corrections below).
+
 Each config exercises the knobs that break naive code: a GQA ratio above 1, rope_theta other than
 10000 (and not an integer), llama3 and linear rope scaling, tied and untied embeddings, a sliding
 window shorter than the prompts (and than a cached generation), q/k/v biases, Qwen3's q/k norms
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections import OrderedDict
 from pathlib import Path
 
 import fixtures
@@ -204,7 +212,8 @@ def stage_decoders(root: Path, only: list[str] | None = None) -> None:
         spec_for_prompts = {"hf": {**spec["hf"], "vocab_size": VOCAB, "bos_token_id": VOCAB - 1,
                                    "eos_token_id": VOCAB - 1}, "seed": spec["seed"]}
         prompts = fixtures.make_prompts(spec_for_prompts)
-        fixtures.hf_goldens(spec_for_prompts, model, prompts, fx)
+        hf_logits = fixtures.hf_goldens(spec_for_prompts, model, prompts, fx)
+        ht_decoder_goldens(spec, model, fx / "model", prompts, fx, hf_logits)
         fixtures.write_json(
             fx / "config_spec.json",
             {
@@ -219,3 +228,457 @@ def stage_decoders(root: Path, only: list[str] | None = None) -> None:
             },
         )
         fixtures.log(f"decoders: {spec['name']} ({spec['class']}) written")
+
+
+# =================================================================================================
+# TransformerLens 3.9.0 HookedTransformer goldens
+# =================================================================================================
+
+# Corrections applied to TL 3.9.0's own build so that it computes what HF computes (each one is
+# also written, with a sentence, to the "corrections" list of every hooked_*.json; without any one
+# of them the logits differ from HF's by 3e-3 .. 1.3 relative):
+#   dec-a (Llama):   q/k/v/o biases (attention_bias) and down_proj bias -> b_Q/_b_K/_b_V/b_O/b_out
+#                    (TL's converter writes zeros); gate_proj/up_proj biases (mlp_bias) need a patched
+#                    GatedMLP forward (patch_mlp_hf_biases: b_gate inside hook_pre, b_in inside
+#                    hook_pre_linear). llama3 rope: TL derives it correctly (asserted).
+#   dec-b (Llama):   d_head and rotary_dim = head_dim 16 (TL: hidden // heads = 12); linear rope via
+#                    TL's cfg.rotary_scaling_factor = 2.0 (TL ignores rope_type 'linear' for Llama).
+#   dec-c (Mistral): none (head_dim honoured, sliding window 4 = TL local attention, asserted).
+#   dec-d (Qwen2):   rotary_base 20.5 (TL: int(20.5) = 20).
+#   dec-e (Qwen3):   rotary_base 60.5 (TL: int(60.5) = 60); head_dim 24 and q/k norms: TL is right.
+# (file stem, processed). Processed = TL's from_pretrained defaults (fold_ln,
+# center_writing_weights, center_unembed, fold_value_biases = True); see weight_processing_record
+# for what TL actually does to an RMS-norm model.
+HT_DEC_VARIANTS = [("hooked_unprocessed", False), ("hooked_processed", True)]
+# Acceptance: err = max|a-b| / max(1, max|b|) over real (non-padding) positions, TL vs HF.
+HT_DEC_TOL = 1e-5
+
+
+def hf_attention_windows(hf_cfg) -> list:
+    """HF's effective sliding window per layer (None = full causal attention)."""
+    sw = getattr(hf_cfg, "sliding_window", None)
+    layer_types = getattr(hf_cfg, "layer_types", None)
+    n = hf_cfg.num_hidden_layers
+    if layer_types is None:  # Mistral: one window for every layer
+        return [sw] * n
+    return [sw if t == "sliding_attention" else None for t in layer_types]
+
+
+def tl_config_and_corrections(spec: dict, model_dir: Path):
+    """TL 3.9.0's own config dict for the directory (convert_hf_model_config), then corrected so that
+    the HookedTransformer computes what HF computes. Returns (cfg kwargs, TL's raw dict, corrections).
+
+    convert_hf_model_config infers the architecture from the *path string* first ("llama" / "gemma"
+    anywhere in it), so it is called with the relative path "model" from inside the fixture dir:
+    the repository's location cannot change the result, and the inferred architecture is asserted.
+    """
+    import contextlib
+
+    import torch
+    import transformers
+    from transformer_lens.loading_from_pretrained import convert_hf_model_config
+
+    hf_cfg = transformers.AutoConfig.from_pretrained(str(model_dir))
+    with contextlib.chdir(model_dir.parent):
+        raw = convert_hf_model_config(model_dir.name)
+    assert raw["original_architecture"] == spec["class"], (raw["original_architecture"], spec["class"])
+    c = dict(raw)
+    corrections = []
+    rope = dict(hf_cfg.rope_parameters)
+    n_heads = hf_cfg.num_attention_heads
+    head_dim = getattr(hf_cfg, "head_dim", None) or hf_cfg.hidden_size // n_heads
+
+    # d_head: TL uses hidden_size // num_attention_heads for Llama and Qwen2 (ignores head_dim).
+    if c["d_head"] != head_dim:
+        corrections.append(
+            f"d_head: TL derived {c['d_head']} (= hidden_size // num_attention_heads = "
+            f"{hf_cfg.hidden_size} // {n_heads}); set to HF head_dim {head_dim} (attn_scale = "
+            f"sqrt(d_head) follows)."
+        )
+        c["d_head"] = head_dim
+    # rotary_dim: HF rotates the whole head (partial_rotary_factor 1); TL sets rotary_dim =
+    # hidden_size // num_attention_heads for Llama/Qwen2 (Mistral: None -> d_head in __post_init__).
+    if c.get("rotary_dim") is not None and c["rotary_dim"] != head_dim:
+        corrections.append(
+            f"rotary_dim: TL derived {c['rotary_dim']} (= hidden_size // num_attention_heads); set "
+            f"to head_dim {head_dim} (HF rotates the whole head)."
+        )
+        c["rotary_dim"] = head_dim
+    # rotary_base: TL truncates rope_theta with int() for Qwen2 / Qwen3 (get_pretrained_model_config
+    # restores it for Qwen2 only, and only when given hf_cfg; convert_hf_model_config does not).
+    theta = rope["rope_theta"]
+    if float(c["rotary_base"]) != float(theta) or isinstance(c["rotary_base"], int) != isinstance(theta, int):
+        corrections.append(
+            f"rotary_base: TL derived {c['rotary_base']!r} (int() of rope_theta); set to HF "
+            f"rope_theta {theta!r}."
+        )
+        c["rotary_base"] = theta
+    rope_type = rope.get("rope_type", "default")
+    if rope_type == "linear":
+        # TL has linear scaling as cfg.rotary_scaling_factor (freq * factor for non-local layers,
+        # abstract_attention.calculate_sin_cos_rotary), but convert_hf_model_config never sets it
+        # for Llama: the rope would be unscaled.
+        if c.get("rotary_scaling_factor", 1.0) != rope["factor"]:
+            corrections.append(
+                f"rotary_scaling_factor: TL ignores rope_parameters rope_type 'linear' (factor "
+                f"{rope['factor']}) for LlamaForCausalLM and left it at 1.0; set to {rope['factor']} "
+                "(TL's own linear-scaling field: angles = pos / (freq * factor), i.e. HF's "
+                "inv_freq / factor)."
+            )
+            c["rotary_scaling_factor"] = rope["factor"]
+    elif rope_type == "llama3":
+        want = {
+            "use_NTK_by_parts_rope": True,
+            "NTK_by_parts_factor": rope["factor"],
+            "NTK_by_parts_low_freq_factor": rope["low_freq_factor"],
+            "NTK_by_parts_high_freq_factor": rope["high_freq_factor"],
+            "NTK_original_ctx_len": rope["original_max_position_embeddings"],
+        }
+        got = {k: c.get(k) for k in want}
+        assert got == want, ("TL's llama3 rope fields differ from HF", got, want)
+    elif rope_type != "default":
+        raise NotImplementedError(f"rope_type {rope_type}")
+    # Sliding window: TL's local attention masks j <= i - window_size (AbstractAttention.
+    # _make_causal_mask: key > query - window), HF's sliding_window_overlay kv_idx > q_idx - W: the
+    # same set. Only asserted (no correction needed for Mistral; Qwen2/Qwen3 here use full attention).
+    windows = hf_attention_windows(hf_cfg)
+    tl_windows = [
+        c.get("window_size") if (c.get("attn_types") or ["global"] * len(windows))[i] == "local" else None
+        for i in range(len(windows))
+    ]
+    assert tl_windows == windows, (tl_windows, windows)
+    if spec["class"] == "Qwen3ForCausalLM":
+        assert c.get("use_qk_norm") is True
+    # GQA: TL's Llama/Qwen3 branches set n_key_value_heads None when equal to n_heads (plain
+    # Attention); every config here has a ratio > 1.
+    assert c.get("n_key_value_heads") == hf_cfg.num_key_value_heads != n_heads
+
+    c.update(
+        device="cpu",
+        dtype=torch.float32,
+        tokenizer_name=None,  # token ids only (TL would try AutoTokenizer on the model dir)
+        model_name=f"fixture-{spec['name']}",
+        seed=spec["seed"],
+        init_weights=True,  # every parameter is then overwritten by load_and_process_state_dict
+    )
+    raw = dict(raw)
+    raw["tokenizer_name"] = model_dir.name  # the relative path it was called with
+    return c, raw, corrections
+
+
+def _gated_mlp_hf_biases_forward(self, x):
+    """GatedMLP.forward with HF's biased Linear layers (Llama mlp_bias=True):
+    hook_pre = x @ W_gate + b_gate, hook_pre_linear = x @ W_in + b_in,
+    hook_post = act(hook_pre) * hook_pre_linear, out = hook_post @ W_out + b_out.
+    (Stock TL 3.9.0 has no b_gate and adds b_in AFTER the product: act(pre) * pre_linear + b_in.)"""
+    import torch.nn.functional as F
+
+    pre_act = self.hook_pre(F.linear(x, self.W_gate.T.contiguous(), self.b_gate))
+    pre_linear = self.hook_pre_linear(F.linear(x, self.W_in.T.contiguous(), self.b_in))
+    post_act = self.hook_post(self.act_fn(pre_act) * pre_linear)
+    return F.linear(post_act, self.W_out.T.contiguous(), self.b_out)
+
+
+def patch_mlp_hf_biases(model) -> None:
+    import types
+
+    import torch
+    import torch.nn as nn
+
+    for block in model.blocks:
+        mlp = block.mlp
+        assert type(mlp).__name__ == "GatedMLP", type(mlp)
+        mlp.register_parameter("b_gate", nn.Parameter(torch.zeros(mlp.d_mlp, dtype=model.cfg.dtype)))
+        mlp.forward = types.MethodType(_gated_mlp_hf_biases_forward, mlp)
+
+
+def tl_state_dict_corrections(hf_model, cfg, sd: dict) -> list:
+    """Put every HF bias into TL's state dict where get_pretrained_state_dict left zeros (TL 3.9.0's
+    Llama / Mistral / Qwen3 converters write zero b_Q/b_K/b_V/b_O/b_in/b_out and ignore HF's
+    attention_bias / mlp_bias). Gate/up biases need the patched MLP (patch_mlp_hf_biases)."""
+    import torch
+
+    gqa = "_" if cfg.n_key_value_heads is not None else ""
+    n_kv = cfg.n_key_value_heads or cfg.n_heads
+    fixed: "OrderedDict[str, list]" = OrderedDict()
+    for li, layer in enumerate(hf_model.model.layers):
+        at, mlp = layer.self_attn, layer.mlp
+        targets = [
+            (at.q_proj, "attn.b_Q", (cfg.n_heads, cfg.d_head)),
+            (at.k_proj, f"attn.{gqa}b_K", (n_kv, cfg.d_head)),
+            (at.v_proj, f"attn.{gqa}b_V", (n_kv, cfg.d_head)),
+            (at.o_proj, "attn.b_O", (cfg.d_model,)),
+            (mlp.gate_proj, "mlp.b_gate", (cfg.d_mlp,)),
+            (mlp.up_proj, "mlp.b_in", (cfg.d_mlp,)),
+            (mlp.down_proj, "mlp.b_out", (cfg.d_model,)),
+        ]
+        for lin, tl_name, shape in targets:
+            if lin.bias is None:
+                continue
+            key = f"blocks.{li}.{tl_name}"
+            want = lin.bias.detach().clone().to(torch.float32).reshape(shape)
+            if key in sd and torch.equal(sd[key], want):
+                continue
+            assert key not in sd or not sd[key].any(), f"{key}: TL wrote a nonzero, different bias"
+            sd[key] = want
+            fixed.setdefault(tl_name, []).append(li)
+    out = []
+    for tl_name, layers in fixed.items():
+        hf = {"attn.b_Q": "q_proj", "attn.b_K": "k_proj", "attn._b_K": "k_proj", "attn.b_V": "v_proj",
+              "attn._b_V": "v_proj", "attn.b_O": "o_proj", "mlp.b_gate": "gate_proj",
+              "mlp.b_in": "up_proj", "mlp.b_out": "down_proj"}[tl_name]
+        how = {
+            "mlp.b_gate": "TL's GatedMLP has no gate bias: a b_gate parameter is registered and the "
+            "MLP forward patched to add it inside hook_pre",
+            "mlp.b_in": "the patched MLP forward adds b_in inside hook_pre_linear (x @ W_in + b_in), "
+            "not after the product as stock TL does",
+        }.get(tl_name, "loaded into TL's existing parameter")
+        out.append(
+            f"{tl_name} (layers {layers}): TL's converter wrote zeros and dropped HF's "
+            f"{hf}.bias; set to HF's bias ({how})."
+        )
+    return out
+
+
+def build_ht_decoder(spec: dict, hf_model, model_dir: Path, processed: bool):
+    """Returns (model, TL's raw cfg dict, corrections)."""
+    import torch
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.loading_from_pretrained import get_pretrained_state_dict
+
+    c, raw, corrections = tl_config_and_corrections(spec, model_dir)
+    cfg = HookedTransformerConfig(**c)
+    sd = get_pretrained_state_dict(str(model_dir), cfg, hf_model=hf_model)
+    sd = {k: v.detach().clone().to(torch.float32) for k, v in sd.items()}
+    model = HookedTransformer(cfg)
+    mlp_bias = any(
+        getattr(layer.mlp, p).bias is not None
+        for layer in hf_model.model.layers
+        for p in ("gate_proj", "up_proj")
+    )
+    if mlp_bias:
+        patch_mlp_hf_biases(model)
+    corrections += tl_state_dict_corrections(hf_model, cfg, sd)
+    model.load_and_process_state_dict(
+        sd,
+        fold_ln=processed,
+        center_writing_weights=processed,
+        center_unembed=processed,
+        fold_value_biases=processed,
+        refactor_factored_attn_matrices=False,
+    )
+    model.eval()
+    return model, raw, corrections
+
+
+def ht_dec_cfg_summary(cfg) -> dict:
+    keys = [
+        "d_model", "d_head", "n_heads", "n_key_value_heads", "d_mlp", "n_layers", "n_ctx", "d_vocab",
+        "d_vocab_out", "act_fn", "eps", "normalization_type", "final_rms", "gated_mlp",
+        "use_attn_scale", "attn_scale", "positional_embedding_type", "rotary_dim", "rotary_base",
+        "rotary_scaling_factor", "rotary_adjacent_pairs", "use_NTK_by_parts_rope",
+        "NTK_by_parts_factor", "NTK_by_parts_low_freq_factor", "NTK_by_parts_high_freq_factor",
+        "NTK_original_ctx_len", "use_local_attn", "window_size", "attn_types", "use_qk_norm",
+        "ungroup_grouped_query_attention", "original_architecture", "default_prepend_bos",
+        "use_attn_result", "use_split_qkv_input", "use_hook_mlp_in", "use_attn_in", "use_hook_tokens",
+    ]
+    out = {}
+    for k in keys:
+        v = getattr(cfg, k, None)
+        if isinstance(v, list):
+            out[k] = list(v)
+        else:
+            out[k] = v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
+    return out
+
+
+def rotary_vs_hf(model, hf_model, n_pos: int) -> dict:
+    """TL's rotary_cos/sin buffers (layer 0) vs HF's rotary_emb(position_ids = arange(n_pos))."""
+    import torch
+
+    x = torch.zeros(1, n_pos, 1, dtype=torch.float32)
+    pos = torch.arange(n_pos, dtype=torch.int64)[None]
+    with torch.no_grad():
+        cos, sin = hf_model.model.rotary_emb(x, pos)
+    attn = model.blocks[0].attn
+    tl_cos, tl_sin = attn.rotary_cos[:n_pos], attn.rotary_sin[:n_pos]
+    assert tl_cos.shape == cos[0].shape, (tl_cos.shape, cos.shape)
+    return {
+        "n_positions": n_pos,
+        "tl_buffer_rows": int(attn.rotary_cos.shape[0]),
+        "max_abs_diff_cos": float((tl_cos - cos[0]).abs().max()),
+        "max_abs_diff_sin": float((tl_sin - sin[0]).abs().max()),
+    }
+
+
+def weight_processing_record(unproc, proc) -> dict:
+    """What load_and_process_state_dict actually changed, found by comparing parameters."""
+    import torch
+
+    pu = dict(unproc.named_parameters())
+    pp = dict(proc.named_parameters())
+    changed = sorted(k for k in pp if k in pu and not torch.equal(pu[k], pp[k]))
+    removed = sorted(k for k in pu if k not in pp)
+    added = sorted(k for k in pp if k not in pu)
+    u_E, p_E = pu["embed.W_E"], pp["embed.W_E"]
+    W_U = pp["unembed.W_U"]
+    steps = {
+        "fold_ln": {
+            "performed": proc.cfg.normalization_type == "RMSPre" and bool(removed),
+            "what": "RMS weights ln1.w / ln2.w / ln_final.w multiplied into W_Q, _W_K, _W_V / "
+            "W_in, W_gate / W_U (rows = d_model); ln1/ln2/ln_final become RMSNormPre (no weight, "
+            "same hook_scale/hook_normalized); normalization_type RMS -> RMSPre. No bias folding "
+            "and no weight centering (fold_biases=center_weights=False for RMS). q_norm/k_norm "
+            "weights (Qwen3) are NOT folded.",
+        },
+        "center_writing_weights": {
+            "performed": not torch.equal(u_E, p_E),
+            "what": "skipped by TL for RMS models (ProcessWeights.process_weights only centers when "
+            "normalization_type is LN/LNPre and not final_rms): no mean subtraction on W_E, W_O, "
+            "W_out, b_out or b_O (b_O still changes through fold_value_biases where b_V != 0).",
+        },
+        "center_unembed": {
+            "performed": bool(W_U.mean(-1).abs().max() < 1e-6) and "unembed.W_U" in changed,
+            "what": "W_U -= W_U.mean(vocab axis); b_U -= b_U.mean() (b_U is zero here).",
+        },
+        "fold_value_biases": {
+            "performed": True,
+            "what": "b_O += sum_h repeat_interleave(_b_V, n_heads / n_kv_heads)[h] @ W_O[h]; _b_V "
+            "set to 0 (always run; a no-op where b_V is zero).",
+            "b_V_was_nonzero": any(
+                k.endswith(("attn._b_V", "attn.b_V")) and pu[k].any().item() for k in pu
+            ),
+        },
+    }
+    return {
+        "call": "load_and_process_state_dict(sd, fold_ln=True, center_writing_weights=True, "
+        "center_unembed=True, fold_value_biases=True, refactor_factored_attn_matrices=False)",
+        "steps": steps,
+        "normalization_type_after": proc.cfg.normalization_type,
+        "changed_params": changed,
+        "removed_params": removed,
+        "added_params": added,
+    }
+
+
+def ht_decoder_goldens(spec: dict, hf_model, model_dir: Path, prompts, fx: Path, hf_logits) -> dict:
+    """Writes hooked_{unprocessed,processed}.{json,safetensors}; returns the acceptance errors."""
+    import torch
+
+    models = {}
+    acceptance = OrderedDict()
+    for stem, processed in HT_DEC_VARIANTS:
+        model, raw, corrections = build_ht_decoder(spec, hf_model, model_dir, processed)
+        tensors = OrderedDict()
+        meta = OrderedDict()
+        hook_names = list(model.hook_dict.keys())
+        fired_union = OrderedDict()
+        firing_sequence = None
+        worst = 0.0
+        for pid, p in prompts.items():
+            tokens = torch.tensor(p["tokens"], dtype=torch.int64)
+            mask = torch.tensor(p["attention_mask"], dtype=torch.int64) if p["padded"] else None
+            logits, cache, grads, fc, bc, seq = fixtures.ht_capture(model, tokens, mask, processed)
+            if firing_sequence is None:
+                firing_sequence = seq
+            kw = {"attention_mask": mask} if mask is not None else {}
+            with torch.no_grad():
+                loss = model(tokens, return_type="loss", **kw)
+                loss_tok = model(tokens, return_type="loss", loss_per_token=True, **kw)
+                logits2 = model(tokens, return_type="logits", **kw)
+            assert torch.equal(logits2, logits), "HT forward not reproducible"
+            assert torch.equal(cache["unembed.hook_out"], logits)
+            # acceptance vs HF on real positions (processed: log-probs, center_unembed shifts logits)
+            real = torch.tensor(p["attention_mask"], dtype=torch.bool)
+            ref = hf_logits[pid]
+            if processed:
+                a, b = logits.log_softmax(-1)[real], ref.log_softmax(-1)[real]
+            else:
+                a, b = logits[real], ref[real]
+            err = float((a - b).abs().max() / max(1.0, float(b.abs().max())))
+            worst = max(worst, err)
+            assert err <= HT_DEC_TOL, f"{spec['name']} {stem} {pid}: TL vs HF err {err:.3e}"
+            tensors[f"{pid}/tokens"] = tokens
+            tensors[f"{pid}/attention_mask"] = torch.tensor(p["attention_mask"], dtype=torch.int64)
+            tensors[f"{pid}/loss"] = loss
+            tensors[f"{pid}/loss_per_token"] = loss_tok
+            for name, act in cache.items():
+                tensors[f"{pid}/{name}"] = act
+            for name in hook_names:
+                if name in grads:
+                    tensors[f"{pid}/{name}_grad"] = grads[name]
+            for n in hook_names:
+                if fc[n] > 0:
+                    fired_union[n] = True
+            assert list(cache.keys()) == sorted(cache.keys(), key=lambda k: seq.index(k))
+            meta[pid] = OrderedDict(
+                tokens=p["tokens"],
+                attention_mask=p["attention_mask"],
+                attention_mask_passed=mask is not None,
+                loss=float(loss),
+                fwd_fire_counts={n: fc[n] for n in hook_names if fc[n] > 0},
+                bwd_fire_counts={n: bc[n] for n in hook_names if bc[n] > 0},
+                cache_keys_in_order=list(cache.keys()),
+                shapes={n: fixtures.shape_of(t) for n, t in cache.items()},
+                grad_keys=[f"{n}_grad" for n in hook_names if n in grads],
+                n_cached=len(cache),
+                n_grads=len(grads),
+                activation_has_neg_inf=sorted(n for n, t in cache.items() if torch.isneginf(t).any().item()),
+                activation_has_nan=sorted(n for n, t in cache.items() if torch.isnan(t).any().item()),
+                grad_has_nan=sorted(n for n, t in grads.items() if torch.isnan(t).any().item()),
+                err_vs_hf_real_positions=err,
+            )
+        if processed:
+            for k, v in model.named_parameters():  # parameters only (no IGNORE/mask/rotary buffers)
+                tensors[f"weights/{k}"] = v
+        fixtures.save_tensors(fx / f"{stem}.safetensors", tensors)
+        n_pos = max(len(p["tokens"][0]) for p in prompts.values())
+        doc = {
+            "description": "TransformerLens 3.9.0 HookedTransformer built as TL builds one from a "
+            "local directory: convert_hf_model_config('model', called from the fixture dir) -> "
+            "HookedTransformerConfig(**that, device cpu, dtype float32, tokenizer_name None, seed) "
+            "-> get_pretrained_state_dict(model dir, cfg, hf_model=<the HF model of hf.json>) -> "
+            "HookedTransformer(cfg) + load_and_process_state_dict(fold_ln, center_writing_weights, "
+            f"center_unembed, fold_value_biases = {processed}), with the `corrections` below "
+            "(where TL 3.9.0 would not compute what HF computes). No tokenizer. Activations: "
+            "run_with_cache(tokens, return_type='logits') (cache keeps the LAST firing of a hook); "
+            "logits = <pid>/unembed.hook_out. Gradients <name>_grad: backward of "
+            + ("logits[:, -1, :].log_softmax(-1).sum() " if processed else "logits[:, -1, :].sum() ")
+            + "with a bwd hook on every HookPoint, SUMMED over firings (fixtures.ht_capture). loss: "
+            "forward(return_type='loss'); loss_per_token: loss_per_token=True. Padded batch: "
+            "forward(tokens, attention_mask=mask): rotary positions = cumsum(mask)-1 with pads at 0, "
+            "masked scores = -inf, fully masked (pad-query) rows -> NaN softmax replaced by 0. "
+            "err_vs_hf_real_positions: max|TL-HF|/max(1,max|HF|) over real positions of "
+            + ("log_softmax(logits) " if processed else "the logits ")
+            + f"vs hf.safetensors (asserted <= {HT_DEC_TOL}). No generation goldens. "
+            + ("weights/<TL param name>: the state dict after processing (TL layout). " if processed else ""),
+            "variant": stem,
+            "processed": processed,
+            "corrections": corrections,
+            "mlp_bias_patch": any(hasattr(b.mlp, "b_gate") for b in model.blocks),
+            "tl_convert_hf_model_config": raw,
+            "cfg": ht_dec_cfg_summary(model.cfg),
+            "rotary_vs_hf": rotary_vs_hf(model, hf_model, n_pos),
+            "acceptance": {"tolerance": HT_DEC_TOL, "worst_err_vs_hf": worst,
+                           "compared": "log_softmax(logits)" if processed else "logits"},
+            "hook_dict_names": hook_names,
+            "n_hook_dict": len(hook_names),
+            "fired_names": [n for n in hook_names if n in fired_union],
+            "n_fired": len(fired_union),
+            "never_fired": [n for n in hook_names if n not in fired_union],
+            "firing_sequence_prompt0": firing_sequence,
+            "prompts": meta,
+            "prompt_order": list(prompts.keys()),
+            "tensor_keys": list(tensors.keys()),
+            "versions": fixtures.versions(),
+        }
+        if processed:
+            doc["weight_processing"] = weight_processing_record(models["hooked_unprocessed"], model)
+        fixtures.write_json(fx / f"{stem}.json", doc)
+        models[stem] = model
+        acceptance[stem] = worst
+    fixtures.log(
+        f"decoders: {spec['name']} HookedTransformer goldens, worst err vs HF "
+        + ", ".join(f"{k} {v:.2e}" for k, v in acceptance.items())
+    )
+    return acceptance
