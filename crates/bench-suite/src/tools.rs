@@ -3,12 +3,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bridge::{CompatibilityOptions, HfForward, TransformerBridge};
+use bridge::{
+    CompatibilityOptions, Gpt2LMHeadModel, HfForward, HfOutput, LlamaForCausalLM, TransformerBridge,
+};
 use clap::{Args, ValueEnum};
 use hooked_ref::{HookedTransformer, HookedTransformerConfig, ProcessingOptions};
 use hookpoint::CacheOptions;
 use lens_core::model::{ForwardOptions, GenerateOptions, LensModel, ModelError, ModelResult};
-use lens_core::LoadOptions;
+use lens_core::{HfConfig, LoadOptions, LoadedModel, Tokenizer};
 use tch::{Device, Tensor};
 
 use crate::export::{metadata, select_entries, CacheMetadata, GradOf, Names};
@@ -145,10 +147,69 @@ fn load(args: &ModelArgs, implementation: Impl, processed: bool) -> ModelResult<
 }
 
 fn tokens_of(model: &dyn LensModel, text: &str) -> ModelResult<Tensor> {
-    let tokenizer = model
-        .tokenizer()
+    tokenize(model.tokenizer(), text)
+}
+
+fn tokenize(tokenizer: Option<&Tokenizer>, text: &str) -> ModelResult<Tensor> {
+    let tokenizer = tokenizer
         .ok_or_else(|| ModelError::Unsupported("the model has no tokenizer.json".into()))?;
     Ok(tokenizer.to_tokens(&[text], None, None, true)?.ids)
+}
+
+/// The raw HF model of a checkpoint, of whichever family the HF tier implements.
+enum RawModel {
+    Gpt2(Gpt2LMHeadModel),
+    Llama(LlamaForCausalLM),
+}
+
+impl RawModel {
+    /// Loads the checkpoint's raw model and its tokenizer.
+    fn load(args: &ModelArgs) -> ModelResult<(RawModel, Option<Tokenizer>)> {
+        args.check_device()?;
+        let (device, kind) = (args.device, args.dtype);
+        let LoadedModel {
+            config,
+            weights,
+            tokenizer,
+            ..
+        } = lens_core::load(
+            &args.model,
+            &LoadOptions {
+                device,
+                kind: Some(kind),
+                ..LoadOptions::default()
+            },
+        )?;
+        let model = match config {
+            HfConfig::Gpt2(c) => {
+                RawModel::Gpt2(Gpt2LMHeadModel::from_weights(c, weights, device, kind)?)
+            }
+            HfConfig::Llama(c) => {
+                RawModel::Llama(LlamaForCausalLM::from_weights(c, weights, device, kind)?)
+            }
+            other => {
+                return Err(ModelError::Unsupported(format!(
+                    "no raw HF model for {}",
+                    other.architecture()
+                )))
+            }
+        };
+        Ok((model, tokenizer))
+    }
+
+    fn forward(&self, args: HfForward<'_>) -> ModelResult<HfOutput> {
+        match self {
+            RawModel::Gpt2(m) => m.forward(args),
+            RawModel::Llama(m) => m.forward(args),
+        }
+    }
+
+    fn generate(&self, ids: &Tensor, options: &GenerateOptions) -> ModelResult<Tensor> {
+        match self {
+            RawModel::Gpt2(m) => m.generate(ids, None, options),
+            RawModel::Llama(m) => m.generate(ids, None, options),
+        }
+    }
 }
 
 fn finish(outcome: ModelResult<()>, what: &str) -> ExitCode {
@@ -190,10 +251,10 @@ fn write_cache(args: &CacheArgs) -> ModelResult<()> {
                     .into(),
             ));
         }
-        let bridge = boot_bridge(&args.model)?;
-        tokens = tokens_of(&bridge, &args.text)?;
+        let (raw, raw_tokenizer) = RawModel::load(&args.model)?;
+        tokens = tokenize(raw_tokenizer.as_ref(), &args.text)?;
         let out = tch::no_grad(|| {
-            bridge.hf_model().forward(HfForward {
+            raw.forward(HfForward {
                 input_ids: Some(&tokens),
                 output_hidden_states: true,
                 ..HfForward::default()
@@ -204,7 +265,7 @@ fn write_cache(args: &CacheArgs) -> ModelResult<()> {
         for (i, hidden) in out.hidden_states.into_iter().enumerate() {
             entries.push((format!("hidden_states.{i}"), hidden));
         }
-        tokenizer = bridge.tokenizer().cloned();
+        tokenizer = raw_tokenizer;
     } else {
         let Loaded { model, tl_names } = load(&args.model, args.implementation, args.processed)?;
         if args.processed {
@@ -270,22 +331,18 @@ fn run_generate(args: &GenerateArgs) -> ModelResult<()> {
         use_past_kv_cache: !args.no_kv_cache,
         ..GenerateOptions::default()
     };
-    let implementation = if let Impl::Hf = args.implementation {
-        Impl::Bridge
+    let (generated, tokenizer) = if let Impl::Hf = args.implementation {
+        let (raw, tokenizer) = RawModel::load(&args.model)?;
+        let tokens = tokenize(tokenizer.as_ref(), &args.prompt)?;
+        (tch::no_grad(|| raw.generate(&tokens, &options))?, tokenizer)
     } else {
-        args.implementation
+        let model = load(&args.model, args.implementation, false)?.model;
+        let tokens = tokens_of(model.as_ref(), &args.prompt)?;
+        let generated = tch::no_grad(|| model.generate(&tokens, None, &options))?;
+        (generated, model.tokenizer().cloned())
     };
-    let model = load(&args.model, implementation, false)?.model;
-    let tokens = tokens_of(model.as_ref(), &args.prompt)?;
-    let generated = if let Impl::Hf = args.implementation {
-        let bridge = boot_bridge(&args.model)?;
-        tch::no_grad(|| bridge.hf_model().generate(&tokens, None, &options))?
-    } else {
-        tch::no_grad(|| model.generate(&tokens, None, &options))?
-    };
-    let tokenizer = model
-        .tokenizer()
-        .ok_or_else(|| ModelError::Unsupported("no tokenizer".into()))?;
+    let tokenizer = tokenizer
+        .ok_or_else(|| ModelError::Unsupported("the model has no tokenizer.json".into()))?;
     println!("{}", tokenizer.to_string(&generated.get(0))?);
     Ok(())
 }

@@ -450,3 +450,94 @@ fn a_copied_binary_finds_the_embedded_models_or_says_how() {
         "{said}"
     );
 }
+
+/// A copy of a decoder fixture (tests/fixtures/dec-a: a Llama with GQA and llama3 rope) with a
+/// word-level tokenizer over its 384 ids ("t0".."t382", and "<|endoftext|>" = 383).
+fn llama_with_tokenizer(dir: &Path) -> String {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/dec-a/model");
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(source.join(file), dir.join(file)).unwrap();
+    }
+    let mut vocab = serde_json::Map::new();
+    for id in 0..383 {
+        vocab.insert(format!("t{id}"), id.into());
+    }
+    vocab.insert("<|endoftext|>".into(), 383.into());
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [{"id": 383, "content": "<|endoftext|>", "single_word": false,
+            "lstrip": false, "rstrip": false, "normalized": false, "special": true}],
+        "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"},
+        "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t0"}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    dir.display().to_string()
+}
+
+#[test]
+fn llama_family_models_generate_and_cache_through_the_hf_and_hooked_tiers() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = llama_with_tokenizer(dir.path());
+    let generate = |implementation: &str, extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            &model,
+            "--prompt",
+            "t5 t17 t99 t3",
+            "--impl",
+            implementation,
+            "--max-new-tokens",
+            "6",
+        ];
+        args.extend_from_slice(extra);
+        let out = tl_bench(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let hf = generate("hf", &[]);
+    assert!(hf.starts_with("<|endoftext|> t5 t17 t99 t3"), "{hf}");
+    assert_eq!(
+        hf.split_whitespace().count(),
+        11,
+        "BOS, 4 prompt tokens, 6 new: {hf}"
+    );
+    assert_eq!(generate("hooked", &[]), hf);
+    assert_eq!(generate("hooked", &["--no-kv-cache"]), hf);
+    assert_eq!(generate("hf", &["--no-kv-cache"]), hf);
+    // The HookedTransformer's cache: TransformerLens names, grouped keys [b, p, n_kv, d_head].
+    let out = dir.path().join("cache.safetensors");
+    let done = tl_bench(&[
+        "cache",
+        "--model",
+        &model,
+        "--impl",
+        "hooked",
+        "--text",
+        "t1 t2 t3",
+        "--grad-of",
+        "loss",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let (tensors, _) = read_cache(&out);
+    assert_eq!(tensors["blocks.0.attn.hook_k"].size(), vec![1, 4, 2, 16]);
+    assert!(tensors.contains_key("blocks.1.attn.hook_rot_q_grad"));
+    assert!(!tensors.contains_key("hook_pos_embed"));
+    // The bridge says what it does not wrap yet, and what does.
+    let refused = tl_bench(&["hooks", "--model", &model]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("HookedTransformer"));
+}

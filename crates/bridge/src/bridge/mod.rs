@@ -9,7 +9,7 @@ mod text;
 
 use hookpoint::HookRegistry;
 use lens_core::model::{ForwardOptions, ForwardOutput, ModelError, ModelResult, ReturnType};
-use lens_core::Gpt2Config;
+use lens_core::{Gpt2Config, HfConfig};
 use lens_core::{LoadOptions, Tokenizer, Weights};
 use tch::{Device, Kind, Tensor};
 
@@ -71,7 +71,17 @@ impl TransformerBridge {
                 ..LoadOptions::default()
             },
         )?;
-        let config = gpt2_config(&loaded.config)?;
+        let config = match &loaded.config {
+            HfConfig::Llama(llama) => {
+                return Err(ModelError::Unsupported(format!(
+                    "the TransformerBridge does not wrap {} yet (GPT2LMHeadModel only); this \
+                     checkpoint has the raw HF model (bridge::LlamaForCausalLM) and the \
+                     HookedTransformer",
+                    llama.family.architecture()
+                )))
+            }
+            other => gpt2_config(other)?,
+        };
         Self::from_parts(config, loaded.weights, loaded.tokenizer, device, dtype)
     }
 
