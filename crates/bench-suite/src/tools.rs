@@ -280,16 +280,15 @@ fn write_cache(args: &CacheArgs) -> ModelResult<()> {
             None => None,
         };
         let _no_grad = target.is_none().then(tch::no_grad_guard);
-        let options = CacheOptions {
-            incl_bwd: target.is_some(),
-            ..CacheOptions::default()
+        let (forward, options) = (ForwardOptions::default(), CacheOptions::default());
+        let (out, cache) = match target {
+            Some(target) => {
+                model.run_with_cache_and_backward(&tokens, &forward, &options, &|o| {
+                    target.of(o, &tokens)
+                })?
+            }
+            None => model.run_with_cache(&tokens, &forward, &options)?,
         };
-        let (out, cache) =
-            model.run_with_cache(&tokens, &ForwardOptions::default(), &options, &|o| {
-                target
-                    .ok_or_else(|| ModelError::InvalidInput("no gradient target".into()))?
-                    .of(o, &tokens)
-            })?;
         entries.push(("logits".into(), out.logits()?.detach()));
         if let (Impl::Hooked, Names::Bridge) = (args.implementation, args.names) {
             return Err(ModelError::Unsupported(
@@ -360,7 +359,6 @@ fn list_hooks(args: &HooksArgs) -> ModelResult<()> {
             &tokens,
             &ForwardOptions::default(),
             &CacheOptions::default(),
-            &|_| Err(ModelError::InvalidInput("no gradients are recorded".into())),
         )
     })?;
     let registry = model.hooks();

@@ -58,7 +58,6 @@ pub fn run(model_name: &str) -> ModelResult<Vec<Vec<f64>>> {
             names_filter: NamesFilter::predicate(|name| name.ends_with("hook_resid_pre")),
             ..CacheOptions::default()
         },
-        &|_| unreachable!("no gradients asked for"),
     )?;
     let clean_diff = logit_diff(clean_out.logits()?, mary, john);
     let corrupted_diff = logit_diff(

@@ -45,7 +45,6 @@ pub fn run(model_name: &str, text: &str) -> ModelResult<(Stages, i64)> {
             }),
             ..CacheOptions::default()
         },
-        &|_| unreachable!("no gradients asked for"),
     )?;
     // The accumulated residual at the last position: the input of every block, then the output
     // of the last one.

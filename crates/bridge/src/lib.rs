@@ -36,7 +36,6 @@
 //!         names_filter: NamesFilter::predicate(|n| n.ends_with("hook_resid_pre")),
 //!         ..CacheOptions::default()
 //!     },
-//!     &|_| unreachable!("no gradients asked for"),
 //! )?;
 //! let resid = cache.get(("resid_pre", 1i64))?; // blocks.1.hook_resid_pre, [1, p, d_model]
 //! println!("logits {:?}, resid {:?}", out.logits()?.size(), resid.size());

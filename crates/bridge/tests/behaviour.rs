@@ -386,7 +386,7 @@ fn hooks_edit_the_forward_pass() {
     hookpoint::backward(&out.logits.unwrap().select(1, -1).sum(Kind::Float)).unwrap();
     drop(scope);
     let (_, cache) = b
-        .run_with_cache(
+        .run_with_cache_and_backward(
             &tokens,
             &ForwardOptions::default(),
             &hookpoint::CacheOptions {
@@ -481,7 +481,7 @@ fn resid_mid_gradient_covers_the_skip_connection() {
     // connection; here hook_resid_mid's gradient is ln2.hook_in's plus resid_post's.
     let b = bridge("knobs");
     let (_, cache) = b
-        .run_with_cache(
+        .run_with_cache_and_backward(
             &small_tokens().remainder(997),
             &ForwardOptions::default(),
             &hookpoint::CacheOptions {
@@ -664,12 +664,7 @@ fn stop_at_layer_returns_the_residual_stream() {
     let b = bridge("small");
     let tokens = small_tokens();
     let (_, cache) = b
-        .run_with_cache(
-            &tokens,
-            &ForwardOptions::default(),
-            &Default::default(),
-            &|_| unreachable!(),
-        )
+        .run_with_cache(&tokens, &ForwardOptions::default(), &Default::default())
         .unwrap();
     for layer in 0..3 {
         let out = b
@@ -871,4 +866,33 @@ fn adapter_maps_components_to_huggingface_modules() {
             .hf_path,
         "lm_head"
     );
+}
+
+/// `boot_with` takes every loading option: a models cache of its own, the checkpoint's dtype.
+#[test]
+fn boot_with_takes_the_loading_options() {
+    let cache = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models-cache");
+    let options = lens_core::LoadOptions {
+        resolve: lens_core::ResolveOptions {
+            models_cache: Some(cache),
+            ..Default::default()
+        },
+        kind: None,
+        ..Default::default()
+    };
+    let bridge = TransformerBridge::boot_with(lens_core::DEFAULT_MODEL, &options).unwrap();
+    assert_eq!(
+        bridge.kind(),
+        tch::Kind::Float,
+        "the checkpoint's own dtype"
+    );
+    let missing = lens_core::LoadOptions {
+        resolve: lens_core::ResolveOptions {
+            models_cache: Some(std::env::temp_dir().join("no-models-here")),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let err = TransformerBridge::boot_with(lens_core::DEFAULT_MODEL, &missing).unwrap_err();
+    assert!(err.to_string().contains("no-models-here"), "{err}");
 }

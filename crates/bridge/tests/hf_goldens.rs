@@ -321,7 +321,6 @@ fn bridge_matches_transformers_on_real_positions(#[values("small", "knobs")] con
                     ..Default::default()
                 },
                 &CacheOptions::default(),
-                &|_| unreachable!("no backward pass"),
             )
         })
         .expect("run_with_cache");

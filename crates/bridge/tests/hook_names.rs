@@ -47,7 +47,6 @@ fn fired(
                 ..ForwardOptions::default()
             },
             &CacheOptions::default(),
-            &|_| unreachable!("no backward pass"),
         )
         .expect("run_with_cache");
     cache

@@ -270,13 +270,10 @@ fn cached_run(
         ..ForwardOptions::default()
     };
     let result = bridge
-        .run_with_cache(
+        .run_with_cache_and_backward(
             tokens,
             &options,
-            &CacheOptions {
-                incl_bwd: true,
-                ..CacheOptions::default()
-            },
+            &CacheOptions::default(),
             &target(processed),
         )
         .expect("run_with_cache");

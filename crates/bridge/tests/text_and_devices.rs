@@ -155,7 +155,7 @@ fn half_precision_runs_and_stays_close() {
         let mut b = bridge_on("small", Device::Cpu, kind);
         assert_eq!(b.kind(), kind);
         let (out, cache) = b
-            .run_with_cache(
+            .run_with_cache_and_backward(
                 tokens,
                 &options,
                 &CacheOptions {
@@ -256,7 +256,7 @@ fn cuda_matches_the_cpu() {
             ..Default::default()
         };
         let (out, cache) = b
-            .run_with_cache(
+            .run_with_cache_and_backward(
                 tokens,
                 &options,
                 &CacheOptions {

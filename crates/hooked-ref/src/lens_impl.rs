@@ -76,14 +76,43 @@ impl HookedTransformer {
     }
 
     /// Tokens for `texts` (BOS prepended by default; batches right-padded with an attention mask).
-    pub fn to_tokens(&self, texts: &[&str]) -> ModelResult<lens_core::Tokens> {
+    pub fn to_tokens(
+        &self,
+        texts: &[&str],
+        prepend_bos: Option<bool>,
+        padding_side: Option<lens_core::PaddingSide>,
+    ) -> ModelResult<lens_core::Tokens> {
         let tokenizer = self
             .tokenizer
             .as_ref()
             .ok_or_else(|| ModelError::Unsupported("this model has no tokenizer".into()))?;
         Ok(tokenizer
-            .to_tokens(texts, None, None, true)?
+            .to_tokens(texts, prepend_bos, padding_side, true)?
             .to_device(self.device())?)
+    }
+
+    /// `use_attn_result`: materialise and hook each head's output (`attn.hook_result`).
+    pub fn set_use_attn_result(&mut self, on: bool) {
+        self.set_hook_flag("use_attn_result", on)
+            .expect("use_attn_result excludes no other option");
+    }
+
+    /// `use_split_qkv_input`: per-head copies of the residual for q, k and v
+    /// (`hook_q_input`, ...). Errors if `use_attn_in` is on.
+    pub fn set_use_split_qkv_input(&mut self, on: bool) -> ModelResult<()> {
+        self.set_hook_flag("use_split_qkv_input", on)
+    }
+
+    /// `use_attn_in`: one per-head copy of the residual shared by q, k and v (`hook_attn_in`).
+    /// Errors if `use_split_qkv_input` is on.
+    pub fn set_use_attn_in(&mut self, on: bool) -> ModelResult<()> {
+        self.set_hook_flag("use_attn_in", on)
+    }
+
+    /// `use_hook_mlp_in`: hook a copy of the residual before ln2 (`hook_mlp_in`).
+    pub fn set_use_hook_mlp_in(&mut self, on: bool) {
+        self.set_hook_flag("use_hook_mlp_in", on)
+            .expect("use_hook_mlp_in excludes no other option");
     }
 
     /// Generates from tokens `[b, p]` (left-padded with `attention_mask` for batches).

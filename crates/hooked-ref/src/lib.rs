@@ -24,7 +24,7 @@ pub use config::{HookedTransformerConfig, NormType, Rotary};
 pub use error::{Error, Result};
 pub use hooks::hook_names;
 pub use layers::LayerKv;
-pub use lens_core::model::{ForwardOptions, ForwardOutput, ReturnType};
+pub use lens_core::model::{ForwardOptions, ForwardOutput, LensModel, ReturnType};
 pub use model::HookedTransformer;
 pub use params::{
     convert_gpt2, convert_llama, AttentionParams, BlockParams, LayerNormParams, MlpParams, Params,

@@ -318,37 +318,6 @@ impl HookedTransformer {
             .with_hooks(hooks, || self.forward(tokens, options))?
     }
 
-    /// Runs `forward` recording activations (and gradients of the scalar output with
-    /// `incl_bwd`: use `ReturnType::Loss`, or [`HookedTransformer::run_with_cache_fn`]).
-    pub fn run_with_cache(
-        &self,
-        tokens: &Tensor,
-        options: &ForwardOptions,
-        cache: &CacheOptions,
-    ) -> Result<(Output, ActivationCache)> {
-        let mut output = None;
-        let (_, activations) = run_with_cache(
-            &self.registry,
-            cache,
-            Some(self.cfg.n_layers as usize),
-            || {
-                let out = self.forward(tokens, options)?;
-                let scalar = match (&out.loss, &out.logits) {
-                    (Some(loss), _) if cache.incl_bwd => loss.shallow_clone(),
-                    (_, Some(logits)) => logits.shallow_clone(),
-                    (_, None) => out
-                        .residual
-                        .as_ref()
-                        .map(Tensor::shallow_clone)
-                        .unwrap_or_else(|| Tensor::zeros([], (Kind::Float, self.device()))),
-                };
-                output = Some(out);
-                Ok::<_, Error>(scalar)
-            },
-        )?;
-        Ok((output.expect("set by the forward closure"), activations))
-    }
-
     /// Records activations while `body` runs the model (and gradients of the scalar `body`
     /// returns, with `incl_bwd`) — for losses other than the model's own, such as the sum of the
     /// last position's logits.

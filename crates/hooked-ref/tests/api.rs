@@ -3,7 +3,7 @@
 
 use hooked_ref::{ForwardOptions, HookedTransformer, ProcessingOptions, ReturnType};
 use hookpoint::{CacheAnalysis, CacheOptions, DecomposeMode, Hook, HookError, HookSpec, Slice};
-use lens_core::model::ModelError;
+use lens_core::model::{LensModel, ModelError};
 use lens_core::{LoadOptions, DEFAULT_MODEL};
 use tch::{Kind, Tensor};
 
@@ -22,7 +22,7 @@ const TEXT: &str = "Natural language processing tasks, such as question answerin
 fn loads_the_embedded_model_and_reads_text() {
     let model = tiny(ProcessingOptions::none());
     assert_eq!(model.hooks().len(), 6 + 23 * 4);
-    let tokens = model.to_tokens(&["Hello world"]).unwrap();
+    let tokens = model.to_tokens(&["Hello world"], None, None).unwrap();
     assert_eq!(
         Vec::<i64>::try_from(tokens.ids.reshape([-1])).unwrap(),
         vec![50256, 15496, 995]
@@ -56,7 +56,7 @@ fn errors_name_the_problem_and_leave_no_hook() {
         model.forward(&empty, &ForwardOptions::default()),
         Err(ModelError::EmptyInput)
     ));
-    let tokens = model.to_tokens(&["Hello"]).unwrap().ids;
+    let tokens = model.to_tokens(&["Hello"], None, None).unwrap().ids;
     let noop = Hook::new(|_, _| None);
     let unknown = model.run_with_hooks(
         &tokens,
@@ -95,7 +95,7 @@ fn errors_name_the_problem_and_leave_no_hook() {
 #[test]
 fn stop_at_layer_returns_the_residual_before_that_block() {
     let model = tiny(ProcessingOptions::none());
-    let tokens = model.to_tokens(&[TEXT]).unwrap().ids;
+    let tokens = model.to_tokens(&[TEXT], None, None).unwrap().ids;
     let stopped = model
         .forward(
             &tokens,
@@ -128,7 +128,7 @@ fn stop_at_layer_returns_the_residual_before_that_block() {
 #[test]
 fn decompositions_add_up_to_the_residual() {
     let model = tiny(ProcessingOptions::default());
-    let tokens = model.to_tokens(&[TEXT]).unwrap().ids;
+    let tokens = model.to_tokens(&[TEXT], None, None).unwrap().ids;
     let (_, cache) = model
         .run_with_cache(
             &tokens,
@@ -188,7 +188,7 @@ fn decompositions_add_up_to_the_residual() {
 #[test]
 fn logit_attributions_of_the_full_decomposition_equal_the_logit_difference() {
     let model = tiny(ProcessingOptions::default());
-    let tokens = model.to_tokens(&[TEXT]).unwrap().ids;
+    let tokens = model.to_tokens(&[TEXT], None, None).unwrap().ids;
     let (out, cache) = model
         .run_with_cache(
             &tokens,
@@ -223,7 +223,7 @@ fn refactoring_the_attention_matrices_changes_no_product_and_no_output() {
         refactor_factored_attn_matrices: true,
         ..ProcessingOptions::default()
     });
-    let tokens = processed.to_tokens(&[TEXT]).unwrap().ids;
+    let tokens = processed.to_tokens(&[TEXT], None, None).unwrap().ids;
     let logits = |m: &HookedTransformer| {
         m.forward(&tokens, &ForwardOptions::default())
             .unwrap()
@@ -275,4 +275,46 @@ fn generates_text_alone_and_in_a_left_padded_batch() {
         "{alone:?}"
     );
     assert!(batch[1].ends_with(&alone[0]), "{batch:?} vs {alone:?}");
+}
+
+/// One API on both models: `run_with_cache` records gradients of the loss with `incl_bwd`
+/// (TransformerLens's semantics) and says how to get another scalar's; typed hook flags.
+#[test]
+fn run_with_cache_takes_the_gradient_of_the_loss_or_of_a_target() {
+    let mut model = tiny(ProcessingOptions::none());
+    let tokens = model.to_tokens(&["Hello world"], None, None).unwrap().ids;
+    let grads = CacheOptions {
+        incl_bwd: true,
+        ..CacheOptions::default()
+    };
+    let loss = ForwardOptions {
+        return_type: ReturnType::Loss,
+        ..ForwardOptions::default()
+    };
+    let (_, cache) = model.run_with_cache(&tokens, &loss, &grads).unwrap();
+    assert!(cache.contains("blocks.0.hook_resid_pre_grad"));
+    let refused = model.run_with_cache(&tokens, &ForwardOptions::default(), &grads);
+    assert!(refused
+        .unwrap_err()
+        .to_string()
+        .contains("run_with_cache_and_backward"));
+    let (_, cache) = model
+        .run_with_cache_and_backward(
+            &tokens,
+            &ForwardOptions::default(),
+            &CacheOptions::default(),
+            &|out| Ok(out.logits()?.select(1, -1).select(1, 7).sum(Kind::Float)),
+        )
+        .unwrap();
+    assert!(cache.contains("blocks.3.hook_resid_post_grad"));
+    model.zero_grad();
+    model.set_use_attn_result(true);
+    assert!(model.hook_flags().contains(&("use_attn_result", true)));
+    model.set_use_split_qkv_input(true).unwrap();
+    assert!(
+        model.set_use_attn_in(true).is_err(),
+        "they exclude each other"
+    );
+    model.set_use_hook_mlp_in(true);
+    assert!(model.hook_flags().contains(&("use_hook_mlp_in", true)));
 }

@@ -218,35 +218,77 @@ pub trait LensModel {
             .with_hooks(hooks, || self.forward(tokens, options))?
     }
 
-    /// Records activations (and, with `incl_bwd`, the gradients of the scalar `target`
-    /// computes from the output) during one forward pass.
+    /// Records the activation at every selected hook during one forward pass (TransformerLens's
+    /// `run_with_cache`). With `cache.incl_bwd` it also records, as `<name>_grad`, the gradient of
+    /// the model's loss, as TransformerLens backpropagates its scalar output: ask for
+    /// `ReturnType::Loss` (or `Both`). For the gradient of another scalar (a logit difference, a
+    /// probe), use [`LensModel::run_with_cache_and_backward`].
     fn run_with_cache(
+        &self,
+        tokens: &Tensor,
+        options: &ForwardOptions,
+        cache: &CacheOptions,
+    ) -> ModelResult<(ForwardOutput, ActivationCache)> {
+        if !cache.incl_bwd {
+            return record(self, tokens, options, cache, None);
+        }
+        let loss = |out: &ForwardOutput| {
+            out.loss.as_ref().map(Tensor::shallow_clone).ok_or_else(|| {
+                ModelError::InvalidInput(
+                    "incl_bwd takes the gradient of the loss: ask for ReturnType::Loss or Both, \
+                     or use run_with_cache_and_backward with a target"
+                        .into(),
+                )
+            })
+        };
+        record(self, tokens, options, cache, Some(&loss))
+    }
+
+    /// [`LensModel::run_with_cache`], recording also the gradient at every selected hook of the
+    /// scalar `target` computes from the output (whatever `cache.incl_bwd` says).
+    fn run_with_cache_and_backward(
         &self,
         tokens: &Tensor,
         options: &ForwardOptions,
         cache: &CacheOptions,
         target: &dyn Fn(&ForwardOutput) -> ModelResult<Tensor>,
     ) -> ModelResult<(ForwardOutput, ActivationCache)> {
-        let mut output = None;
-        let (_, activations) = run_with_cache(
-            self.hooks(),
-            cache,
-            Some(self.dims().n_layers as usize),
-            || {
-                let out = self.forward(tokens, options)?;
-                let scalar = if cache.incl_bwd {
-                    target(&out)?
-                } else {
-                    Tensor::zeros([], (Kind::Float, Device::Cpu))
-                };
-                output = Some(out);
-                Ok::<_, ModelError>(scalar)
-            },
-        )?;
-        let output =
-            output.ok_or_else(|| ModelError::InvalidInput("forward did not run".into()))?;
-        Ok((output, activations))
+        let cache = CacheOptions {
+            incl_bwd: true,
+            ..cache.clone()
+        };
+        record(self, tokens, options, &cache, Some(target))
     }
+}
+
+/// The scalar a backward pass starts from, computed from a forward pass's output.
+pub type GradientTarget<'a> = &'a dyn Fn(&ForwardOutput) -> ModelResult<Tensor>;
+
+/// One recorded forward pass, with a backward pass from `target`'s scalar when `cache.incl_bwd`.
+fn record<M: LensModel + ?Sized>(
+    model: &M,
+    tokens: &Tensor,
+    options: &ForwardOptions,
+    cache: &CacheOptions,
+    target: Option<GradientTarget<'_>>,
+) -> ModelResult<(ForwardOutput, ActivationCache)> {
+    let mut output = None;
+    let (_, activations) = run_with_cache(
+        model.hooks(),
+        cache,
+        Some(model.dims().n_layers as usize),
+        || {
+            let out = model.forward(tokens, options)?;
+            let scalar = match target {
+                Some(target) if cache.incl_bwd => target(&out)?,
+                _ => Tensor::zeros([], (Kind::Float, Device::Cpu)),
+            };
+            output = Some(out);
+            Ok::<_, ModelError>(scalar)
+        },
+    )?;
+    let output = output.ok_or_else(|| ModelError::InvalidInput("forward did not run".into()))?;
+    Ok((output, activations))
 }
 
 /// TransformerLens's `lm_cross_entropy_loss`, the loss every model of the workspace reports: the

@@ -77,15 +77,13 @@ pub fn capture(
     // Without gradients there is no reason to record a graph (time and memory).
     let _no_grad = target.is_none().then(tch::no_grad_guard);
     model.zero_grad();
-    let options = CacheOptions {
-        incl_bwd: target.is_some(),
-        ..CacheOptions::default()
+    let (forward, options) = (ForwardOptions::default(), CacheOptions::default());
+    let (_, cache) = match target {
+        Some(target) => {
+            model.run_with_cache_and_backward(tokens, &forward, &options, &|out| target.of(out))?
+        }
+        None => model.run_with_cache(tokens, &forward, &options)?,
     };
-    let target = target.unwrap_or(GradientTarget::SumLastLogits);
-    let (_, cache) =
-        model.run_with_cache(tokens, &ForwardOptions::default(), &options, &|out| {
-            target.of(out)
-        })?;
     model.zero_grad();
     Ok(cache)
 }

@@ -27,7 +27,7 @@ use bridge::{Gpt2LMHeadModel, HfForward, TransformerBridge};
 use clap::{Args, Parser, Subcommand};
 use hooked_ref::HookedTransformer;
 use hookpoint::{CacheOptions, Hook, HookSpec, NamesFilter};
-use lens_core::model::{ForwardOptions, GenerateOptions, LensModel, ModelError, ReturnType};
+use lens_core::model::{ForwardOptions, GenerateOptions, LensModel, ReturnType};
 use lens_core::LoadOptions;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -893,12 +893,6 @@ fn measure_loads(model: &Path, device: Device, repeats: usize) -> AnyResult<Valu
     Ok(json!({ "safetensors_bytes": bytes, "stats": stats }))
 }
 
-fn not_called(_: &lens_core::model::ForwardOutput) -> Result<Tensor, ModelError> {
-    Err(ModelError::InvalidInput(
-        "no backward pass asked for".into(),
-    ))
-}
-
 fn measure_forward(
     hf: &Gpt2LMHeadModel,
     bridge: &TransformerBridge,
@@ -943,8 +937,7 @@ fn measure_forward(
         (
             "bridge_cache",
             Box::new(|| {
-                let (out, cache) =
-                    LensModel::run_with_cache(bridge, tokens, &opts, &all, &not_called)?;
+                let (out, cache) = LensModel::run_with_cache(bridge, tokens, &opts, &all)?;
                 if cache.len() < 394 {
                     return Err(format!("bridge cache has {} entries", cache.len()).into());
                 }
@@ -962,7 +955,7 @@ fn measure_forward(
         (
             "hooked_cache",
             Box::new(|| {
-                let (out, cache) = hooked.run_with_cache(tokens, &opts, &all)?;
+                let (out, cache) = LensModel::run_with_cache(hooked, tokens, &opts, &all)?;
                 if cache.len() < 210 {
                     return Err(format!("hooked cache has {} entries", cache.len()).into());
                 }

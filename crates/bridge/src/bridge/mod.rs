@@ -61,16 +61,36 @@ impl TransformerBridge {
     /// Errors: [`ModelError::DeviceUnavailable`] (e.g. CUDA without a CUDA device),
     /// [`ModelError::Load`] (files), [`ModelError::Unsupported`] (not GPT-2).
     pub fn boot(model: &str, device: Device, dtype: Kind) -> ModelResult<Self> {
-        input::check_device(device)?;
-        input::check_float_kind(dtype)?;
-        let loaded = lens_core::load(
+        Self::boot_with(
             model,
             &LoadOptions {
                 kind: Some(dtype),
                 device,
                 ..LoadOptions::default()
             },
-        )?;
+        )
+    }
+
+    /// [`TransformerBridge::boot`] with every loading option, as the HookedTransformer's
+    /// `from_pretrained` takes them: where to look for the model (`options.resolve`: models
+    /// cache, HF hub cache, endpoint, offline, revision, token), the device, the dtype (the
+    /// checkpoint's own when `None`), and tokenizer defaults.
+    pub fn boot_with(model: &str, options: &LoadOptions) -> ModelResult<Self> {
+        let device = options.device;
+        input::check_device(device)?;
+        if let Some(kind) = options.kind {
+            input::check_float_kind(kind)?;
+        }
+        let loaded = lens_core::load(model, options)?;
+        let dtype = match options.kind {
+            Some(kind) => kind,
+            None => loaded
+                .weights
+                .iter()
+                .map(|(_, t)| t.kind())
+                .find(|k| matches!(k, Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double))
+                .unwrap_or(Kind::Float),
+        };
         let config = match &loaded.config {
             HfConfig::Llama(llama) => {
                 return Err(ModelError::Unsupported(format!(
