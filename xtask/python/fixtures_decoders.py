@@ -15,6 +15,11 @@ HookedTransformerConfig -> get_pretrained_state_dict -> load_and_process_state_d
 corrections listed under "corrections" in each JSON wherever TL 3.9.0 would not compute what HF
 computes (see tl_config_and_corrections / tl_state_dict_corrections below).
 
+And tests/fixtures/<name>/bridge_hooks.json: TransformerLens 3.9.0's TransformerBridge booted on the
+model dir, hook names / aliases / cached keys and shapes, unprocessed and in compatibility mode, in
+the format of the GPT-2 ones (fixtures.bridge_listing; see bridge_decoder_goldens below), plus what
+enable_compatibility_mode did to these RMSNorm models.
+
 Each config exercises the knobs that break naive code: a GQA ratio above 1, rope_theta other than
 10000 (and not an integer), llama3 and linear rope scaling, tied and untied embeddings, a sliding
 window shorter than the prompts (and than a cached generation), q/k/v biases, Qwen3's q/k norms
@@ -24,6 +29,7 @@ family (TransformerLens infers some architectures from the path).
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from collections import OrderedDict
@@ -213,7 +219,10 @@ def stage_decoders(root: Path, only: list[str] | None = None) -> None:
                                    "eos_token_id": VOCAB - 1}, "seed": spec["seed"]}
         prompts = fixtures.make_prompts(spec_for_prompts)
         hf_logits = fixtures.hf_goldens(spec_for_prompts, model, prompts, fx)
-        ht_decoder_goldens(spec, model, fx / "model", prompts, fx, hf_logits)
+        _, ht_logits = ht_decoder_goldens(spec, model, fx / "model", prompts, fx, hf_logits)
+        with tempfile.TemporaryDirectory(prefix="tlrs-tok-") as td:
+            tokenizer = fixtures.load_dummy_tokenizer(spec_for_prompts, Path(td))
+            bridge_decoder_goldens(spec, fx, prompts, tokenizer, hf_logits, ht_logits)
         fixtures.write_json(
             fx / "config_spec.json",
             {
@@ -561,12 +570,14 @@ def weight_processing_record(unproc, proc) -> dict:
     }
 
 
-def ht_decoder_goldens(spec: dict, hf_model, model_dir: Path, prompts, fx: Path, hf_logits) -> dict:
-    """Writes hooked_{unprocessed,processed}.{json,safetensors}; returns the acceptance errors."""
+def ht_decoder_goldens(spec: dict, hf_model, model_dir: Path, prompts, fx: Path, hf_logits):
+    """Writes hooked_{unprocessed,processed}.{json,safetensors}; returns (the acceptance errors,
+    {prompt id: hooked_processed logits of forward(tokens[, attention_mask])})."""
     import torch
 
     models = {}
     acceptance = OrderedDict()
+    processed_logits = OrderedDict()  # {pid: hooked_processed logits}, for bridge_decoder_goldens
     for stem, processed in HT_DEC_VARIANTS:
         model, raw, corrections = build_ht_decoder(spec, hf_model, model_dir, processed)
         tensors = OrderedDict()
@@ -587,6 +598,8 @@ def ht_decoder_goldens(spec: dict, hf_model, model_dir: Path, prompts, fx: Path,
                 loss_tok = model(tokens, return_type="loss", loss_per_token=True, **kw)
                 logits2 = model(tokens, return_type="logits", **kw)
             assert torch.equal(logits2, logits), "HT forward not reproducible"
+            if processed:
+                processed_logits[pid] = logits2
             assert torch.equal(cache["unembed.hook_out"], logits)
             # acceptance vs HF on real positions (processed: log-probs, center_unembed shifts logits)
             real = torch.tensor(p["attention_mask"], dtype=torch.bool)
@@ -681,4 +694,161 @@ def ht_decoder_goldens(spec: dict, hf_model, model_dir: Path, prompts, fx: Path,
         f"decoders: {spec['name']} HookedTransformer goldens, worst err vs HF "
         + ", ".join(f"{k} {v:.2e}" for k, v in acceptance.items())
     )
-    return acceptance
+    return acceptance, processed_logits
+
+
+# =================================================================================================
+# TransformerLens 3.9.0 TransformerBridge hook listings
+# =================================================================================================
+
+# Sanity bounds, asserted over real (unpadded) positions: the unprocessed bridge's logits vs HF's
+# (max |diff| / max(1, max |HF|)), and the compatibility-mode bridge's log-probs vs
+# hooked_processed's.
+BRIDGE_DEC_TOL = 1e-5
+# Records at or above this level are what enable_compatibility_mode "warned" (lower levels could
+# carry timings and break byte-identical reruns).
+BRIDGE_DEC_LOG_LEVEL = logging.WARNING
+
+
+def boot_bridge_decoder(fx: Path, tokenizer):
+    """TransformerBridge.boot_transformers on <fx>/model, called as "model" from inside fx: the
+    bridge keeps the path string as cfg.model_name and TL matches architecture names in path
+    strings in places, so the repository's location cannot change the result."""
+    import contextlib
+
+    import torch
+    from transformer_lens.model_bridge import TransformerBridge
+
+    with contextlib.chdir(fx):
+        bridge = TransformerBridge.boot_transformers(
+            "model", device="cpu", dtype=torch.float32, tokenizer=tokenizer
+        )
+    bridge.eval()
+    return bridge
+
+
+def enable_compatibility_mode_recorded(bridge) -> dict:
+    """bridge.enable_compatibility_mode(disable_warnings=True), recording instead of failing:
+    whether it raised (and the message), every Python warning, every log record at WARNING or
+    above, anything printed, and what it did to the bridge's parameters (bridge.state_dict(), TL
+    component names)."""
+    import contextlib
+    import io
+    import warnings
+
+    import torch
+
+    def params():
+        return OrderedDict((k, v.detach().clone()) for k, v in bridge.state_dict().items())
+
+    class ListHandler(logging.Handler):
+        def __init__(self):
+            super().__init__(level=BRIDGE_DEC_LOG_LEVEL)
+            self.records = []
+
+        def emit(self, record):
+            self.records.append(f"{record.levelname} {record.name}: {record.getMessage()}")
+
+    before = params()
+    norm_before = getattr(bridge.cfg, "normalization_type", None)
+    handler = ListHandler()
+    loggers = [logging.getLogger(n) for n in ("", "transformer_lens", "transformers")]
+    saved_levels = [lg.level for lg in loggers]
+    out, err = io.StringIO(), io.StringIO()
+    raised = None
+    for lg in loggers:
+        lg.setLevel(BRIDGE_DEC_LOG_LEVEL)
+    logging.getLogger().addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(out), \
+                contextlib.redirect_stderr(err):
+            warnings.simplefilter("always")
+            try:
+                bridge.enable_compatibility_mode(disable_warnings=True)
+            except Exception as e:  # recorded, not fatal: the listing below still runs
+                raised = f"{type(e).__name__}: {e}"
+    finally:
+        logging.getLogger().removeHandler(handler)
+        for lg, lvl in zip(loggers, saved_levels):
+            lg.setLevel(lvl)
+    after = params()
+    changed = [k for k in after if k in before and not torch.equal(before[k], after[k])]
+    norm_names = [k for k in after if k.endswith(".weight") and ("ln" in k.split(".")[-2] or "norm" in k)]
+    return OrderedDict(
+        call="enable_compatibility_mode(disable_warnings=True)",
+        succeeded=raised is None,
+        raised=raised,
+        warnings=[f"{w.category.__name__}: {w.message}" for w in caught],
+        log_records_warning_and_above=handler.records,
+        stdout=out.getvalue(),
+        stderr=err.getvalue(),
+        normalization_type_before=norm_before,
+        normalization_type_after=getattr(bridge.cfg, "normalization_type", None),
+        params_changed=changed,
+        params_unchanged=[k for k in after if k in before and k not in changed],
+        params_added=[k for k in after if k not in before],
+        params_removed=[k for k in before if k not in after],
+        norm_weights_all_ones_after=[k for k in norm_names if bool((after[k] == 1).all())],
+        norm_weights_not_all_ones_after=[k for k in norm_names if not bool((after[k] == 1).all())],
+    )
+
+
+def bridge_decoder_goldens(spec: dict, fx: Path, prompts, tokenizer, hf_logits, ht_logits) -> dict:
+    """Writes <fx>/bridge_hooks.json in the GPT-2 format (fixtures.bridge_goldens /
+    fixtures.bridge_listing), plus `adapter` and `compatibility_mode_outcome`."""
+    bridge = boot_bridge_decoder(fx, tokenizer)
+    adapter = type(bridge.adapter).__name__
+    doc = OrderedDict()
+    doc["boot"] = (
+        "TransformerBridge.boot_transformers('model', device='cpu', dtype=torch.float32, "
+        "tokenizer=<word-level tokenizer over the 384-token vocab, saved to and loaded from a temp "
+        "dir (fixtures.load_dummy_tokenizer)>), called from inside the fixture dir (a relative path: "
+        "TL matches architecture names in path strings) with HF_HUB_OFFLINE=1; config and weights "
+        f"load from the local directory. Adapter: {adapter} (from config.json's architectures)."
+    )
+    doc["adapter"] = adapter
+    doc["unprocessed"] = fixtures.bridge_listing(bridge, prompts, hf_logits, None)
+    canonical_set = set(doc["unprocessed"]["canonical_names"])
+    outcome = enable_compatibility_mode_recorded(bridge)
+    doc["compatibility_mode_outcome"] = outcome
+    doc["compatibility_mode"] = fixtures.bridge_listing(bridge, prompts, None, ht_logits, canonical_set)
+    doc["compatibility_mode_call"] = (
+        "enable_compatibility_mode(disable_warnings=True) (defaults: fold_ln, "
+        "center_writing_weights, center_unembed, fold_value_biases = True)"
+    )
+    doc["description"] = (
+        "TransformerLens 3.9.0 TransformerBridge hook names, as for the GPT-2 configs "
+        "(fixtures.bridge_listing): hook_dict_names (canonical + alias names, in hook_dict order); "
+        "canonical_names = keys whose HookPoint.name equals the key in the unprocessed bridge; "
+        "aliases = every other key -> the canonical key of the same HookPoint object; "
+        "hookpoint_name_if_different = HookPoint.name where it differs from the key; "
+        "hook_registry_names = _hook_registry keys; per prompt the keys/shapes/dtypes "
+        "run_with_cache stores and never_cached = hook_dict names it does not store (token "
+        "tensors; padded batch: attention_mask + HF position_ids passed). Logit comparisons over "
+        "real (unpadded) positions: unprocessed vs HF (hf.safetensors), compatibility mode vs "
+        f"hooked_processed (asserted: relative error <= {BRIDGE_DEC_TOL} on logits, absolute <= "
+        f"{BRIDGE_DEC_TOL} on log-probs). compatibility_mode_outcome: what "
+        "enable_compatibility_mode did on this RMSNorm model (whether it raised, Python warnings, "
+        "log records >= WARNING, output, and the bridge.state_dict() entries it changed/added/"
+        "removed, e.g. RMS weights folded into the next linear layers and set to 1)."
+    )
+    doc["versions"] = fixtures.versions()
+
+    name = spec["name"]
+    for pid, r in doc["unprocessed"]["run_with_cache"].items():
+        scale = max(1.0, float(hf_logits[pid].abs().max()))
+        err = r["max_abs_diff_logits_vs_hf_real_positions"] / scale
+        assert err <= BRIDGE_DEC_TOL, f"{name} bridge unprocessed {pid}: vs HF {err:.3e}"
+    if outcome["succeeded"]:
+        for pid, r in doc["compatibility_mode"]["run_with_cache"].items():
+            err = r["max_abs_diff_logprobs_vs_ht_processed_real_positions"]
+            assert err <= BRIDGE_DEC_TOL, f"{name} bridge compatibility mode {pid}: vs HT {err:.3e}"
+    fixtures.write_json(fx / "bridge_hooks.json", doc)
+    u, c = doc["unprocessed"], doc["compatibility_mode"]
+    fixtures.log(
+        f"decoders: {name} bridge_hooks.json ({adapter}): unprocessed {u['n_hook_dict']} names "
+        f"({u['n_canonical']} + {u['n_aliases']} aliases), compatibility mode {c['n_hook_dict']} "
+        f"({c['n_canonical']} + {c['n_aliases']}); compatibility mode "
+        + ("succeeded" if outcome["succeeded"] else f"raised {outcome['raised']}")
+    )
+    return doc
