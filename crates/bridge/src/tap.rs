@@ -86,6 +86,20 @@ pub enum BlockSite {
     MlpFc(LinSite),
     /// The MLP's `c_proj` (`mlp.out.hook_*`; `hook_in` = `mlp.hook_post`).
     MlpProj(LinSite),
+    /// A gated MLP's gate projection (`mlp.gate.hook_*`; `hook_out` = `mlp.hook_pre`).
+    MlpGate(LinSite),
+    /// Queries after the rotary embedding, `[b, p, h, dh]` (`attn.hook_rot_q`).
+    RotQ,
+    /// Keys after the rotary embedding, `[b, p, h_kv, dh]` (`attn.hook_rot_k`).
+    RotK,
+    /// The rotary cosines this attention uses, `[b, p, dh]` (`attn.hook_cos`).
+    Cos,
+    /// The rotary sines, `[b, p, dh]` (`attn.hook_sin`).
+    Sin,
+    /// Qwen3's per-head RMSNorm of the queries (`attn.q_norm.hook_*`).
+    QNorm(LnSite),
+    /// Qwen3's per-head RMSNorm of the keys (`attn.k_norm.hook_*`).
+    KNorm(LnSite),
 }
 
 /// A place in the forward pass where an activation is exposed.
@@ -107,6 +121,12 @@ pub enum Site {
     UnembedIn,
     /// Logits (`unembed.hook_out` = `hook_unembed`).
     UnembedOut,
+    /// The rotary module's input, the token embeddings (`rotary_emb.hook_in`).
+    RotaryIn,
+    /// The rotary cosines `[b, p, dh]` (`rotary_emb.hook_cos`).
+    RotaryCos,
+    /// The rotary sines `[b, p, dh]` (`rotary_emb.hook_sin`).
+    RotarySin,
 }
 
 /// How masked attention scores are written.

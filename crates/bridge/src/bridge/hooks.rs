@@ -37,6 +37,9 @@ pub(crate) fn site_name(site: Site) -> String {
         Site::LnFinal(s) => format!("ln_final.{}", ln_suffix(s)),
         Site::UnembedIn => "unembed.hook_in".into(),
         Site::UnembedOut => "unembed.hook_out".into(),
+        Site::RotaryIn => "rotary_emb.hook_in".into(),
+        Site::RotaryCos => "rotary_emb.hook_cos".into(),
+        Site::RotarySin => "rotary_emb.hook_sin".into(),
         Site::Block(l, s) => {
             let rest = match s {
                 BlockSite::In => "hook_in".to_string(),
@@ -64,6 +67,13 @@ pub(crate) fn site_name(site: Site) -> String {
                 BlockSite::MlpCompOut => "mlp.hook_out".to_string(),
                 BlockSite::MlpFc(s) => format!("mlp.in.{}", lin_suffix(s)),
                 BlockSite::MlpProj(s) => format!("mlp.out.{}", lin_suffix(s)),
+                BlockSite::MlpGate(s) => format!("mlp.gate.{}", lin_suffix(s)),
+                BlockSite::RotQ => "attn.hook_rot_q".to_string(),
+                BlockSite::RotK => "attn.hook_rot_k".to_string(),
+                BlockSite::Cos => "attn.hook_cos".to_string(),
+                BlockSite::Sin => "attn.hook_sin".to_string(),
+                BlockSite::QNorm(s) => format!("attn.q_norm.{}", ln_suffix(s)),
+                BlockSite::KNorm(s) => format!("attn.k_norm.{}", ln_suffix(s)),
             };
             format!("blocks.{l}.{rest}")
         }

@@ -9,12 +9,13 @@ use lens_core::model::{GenerateOptions, ModelError, ModelResult};
 use lens_core::{HfConfig, LlamaConfig, LoadOptions, RopeScaling, Weights};
 use tch::{Device, Kind, Tensor};
 
+use crate::hf::forward::PassOutput;
 use crate::hf::kv_cache::KvCache;
 use crate::hf::mask::{self, AttentionMask};
 use crate::hf::model::{generate_hf_style, HfForward, HfOutput};
 use crate::input;
 use crate::loss;
-use crate::tap::MaskStyle;
+use crate::tap::{BlockSite, LinSite, LnSite, MaskStyle, NoTap, Site, Tap};
 
 /// A `torch.nn.Linear`: `y = x W^T + b`, `weight` `[out, in]`.
 #[derive(Debug)]
@@ -246,30 +247,12 @@ impl LlamaForCausalLM {
             .ok_or_else(|| ModelError::InvalidInput("input_ids are required".into()))?;
         let cache = args.past_key_values;
         let past_len = cache.as_ref().map_or(0, |c| c.len());
-        let device = self.device();
-        // Rotary positions have no table: like HF, no length limit beyond the tensors'.
-        let ids = input::tokens(ids, self.config.vocab_size, i64::MAX, past_len, device)?;
-        let (batch, q_len) = (ids.size()[0], ids.size()[1]);
-        let mask = input::attention_mask(args.attention_mask, batch, past_len + q_len, device)?;
-        let positions = match args.position_ids {
-            Some(p) => input::position_ids(p, batch, q_len, i64::MAX, device)?,
-            None => mask::arange_positions(batch, q_len, past_len, device),
-        };
-        if let Some((k, _)) = cache.as_ref().and_then(|c| c.layer(0)) {
-            if k.size()[0] != batch {
-                return Err(ModelError::InvalidInput(format!(
-                    "the KV cache holds a batch of {}, the input has {batch}",
-                    k.size()[0]
-                )));
-            }
-        }
-        let (logits, hidden_states) = self.pass(
-            &ids,
-            &positions,
-            mask.as_ref(),
-            cache,
-            args.output_hidden_states,
-        );
+        let inputs = self.check_inputs(ids, args.attention_mask, args.position_ids, past_len)?;
+        check_cache_batch(cache.as_deref(), inputs.ids.size()[0])?;
+        let pass = self.pass_checked(&NoTap, &inputs, cache, args.output_hidden_states, None)?;
+        let logits = pass
+            .logits
+            .ok_or_else(|| ModelError::InvalidInput("the pass did not reach the logits".into()))?;
         let loss = match args.labels {
             Some(labels) if labels.size()[..] != logits.size()[..2] => {
                 return Err(ModelError::InvalidInput(format!(
@@ -284,7 +267,38 @@ impl LlamaForCausalLM {
         Ok(HfOutput {
             logits,
             loss,
-            hidden_states,
+            hidden_states: pass.hidden_states,
+        })
+    }
+
+    /// Checks a pass's inputs and brings them to the model's device: token ids, the attention
+    /// mask over cached and new positions, position ids (HuggingFace's default: `past_len..`).
+    /// Rotary positions have no table, so, as in HF, there is no length limit.
+    pub(crate) fn check_inputs(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        position_ids: Option<&Tensor>,
+        past_len: i64,
+    ) -> ModelResult<CheckedInputs> {
+        let device = self.device();
+        let ids = input::tokens(
+            input_ids,
+            self.config.vocab_size,
+            i64::MAX,
+            past_len,
+            device,
+        )?;
+        let (batch, q_len) = (ids.size()[0], ids.size()[1]);
+        let mask = input::attention_mask(attention_mask, batch, past_len + q_len, device)?;
+        let positions = match position_ids {
+            Some(p) => input::position_ids(p, batch, q_len, i64::MAX, device)?,
+            None => mask::arange_positions(batch, q_len, past_len, device),
+        };
+        Ok(CheckedInputs {
+            ids,
+            mask,
+            positions,
         })
     }
 
@@ -315,102 +329,244 @@ impl LlamaForCausalLM {
         )
     }
 
-    /// One pass over checked inputs: logits `[b, q, vocab]` and, on request, hidden states.
-    fn pass(
+    /// One pass over checked inputs with `tap` at every site, stopping before block
+    /// `stop_at_layer`: logits `[b, q, vocab]` (or the residual) and, on request, hidden states.
+    pub(crate) fn pass_checked<T: Tap>(
         &self,
-        ids: &Tensor,
-        positions: &Tensor,
-        attention_mask: Option<&Tensor>,
+        tap: &T,
+        inputs: &CheckedInputs,
         mut cache: Option<&mut KvCache>,
         output_hidden_states: bool,
-    ) -> (Tensor, Vec<Tensor>) {
+        stop_at_layer: Option<usize>,
+    ) -> ModelResult<PassOutput> {
+        let c = &self.config;
         let past_len = cache.as_ref().map_or(0, |c| c.len());
-        let q_len = ids.size()[1];
+        let q_len = inputs.ids.size()[1];
         let k_len = past_len + q_len;
         let device = self.device();
         // One mask per distinct window (global, and the sliding one where layers slide).
-        let masks: Vec<(Option<i64>, AttentionMask)> = distinct(&self.config.layer_windows)
+        let masks: Vec<(Option<i64>, AttentionMask)> = distinct(&c.layer_windows)
             .into_iter()
             .map(|w| {
-                let m =
-                    AttentionMask::with_window(q_len, k_len, past_len, attention_mask, w, device);
+                let m = AttentionMask::with_window(
+                    q_len,
+                    k_len,
+                    past_len,
+                    inputs.mask.as_ref(),
+                    w,
+                    device,
+                );
                 (w, m)
             })
             .collect();
-        let mut x = Tensor::embedding(&self.params.embed_tokens, ids, -1, false, false);
-        let (cos, sin) = rotary_cos_sin(&self.inv_freq, positions, x.kind());
+        let ids = tap.at(Site::EmbedIn, inputs.ids.shallow_clone())?;
+        let mut x = tap.at(
+            Site::EmbedOut,
+            Tensor::embedding(&self.params.embed_tokens, &ids, -1, false, false),
+        )?;
+        let rotary_in = tap.at(Site::RotaryIn, x.shallow_clone())?;
+        let (cos, sin) = rotary_cos_sin(&self.inv_freq, &inputs.positions, rotary_in.kind());
+        let (cos, sin) = (tap.at(Site::RotaryCos, cos)?, tap.at(Site::RotarySin, sin)?);
+        let n_layers = self.params.layers.len();
+        let stop = stop_at_layer.unwrap_or(n_layers).min(n_layers);
         let mut hidden_states = Vec::new();
-        for (l, layer) in self.params.layers.iter().enumerate() {
+        for (l, layer) in self.params.layers.iter().enumerate().take(stop) {
             if output_hidden_states {
                 hidden_states.push(x.shallow_clone());
             }
-            let window = self.config.layer_windows[l];
+            let window = c.layer_windows[l];
             let mask = &masks
                 .iter()
                 .find(|(w, _)| *w == window)
-                .expect("a mask for every window")
+                .ok_or_else(|| ModelError::InvalidInput(format!("no mask for layer {l}")))?
                 .1;
-            let attended = self.attention(layer, l, &x, &cos, &sin, mask, cache.as_deref_mut());
-            // Out of place: tch's `+=` adds in place, into the tensor hidden_states holds.
-            x = &x + attended;
-            let normed = rms_norm(
-                &x,
-                &layer.post_attention_layernorm,
-                self.config.rms_norm_eps,
-            );
-            x = &x + self.mlp(layer, &normed);
+            x = self.block(tap, l, layer, x, (&cos, &sin), mask, cache.as_deref_mut())?;
         }
-        let x = rms_norm(&x, &self.params.norm, self.config.rms_norm_eps);
+        if stop < n_layers {
+            return Ok(PassOutput {
+                logits: None,
+                residual: Some(x),
+                hidden_states,
+            });
+        }
+        let x = rms_norm(tap, Site::LnFinal, x, &self.params.norm, c.rms_norm_eps)?;
         if output_hidden_states {
             hidden_states.push(x.shallow_clone());
         }
-        let logits = x.linear::<Tensor>(self.params.unembedding(), None);
-        (logits, hidden_states)
+        let x = tap.at(Site::UnembedIn, x)?;
+        let logits = tap.at(
+            Site::UnembedOut,
+            x.linear::<Tensor>(self.params.unembedding(), None),
+        )?;
+        Ok(PassOutput {
+            logits: Some(logits),
+            residual: None,
+            hidden_states,
+        })
     }
 
+    /// One decoder layer: `x + attn(input_layernorm(x))`, then
+    /// `+ mlp(post_attention_layernorm(.))`.
     #[allow(clippy::too_many_arguments)]
-    fn attention(
+    fn block<T: Tap>(
         &self,
+        tap: &T,
+        l: usize,
         layer: &LlamaLayerParams,
-        index: usize,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
+        x: Tensor,
+        rotary: (&Tensor, &Tensor),
         mask: &AttentionMask,
         cache: Option<&mut KvCache>,
-    ) -> Tensor {
+    ) -> ModelResult<Tensor> {
+        let s = |site: BlockSite| Site::Block(l, site);
+        let eps = self.config.rms_norm_eps;
+        let resid_pre = tap.at(s(BlockSite::In), x)?;
+        let normed = rms_norm(
+            tap,
+            |site| s(BlockSite::Ln1(site)),
+            resid_pre.shallow_clone(),
+            &layer.input_layernorm,
+            eps,
+        )?;
+        let attended = self.attention(tap, l, layer, normed, rotary, mask, cache)?;
+        let resid_mid = tap.at(s(BlockSite::ResidMid), &resid_pre + attended)?;
+        let normed = rms_norm(
+            tap,
+            |site| s(BlockSite::Ln2(site)),
+            resid_mid.shallow_clone(),
+            &layer.post_attention_layernorm,
+            eps,
+        )?;
+        let mlp_out = self.mlp(tap, l, layer, normed)?;
+        tap.at(s(BlockSite::Out), &resid_mid + mlp_out)
+    }
+
+    /// Attention on the normalised residual `x` `[b, q, d]`: q, k, v, their rotations, the
+    /// scores, the pattern and `z` each at their site, heads on axis 2 (`[b, p, h, dh]`).
+    #[allow(clippy::too_many_arguments)]
+    fn attention<T: Tap>(
+        &self,
+        tap: &T,
+        l: usize,
+        layer: &LlamaLayerParams,
+        x: Tensor,
+        (cos, sin): (&Tensor, &Tensor),
+        mask: &AttentionMask,
+        cache: Option<&mut KvCache>,
+    ) -> ModelResult<Tensor> {
+        let s = |site: BlockSite| Site::Block(l, site);
         let c = &self.config;
         let (batch, q_len) = (x.size()[0], x.size()[1]);
-        let normed = rms_norm(x, &layer.input_layernorm, c.rms_norm_eps);
-        let heads = |proj: &LinearParams, n: i64, norm: Option<&Tensor>| {
-            let h = proj.apply(&normed).view([batch, q_len, n, c.head_dim]);
-            let h = match norm {
-                Some(w) => rms_norm(&h, w, c.rms_norm_eps),
-                None => h,
-            };
-            h.transpose(1, 2)
+        let x = tap.at(s(BlockSite::AttnIn), x)?;
+        let heads = |lin: fn(LinSite) -> BlockSite, proj: &LinearParams, n: i64| {
+            let input = tap.at(s(lin(LinSite::In)), x.shallow_clone())?;
+            let h = proj.apply(&input).view([batch, q_len, n, c.head_dim]);
+            tap.at(s(lin(LinSite::Out)), h)
         };
-        let q = heads(&layer.q_proj, c.num_attention_heads, layer.q_norm.as_ref());
-        let k = heads(&layer.k_proj, c.num_key_value_heads, layer.k_norm.as_ref());
-        let v = heads(&layer.v_proj, c.num_key_value_heads, None);
-        let (q, k) = (rotate(&q, cos, sin), rotate(&k, cos, sin));
+        let q = heads(BlockSite::Q, &layer.q_proj, c.num_attention_heads)?;
+        let k = heads(BlockSite::K, &layer.k_proj, c.num_key_value_heads)?;
+        let v = heads(BlockSite::V, &layer.v_proj, c.num_key_value_heads)?;
+        let q = match &layer.q_norm {
+            Some(w) => rms_norm(tap, |site| s(BlockSite::QNorm(site)), q, w, c.rms_norm_eps)?,
+            None => q,
+        };
+        let k = match &layer.k_norm {
+            Some(w) => rms_norm(tap, |site| s(BlockSite::KNorm(site)), k, w, c.rms_norm_eps)?,
+            None => k,
+        };
+        let (cos, sin) = (
+            tap.at(s(BlockSite::Cos), cos.shallow_clone())?,
+            tap.at(s(BlockSite::Sin), sin.shallow_clone())?,
+        );
+        // Rotary over [b, h, p, dh], as HF; the hooks see [b, p, h, dh].
+        let q = rotate(&q.transpose(1, 2), &cos, &sin);
+        let k = rotate(&k.transpose(1, 2), &cos, &sin);
+        let q = tap
+            .at(s(BlockSite::RotQ), q.transpose(1, 2))?
+            .transpose(1, 2);
+        let k = tap
+            .at(s(BlockSite::RotK), k.transpose(1, 2))?
+            .transpose(1, 2);
+        let v = v.transpose(1, 2);
         let (k, v) = match cache {
-            Some(cache) => cache.append(index, k, v),
+            Some(cache) => cache.append(l, k, v),
             None => (k, v),
         };
         let (k, v) = (repeat_kv(&k, c.gqa_ratio()), repeat_kv(&v, c.gqa_ratio()));
+        let style = tap.mask_style();
         let scores = q.matmul(&k.transpose(2, 3)) * (c.head_dim as f64).powf(-0.5);
-        let scores = mask::apply(scores, mask, MaskStyle::HfAdditiveMin, x.kind());
-        let pattern = scores.softmax(-1, Kind::Float).to_kind(q.kind());
+        let scores = tap.at(
+            s(BlockSite::AttnScores),
+            mask::apply(scores, mask, style, x.kind()),
+        )?;
+        let pattern = match style {
+            MaskStyle::HfAdditiveMin => scores.softmax(-1, Kind::Float).to_kind(q.kind()),
+            MaskStyle::NegInf => {
+                mask::softmax(&scores.to_kind(Kind::Float), mask, style).to_kind(q.kind())
+            }
+        };
+        let pattern = tap.at(s(BlockSite::Pattern), pattern)?;
         let z = pattern.matmul(&v).transpose(1, 2).contiguous();
-        layer
-            .o_proj
-            .apply(&z.reshape([batch, q_len, c.num_attention_heads * c.head_dim]))
+        let z = tap.at(s(BlockSite::O(LinSite::In)), z)?;
+        let out =
+            layer
+                .o_proj
+                .apply(&z.reshape([batch, q_len, c.num_attention_heads * c.head_dim]));
+        let out = tap.at(s(BlockSite::O(LinSite::Out)), out)?;
+        tap.at(s(BlockSite::AttnOut), out)
     }
 
-    fn mlp(&self, layer: &LlamaLayerParams, x: &Tensor) -> Tensor {
-        let gate = self.config.hidden_act.apply(&layer.gate_proj.apply(x));
-        layer.down_proj.apply(&(gate * layer.up_proj.apply(x)))
+    /// The gated MLP, `down(act(gate(x)) * up(x))`, each projection's input and output at its
+    /// site.
+    fn mlp<T: Tap>(
+        &self,
+        tap: &T,
+        l: usize,
+        layer: &LlamaLayerParams,
+        x: Tensor,
+    ) -> ModelResult<Tensor> {
+        let s = |site: BlockSite| Site::Block(l, site);
+        let x = tap.at(s(BlockSite::MlpCompIn), x)?;
+        let gate_in = tap.at(s(BlockSite::MlpGate(LinSite::In)), x.shallow_clone())?;
+        let gate = tap.at(
+            s(BlockSite::MlpGate(LinSite::Out)),
+            layer.gate_proj.apply(&gate_in),
+        )?;
+        let up_in = tap.at(s(BlockSite::MlpFc(LinSite::In)), x)?;
+        let up = tap.at(
+            s(BlockSite::MlpFc(LinSite::Out)),
+            layer.up_proj.apply(&up_in),
+        )?;
+        let post = tap.at(
+            s(BlockSite::MlpProj(LinSite::In)),
+            self.config.hidden_act.apply(&gate) * up,
+        )?;
+        let out = tap.at(
+            s(BlockSite::MlpProj(LinSite::Out)),
+            layer.down_proj.apply(&post),
+        )?;
+        tap.at(s(BlockSite::MlpCompOut), out)
+    }
+}
+
+/// A pass's inputs, checked and on the model's device.
+pub(crate) struct CheckedInputs {
+    /// `[b, q]` int64 token ids.
+    pub ids: Tensor,
+    /// `[b, past + q]` int64, 1 for real tokens; `None`: every token is real.
+    pub mask: Option<Tensor>,
+    /// `[b | 1, q]` int64 position ids.
+    pub positions: Tensor,
+}
+
+/// A cache must hold the batch the input has.
+fn check_cache_batch(cache: Option<&KvCache>, batch: i64) -> ModelResult<()> {
+    match cache.and_then(|c| c.layer(0)) {
+        Some((k, _)) if k.size()[0] != batch => Err(ModelError::InvalidInput(format!(
+            "the KV cache holds a batch of {}, the input has {batch}",
+            k.size()[0]
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -435,13 +591,39 @@ fn distinct(windows: &[Option<i64>]) -> Vec<Option<i64>> {
     out
 }
 
-/// `LlamaRMSNorm`: in f32, `x * rsqrt(mean(x^2) + eps)`, cast back, times the weight.
-fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
+/// `LlamaRMSNorm` with its sites: HF's computation (in f32, `x * rsqrt(mean(x^2) + eps)`, cast
+/// back, times the weight) unless a hook on `hook_scale` or `hook_normalized` edits its value;
+/// then the output is `w * hook_normalized`, from TransformerLens's decomposed form
+/// (`hook_scale(sqrt(mean(x^2) + eps))`, `hook_normalized(x / scale)`, in f32, cast back).
+/// Hooks that only read see the decomposed values and leave the output as with no hook.
+fn rms_norm<T: Tap>(
+    tap: &T,
+    site: impl Fn(LnSite) -> Site,
+    x: Tensor,
+    weight: &Tensor,
+    eps: f64,
+) -> ModelResult<Tensor> {
+    let x = tap.at(site(LnSite::In), x)?;
     let kind = x.kind();
-    let h = x.to_kind(Kind::Float);
-    let variance = h.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
-    let h = h * (variance + eps).rsqrt();
-    weight * h.to_kind(kind)
+    let hf = |x: &Tensor| {
+        let h = x.to_kind(Kind::Float);
+        let variance = h.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+        weight * (h * (variance + eps).rsqrt()).to_kind(kind)
+    };
+    let out = if tap.hooked(site(LnSite::Scale)) || tap.hooked(site(LnSite::Normalized)) {
+        let h = x.to_kind(Kind::Float);
+        let scale = (h.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float) + eps).sqrt();
+        let scale = tap.at_noting_edits(site(LnSite::Scale), scale)?;
+        let normalized = tap.at_noting_edits(site(LnSite::Normalized), h / &scale.activation)?;
+        if scale.untouched && normalized.untouched {
+            hf(&x)
+        } else {
+            weight * normalized.activation.to_kind(kind)
+        }
+    } else {
+        hf(&x)
+    };
+    tap.at(site(LnSite::Out), out)
 }
 
 /// The rotary inverse frequencies of `ROPE_INIT_FUNCTIONS` in f32: `1 / theta^(2i/d)`, then
