@@ -102,8 +102,74 @@ pub fn run_benchmark_suite(
     Ok(run_suite(options, progress)?.results)
 }
 
-/// [`run_benchmark_suite`], with the time and memory of each phase.
+/// The fewest tokens (BOS included) a test text may have: the loss and the next-token checks
+/// need one prediction.
+pub const MIN_TEST_TOKENS: i64 = 2;
+
+/// Why a test text is refused (before any model is loaded).
+#[derive(Debug, thiserror::Error)]
+pub enum TestTextError {
+    /// Nothing to run on.
+    #[error("the test text is empty: give a text of at least one token (--test-text)")]
+    Empty,
+    /// Too short for the checks that compare predictions.
+    #[error(
+        "the test text is {tokens} token(s) with BOS; the loss and next-token checks need at \
+         least {MIN_TEST_TOKENS}"
+    )]
+    TooShort {
+        /// Tokens of the text, BOS included.
+        tokens: i64,
+    },
+    /// Longer than the model's context: every check would have to truncate it.
+    #[error(
+        "the test text is {tokens} tokens with BOS, longer than the model's context of {n_ctx} \
+         tokens (n_ctx): shorten it"
+    )]
+    TooLong {
+        /// Tokens of the text, BOS included.
+        tokens: i64,
+        /// The model's context length.
+        n_ctx: i64,
+    },
+    /// The model's config or tokenizer could not be read.
+    #[error("cannot check the test text against the model: {0}")]
+    Model(#[from] lens_core::LensError),
+}
+
+/// Checks the test text against the model's tokenizer and context, reading only its config and
+/// tokenizer: empty, too short for a prediction, or longer than the context is refused, so no
+/// check runs on a silently truncated or degenerate input. A model without a tokenizer runs on
+/// seeded token ids, and only emptiness is checked.
+pub fn check_test_text(model: &str, text: &str) -> Result<(), TestTextError> {
+    if text.trim().is_empty() {
+        return Err(TestTextError::Empty);
+    }
+    let files = lens_core::ModelSource::resolve(model, &lens_core::ResolveOptions::default())?;
+    let Some(tokenizer_file) = &files.tokenizer else {
+        return Ok(());
+    };
+    let config = lens_core::HfConfig::from_file(&files.config)?;
+    let tokenizer = lens_core::Tokenizer::from_file(
+        tokenizer_file,
+        lens_core::TokenizerOptions::from_config(&config),
+    )?;
+    let tokens = tokenizer.to_tokens(&[text], None, None, false)?.ids.size()[1];
+    let n_ctx = config.n_ctx();
+    if tokens < MIN_TEST_TOKENS {
+        return Err(TestTextError::TooShort { tokens });
+    }
+    if tokens > n_ctx {
+        return Err(TestTextError::TooLong { tokens, n_ctx });
+    }
+    Ok(())
+}
+
+/// [`run_benchmark_suite`], with the time and memory of each phase. The test text is checked
+/// first ([`check_test_text`]), before any model is loaded.
 pub fn run_suite(options: &SuiteOptions, progress: Progress) -> ModelResult<SuiteReport> {
+    check_test_text(&options.model, &options.test_text)
+        .map_err(|e| lens_core::model::ModelError::InvalidInput(e.to_string()))?;
     let started = Instant::now();
     let tolerance = tolerances_for(options.dtype);
     let mut bridge = TransformerBridge::boot(&options.model, options.device, options.dtype)?;
@@ -167,7 +233,7 @@ pub fn run_suite(options: &SuiteOptions, progress: Progress) -> ModelResult<Suit
             reference.as_mut().map(|r| r as &mut dyn LensModel),
             &inputs,
             tolerance,
-            GradientTarget::SumLastLogProbs,
+            GradientTarget::LastLogProbsProjection,
             progress,
         ));
         close_phase(3, &mut phases);

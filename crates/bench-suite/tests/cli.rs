@@ -541,3 +541,28 @@ fn llama_family_models_generate_and_cache_through_the_hf_and_hooked_tiers() {
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("HookedTransformer"));
 }
+
+#[test]
+fn test_texts_the_suite_cannot_run_on_are_refused_before_loading() {
+    let run = |text: &str| tl_bench(&["run", "--quiet", "--test-text", text]);
+    let empty = run("");
+    assert_eq!(empty.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&empty.stderr).contains("the test text is empty"));
+    let long = run(&"word ".repeat(300));
+    assert_eq!(long.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&long.stderr);
+    assert!(
+        said.contains("302 tokens") && said.contains("context of 256"),
+        "{said}"
+    );
+    // One token (two with BOS): every check runs and passes, Phase 3's gradients included (its
+    // target is well conditioned for any length).
+    let one = run("Hello");
+    assert_eq!(
+        one.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&one.stdout)
+    );
+    assert!(String::from_utf8_lossy(&one.stdout).contains("Passed: 41 (100.0%)"));
+}

@@ -35,10 +35,29 @@ pub struct Inputs {
 pub enum GradientTarget {
     /// `logits[:, -1, :].sum()` (the Python suite's choice).
     SumLastLogits,
-    /// `logits[:, -1, :].log_softmax(-1).sum()`: used on processed models, where the summed
-    /// logits have an exactly zero gradient after center_unembed (every column of W_U sums to zero
-    /// over the vocabulary), so comparing them would compare rounding noise.
+    /// `logits[:, -1, :].log_softmax(-1).sum()`.
     SumLastLogProbs,
+    /// `logits[:, -1, :].log_softmax(-1) . r`, with `r` a fixed pseudo-random vector, uniform in
+    /// `[-1, 1)` over the vocabulary ([`projection`]): the Phase-3 target. After center_unembed
+    /// the summed logits have an exactly zero gradient (every column of W_U sums to zero over the
+    /// vocabulary), and the summed log-probabilities have the gradient `1 - V p` per logit, a
+    /// difference of terms of size 1 and `V p` that cancel: on a short input (one position) that
+    /// is rounding noise. Here the gradient of logit `j` is `r_j - (sum r) p_j`: no cancellation
+    /// (`sum r` is of order `sqrt(V)`, `p_j` of order `1 / V`), whatever the input, and invariant
+    /// under weight processing, as log-probabilities are.
+    LastLogProbsProjection,
+}
+
+/// The seed of [`projection`].
+pub const PROJECTION_SEED: u64 = 20_261_201;
+
+/// The fixed projection of [`GradientTarget::LastLogProbsProjection`]: `d_vocab` values uniform
+/// in `[-1, 1)` from a generator seeded with [`PROJECTION_SEED`], f32.
+pub fn projection(d_vocab: i64, device: tch::Device) -> Tensor {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(PROJECTION_SEED);
+    let values: Vec<f32> = (0..d_vocab).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+    Tensor::from_slice(&values).to_device(device)
 }
 
 impl GradientTarget {
@@ -48,6 +67,10 @@ impl GradientTarget {
         Ok(match self {
             GradientTarget::SumLastLogits => last.sum(Kind::Float),
             GradientTarget::SumLastLogProbs => last.log_softmax(-1, Kind::Float).sum(Kind::Float),
+            GradientTarget::LastLogProbsProjection => {
+                let r = projection(last.size()[1], last.device());
+                (last.log_softmax(-1, Kind::Float) * r).sum(Kind::Float)
+            }
         })
     }
 }
@@ -261,3 +284,36 @@ pub fn reference_error(error: ModelError) -> ModelError {
 
 /// `name -> tensor` for a result's details.
 pub type Named = BTreeMap<String, Tensor>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_projection_is_fixed_and_its_gradient_is_of_size_one() {
+        let (a, b) = (
+            projection(1000, tch::Device::Cpu),
+            projection(1000, tch::Device::Cpu),
+        );
+        assert!(a.equal(&b));
+        assert!(a.abs().max().double_value(&[]) < 1.0);
+        // On one position, the gradient of logit j is r_j - (sum r) p_j: of size 1, where the
+        // summed log-probs' gradient, 1 - V p_j, cancels to rounding.
+        let logits =
+            Tensor::randn([1, 1, 1000], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+        let output = ForwardOutput {
+            logits: Some(logits.shallow_clone()),
+            loss: None,
+            residual: None,
+        };
+        GradientTarget::LastLogProbsProjection
+            .of(&output)
+            .unwrap()
+            .backward();
+        let grad = logits.grad();
+        let p = logits.detach().softmax(-1, Kind::Float);
+        let expected = &a - a.sum(Kind::Float) * &p;
+        let err = (grad.reshape([-1]) - expected.reshape([-1])).abs().max();
+        assert!(err.double_value(&[]) < 1e-6);
+    }
+}
