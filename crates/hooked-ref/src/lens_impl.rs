@@ -31,12 +31,13 @@ impl HookedTransformer {
         let (cfg, params) = match &loaded.config {
             HfConfig::Gpt2(hf) => {
                 let cfg = HookedTransformerConfig::from_gpt2(hf);
-                let params = convert_gpt2(&cfg, hf.tie_word_embeddings, |name, shape| {
-                    if shape.contains(&-1) {
-                        weights.take(name)
-                    } else {
-                        weights.take_shaped(name, shape)
-                    }
+                let params = convert_gpt2(&cfg, hf.tie_word_embeddings, |name, shape, last| {
+                    Ok(match (shape.contains(&-1), last) {
+                        (true, true) => weights.take(name)?,
+                        (true, false) => weights.get(name)?,
+                        (false, true) => weights.take_shaped(name, shape)?,
+                        (false, false) => weights.get_shaped(name, shape)?,
+                    })
                 })?;
                 (cfg, params)
             }
@@ -45,10 +46,15 @@ impl HookedTransformer {
                 let names: std::collections::BTreeSet<String> =
                     weights.names().map(str::to_owned).collect();
                 let params = convert_llama(
-                    &cfg,
-                    hf.tie_word_embeddings,
+                    hf,
                     |name| names.contains(name),
-                    |name, shape| weights.take_shaped(name, shape),
+                    |name, shape, last| {
+                        Ok(if last {
+                            weights.take_shaped(name, shape)?
+                        } else {
+                            weights.get_shaped(name, shape)?
+                        })
+                    },
                 )?;
                 (cfg, params)
             }

@@ -1,219 +1,86 @@
-//! The HF GPT-2 -> TransformerLens weight conversion (the layout itself lives in lens-core,
-//! shared with the bridge and with weight processing).
+//! HF -> TransformerLens weight conversion, through each architecture's weight table
+//! (`lens_core::weight_map`, the one the bridge's TransformerLens weights use too). The layout
+//! itself lives in lens-core, shared with the bridge and with weight processing.
 
-use tch::Tensor;
+use std::collections::BTreeMap;
+
+use lens_core::model::ModelDims;
+use lens_core::weight_map::{self, WeightMap};
+use lens_core::LlamaConfig;
+use tch::{Kind, Tensor};
 
 pub use lens_core::tl_params::{AttentionParams, BlockParams, LayerNormParams, MlpParams, Params};
 
 use crate::config::HookedTransformerConfig;
+use crate::error::{Error, Result};
 
-/// Converts HF GPT-2 weights (HF names, Conv1D `[in, out]` layouts) into TransformerLens's
-/// layout. `get(name, shape)` fetches one HF tensor, checking its shape.
-pub fn convert_gpt2<E>(
-    cfg: &HookedTransformerConfig,
-    tie_word_embeddings: bool,
-    mut get: impl FnMut(&str, &[i64]) -> Result<Tensor, E>,
-) -> Result<Params, E> {
-    let (d, h, dh, m, v) = (cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab);
-    let w_e = get("transformer.wte.weight", &[v, d])?;
-    let wpe = get_wpe(&mut get, cfg)?;
-    let mut blocks = Vec::with_capacity(cfg.n_layers as usize);
-    for l in 0..cfg.n_layers {
-        let p = |s: &str| format!("transformer.h.{l}.{s}");
-        let ln1 = LayerNormParams {
-            w: get(&p("ln_1.weight"), &[d])?,
-            b: Some(get(&p("ln_1.bias"), &[d])?),
-        };
-        let c_attn = get(&p("attn.c_attn.weight"), &[d, 3 * h * dh])?;
-        let c_attn_bias = get(&p("attn.c_attn.bias"), &[3 * h * dh])?;
-        // [d, 3 * h * dh] -> three [d, h, dh] -> [h, d, dh]
-        let split_w: Vec<Tensor> = c_attn
-            .split(h * dh, 1)
-            .into_iter()
-            .map(|w| w.reshape([d, h, dh]).permute([1, 0, 2]).contiguous())
-            .collect();
-        let split_b: Vec<Tensor> = c_attn_bias
-            .reshape([3, h, dh])
-            .unbind(0)
-            .into_iter()
-            .map(|b| b.contiguous())
-            .collect();
-        let [w_q, w_k, w_v]: [Tensor; 3] = split_w.try_into().expect("split into three");
-        let [b_q, b_k, b_v]: [Tensor; 3] = split_b.try_into().expect("unbind into three");
-        let attn = AttentionParams {
-            W_Q: w_q,
-            W_K: w_k,
-            W_V: w_v,
-            b_Q: b_q,
-            b_K: b_k,
-            b_V: b_v,
-            W_O: get(&p("attn.c_proj.weight"), &[h * dh, d])?.reshape([h, dh, d]),
-            b_O: get(&p("attn.c_proj.bias"), &[d])?,
-            q_norm: None,
-            k_norm: None,
-        };
-        let ln2 = LayerNormParams {
-            w: get(&p("ln_2.weight"), &[d])?,
-            b: Some(get(&p("ln_2.bias"), &[d])?),
-        };
-        let mlp = MlpParams {
-            W_in: get(&p("mlp.c_fc.weight"), &[d, m])?,
-            b_in: get(&p("mlp.c_fc.bias"), &[m])?,
-            W_out: get(&p("mlp.c_proj.weight"), &[m, d])?,
-            b_out: get(&p("mlp.c_proj.bias"), &[d])?,
-            W_gate: None,
-            b_gate: None,
-        };
-        blocks.push(BlockParams {
-            ln1: Some(ln1),
-            attn,
-            ln2: Some(ln2),
-            mlp,
-        });
-    }
-    let ln_final = LayerNormParams {
-        w: get("transformer.ln_f.weight", &[d])?,
-        b: Some(get("transformer.ln_f.bias", &[d])?),
-    };
-    let w_u = if tie_word_embeddings {
-        w_e.copy()
-    } else {
-        get("lm_head.weight", &[v, d])?
-    }
-    .transpose(0, 1)
-    .contiguous();
-    let b_u = Tensor::zeros([v], (w_u.kind(), w_u.device()));
-    Ok(Params {
-        W_E: w_e,
-        W_pos: Some(wpe),
-        blocks,
-        ln_final: Some(ln_final),
-        W_U: w_u,
-        b_U: b_u,
-    })
-}
-
-/// `wpe` truncated to `n_ctx` rows (HF checkpoints may carry more positions than used).
-fn get_wpe<E>(
-    get: &mut impl FnMut(&str, &[i64]) -> Result<Tensor, E>,
-    cfg: &HookedTransformerConfig,
-) -> Result<Tensor, E> {
-    let wpe = get("transformer.wpe.weight", &[-1, cfg.d_model])?;
-    Ok(wpe.narrow(0, 0, cfg.n_ctx.min(wpe.size()[0])).contiguous())
-}
-
-/// Converts HF Llama-family weights (Llama, Mistral, Qwen2, Qwen3; `nn.Linear` `[out, in]`
-/// layouts) into TransformerLens's layout, as TransformerLens's `convert_llama_weights` does,
-/// keeping every bias the checkpoint has (`attention_bias`, Qwen2's q/k/v biases, `mlp_bias`;
-/// zeros where it has none) and Qwen3's q/k norm weights. `get(name, shape)` fetches one HF
-/// tensor, checking its shape; `has(name)` says whether the checkpoint has it.
-pub fn convert_llama<E>(
-    cfg: &HookedTransformerConfig,
-    tie_word_embeddings: bool,
+/// Converts a checkpoint's weights into TransformerLens's layout: each weight of `map` is its
+/// view of the HF parameter, copied out; an optional parameter the checkpoint lacks is zeros.
+/// `has(name)` says whether the checkpoint has a parameter; `get(name, shape)` fetches it,
+/// checking its shape (`take` is asked for the last use of each parameter, so a caller can move
+/// it out rather than keep it).
+pub fn convert(
+    map: &WeightMap,
     has: impl Fn(&str) -> bool,
-    mut get: impl FnMut(&str, &[i64]) -> Result<Tensor, E>,
-) -> Result<Params, E> {
-    let (d, h, dh, m, v) = (cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab);
-    let h_kv = cfg.n_kv_heads();
-    let w_e = get("model.embed_tokens.weight", &[v, d])?;
-    let zeros = |shape: &[i64]| Tensor::zeros(shape, (w_e.kind(), w_e.device()));
-    let mut blocks = Vec::with_capacity(cfg.n_layers as usize);
-    for l in 0..cfg.n_layers {
-        let p = |s: &str| format!("model.layers.{l}.{s}");
-        let mut bias = |name: &str, shape: &[i64]| -> Result<Tensor, E> {
-            let n: i64 = shape.iter().product();
-            if has(&p(name)) {
-                Ok(get(&p(name), &[n])?.reshape(shape))
-            } else {
-                Ok(zeros(shape))
+    mut get: impl FnMut(&str, &[i64], bool) -> Result<Tensor>,
+) -> Result<Params> {
+    let mut uses = map.uses();
+    let mut named = BTreeMap::new();
+    let mut like: Option<(Kind, tch::Device)> = None;
+    for (tl, source) in map.iter() {
+        let tensor = match (&source.zeros_if_absent, has(&source.hf)) {
+            (Some(shape), false) => {
+                let (kind, device) = like.unwrap_or((Kind::Float, tch::Device::Cpu));
+                Tensor::zeros(shape.as_slice(), (kind, device))
+            }
+            _ => {
+                let left = uses.get_mut(source.hf.as_str()).map_or(0, |n| {
+                    *n -= 1;
+                    *n
+                });
+                let hf = get(&source.hf, &source.shape, left == 0)?;
+                like.get_or_insert((hf.kind(), hf.device()));
+                source.view.apply(&hf).contiguous()
             }
         };
-        let b_q = bias("self_attn.q_proj.bias", &[h, dh])?;
-        let b_k = bias("self_attn.k_proj.bias", &[h_kv, dh])?;
-        let b_v = bias("self_attn.v_proj.bias", &[h_kv, dh])?;
-        let b_o = bias("self_attn.o_proj.bias", &[d])?;
-        let b_in = bias("mlp.up_proj.bias", &[m])?;
-        let b_out = bias("mlp.down_proj.bias", &[d])?;
-        let b_gate = if has(&p("mlp.gate_proj.bias")) {
-            Some(get(&p("mlp.gate_proj.bias"), &[m])?)
-        } else {
-            None
-        };
-        // [heads * dh, d] -> [heads, d, dh]
-        let mut heads = |name: &str, n: i64| -> Result<Tensor, E> {
-            Ok(get(&p(name), &[n * dh, d])?
-                .reshape([n, dh, d])
-                .permute([0, 2, 1])
-                .contiguous())
-        };
-        let w_q = heads("self_attn.q_proj.weight", h)?;
-        let w_k = heads("self_attn.k_proj.weight", h_kv)?;
-        let w_v = heads("self_attn.v_proj.weight", h_kv)?;
-        let mut t = |name: &str, rows: i64, cols: i64| -> Result<Tensor, E> {
-            Ok(get(&p(name), &[rows, cols])?.transpose(0, 1).contiguous())
-        };
-        // [d, heads * dh] -> [heads * dh, d] -> [heads, dh, d]
-        let w_o = t("self_attn.o_proj.weight", d, h * dh)?.reshape([h, dh, d]);
-        let w_gate = t("mlp.gate_proj.weight", m, d)?;
-        let w_in = t("mlp.up_proj.weight", m, d)?;
-        let w_out = t("mlp.down_proj.weight", d, m)?;
-        let (q_norm, k_norm) = if cfg.use_qk_norm {
-            (
-                Some(get(&p("self_attn.q_norm.weight"), &[dh])?),
-                Some(get(&p("self_attn.k_norm.weight"), &[dh])?),
-            )
-        } else {
-            (None, None)
-        };
-        blocks.push(BlockParams {
-            ln1: Some(LayerNormParams {
-                w: get(&p("input_layernorm.weight"), &[d])?,
-                b: None,
-            }),
-            attn: AttentionParams {
-                W_Q: w_q,
-                W_K: w_k,
-                W_V: w_v,
-                b_Q: b_q,
-                b_K: b_k,
-                b_V: b_v,
-                W_O: w_o,
-                b_O: b_o,
-                q_norm,
-                k_norm,
-            },
-            ln2: Some(LayerNormParams {
-                w: get(&p("post_attention_layernorm.weight"), &[d])?,
-                b: None,
-            }),
-            mlp: MlpParams {
-                W_in: w_in,
-                b_in,
-                W_out: w_out,
-                b_out,
-                W_gate: Some(w_gate),
-                b_gate,
-            },
-        });
+        named.insert(tl.to_owned(), tensor);
     }
-    let ln_final = LayerNormParams {
-        w: get("model.norm.weight", &[d])?,
-        b: None,
-    };
-    let w_u = if tie_word_embeddings {
-        w_e.copy()
-    } else {
-        get("lm_head.weight", &[v, d])?
+    Params::from_named(&mut named).map_err(Error::InvalidInput)
+}
+
+/// The sizes a GPT-2 weight table needs, from a HookedTransformer config.
+fn dims(cfg: &HookedTransformerConfig) -> ModelDims {
+    ModelDims {
+        n_layers: cfg.n_layers,
+        n_heads: cfg.n_heads,
+        d_model: cfg.d_model,
+        d_head: cfg.d_head,
+        d_mlp: cfg.d_mlp,
+        d_vocab: cfg.d_vocab,
+        n_ctx: cfg.n_ctx,
     }
-    .transpose(0, 1)
-    .contiguous();
-    let b_u = zeros(&[v]);
-    Ok(Params {
-        W_E: w_e,
-        W_pos: None,
-        blocks,
-        ln_final: Some(ln_final),
-        W_U: w_u,
-        b_U: b_u,
-    })
+}
+
+/// Converts HF GPT-2 weights (`Conv1D` `[in, out]` layouts, the fused `c_attn`) into
+/// TransformerLens's layout. `get(name, shape, last)` fetches one HF tensor, checking its shape
+/// (`-1`: any size), `last` on its last use (a tied `wte` is read for `W_E` and `W_U`).
+pub fn convert_gpt2(
+    cfg: &HookedTransformerConfig,
+    tie_word_embeddings: bool,
+    get: impl FnMut(&str, &[i64], bool) -> Result<Tensor>,
+) -> Result<Params> {
+    let map = weight_map::gpt2(&dims(cfg), tie_word_embeddings);
+    // GPT-2 checkpoints have every parameter but the unembedding bias.
+    convert(&map, |name| name != "lm_head.bias", get)
+}
+
+/// Converts HF Llama-family weights (Llama, Mistral, Qwen2, Qwen3; `nn.Linear` `[out, in]`)
+/// into TransformerLens's layout, keeping every bias the checkpoint has (`attention_bias`,
+/// Qwen2's q/k/v biases, `mlp_bias`; zeros where it has none) and Qwen3's q/k norm weights.
+pub fn convert_llama(
+    hf: &LlamaConfig,
+    has: impl Fn(&str) -> bool,
+    get: impl FnMut(&str, &[i64], bool) -> Result<Tensor>,
+) -> Result<Params> {
+    convert(&weight_map::llama(hf), has, get)
 }

@@ -103,16 +103,22 @@ fn load_model(config: &str, flags: bool) -> HookedTransformer {
     let hf_config = read_json(&dir.join("model/config.json"));
     let tied = hf_config["tie_word_embeddings"].as_bool().unwrap_or(true);
     let mut weights = read_tensors(&dir.join("model/model.safetensors"));
-    let params = convert_gpt2(&cfg, tied, |name, shape| {
-        let t = weights
-            .remove(name)
-            .ok_or_else(|| format!("missing {name}"))?;
+    let params = convert_gpt2(&cfg, tied, |name, shape, last| {
+        let t = if last {
+            weights.remove(name)
+        } else {
+            weights.get(name).map(Tensor::shallow_clone)
+        }
+        .ok_or_else(|| lens_core::model::ModelError::InvalidInput(format!("missing {name}")))?;
         let fits = t.size().len() == shape.len()
             && t.size().iter().zip(shape).all(|(a, b)| *b < 0 || a == b);
         if fits {
             Ok(t)
         } else {
-            Err(format!("{name}: shape {:?}, expected {shape:?}", t.size()))
+            Err(lens_core::model::ModelError::InvalidInput(format!(
+                "{name}: shape {:?}, expected {shape:?}",
+                t.size()
+            )))
         }
     })
     .unwrap();

@@ -40,6 +40,7 @@ pub mod processing;
 pub mod source;
 pub mod tl_params;
 pub mod tokenizer;
+pub mod weight_map;
 pub mod weights;
 
 pub use config::{

@@ -5,6 +5,8 @@
 //! What an architecture lacks is `None`: no positional embedding under rotary attention, no
 //! norm bias for RMSNorm, no gate for a plain MLP, no q/k norms outside Qwen3.
 
+use std::collections::BTreeMap;
+
 use tch::Tensor;
 
 /// A LayerNorm's or RMSNorm's weight `[d]` and, for LayerNorm, bias `[d]` (the whole norm is
@@ -209,5 +211,80 @@ impl Params {
             W_U: f(&self.W_U),
             b_U: f(&self.b_U),
         }
+    }
+}
+
+type Named = BTreeMap<String, Tensor>;
+
+fn need(tensors: &mut Named, name: &str) -> Result<Tensor, String> {
+    tensors
+        .remove(name)
+        .ok_or_else(|| format!("no TransformerLens weight '{name}'"))
+}
+
+/// TransformerLens's grouped name (`_W_K`) or the plain one (`W_K`).
+fn either(tensors: &mut Named, grouped: &str, plain: &str) -> Result<Tensor, String> {
+    match tensors.remove(grouped) {
+        Some(t) => Ok(t),
+        None => need(tensors, plain),
+    }
+}
+
+fn norm(tensors: &mut Named, prefix: &str) -> Option<LayerNormParams> {
+    let w = tensors.remove(&format!("{prefix}.w"))?;
+    Some(LayerNormParams {
+        w,
+        b: tensors.remove(&format!("{prefix}.b")),
+    })
+}
+
+impl Params {
+    /// The parameters named as [`Params::named`] names them (`blocks.0.attn.W_Q`, grouped keys
+    /// and values under `_W_K` or `W_K`, ...), taken out of `tensors`. What an architecture
+    /// lacks is absent from `tensors` and `None` here; a weight every architecture has (`W_Q`,
+    /// `b_O`, `W_U`, ...) missing is an error naming it.
+    pub fn from_named(tensors: &mut Named) -> Result<Params, String> {
+        let w_e = need(tensors, "embed.W_E")?;
+        let n_layers = (0..)
+            .take_while(|l| tensors.contains_key(&format!("blocks.{l}.attn.W_Q")))
+            .count();
+        let mut blocks = Vec::with_capacity(n_layers);
+        for l in 0..n_layers {
+            let p = |s: &str| format!("blocks.{l}.{s}");
+            let attn = AttentionParams {
+                W_Q: need(tensors, &p("attn.W_Q"))?,
+                W_K: either(tensors, &p("attn._W_K"), &p("attn.W_K"))?,
+                W_V: either(tensors, &p("attn._W_V"), &p("attn.W_V"))?,
+                b_Q: need(tensors, &p("attn.b_Q"))?,
+                b_K: either(tensors, &p("attn._b_K"), &p("attn.b_K"))?,
+                b_V: either(tensors, &p("attn._b_V"), &p("attn.b_V"))?,
+                W_O: need(tensors, &p("attn.W_O"))?,
+                b_O: need(tensors, &p("attn.b_O"))?,
+                q_norm: tensors.remove(&p("attn.q_norm.w")),
+                k_norm: tensors.remove(&p("attn.k_norm.w")),
+            };
+            let mlp = MlpParams {
+                W_in: need(tensors, &p("mlp.W_in"))?,
+                b_in: need(tensors, &p("mlp.b_in"))?,
+                W_out: need(tensors, &p("mlp.W_out"))?,
+                b_out: need(tensors, &p("mlp.b_out"))?,
+                W_gate: tensors.remove(&p("mlp.W_gate")),
+                b_gate: tensors.remove(&p("mlp.b_gate")),
+            };
+            blocks.push(BlockParams {
+                ln1: norm(tensors, &p("ln1")),
+                attn,
+                ln2: norm(tensors, &p("ln2")),
+                mlp,
+            });
+        }
+        Ok(Params {
+            W_E: w_e,
+            W_pos: tensors.remove("pos_embed.W_pos"),
+            blocks,
+            ln_final: norm(tensors, "ln_final"),
+            W_U: need(tensors, "unembed.W_U")?,
+            b_U: need(tensors, "unembed.b_U")?,
+        })
     }
 }

@@ -2,7 +2,8 @@
 //! HuggingFace module paths, and TransformerLens-layout views (`W_Q [h, d, dh]`, ...) of the
 //! live HuggingFace parameters.
 
-use lens_core::model::{ModelError, ModelResult};
+use lens_core::model::{ModelDims, ModelError, ModelResult};
+use lens_core::weight_map::{self, Source, WeightMap};
 use lens_core::Gpt2Config;
 use tch::Tensor;
 
@@ -65,127 +66,44 @@ pub trait ArchitectureAdapter {
     fn tl_weight_grad(&self, params: &Self::Params, name: &str) -> ModelResult<Option<Tensor>>;
 }
 
-/// How a TransformerLens weight is laid out on its HuggingFace parameter.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum View {
-    /// The parameter itself.
-    Same,
-    /// The first `n` rows (`W_pos` is `wpe[:n_ctx]`).
-    Rows(i64),
-    /// The transpose (`W_U` is `lm_head.weight.T`).
-    Transpose,
-    /// Third `i` of `c_attn.weight` `[d, 3d]` as `[h, d, dh]`.
-    QkvWeight(i64),
-    /// Third `i` of `c_attn.bias` `[3d]` as `[h, dh]`.
-    QkvBias(i64),
-    /// `c_proj.weight` `[d, d]` as `[h, dh, d]`.
-    HeadsIn,
-}
-
-/// The GPT-2 adapter (`GPT2LMHeadModel`).
+/// The GPT-2 adapter (`GPT2LMHeadModel`): its components, and TransformerLens's weights as
+/// views of the live parameters through GPT-2's weight table (`lens_core::weight_map::gpt2`,
+/// the table the HookedTransformer converts with).
 #[derive(Clone, Debug)]
 pub struct Gpt2Adapter {
     n_layers: usize,
-    n_heads: i64,
-    d_model: i64,
-    n_ctx: i64,
+    weights: WeightMap,
 }
-
-/// The per-block weights, in TransformerLens's state-dict order.
-const BLOCK_WEIGHTS: [&str; 16] = [
-    "ln1.w",
-    "ln1.b",
-    "attn.W_Q",
-    "attn.W_K",
-    "attn.W_V",
-    "attn.W_O",
-    "attn.b_Q",
-    "attn.b_K",
-    "attn.b_V",
-    "attn.b_O",
-    "ln2.w",
-    "ln2.b",
-    "mlp.W_in",
-    "mlp.b_in",
-    "mlp.W_out",
-    "mlp.b_out",
-];
 
 impl Gpt2Adapter {
     /// The adapter for a GPT-2 config.
     pub fn new(config: &Gpt2Config) -> Self {
-        Gpt2Adapter {
-            n_layers: config.n_layer as usize,
+        let dims = ModelDims {
+            n_layers: config.n_layer,
             n_heads: config.n_head,
             d_model: config.n_embd,
+            d_head: config.d_head(),
+            d_mlp: config.d_mlp(),
+            d_vocab: config.vocab_size,
             n_ctx: config.n_ctx,
+        };
+        Gpt2Adapter {
+            n_layers: config.n_layer as usize,
+            // `W_U` always reads `lm_head.weight`, which is `wte` while the embeddings are tied
+            // (`Gpt2Params::get`) and its own parameter once compatibility mode unties them.
+            weights: weight_map::gpt2(&dims, false),
         }
     }
 
     /// The HuggingFace parameter behind a TransformerLens weight name, and its view.
-    fn resolve(&self, name: &str) -> ModelResult<(String, View)> {
-        let global = match name {
-            "embed.W_E" => Some(("transformer.wte.weight", View::Same)),
-            "pos_embed.W_pos" => Some(("transformer.wpe.weight", View::Rows(self.n_ctx))),
-            "ln_final.w" => Some(("transformer.ln_f.weight", View::Same)),
-            "ln_final.b" => Some(("transformer.ln_f.bias", View::Same)),
-            "unembed.W_U" => Some(("lm_head.weight", View::Transpose)),
-            "unembed.b_U" => Some(("lm_head.bias", View::Same)),
-            _ => None,
-        };
-        if let Some((hf, view)) = global {
-            return Ok((hf.to_string(), view));
-        }
-        let rest = name
-            .strip_prefix("blocks.")
-            .ok_or_else(|| self.unknown(name))?;
-        let (layer, param) = rest.split_once('.').ok_or_else(|| self.unknown(name))?;
-        let layer: usize = layer.parse().map_err(|_| self.unknown(name))?;
-        if layer >= self.n_layers {
-            return Err(self.unknown(name));
-        }
-        let (hf, view) = match param {
-            "ln1.w" => ("ln_1.weight", View::Same),
-            "ln1.b" => ("ln_1.bias", View::Same),
-            "attn.W_Q" => ("attn.c_attn.weight", View::QkvWeight(0)),
-            "attn.W_K" => ("attn.c_attn.weight", View::QkvWeight(1)),
-            "attn.W_V" => ("attn.c_attn.weight", View::QkvWeight(2)),
-            "attn.W_O" => ("attn.c_proj.weight", View::HeadsIn),
-            "attn.b_Q" => ("attn.c_attn.bias", View::QkvBias(0)),
-            "attn.b_K" => ("attn.c_attn.bias", View::QkvBias(1)),
-            "attn.b_V" => ("attn.c_attn.bias", View::QkvBias(2)),
-            "attn.b_O" => ("attn.c_proj.bias", View::Same),
-            "ln2.w" => ("ln_2.weight", View::Same),
-            "ln2.b" => ("ln_2.bias", View::Same),
-            "mlp.W_in" => ("mlp.c_fc.weight", View::Same),
-            "mlp.b_in" => ("mlp.c_fc.bias", View::Same),
-            "mlp.W_out" => ("mlp.c_proj.weight", View::Same),
-            "mlp.b_out" => ("mlp.c_proj.bias", View::Same),
-            _ => return Err(self.unknown(name)),
-        };
-        Ok((format!("transformer.h.{layer}.{hf}"), view))
-    }
-
-    /// Applies `view` to a HuggingFace parameter (or its gradient).
-    fn view(&self, t: &Tensor, view: View) -> Tensor {
-        let (d, h) = (self.d_model, self.n_heads);
-        let dh = d / h;
-        match view {
-            View::Same => t.shallow_clone(),
-            View::Rows(n) => t.narrow(0, 0, n.min(t.size()[0])),
-            View::Transpose => t.transpose(0, 1),
-            View::QkvWeight(i) => t.narrow(1, i * d, d).view([d, h, dh]).permute([1, 0, 2]),
-            View::QkvBias(i) => t.narrow(0, i * d, d).view([h, dh]),
-            View::HeadsIn => t.view([h, dh, d]),
-        }
-    }
-
-    fn unknown(&self, name: &str) -> ModelError {
-        ModelError::InvalidInput(format!(
-            "'{name}' is not a TransformerLens weight of this GPT-2 (e.g. embed.W_E, \
-             blocks.0.attn.W_Q, unembed.W_U; {} blocks)",
-            self.n_layers
-        ))
+    fn resolve(&self, name: &str) -> ModelResult<&Source> {
+        self.weights.get(name).ok_or_else(|| {
+            ModelError::InvalidInput(format!(
+                "'{name}' is not a TransformerLens weight of this GPT-2 (e.g. embed.W_E, \
+                 blocks.0.attn.W_Q, unembed.W_U; {} blocks)",
+                self.n_layers
+            ))
+        })
     }
 }
 
@@ -248,22 +166,17 @@ impl ArchitectureAdapter for Gpt2Adapter {
     }
 
     fn tl_weight_names(&self) -> Vec<String> {
-        let mut out = vec!["embed.W_E".to_string(), "pos_embed.W_pos".to_string()];
-        for l in 0..self.n_layers {
-            out.extend(BLOCK_WEIGHTS.iter().map(|n| format!("blocks.{l}.{n}")));
-        }
-        out.extend(["ln_final.w", "ln_final.b", "unembed.W_U", "unembed.b_U"].map(str::to_string));
-        out
+        self.weights.names().map(str::to_owned).collect()
     }
 
     fn tl_weight(&self, p: &Gpt2Params, name: &str) -> ModelResult<Tensor> {
-        let (hf_name, view) = self.resolve(name)?;
-        Ok(self.view(&p.get(&hf_name)?, view))
+        let source = self.resolve(name)?;
+        Ok(source.view.apply(&p.get(&source.hf)?))
     }
 
     fn tl_weight_grad(&self, p: &Gpt2Params, name: &str) -> ModelResult<Option<Tensor>> {
-        let (hf_name, view) = self.resolve(name)?;
-        let grad = p.get(&hf_name)?.grad();
-        Ok(grad.defined().then(|| self.view(&grad, view)))
+        let source = self.resolve(name)?;
+        let grad = p.get(&source.hf)?.grad();
+        Ok(grad.defined().then(|| source.view.apply(&grad)))
     }
 }

@@ -1,0 +1,456 @@
+//! Each architecture's weight table: every TransformerLens weight (`blocks.0.attn.W_Q`, ...) with
+//! the HuggingFace parameter it lives in and the view that lays it out in TransformerLens's
+//! layout. One table per architecture serves the HookedTransformer's conversion (the view,
+//! copied out), the bridge's TransformerLens weights (the view of the live parameter, so a write
+//! is seen by the model) and compatibility mode's read and write.
+
+use std::collections::BTreeMap;
+
+use tch::Tensor;
+
+use crate::config::LlamaConfig;
+use crate::model::ModelDims;
+
+/// How a TransformerLens weight is laid out on its HuggingFace parameter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum View {
+    /// The parameter itself.
+    Same,
+    /// The first `n` rows (GPT-2's `W_pos` is `wpe[:n_ctx]`).
+    Rows(i64),
+    /// The transpose (`W_U` is `lm_head.weight.T`; an `nn.Linear` weight `[out, in]` is TL's
+    /// `[in, out]`).
+    Transpose,
+    /// An `nn.Linear` projection `[heads * d_head, d]` as `[heads, d, d_head]`.
+    LinearHeads {
+        /// Heads.
+        heads: i64,
+        /// Head width.
+        d_head: i64,
+    },
+    /// An `nn.Linear` output projection `[d, heads * d_head]` as `[heads, d_head, d]`.
+    LinearHeadsOut {
+        /// Heads.
+        heads: i64,
+        /// Head width.
+        d_head: i64,
+    },
+    /// A bias `[heads * d_head]` as `[heads, d_head]`.
+    HeadBias {
+        /// Heads.
+        heads: i64,
+        /// Head width.
+        d_head: i64,
+    },
+    /// Part `part` (q, k, v = 0, 1, 2) of a fused `Conv1D` `c_attn.weight` `[d, 3 d]` as
+    /// `[heads, d, d_head]`.
+    FusedQkv {
+        /// 0, 1 or 2.
+        part: i64,
+        /// Heads.
+        heads: i64,
+        /// Head width.
+        d_head: i64,
+    },
+    /// Part `part` of a fused `c_attn.bias` `[3 d]` as `[heads, d_head]`.
+    FusedQkvBias {
+        /// 0, 1 or 2.
+        part: i64,
+        /// Heads.
+        heads: i64,
+        /// Head width.
+        d_head: i64,
+    },
+    /// A `Conv1D` output projection `[heads * d_head, d]` as `[heads, d_head, d]`.
+    ConvHeadsOut {
+        /// Heads.
+        heads: i64,
+        /// Head width.
+        d_head: i64,
+    },
+}
+
+impl View {
+    /// The view of a HuggingFace parameter (or of its gradient), sharing its storage.
+    pub fn apply(self, t: &Tensor) -> Tensor {
+        match self {
+            View::Same => t.shallow_clone(),
+            View::Rows(n) => t.narrow(0, 0, n.min(t.size()[0])),
+            View::Transpose => t.transpose(0, 1),
+            View::LinearHeads { heads, d_head } => {
+                let d = t.size()[1];
+                t.view([heads, d_head, d]).permute([0, 2, 1])
+            }
+            View::LinearHeadsOut { heads, d_head } => {
+                let d = t.size()[0];
+                t.view([d, heads, d_head]).permute([1, 2, 0])
+            }
+            View::HeadBias { heads, d_head } => t.view([heads, d_head]),
+            View::FusedQkv {
+                part,
+                heads,
+                d_head,
+            } => {
+                let (d, width) = (t.size()[0], heads * d_head);
+                t.narrow(1, part * width, width)
+                    .view([d, heads, d_head])
+                    .permute([1, 0, 2])
+            }
+            View::FusedQkvBias {
+                part,
+                heads,
+                d_head,
+            } => {
+                let width = heads * d_head;
+                t.narrow(0, part * width, width).view([heads, d_head])
+            }
+            View::ConvHeadsOut { heads, d_head } => {
+                let d = t.size()[1];
+                t.view([heads, d_head, d])
+            }
+        }
+    }
+}
+
+/// Where one TransformerLens weight comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Source {
+    /// The HuggingFace parameter, e.g. `model.layers.0.self_attn.q_proj.weight`.
+    pub hf: String,
+    /// Its shape in the checkpoint (`-1`: any size on that axis).
+    pub shape: Vec<i64>,
+    /// How it is laid out as the TransformerLens weight.
+    pub view: View,
+    /// The TransformerLens weight is zero when the checkpoint has no such parameter (a bias the
+    /// configuration leaves out; TransformerLens's layout always has its biases). Its shape then.
+    pub zeros_if_absent: Option<Vec<i64>>,
+}
+
+/// An architecture's weight table, in TransformerLens's state-dict order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WeightMap {
+    entries: Vec<(String, Source)>,
+}
+
+impl WeightMap {
+    fn push(&mut self, tl: String, hf: String, shape: &[i64], view: View) {
+        self.entries.push((
+            tl,
+            Source {
+                hf,
+                shape: shape.to_vec(),
+                view,
+                zeros_if_absent: None,
+            },
+        ));
+    }
+
+    fn push_optional(
+        &mut self,
+        tl: String,
+        hf: String,
+        shape: &[i64],
+        view: View,
+        tl_shape: &[i64],
+    ) {
+        self.push(tl, hf, shape, view);
+        if let Some((_, source)) = self.entries.last_mut() {
+            source.zeros_if_absent = Some(tl_shape.to_vec());
+        }
+    }
+
+    /// Where TransformerLens weight `tl` comes from.
+    pub fn get(&self, tl: &str) -> Option<&Source> {
+        self.entries.iter().find(|(n, _)| n == tl).map(|(_, s)| s)
+    }
+
+    /// Every TransformerLens weight name, in state-dict order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|(n, _)| n.as_str())
+    }
+
+    /// Every entry, in state-dict order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Source)> {
+        self.entries.iter().map(|(n, s)| (n.as_str(), s))
+    }
+
+    /// How many TransformerLens weights read each HuggingFace parameter (a tied embedding is
+    /// read twice: `W_E` and `W_U`).
+    pub fn uses(&self) -> BTreeMap<&str, usize> {
+        let mut uses = BTreeMap::new();
+        for (_, source) in &self.entries {
+            *uses.entry(source.hf.as_str()).or_insert(0) += 1;
+        }
+        uses
+    }
+}
+
+/// GPT-2's table (`GPT2LMHeadModel`): `Conv1D` weights are already `[in, out]`, q, k and v are
+/// thirds of `c_attn`; `W_U` is `lm_head.weight.T` (`wte` itself while tied); `b_U` is
+/// `lm_head.bias`, which HF's GPT-2 does not have (zero; the bridge adds one).
+pub fn gpt2(dims: &ModelDims, tie_word_embeddings: bool) -> WeightMap {
+    let (d, h, m, v) = (dims.d_model, dims.n_heads, dims.d_mlp, dims.d_vocab);
+    let dh = dims.d_head;
+    let mut map = WeightMap::default();
+    map.push(
+        "embed.W_E".into(),
+        "transformer.wte.weight".into(),
+        &[v, d],
+        View::Same,
+    );
+    map.push(
+        "pos_embed.W_pos".into(),
+        "transformer.wpe.weight".into(),
+        &[-1, d],
+        View::Rows(dims.n_ctx),
+    );
+    for l in 0..dims.n_layers {
+        let tl = |s: &str| format!("blocks.{l}.{s}");
+        let hf = |s: &str| format!("transformer.h.{l}.{s}");
+        let qkv = |part| View::FusedQkv {
+            part,
+            heads: h,
+            d_head: dh,
+        };
+        let qkv_b = |part| View::FusedQkvBias {
+            part,
+            heads: h,
+            d_head: dh,
+        };
+        map.push(tl("ln1.w"), hf("ln_1.weight"), &[d], View::Same);
+        map.push(tl("ln1.b"), hf("ln_1.bias"), &[d], View::Same);
+        for (i, w) in ["W_Q", "W_K", "W_V"].into_iter().enumerate() {
+            map.push(
+                tl(&format!("attn.{w}")),
+                hf("attn.c_attn.weight"),
+                &[d, 3 * d],
+                qkv(i as i64),
+            );
+        }
+        let heads_out = View::ConvHeadsOut {
+            heads: h,
+            d_head: dh,
+        };
+        map.push(tl("attn.W_O"), hf("attn.c_proj.weight"), &[d, d], heads_out);
+        for (i, b) in ["b_Q", "b_K", "b_V"].into_iter().enumerate() {
+            map.push(
+                tl(&format!("attn.{b}")),
+                hf("attn.c_attn.bias"),
+                &[3 * d],
+                qkv_b(i as i64),
+            );
+        }
+        map.push(tl("attn.b_O"), hf("attn.c_proj.bias"), &[d], View::Same);
+        map.push(tl("ln2.w"), hf("ln_2.weight"), &[d], View::Same);
+        map.push(tl("ln2.b"), hf("ln_2.bias"), &[d], View::Same);
+        map.push(tl("mlp.W_in"), hf("mlp.c_fc.weight"), &[d, m], View::Same);
+        map.push(tl("mlp.b_in"), hf("mlp.c_fc.bias"), &[m], View::Same);
+        map.push(
+            tl("mlp.W_out"),
+            hf("mlp.c_proj.weight"),
+            &[m, d],
+            View::Same,
+        );
+        map.push(tl("mlp.b_out"), hf("mlp.c_proj.bias"), &[d], View::Same);
+    }
+    map.push(
+        "ln_final.w".into(),
+        "transformer.ln_f.weight".into(),
+        &[d],
+        View::Same,
+    );
+    map.push(
+        "ln_final.b".into(),
+        "transformer.ln_f.bias".into(),
+        &[d],
+        View::Same,
+    );
+    let unembed = if tie_word_embeddings {
+        "transformer.wte.weight"
+    } else {
+        "lm_head.weight"
+    };
+    map.push(
+        "unembed.W_U".into(),
+        unembed.into(),
+        &[v, d],
+        View::Transpose,
+    );
+    map.push_optional(
+        "unembed.b_U".into(),
+        "lm_head.bias".into(),
+        &[v],
+        View::Same,
+        &[v],
+    );
+    map
+}
+
+/// The Llama family's table (Llama, Mistral, Qwen2, Qwen3): `nn.Linear` weights `[out, in]`,
+/// grouped keys and values under TransformerLens's `_W_K` / `_W_V` / `_b_K` / `_b_V`, every
+/// bias the configuration may leave out zero when absent, Qwen3's q/k norm weights, the gate.
+pub fn llama(cfg: &LlamaConfig) -> WeightMap {
+    let (d, m, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+    let (h, h_kv, dh) = (
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+    );
+    let kv = if h_kv != h { "_" } else { "" };
+    let mut map = WeightMap::default();
+    map.push(
+        "embed.W_E".into(),
+        "model.embed_tokens.weight".into(),
+        &[v, d],
+        View::Same,
+    );
+    for l in 0..cfg.num_hidden_layers {
+        let tl = |s: &str| format!("blocks.{l}.{s}");
+        let hf = |s: &str| format!("model.layers.{l}.{s}");
+        let heads = |n| View::LinearHeads {
+            heads: n,
+            d_head: dh,
+        };
+        let bias = |n| View::HeadBias {
+            heads: n,
+            d_head: dh,
+        };
+        map.push(tl("ln1.w"), hf("input_layernorm.weight"), &[d], View::Same);
+        map.push(
+            tl("attn.W_Q"),
+            hf("self_attn.q_proj.weight"),
+            &[h * dh, d],
+            heads(h),
+        );
+        map.push(
+            tl(&format!("attn.{kv}W_K")),
+            hf("self_attn.k_proj.weight"),
+            &[h_kv * dh, d],
+            heads(h_kv),
+        );
+        map.push(
+            tl(&format!("attn.{kv}W_V")),
+            hf("self_attn.v_proj.weight"),
+            &[h_kv * dh, d],
+            heads(h_kv),
+        );
+        let heads_out = View::LinearHeadsOut {
+            heads: h,
+            d_head: dh,
+        };
+        map.push(
+            tl("attn.W_O"),
+            hf("self_attn.o_proj.weight"),
+            &[d, h * dh],
+            heads_out,
+        );
+        map.push_optional(
+            tl("attn.b_Q"),
+            hf("self_attn.q_proj.bias"),
+            &[h * dh],
+            bias(h),
+            &[h, dh],
+        );
+        map.push_optional(
+            tl(&format!("attn.{kv}b_K")),
+            hf("self_attn.k_proj.bias"),
+            &[h_kv * dh],
+            bias(h_kv),
+            &[h_kv, dh],
+        );
+        map.push_optional(
+            tl(&format!("attn.{kv}b_V")),
+            hf("self_attn.v_proj.bias"),
+            &[h_kv * dh],
+            bias(h_kv),
+            &[h_kv, dh],
+        );
+        map.push_optional(
+            tl("attn.b_O"),
+            hf("self_attn.o_proj.bias"),
+            &[d],
+            View::Same,
+            &[d],
+        );
+        if cfg.qk_norm {
+            map.push(
+                tl("attn.q_norm.w"),
+                hf("self_attn.q_norm.weight"),
+                &[dh],
+                View::Same,
+            );
+            map.push(
+                tl("attn.k_norm.w"),
+                hf("self_attn.k_norm.weight"),
+                &[dh],
+                View::Same,
+            );
+        }
+        map.push(
+            tl("ln2.w"),
+            hf("post_attention_layernorm.weight"),
+            &[d],
+            View::Same,
+        );
+        map.push(
+            tl("mlp.W_gate"),
+            hf("mlp.gate_proj.weight"),
+            &[m, d],
+            View::Transpose,
+        );
+        if cfg.mlp_bias {
+            map.push(tl("mlp.b_gate"), hf("mlp.gate_proj.bias"), &[m], View::Same);
+        }
+        map.push(
+            tl("mlp.W_in"),
+            hf("mlp.up_proj.weight"),
+            &[m, d],
+            View::Transpose,
+        );
+        map.push_optional(
+            tl("mlp.b_in"),
+            hf("mlp.up_proj.bias"),
+            &[m],
+            View::Same,
+            &[m],
+        );
+        map.push(
+            tl("mlp.W_out"),
+            hf("mlp.down_proj.weight"),
+            &[d, m],
+            View::Transpose,
+        );
+        map.push_optional(
+            tl("mlp.b_out"),
+            hf("mlp.down_proj.bias"),
+            &[d],
+            View::Same,
+            &[d],
+        );
+    }
+    map.push(
+        "ln_final.w".into(),
+        "model.norm.weight".into(),
+        &[d],
+        View::Same,
+    );
+    let unembed = if cfg.tie_word_embeddings {
+        "model.embed_tokens.weight"
+    } else {
+        "lm_head.weight"
+    };
+    map.push(
+        "unembed.W_U".into(),
+        unembed.into(),
+        &[v, d],
+        View::Transpose,
+    );
+    map.push_optional(
+        "unembed.b_U".into(),
+        "lm_head.bias".into(),
+        &[v],
+        View::Same,
+        &[v],
+    );
+    map
+}
