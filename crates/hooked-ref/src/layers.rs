@@ -146,15 +146,17 @@ fn qkv(
             project(&x, &a.W_V, &a.b_V),
         ]);
     }
-    let per_head = || resid_pre.unsqueeze(2).repeat([1, 1, cfg.n_heads, 1]);
+    // Keys and values have one input per key/value head (TransformerLens's split inputs with
+    // grouped heads).
+    let per_head = |n: i64| resid_pre.unsqueeze(2).repeat([1, 1, n, 1]);
     let inputs: [Tensor; 3] = if cfg.use_split_qkv_input {
         [
-            hooks.q_input.run(per_head())?,
-            hooks.k_input.run(per_head())?,
-            hooks.v_input.run(per_head())?,
+            hooks.q_input.run(per_head(cfg.n_heads))?,
+            hooks.k_input.run(per_head(cfg.n_kv_heads()))?,
+            hooks.v_input.run(per_head(cfg.n_kv_heads()))?,
         ]
     } else {
-        let shared = hooks.attn_in.run(per_head())?;
+        let shared = hooks.attn_in.run(per_head(cfg.n_heads))?;
         [shared.shallow_clone(), shared.shallow_clone(), shared]
     };
     let [q_in, k_in, v_in] = inputs;

@@ -223,6 +223,15 @@ impl HookedTransformer {
 
     /// Sets a gating option (`use_attn_result`, `use_split_qkv_input`, `use_attn_in`, `use_hook_mlp_in`).
     pub fn set_hook_flag(&mut self, flag: &str, enabled: bool) -> ModelResult<()> {
+        if flag == "use_attn_in" && enabled && self.cfg().n_key_value_heads.is_some() {
+            // One input per query head cannot feed fewer key/value heads (TransformerLens's
+            // attention fails on it too); use_split_qkv_input gives keys and values their own.
+            return Err(ModelError::InvalidInput(
+                "use_attn_in needs as many key/value heads as query heads; this model groups \
+                 them (n_key_value_heads): use use_split_qkv_input"
+                    .into(),
+            ));
+        }
         let (registry, cfg) = self.registry_and_cfg_mut();
         let (slot, names): (&mut bool, &[&str]) = match flag {
             "use_attn_result" => (&mut cfg.use_attn_result, &["attn.hook_result"]),

@@ -522,3 +522,45 @@ fn llama_family_generation_matches_transformers(
         }
     }
 }
+
+/// TransformerLens's optional paths on a Llama-family model with grouped key/value heads:
+/// per-head results, split q/k/v inputs (keys and values one per key/value head) and the MLP
+/// input leave the logits as they were; one shared input for every head is refused.
+#[test]
+fn hook_flags_work_with_grouped_heads() {
+    let plain = decoder("dec-a", ProcessingOptions::none());
+    let mut flagged = decoder("dec-a", ProcessingOptions::none());
+    flagged.set_use_attn_result(true);
+    flagged.set_use_split_qkv_input(true).unwrap();
+    flagged.set_use_hook_mlp_in(true);
+    let tokens = Tensor::from_slice(&[383i64, 5, 17, 99, 3]).unsqueeze(0);
+    let logits = |m: &HookedTransformer| {
+        m.forward(&tokens, &ForwardOptions::default())
+            .unwrap()
+            .logits
+            .unwrap()
+    };
+    assert!(relative_error(&logits(&flagged), &logits(&plain), None) <= TOLERANCE);
+    let (_, cache) = lens_core::model::LensModel::run_with_cache(
+        &flagged,
+        &tokens,
+        &ForwardOptions::default(),
+        &CacheOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        cache.get("blocks.0.hook_q_input").unwrap().size(),
+        vec![1, 5, 4, 64]
+    );
+    assert_eq!(
+        cache.get("blocks.0.hook_k_input").unwrap().size(),
+        vec![1, 5, 2, 64]
+    );
+    assert_eq!(
+        cache.get("blocks.1.attn.hook_result").unwrap().size(),
+        vec![1, 5, 4, 64]
+    );
+    let mut shared = decoder("dec-a", ProcessingOptions::none());
+    let refused = shared.set_use_attn_in(true).unwrap_err().to_string();
+    assert!(refused.contains("use_split_qkv_input"), "{refused}");
+}
