@@ -291,7 +291,7 @@ fn inputs(bridge: &TransformerBridge, text: &str) -> ModelResult<Inputs> {
         });
     }
     let dims = bridge.dims();
-    let bos = bridge.config().bos_token_id.unwrap_or(dims.d_vocab - 1);
+    let bos = bridge.config().bos_token_id().unwrap_or(dims.d_vocab - 1);
     let device = LensModel::device(bridge);
     let random = |len: i64, seed: i64| {
         tch::manual_seed(seed);

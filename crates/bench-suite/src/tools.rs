@@ -113,8 +113,13 @@ fn load(args: &ModelArgs, implementation: Impl, processed: bool) -> ModelResult<
             if processed {
                 bridge.enable_compatibility_mode(CompatibilityOptions::default())?;
             }
-            let tl_names =
-                hooked_ref::hook_names(&HookedTransformerConfig::from_gpt2(bridge.config()));
+            let config = HookedTransformerConfig::from_hf(&bridge.config()).ok_or_else(|| {
+                ModelError::Unsupported(format!(
+                    "no TransformerLens names known for {}",
+                    bridge.config().architecture()
+                ))
+            })?;
+            let tl_names = hooked_ref::hook_names(&config);
             Loaded {
                 model: Box::new(bridge),
                 tl_names,

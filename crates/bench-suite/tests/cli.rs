@@ -536,10 +536,23 @@ fn llama_family_models_generate_and_cache_through_the_hf_and_hooked_tiers() {
     assert_eq!(tensors["blocks.0.attn.hook_k"].size(), vec![1, 4, 2, 16]);
     assert!(tensors.contains_key("blocks.1.attn.hook_rot_q_grad"));
     assert!(!tensors.contains_key("hook_pos_embed"));
-    // The bridge says what it does not wrap yet, and what does.
-    let refused = tl_bench(&["hooks", "--model", &model]);
-    assert_eq!(refused.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("HookedTransformer"));
+    // The bridge: the Python bridge's names for the family, every hook firing.
+    let hooks = tl_bench(&["hooks", "--model", &model]);
+    assert_eq!(
+        hooks.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&hooks.stderr)
+    );
+    let listing = String::from_utf8_lossy(&hooks.stdout);
+    for line in [
+        "blocks.0.attn.hook_rot_k\t[1, 5, 2, 16]",
+        "blocks.1.mlp.gate.hook_out\t[1, 5, 96]",
+        "blocks.0.attn.hook_k\t[1, 5, 2, 16]\t(alias of blocks.0.attn.k.hook_out)",
+    ] {
+        assert!(listing.lines().any(|l| l == line), "{line} in\n{listing}");
+    }
+    assert_eq!(generate("bridge", &[]), hf);
 }
 
 #[test]

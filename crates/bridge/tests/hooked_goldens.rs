@@ -156,7 +156,12 @@ impl Ctx<'_> {
 
     fn layer_norm(&self, x: &Tensor, prefix: &str) -> Tensor {
         let d = *x.size().last().unwrap();
-        let eps = self.bridge.config().layer_norm_epsilon;
+        let eps = self
+            .bridge
+            .config()
+            .as_gpt2()
+            .expect("a GPT-2 bridge")
+            .layer_norm_epsilon;
         x.layer_norm(
             [d],
             Some(&self.w(&format!("{prefix}.w"))),

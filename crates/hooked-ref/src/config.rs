@@ -158,6 +158,16 @@ impl HookedTransformerConfig {
         }
     }
 
+    /// TransformerLens's configuration of a checkpoint of any architecture this crate converts
+    /// (GPT-2, the Llama family); `None` for another.
+    pub fn from_hf(hf: &lens_core::HfConfig) -> Option<Self> {
+        match hf {
+            lens_core::HfConfig::Gpt2(c) => Some(Self::from_gpt2(c)),
+            lens_core::HfConfig::Llama(c) => Some(Self::from_llama(c)),
+            _ => None,
+        }
+    }
+
     /// TransformerLens's Llama-family conversion (Llama, Mistral, Qwen2, Qwen3), with HF's
     /// numbers where TransformerLens 3.9.0 departs from them: `d_head` is the checkpoint's
     /// `head_dim` (TransformerLens uses `d_model / n_heads` for Llama and Qwen2), the rotary base

@@ -593,7 +593,7 @@ fn measure(args: &MeasureArgs) -> AnyResult<()> {
     let hf = Gpt2LMHeadModel::from_pretrained(&model, device, Kind::Float)?;
     let bridge = TransformerBridge::boot(&model, device, Kind::Float)?;
     let hooked = HookedTransformer::from_pretrained_no_processing(&model, &load_options(device))?;
-    let vocab = bridge.config().vocab_size;
+    let vocab = bridge.config().vocab_size();
 
     if section("forward") {
         let mut forward = serde_json::Map::new();
@@ -1069,7 +1069,7 @@ fn measure_generation(
     device: Device,
     plan: &Plan,
 ) -> AnyResult<Value> {
-    let prompt = random_tokens(1, 128, bridge.config().vocab_size, device, 7);
+    let prompt = random_tokens(1, 128, bridge.config().vocab_size(), device, 7);
     let options = |new: usize, cached: bool| GenerateOptions {
         max_new_tokens: new,
         do_sample: false,

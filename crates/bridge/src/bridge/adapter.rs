@@ -95,6 +95,11 @@ impl Gpt2Adapter {
         }
     }
 
+    /// GPT-2's weight table.
+    pub(crate) fn weight_map(&self) -> &WeightMap {
+        &self.weights
+    }
+
     /// The HuggingFace parameter behind a TransformerLens weight name, and its view.
     fn resolve(&self, name: &str) -> ModelResult<&Source> {
         self.weights.get(name).ok_or_else(|| {

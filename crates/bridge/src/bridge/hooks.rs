@@ -177,6 +177,106 @@ fn gate(site: Site, paths: &TlPaths) -> Option<(&'static str, bool)> {
     })
 }
 
+/// An architecture's hook points and TransformerLens aliases, in the Python bridge's
+/// `hook_dict` order.
+pub(crate) struct Layout {
+    sites: Vec<Site>,
+    aliases: Vec<(String, Site)>,
+}
+
+impl Layout {
+    /// GPT-2's (`GPT2LMHeadModel`).
+    pub fn gpt2(n_layers: usize) -> Self {
+        Layout {
+            sites: all_sites(n_layers),
+            aliases: aliases(n_layers),
+        }
+    }
+
+    /// The Llama family's, under the names of TransformerLens 3.9.0's Llama, Mistral, Qwen2
+    /// and Qwen3 adapters (tests/fixtures/dec-*/bridge_hooks.json). Declined as for GPT-2:
+    /// `hook_resid_mid` is a point of its own; and the rotary module's `hook_out`, which never
+    /// fires there (and its alias `hook_pos_embed`), is not registered, as a rotary
+    /// HookedTransformer has no `hook_pos_embed`.
+    pub fn llama(n_layers: usize, qk_norm: bool) -> Self {
+        use BlockSite as B;
+        let ln = |f: fn(LnSite) -> BlockSite| {
+            [LnSite::In, LnSite::Out, LnSite::Normalized, LnSite::Scale].map(f)
+        };
+        let lin = |f: fn(LinSite) -> BlockSite| [LinSite::In, LinSite::Out].map(f);
+        let mut sites = vec![
+            Site::EmbedIn,
+            Site::EmbedOut,
+            Site::RotaryIn,
+            Site::RotaryCos,
+            Site::RotarySin,
+        ];
+        for l in 0..n_layers {
+            let mut block = vec![B::In, B::Out, B::MlpIn, B::ResidMid];
+            block.extend(ln(B::Ln1));
+            block.extend(ln(B::Ln2));
+            block.extend([
+                B::AttnIn,
+                B::AttnOut,
+                B::AttnScores,
+                B::Pattern,
+                B::HiddenStates,
+                B::Result,
+                B::AttnInput,
+                B::QInput,
+                B::KInput,
+                B::VInput,
+                B::RotK,
+                B::RotQ,
+                B::Cos,
+                B::Sin,
+            ]);
+            for f in [B::Q, B::K, B::V, B::O] {
+                block.extend(lin(f));
+            }
+            if qk_norm {
+                block.extend(ln(B::QNorm));
+                block.extend(ln(B::KNorm));
+            }
+            block.extend([B::MlpCompIn, B::MlpCompOut]);
+            for f in [B::MlpGate, B::MlpFc, B::MlpProj] {
+                block.extend(lin(f));
+            }
+            sites.extend(block.into_iter().map(|s| Site::Block(l, s)));
+        }
+        sites.extend(
+            [LnSite::In, LnSite::Out, LnSite::Normalized, LnSite::Scale].map(Site::LnFinal),
+        );
+        sites.extend([Site::UnembedIn, Site::UnembedOut]);
+        let mut aliases = vec![
+            ("hook_embed".to_string(), Site::EmbedOut),
+            ("hook_unembed".to_string(), Site::UnembedOut),
+        ];
+        for l in 0..n_layers {
+            for (name, site) in [
+                ("hook_attn_in", B::AttnInput),
+                ("hook_k_input", B::KInput),
+                ("hook_attn_out", B::AttnOut),
+                ("hook_q_input", B::QInput),
+                ("hook_v_input", B::VInput),
+                ("attn.hook_k", B::K(LinSite::Out)),
+                ("attn.hook_z", B::O(LinSite::In)),
+                ("attn.hook_q", B::Q(LinSite::Out)),
+                ("attn.hook_v", B::V(LinSite::Out)),
+                ("hook_resid_pre", B::In),
+                ("hook_resid_post", B::Out),
+                ("hook_mlp_out", B::MlpCompOut),
+                ("mlp.hook_pre", B::MlpGate(LinSite::Out)),
+                ("mlp.hook_pre_linear", B::MlpFc(LinSite::Out)),
+                ("mlp.hook_post", B::MlpProj(LinSite::In)),
+            ] {
+                aliases.push((format!("blocks.{l}.{name}"), Site::Block(l, site)));
+            }
+        }
+        Layout { sites, aliases }
+    }
+}
+
 /// The hook points of a bridge, by site, in a registry with the TransformerLens aliases.
 pub(crate) struct BridgeHooks {
     pub registry: HookRegistry,
@@ -186,15 +286,18 @@ pub(crate) struct BridgeHooks {
 }
 
 impl BridgeHooks {
-    /// Registers every hook point and alias, and gates the optional ones for `paths`.
-    pub fn new(n_layers: usize, paths: &TlPaths) -> Self {
+    /// Registers every hook point and alias of `layout`, and gates the optional ones for
+    /// `paths`.
+    pub fn new(layout: Layout, paths: &TlPaths) -> Self {
         let mut registry = HookRegistry::new();
-        let sites = all_sites(n_layers);
+        let Layout {
+            sites,
+            aliases: alias_list,
+        } = layout;
         let points = sites
             .iter()
             .map(|&site| (site, registry.register(site_name(site))))
             .collect();
-        let alias_list = aliases(n_layers);
         for (alias, site) in &alias_list {
             registry
                 .add_alias(alias.clone(), &site_name(*site))

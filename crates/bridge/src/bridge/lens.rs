@@ -8,10 +8,9 @@ use lens_core::model::{
 use lens_core::Tokenizer;
 use tch::{Device, Kind, Tensor};
 
-use super::adapter::ArchitectureAdapter;
 use super::TransformerBridge;
 use crate::hf::model::generate_hf_style;
-use crate::hf::KvCache;
+use crate::hf::{HfModel, KvCache};
 
 impl TransformerBridge {
     /// Generates with HuggingFace's inputs at each step (only the new token with a KV cache,
@@ -25,27 +24,35 @@ impl TransformerBridge {
     ) -> ModelResult<Tensor> {
         generate_hf_style(
             |ids, mask, positions, cache: Option<&mut KvCache>| {
+                let past_len = cache.as_ref().map_or(0, |c| c.len());
+                let inputs = self.hf.check_inputs(ids, mask, Some(positions), past_len)?;
                 let pass = self
                     .hf
-                    .pass(&self.tap(), ids, mask, Some(positions), cache, false)?;
+                    .pass_checked(&self.tap(), &inputs, cache, false, None)?;
                 pass.logits
                     .ok_or_else(|| ModelError::InvalidInput("no logits".into()))
             },
             tokens,
             attention_mask,
             options,
-            self.hf.config().eos_token_id,
+            self.hf.config().eos_token_id(),
             self.hf.device(),
         )
     }
 
     fn all_parameters(&self) -> Vec<Tensor> {
-        self.hf
-            .params()
-            .named()
-            .into_iter()
-            .map(|(_, t)| t.shallow_clone())
-            .collect()
+        self.hf.parameters()
+    }
+
+    /// A TransformerLens weight's HuggingFace source, or an error naming the weight.
+    fn weight_source(&self, name: &str) -> ModelResult<&lens_core::weight_map::Source> {
+        self.weights.get(name).ok_or_else(|| {
+            ModelError::InvalidInput(format!(
+                "'{name}' is not a TransformerLens weight of this {} (e.g. embed.W_E, \
+                 blocks.0.attn.W_Q, unembed.W_U)",
+                self.hf.config().architecture()
+            ))
+        })
     }
 }
 
@@ -55,15 +62,31 @@ impl LensModel for TransformerBridge {
     }
 
     fn dims(&self) -> ModelDims {
-        let c = self.hf.config();
-        ModelDims {
-            n_layers: c.n_layer,
-            n_heads: c.n_head,
-            d_model: c.n_embd,
-            d_head: c.d_head(),
-            d_mlp: c.d_mlp(),
-            d_vocab: c.vocab_size,
-            n_ctx: c.n_ctx,
+        match &self.hf {
+            HfModel::Llama(m) => {
+                let c = m.config();
+                ModelDims {
+                    n_layers: c.num_hidden_layers,
+                    n_heads: c.num_attention_heads,
+                    d_model: c.hidden_size,
+                    d_head: c.head_dim,
+                    d_mlp: c.intermediate_size,
+                    d_vocab: c.vocab_size,
+                    n_ctx: c.max_position_embeddings,
+                }
+            }
+            HfModel::Gpt2(m) => {
+                let c = m.config();
+                ModelDims {
+                    n_layers: c.n_layer,
+                    n_heads: c.n_head,
+                    d_model: c.n_embd,
+                    d_head: c.d_head(),
+                    d_mlp: c.d_mlp(),
+                    d_vocab: c.vocab_size,
+                    n_ctx: c.n_ctx,
+                }
+            }
         }
     }
 
@@ -96,16 +119,35 @@ impl LensModel for TransformerBridge {
         TransformerBridge::generate(self, tokens, attention_mask, options)
     }
 
+    /// A view of the live parameter (a write is seen by the model). A bias TransformerLens
+    /// always has but this checkpoint lacks (Llama's without `attention_bias`) is a fresh zero
+    /// tensor, not a view: there is no parameter to alias.
     fn tl_weight(&self, name: &str) -> ModelResult<Tensor> {
-        self.adapter.tl_weight(self.hf.params(), name)
+        let source = self.weight_source(name)?;
+        match (self.hf.parameter(&source.hf), &source.zeros_if_absent) {
+            (Some(t), _) => Ok(source.view.apply(&t)),
+            (None, Some(shape)) => Ok(Tensor::zeros(
+                shape.as_slice(),
+                (self.hf.kind(), self.hf.device()),
+            )),
+            (None, None) => Err(ModelError::InvalidInput(format!(
+                "{name}: the model has no parameter {}",
+                source.hf
+            ))),
+        }
     }
 
     fn tl_weight_names(&self) -> Vec<String> {
-        self.adapter.tl_weight_names()
+        self.weights.names().map(str::to_owned).collect()
     }
 
     fn tl_weight_grad(&self, name: &str) -> ModelResult<Option<Tensor>> {
-        self.adapter.tl_weight_grad(self.hf.params(), name)
+        let source = self.weight_source(name)?;
+        let Some(t) = self.hf.parameter(&source.hf) else {
+            return Ok(None);
+        };
+        let grad = t.grad();
+        Ok(grad.defined().then(|| source.view.apply(&grad)))
     }
 
     fn zero_grad(&self) {
@@ -144,17 +186,20 @@ impl LensModel for TransformerBridge {
 
 impl ResidualModel for TransformerBridge {
     fn n_layers(&self) -> usize {
-        self.hf.config().n_layer as usize
+        self.dims().n_layers as usize
     }
 
     fn n_heads(&self) -> usize {
-        self.hf.config().n_head as usize
+        self.dims().n_heads as usize
     }
 
     fn normalization(&self) -> Normalization {
-        // The bridge keeps its LayerNorms (with weight 1 and bias 0 after folding), as the
-        // Python bridge does.
-        Normalization::LayerNorm
+        // The bridge keeps its norms (with weight 1, and bias 0, after folding), as the Python
+        // bridge does.
+        match &self.hf {
+            HfModel::Gpt2(_) => Normalization::LayerNorm,
+            HfModel::Llama(_) => Normalization::Rms,
+        }
     }
 
     /// # Panics
@@ -174,34 +219,52 @@ impl ResidualModel for TransformerBridge {
     }
 
     fn w_u(&self) -> Tensor {
-        self.hf.params().unembed_weight().detach().transpose(0, 1)
+        self.tl_weight("unembed.W_U")
+            .map(|t| t.detach())
+            .unwrap_or_else(|e| panic!("W_U: {e}"))
     }
 
     fn accumulated_bias(&self, layer: usize, mlp_input: bool, include_mlp_biases: bool) -> Tensor {
-        let p = self.hf.params();
-        let d = self.hf.config().n_embd;
+        let bias = |name: String| {
+            self.tl_weight(&name)
+                .map(|t| t.detach())
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+        };
+        let d = self.dims().d_model;
         let mut total = Tensor::zeros([d], (self.hf.kind(), self.hf.device()));
-        for (l, b) in p.h.iter().enumerate().take(layer + 1) {
+        for l in 0..=layer.min(self.n_layers().saturating_sub(1)) {
             if l < layer || mlp_input {
-                total = &total + b.attn_c_proj.bias.detach();
+                total = &total + bias(format!("blocks.{l}.attn.b_O"));
             }
             if l < layer && include_mlp_biases {
-                total = &total + b.mlp_c_proj.bias.detach();
+                total = &total + bias(format!("blocks.{l}.mlp.b_out"));
             }
         }
         total
     }
 
     fn apply_ln_final(&self, residual: &Tensor) -> hookpoint::Result<Tensor> {
-        let ln = &self.hf.params().ln_f;
-        let d = self.hf.config().n_embd;
-        Ok(residual.f_layer_norm(
-            [d],
-            Some(&ln.weight.detach()),
-            Some(&ln.bias.detach()),
-            self.hf.config().layer_norm_epsilon,
-            true,
-        )?)
+        match &self.hf {
+            HfModel::Gpt2(hf) => {
+                let ln = &hf.params().ln_f;
+                let d = hf.config().n_embd;
+                Ok(residual.f_layer_norm(
+                    [d],
+                    Some(&ln.weight.detach()),
+                    Some(&ln.bias.detach()),
+                    hf.config().layer_norm_epsilon,
+                    true,
+                )?)
+            }
+            HfModel::Llama(hf) => {
+                // LlamaRMSNorm: in f32, cast back, times the weight.
+                let kind = residual.kind();
+                let h = residual.to_kind(Kind::Float);
+                let variance = h.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+                let normed = (h * (variance + hf.config().rms_norm_eps).rsqrt()).to_kind(kind);
+                Ok(hf.params().norm.detach() * normed)
+            }
+        }
     }
 
     fn to_single_token(&self, text: &str) -> hookpoint::Result<i64> {

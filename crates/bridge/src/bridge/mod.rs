@@ -14,13 +14,15 @@ use lens_core::{LoadOptions, Tokenizer, Weights};
 use tch::{Device, Kind, Tensor};
 
 use crate::hf::model::gpt2_config;
-use crate::hf::{hf_position_ids, Gpt2LMHeadModel, KvCache};
+use crate::hf::{hf_position_ids, Gpt2LMHeadModel, HfModel, KvCache, LlamaForCausalLM};
 use crate::input;
 use crate::tap::TlPaths;
+use lens_core::model::LensModel;
+use lens_core::weight_map::{self, WeightMap};
 
 pub use adapter::{ArchitectureAdapter, Component, ComponentKind, Gpt2Adapter};
 pub use compat::CompatibilityOptions;
-use hooks::{BridgeHooks, BridgeTap};
+use hooks::{BridgeHooks, BridgeTap, Layout};
 
 /// A HuggingFace model with every TransformerLens hook name: the Rust counterpart of
 /// TransformerLens's `TransformerBridge`.
@@ -33,8 +35,11 @@ use hooks::{BridgeHooks, BridgeTap};
 /// from the Python bridge (it never fires a hook twice, `hook_resid_mid` is its own point,
 /// masked scores are `-inf`, unknown names are errors), see `docs/bridge-hook-names.md`.
 pub struct TransformerBridge {
-    hf: Gpt2LMHeadModel,
-    adapter: Gpt2Adapter,
+    hf: HfModel,
+    /// GPT-2's components (for the per-component runs of Phase 1 and compatibility mode).
+    adapter: Option<Gpt2Adapter>,
+    /// The architecture's weight table: TransformerLens's weights as views of the live ones.
+    weights: WeightMap,
     hooks: BridgeHooks,
     paths: TlPaths,
     tokenizer: Option<Tokenizer>,
@@ -91,16 +96,12 @@ impl TransformerBridge {
                 .find(|k| matches!(k, Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double))
                 .unwrap_or(Kind::Float),
         };
-        let config = match &loaded.config {
+        let config = match loaded.config {
             HfConfig::Llama(llama) => {
-                return Err(ModelError::Unsupported(format!(
-                    "the TransformerBridge does not wrap {} yet (GPT2LMHeadModel only); this \
-                     checkpoint has the raw HF model (bridge::LlamaForCausalLM) and the \
-                     HookedTransformer",
-                    llama.family.architecture()
-                )))
+                let hf = LlamaForCausalLM::from_weights(llama, loaded.weights, device, dtype)?;
+                return Ok(Self::from_llama(hf, loaded.tokenizer));
             }
-            other => gpt2_config(other)?,
+            other => gpt2_config(&other)?,
         };
         Self::from_parts(config, loaded.weights, loaded.tokenizer, device, dtype)
     }
@@ -129,10 +130,12 @@ impl TransformerBridge {
         }
         let adapter = Gpt2Adapter::new(hf.config());
         let paths = TlPaths::default();
-        let hooks = BridgeHooks::new(hf.config().n_layer as usize, &paths);
+        let hooks = BridgeHooks::new(Layout::gpt2(hf.config().n_layer as usize), &paths);
+        let weights = adapter.weight_map().clone();
         TransformerBridge {
-            hf,
-            adapter,
+            hf: HfModel::Gpt2(hf),
+            adapter: Some(adapter),
+            weights,
             hooks,
             paths,
             tokenizer,
@@ -140,20 +143,42 @@ impl TransformerBridge {
         }
     }
 
-    /// The wrapped HuggingFace model (with the bridge's unembedding bias, and processed weights
-    /// after [`TransformerBridge::enable_compatibility_mode`]).
-    pub fn hf_model(&self) -> &Gpt2LMHeadModel {
+    /// A bridge over a Llama-family model (Llama, Mistral, Qwen2, Qwen3), which it takes over,
+    /// under the names of TransformerLens's adapters for the family.
+    pub fn from_llama(hf: LlamaForCausalLM, tokenizer: Option<Tokenizer>) -> Self {
+        let c = hf.config();
+        let paths = TlPaths::default();
+        let hooks = BridgeHooks::new(
+            Layout::llama(c.num_hidden_layers as usize, c.qk_norm),
+            &paths,
+        );
+        let weights = weight_map::llama(c);
+        TransformerBridge {
+            hf: HfModel::Llama(hf),
+            adapter: None,
+            weights,
+            hooks,
+            paths,
+            tokenizer,
+            compatibility: None,
+        }
+    }
+
+    /// The wrapped HuggingFace model (with the bridge's unembedding bias for GPT-2, and
+    /// processed weights after [`TransformerBridge::enable_compatibility_mode`]).
+    pub fn hf_model(&self) -> &HfModel {
         &self.hf
     }
 
     /// The HuggingFace config.
-    pub fn config(&self) -> &Gpt2Config {
+    pub fn config(&self) -> HfConfig {
         self.hf.config()
     }
 
-    /// The architecture adapter (component names, HuggingFace paths, weight views).
-    pub fn adapter(&self) -> &Gpt2Adapter {
-        &self.adapter
+    /// GPT-2's architecture adapter (component names, HuggingFace paths, weight views); `None`
+    /// for the other families so far.
+    pub fn adapter(&self) -> Option<&Gpt2Adapter> {
+        self.adapter.as_ref()
     }
 
     /// The hook registry (`hook_dict`): add hooks, open scopes, reset. Unknown names are
@@ -202,6 +227,7 @@ impl TransformerBridge {
     /// (`hook_q_input`, ...), each normalised by ln1 (whose hooks then fire three times, with a
     /// head axis). Errors if `use_attn_in` is on (they exclude each other).
     pub fn set_use_split_qkv_input(&mut self, on: bool) -> ModelResult<()> {
+        self.per_head_inputs_supported(on)?;
         if on && self.paths.use_attn_in {
             return Err(ModelError::InvalidInput(
                 "use_split_qkv_input and use_attn_in exclude each other; turn use_attn_in off first"
@@ -218,6 +244,7 @@ impl TransformerBridge {
     /// `use_attn_in`: one per-head copy of the residual shared by q, k and v
     /// (`hook_attn_in`). Errors if `use_split_qkv_input` is on.
     pub fn set_use_attn_in(&mut self, on: bool) -> ModelResult<()> {
+        self.per_head_inputs_supported(on)?;
         if on && self.paths.use_split_qkv_input {
             return Err(ModelError::InvalidInput(
                 "use_attn_in and use_split_qkv_input exclude each other; turn use_split_qkv_input off first"
@@ -229,6 +256,17 @@ impl TransformerBridge {
             ..self.paths
         });
         Ok(())
+    }
+
+    fn per_head_inputs_supported(&self, on: bool) -> ModelResult<()> {
+        match &self.hf {
+            HfModel::Llama(m) if on => Err(ModelError::Unsupported(format!(
+                "per-head attention inputs (use_split_qkv_input, use_attn_in) are not \
+                 implemented yet for the {} bridge",
+                m.config().family.architecture()
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// `use_hook_mlp_in`: hook a copy of the residual before ln2 (`hook_mlp_in`).
@@ -252,7 +290,17 @@ impl TransformerBridge {
                 "compatibility mode is already enabled (with {previous:?})"
             )));
         }
-        compat::process(&self.adapter, self.hf.params_mut(), &options)?;
+        match (&mut self.hf, &self.adapter) {
+            (HfModel::Gpt2(hf), Some(adapter)) => {
+                compat::process(adapter, hf.params_mut(), &options)?
+            }
+            (other, _) => {
+                return Err(ModelError::Unsupported(format!(
+                    "compatibility mode for {} is not implemented yet",
+                    other.config().architecture()
+                )))
+            }
+        }
         self.compatibility = Some(options);
         Ok(())
     }
@@ -277,7 +325,10 @@ impl TransformerBridge {
     /// Runs one component alone on `input` through the bridge's hook points: the counterpart of
     /// [`Gpt2LMHeadModel::run_component`], which the suite's `all_components` compares it with.
     pub fn run_component(&self, name: &str, input: &Tensor) -> ModelResult<Tensor> {
-        self.hf.run_component_with(&self.tap(), name, input)
+        match &self.hf {
+            HfModel::Gpt2(hf) => hf.run_component_with(&self.tap(), name, input),
+            other => other.run_component(name, input),
+        }
     }
 
     /// The forward pass on tokens `[b, p]`: logits, loss (TransformerLens's: with a mask only
@@ -297,7 +348,7 @@ impl TransformerBridge {
         cache: Option<&mut KvCache>,
     ) -> ModelResult<ForwardOutput> {
         let past_len = cache.as_ref().map_or(0, |c| c.len());
-        let cfg = self.hf.config();
+        let n_layers = LensModel::dims(self).n_layers as usize;
         let mut inputs = self
             .hf
             .check_inputs(tokens, options.attention_mask, None, past_len)?;
@@ -307,7 +358,7 @@ impl TransformerBridge {
         if let Some(mask) = &inputs.mask {
             inputs.positions = hf_position_ids(mask).narrow(1, past_len, len);
         }
-        let stop = options.stop_at_layer.filter(|&s| s < cfg.n_layer as usize);
+        let stop = options.stop_at_layer.filter(|&s| s < n_layers);
         let pass = self
             .hf
             .pass_checked(&self.tap(), &inputs, cache, false, stop)?;

@@ -12,7 +12,7 @@ use tch::{Device, Kind, Tensor};
 use crate::hf::forward::PassOutput;
 use crate::hf::kv_cache::KvCache;
 use crate::hf::mask::{self, AttentionMask};
-use crate::hf::model::{generate_hf_style, HfForward, HfOutput};
+use crate::hf::model::{generate_hf_style, CheckedInputs, HfForward, HfOutput};
 use crate::input;
 use crate::loss;
 use crate::tap::{BlockSite, LinSite, LnSite, MaskStyle, NoTap, Site, Tap};
@@ -158,6 +158,59 @@ impl LlamaParams {
     /// The unembedding, `[vocab, d]` (`embed_tokens` while tied).
     pub fn unembedding(&self) -> &Tensor {
         self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+
+    /// Every parameter under its HuggingFace name (`lm_head.weight` only when untied).
+    pub fn named(&self) -> Vec<(String, &Tensor)> {
+        let mut out: Vec<(String, &Tensor)> =
+            vec![("model.embed_tokens.weight".into(), &self.embed_tokens)];
+        for (l, layer) in self.layers.iter().enumerate() {
+            let p = |s: &str| format!("model.layers.{l}.{s}");
+            out.push((p("input_layernorm.weight"), &layer.input_layernorm));
+            for (name, lin) in [
+                ("self_attn.q_proj", &layer.q_proj),
+                ("self_attn.k_proj", &layer.k_proj),
+                ("self_attn.v_proj", &layer.v_proj),
+                ("self_attn.o_proj", &layer.o_proj),
+                ("mlp.gate_proj", &layer.gate_proj),
+                ("mlp.up_proj", &layer.up_proj),
+                ("mlp.down_proj", &layer.down_proj),
+            ] {
+                out.push((p(&format!("{name}.weight")), &lin.weight));
+                if let Some(bias) = &lin.bias {
+                    out.push((p(&format!("{name}.bias")), bias));
+                }
+            }
+            for (name, norm) in [
+                ("self_attn.q_norm", &layer.q_norm),
+                ("self_attn.k_norm", &layer.k_norm),
+            ] {
+                if let Some(w) = norm {
+                    out.push((p(&format!("{name}.weight")), w));
+                }
+            }
+            out.push((
+                p("post_attention_layernorm.weight"),
+                &layer.post_attention_layernorm,
+            ));
+        }
+        out.push(("model.norm.weight".into(), &self.norm));
+        if let Some(lm_head) = &self.lm_head {
+            out.push(("lm_head.weight".into(), lm_head));
+        }
+        out
+    }
+
+    /// A parameter by its HuggingFace name, sharing storage (`lm_head.weight` is
+    /// `embed_tokens` while tied). `None` for a name the model does not have.
+    pub fn get(&self, name: &str) -> Option<Tensor> {
+        if name == "lm_head.weight" {
+            return Some(self.unembedding().shallow_clone());
+        }
+        self.named()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.shallow_clone())
     }
 }
 
@@ -430,10 +483,15 @@ impl LlamaForCausalLM {
         )?;
         let attended = self.attention(tap, l, layer, normed, rotary, mask, cache)?;
         let resid_mid = tap.at(s(BlockSite::ResidMid), &resid_pre + attended)?;
+        let mlp_input = if tap.paths().use_hook_mlp_in {
+            tap.at(s(BlockSite::MlpIn), resid_mid.copy())?
+        } else {
+            resid_mid.shallow_clone()
+        };
         let normed = rms_norm(
             tap,
             |site| s(BlockSite::Ln2(site)),
-            resid_mid.shallow_clone(),
+            mlp_input,
             &layer.post_attention_layernorm,
             eps,
         )?;
@@ -466,14 +524,21 @@ impl LlamaForCausalLM {
         let q = heads(BlockSite::Q, &layer.q_proj, c.num_attention_heads)?;
         let k = heads(BlockSite::K, &layer.k_proj, c.num_key_value_heads)?;
         let v = heads(BlockSite::V, &layer.v_proj, c.num_key_value_heads)?;
-        let q = match &layer.q_norm {
-            Some(w) => rms_norm(tap, |site| s(BlockSite::QNorm(site)), q, w, c.rms_norm_eps)?,
-            None => q,
+        // Qwen3's q/k norms over each head's vector; their sites see `[b * p * heads, dh]`, as
+        // TransformerLens's hooks do (the values are HF's: the norm is over the last axis).
+        let head_norm = |x: Tensor, w: Option<&Tensor>, site: fn(LnSite) -> BlockSite| match w {
+            Some(w) => {
+                let shape = x.size();
+                let rows = x.reshape([-1, c.head_dim]);
+                Ok::<_, ModelError>(
+                    rms_norm(tap, |ln| s(site(ln)), rows, w, c.rms_norm_eps)?
+                        .reshape(shape.as_slice()),
+                )
+            }
+            None => Ok(x),
         };
-        let k = match &layer.k_norm {
-            Some(w) => rms_norm(tap, |site| s(BlockSite::KNorm(site)), k, w, c.rms_norm_eps)?,
-            None => k,
-        };
+        let q = head_norm(q, layer.q_norm.as_ref(), BlockSite::QNorm)?;
+        let k = head_norm(k, layer.k_norm.as_ref(), BlockSite::KNorm)?;
         let (cos, sin) = (
             tap.at(s(BlockSite::Cos), cos.shallow_clone())?,
             tap.at(s(BlockSite::Sin), sin.shallow_clone())?,
@@ -508,11 +573,23 @@ impl LlamaForCausalLM {
         let pattern = tap.at(s(BlockSite::Pattern), pattern)?;
         let z = pattern.matmul(&v).transpose(1, 2).contiguous();
         let z = tap.at(s(BlockSite::O(LinSite::In)), z)?;
-        let out =
-            layer
-                .o_proj
-                .apply(&z.reshape([batch, q_len, c.num_attention_heads * c.head_dim]));
+        let (h, dh) = (c.num_attention_heads, c.head_dim);
+        let out = if tap.paths().use_attn_result {
+            // TransformerLens's per-head results: z [b, p, h, dh] . W_O [h, dh, d].
+            let d = layer.o_proj.weight.size()[0];
+            let w_o = layer.o_proj.weight.view([d, h, dh]).permute([1, 2, 0]);
+            let result = Tensor::einsum("bphk,hkd->bphd", &[&z, &w_o], None::<&[i64]>);
+            let result = tap.at(s(BlockSite::Result), result)?;
+            let summed = result.sum_dim_intlist([2i64].as_slice(), false, result.kind());
+            match &layer.o_proj.bias {
+                Some(b) => summed + b,
+                None => summed,
+            }
+        } else {
+            layer.o_proj.apply(&z.reshape([batch, q_len, h * dh]))
+        };
         let out = tap.at(s(BlockSite::O(LinSite::Out)), out)?;
+        let out = tap.at(s(BlockSite::HiddenStates), out)?;
         tap.at(s(BlockSite::AttnOut), out)
     }
 
@@ -547,16 +624,6 @@ impl LlamaForCausalLM {
         )?;
         tap.at(s(BlockSite::MlpCompOut), out)
     }
-}
-
-/// A pass's inputs, checked and on the model's device.
-pub(crate) struct CheckedInputs {
-    /// `[b, q]` int64 token ids.
-    pub ids: Tensor,
-    /// `[b, past + q]` int64, 1 for real tokens; `None`: every token is real.
-    pub mask: Option<Tensor>,
-    /// `[b | 1, q]` int64 position ids.
-    pub positions: Tensor,
 }
 
 /// A cache must hold the batch the input has.

@@ -1,6 +1,7 @@
 //! The HF tier: HuggingFace's models with their parameter names, layouts and semantics, and no
 //! hooks: `GPT2LMHeadModel`, and the Llama family (`llama`: Llama, Mistral, Qwen2, Qwen3).
 
+pub(crate) mod any;
 pub(crate) mod forward;
 pub(crate) mod kv_cache;
 pub(crate) mod llama;
@@ -8,6 +9,7 @@ pub(crate) mod mask;
 pub(crate) mod model;
 pub(crate) mod params;
 
+pub use any::HfModel;
 pub use kv_cache::KvCache;
 pub use llama::{LinearParams, LlamaForCausalLM, LlamaLayerParams, LlamaParams};
 pub use mask::hf_position_ids;

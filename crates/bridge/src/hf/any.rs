@@ -1,0 +1,154 @@
+//! [`HfModel`]: the raw HF model of whichever family a checkpoint is, as the TransformerBridge
+//! holds it.
+
+use lens_core::model::{GenerateOptions, ModelError, ModelResult};
+use lens_core::HfConfig;
+use tch::{Device, Kind, Tensor};
+
+use crate::hf::forward::PassOutput;
+use crate::hf::kv_cache::KvCache;
+use crate::hf::llama::LlamaForCausalLM;
+use crate::hf::model::{CheckedInputs, Gpt2LMHeadModel, HfForward, HfOutput};
+use crate::tap::Tap;
+
+/// A raw HuggingFace model of one of the families the HF tier implements.
+#[derive(Debug)]
+pub enum HfModel {
+    /// `GPT2LMHeadModel`.
+    Gpt2(Gpt2LMHeadModel),
+    /// `LlamaForCausalLM`, `MistralForCausalLM`, `Qwen2ForCausalLM`, `Qwen3ForCausalLM`.
+    Llama(LlamaForCausalLM),
+}
+
+impl HfModel {
+    /// HuggingFace's `forward`.
+    pub fn forward(&self, args: HfForward<'_>) -> ModelResult<HfOutput> {
+        match self {
+            HfModel::Gpt2(m) => m.forward(args),
+            HfModel::Llama(m) => m.forward(args),
+        }
+    }
+
+    /// HuggingFace's `generate`.
+    pub fn generate(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        options: &GenerateOptions,
+    ) -> ModelResult<Tensor> {
+        match self {
+            HfModel::Gpt2(m) => m.generate(input_ids, attention_mask, options),
+            HfModel::Llama(m) => m.generate(input_ids, attention_mask, options),
+        }
+    }
+
+    /// The config, as [`HfConfig`].
+    pub fn config(&self) -> HfConfig {
+        match self {
+            HfModel::Gpt2(m) => HfConfig::Gpt2(m.config().clone()),
+            HfModel::Llama(m) => HfConfig::Llama(m.config().clone()),
+        }
+    }
+
+    /// Where the parameters live.
+    pub fn device(&self) -> Device {
+        match self {
+            HfModel::Gpt2(m) => m.device(),
+            HfModel::Llama(m) => m.device(),
+        }
+    }
+
+    /// The parameters' dtype.
+    pub fn kind(&self) -> Kind {
+        match self {
+            HfModel::Gpt2(m) => m.kind(),
+            HfModel::Llama(m) => m.kind(),
+        }
+    }
+
+    /// The GPT-2 model, when this is one.
+    pub fn as_gpt2(&self) -> Option<&Gpt2LMHeadModel> {
+        match self {
+            HfModel::Gpt2(m) => Some(m),
+            HfModel::Llama(_) => None,
+        }
+    }
+
+    /// A parameter by its HuggingFace name, sharing storage with the model's; `None` for a
+    /// name the model does not have.
+    pub fn parameter(&self, name: &str) -> Option<Tensor> {
+        match self {
+            HfModel::Gpt2(m) => m.parameter(name).ok(),
+            HfModel::Llama(m) => m.params().get(name),
+        }
+    }
+
+    /// Every parameter.
+    pub fn parameters(&self) -> Vec<Tensor> {
+        match self {
+            HfModel::Gpt2(m) => m
+                .params()
+                .named()
+                .into_iter()
+                .map(|(_, t)| t.shallow_clone())
+                .collect(),
+            HfModel::Llama(m) => m
+                .params()
+                .named()
+                .into_iter()
+                .map(|(_, t)| t.shallow_clone())
+                .collect(),
+        }
+    }
+
+    /// The components [`HfModel::run_component`] runs one at a time (GPT-2's; none yet for the
+    /// Llama family).
+    pub fn component_names(&self) -> Vec<String> {
+        match self {
+            HfModel::Gpt2(m) => m.component_names(),
+            HfModel::Llama(_) => Vec::new(),
+        }
+    }
+
+    /// Runs one component alone (see [`Gpt2LMHeadModel::run_component`]).
+    pub fn run_component(&self, name: &str, input: &Tensor) -> ModelResult<Tensor> {
+        match self {
+            HfModel::Gpt2(m) => m.run_component(name, input),
+            HfModel::Llama(m) => Err(ModelError::Unsupported(format!(
+                "{} does not run components one at a time yet",
+                m.config().family.architecture()
+            ))),
+        }
+    }
+
+    pub(crate) fn check_inputs(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        position_ids: Option<&Tensor>,
+        past_len: i64,
+    ) -> ModelResult<CheckedInputs> {
+        match self {
+            HfModel::Gpt2(m) => m.check_inputs(input_ids, attention_mask, position_ids, past_len),
+            HfModel::Llama(m) => m.check_inputs(input_ids, attention_mask, position_ids, past_len),
+        }
+    }
+
+    pub(crate) fn pass_checked<T: Tap>(
+        &self,
+        tap: &T,
+        inputs: &CheckedInputs,
+        cache: Option<&mut KvCache>,
+        output_hidden_states: bool,
+        stop_at_layer: Option<usize>,
+    ) -> ModelResult<PassOutput> {
+        match self {
+            HfModel::Gpt2(m) => {
+                m.pass_checked(tap, inputs, cache, output_hidden_states, stop_at_layer)
+            }
+            HfModel::Llama(m) => {
+                m.pass_checked(tap, inputs, cache, output_hidden_states, stop_at_layer)
+            }
+        }
+    }
+}
