@@ -98,6 +98,10 @@ pub enum BlockSite {
     Sin,
     /// Qwen3's per-head RMSNorm of the queries (`attn.q_norm.hook_*`).
     QNorm(LnSite),
+    /// The queries after that norm, `[b, p, h, dh]` (`attn.hook_q_normed`).
+    QNormed,
+    /// The keys after theirs, `[b, p, h_kv, dh]` (`attn.hook_k_normed`).
+    KNormed,
     /// Qwen3's per-head RMSNorm of the keys (`attn.k_norm.hook_*`).
     KNorm(LnSite),
 }

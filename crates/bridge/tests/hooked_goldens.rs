@@ -545,3 +545,182 @@ fn perturbed_bridge_fails_the_comparison() {
     run_variant("knobs", Variant::Processed, &unprocessed, &mut report);
     assert!(report.failures.iter().any(|f| f.contains("hook_resid_pre")));
 }
+
+/// Real-token entries of a Qwen3 q/k-norm hook, whose rows are `(batch, pos, head)`, flattened.
+fn flattened_keep(shape: &[i64], mask: Option<&Tensor>) -> Option<Tensor> {
+    let m = mask?.to_kind(Kind::Bool);
+    let (b, p) = (m.size()[0], m.size()[1]);
+    let heads = shape[0] / (b * p);
+    Some(
+        m.view([b, p, 1])
+            .expand([b, p, heads], false)
+            .reshape([-1, 1])
+            .expand(shape, false),
+    )
+}
+
+/// The Llama-family bridge (Llama, Mistral, Qwen2, Qwen3) against TransformerLens 3.9.0's
+/// HookedTransformer goldens: every hook the golden has, under its TransformerLens name,
+/// activation and gradient, on real positions (positions of padding differ by design, as for
+/// GPT-2); logits and the loss; and every registered hook point fires exactly once.
+#[rstest]
+fn llama_family_bridge_matches_hooked_transformer(
+    #[values("dec-a", "dec-b", "dec-c", "dec-d", "dec-e")] config: &str,
+) {
+    let dir = fixtures().join(config);
+    let bridge = TransformerBridge::boot(
+        dir.join("model").to_str().expect("utf-8 path"),
+        tch::Device::Cpu,
+        Kind::Float,
+    )
+    .expect("boot");
+    let meta = read_json(&dir.join("hooked_unprocessed.json"));
+    let golden = read_tensors(&dir.join("hooked_unprocessed.safetensors"));
+    let mut report = Report::default();
+    for pid in prompt_ids(&meta) {
+        let g = |name: &str| &golden[&format!("{pid}/{name}")];
+        let mask = padding_mask(&golden, &pid);
+        let (out, cache) = cached_run(&bridge, g("tokens"), mask.as_ref(), false);
+        let prefix = format!("{pid}/");
+        for (key, expected) in golden.iter().filter(|(k, _)| k.starts_with(&prefix)) {
+            let name = &key[prefix.len()..];
+            if matches!(
+                name,
+                "tokens" | "attention_mask" | "loss" | "loss_per_token"
+            ) {
+                continue;
+            }
+            let Ok(ours) = cache.get(name) else {
+                report.fail(format!("{key}: not in the bridge's cache"));
+                continue;
+            };
+            let activation = name.trim_end_matches("_grad");
+            let keep =
+                if activation.contains(".attn.q_norm.") || activation.contains(".attn.k_norm.") {
+                    flattened_keep(&expected.size(), mask.as_ref())
+                } else {
+                    keep_mask(activation, &expected.size(), mask.as_ref())
+                };
+            let family = if name.ends_with("_grad") {
+                "gradients"
+            } else {
+                "activations"
+            };
+            match compare(ours, expected, keep.as_ref()) {
+                Ok(err) => report.check(family, key, err),
+                Err(message) => report.fail(format!("{key}: {message}")),
+            }
+        }
+        let logits = out.logits.expect("logits");
+        let keep = keep_mask("logits", &logits.size(), mask.as_ref());
+        match compare(&logits, g("unembed.hook_out"), keep.as_ref()) {
+            Ok(err) => report.check("logits", &format!("{pid}/logits"), err),
+            Err(message) => report.fail(format!("{pid}/logits: {message}")),
+        }
+        let loss = bridge
+            .forward(
+                g("tokens"),
+                &ForwardOptions {
+                    attention_mask: mask.as_ref(),
+                    return_type: ReturnType::Loss,
+                    ..ForwardOptions::default()
+                },
+            )
+            .expect("loss")
+            .loss
+            .expect("loss");
+        report.check(
+            "loss",
+            &format!("{pid}/loss"),
+            relative_error(&loss, g("loss"), None),
+        );
+    }
+    // Every hook point fires once per forward, in both directions.
+    let counts = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::<String, usize>::new()));
+    let names: Vec<String> = bridge.hook_registry().names().map(str::to_owned).collect();
+    let hook = {
+        let counts = counts.clone();
+        hookpoint::Hook::new(move |_, ctx| {
+            *counts
+                .lock()
+                .unwrap()
+                .entry(ctx.name().to_owned())
+                .or_default() += 1;
+            None
+        })
+    };
+    let enabled: Vec<&String> = names
+        .iter()
+        .filter(|n| bridge.hook_registry().disabled_by(n).is_none())
+        .collect();
+    let specs: Vec<hookpoint::HookSpec> = enabled
+        .iter()
+        .map(|n| hookpoint::HookSpec::forward(n.as_str(), hook.clone()))
+        .collect();
+    let tokens = &golden["single_bos12/tokens"];
+    bridge
+        .run_with_hooks(tokens, &ForwardOptions::default(), &specs)
+        .expect("hooked forward");
+    let counts = counts.lock().unwrap();
+    for name in enabled {
+        let fired = counts.get(name.as_str()).copied().unwrap_or(0);
+        if fired != 1 {
+            report.fail(format!("{name} fired {fired} times"));
+        }
+    }
+    report.assert_ok(&format!("bridge vs HookedTransformer {config}"));
+}
+
+/// The Llama-family bridge has the Python bridge's hook names (tests/fixtures/dec-*/
+/// bridge_hooks.json), but for the declined differences: `hook_resid_mid` is a point of its own
+/// rather than an alias of `ln2.hook_in`, and the rotary module's `hook_out` (which never fires
+/// there) and its alias `hook_pos_embed` are not registered.
+#[rstest]
+fn llama_family_bridge_has_the_python_bridges_names(
+    #[values("dec-a", "dec-b", "dec-c", "dec-d", "dec-e")] config: &str,
+) {
+    let dir = fixtures().join(config);
+    let bridge = TransformerBridge::boot(
+        dir.join("model").to_str().expect("utf-8 path"),
+        tch::Device::Cpu,
+        Kind::Float,
+    )
+    .expect("boot");
+    let python = read_json(&dir.join("bridge_hooks.json"));
+    let theirs: BTreeSet<String> = python["unprocessed"]["hook_dict_names"]
+        .as_array()
+        .expect("names")
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .filter(|n| n != "rotary_emb.hook_out" && n != "hook_pos_embed")
+        .collect();
+    let ours: BTreeSet<String> = bridge.hook_dict_names().into_iter().collect();
+    assert_eq!(
+        ours.difference(&theirs).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "names only the Rust bridge has"
+    );
+    assert_eq!(
+        theirs.difference(&ours).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "names only the Python bridge has"
+    );
+    let aliases: BTreeMap<String, String> = bridge.hook_aliases().into_iter().collect();
+    assert!(
+        !aliases.contains_key("blocks.0.hook_resid_mid"),
+        "a point of its own"
+    );
+    for (alias, target) in python["unprocessed"]["aliases"]
+        .as_object()
+        .expect("aliases")
+    {
+        if alias == "hook_pos_embed" || alias.ends_with("hook_resid_mid") {
+            continue;
+        }
+        assert_eq!(
+            aliases.get(alias).map(String::as_str),
+            target.as_str(),
+            "{alias}"
+        );
+    }
+}

@@ -73,6 +73,8 @@ pub(crate) fn site_name(site: Site) -> String {
                 BlockSite::Cos => "attn.hook_cos".to_string(),
                 BlockSite::Sin => "attn.hook_sin".to_string(),
                 BlockSite::QNorm(s) => format!("attn.q_norm.{}", ln_suffix(s)),
+                BlockSite::QNormed => "attn.hook_q_normed".to_string(),
+                BlockSite::KNormed => "attn.hook_k_normed".to_string(),
                 BlockSite::KNorm(s) => format!("attn.k_norm.{}", ln_suffix(s)),
             };
             format!("blocks.{l}.{rest}")
@@ -231,6 +233,9 @@ impl Layout {
                 B::Cos,
                 B::Sin,
             ]);
+            if qk_norm {
+                block.extend([B::QNormed, B::KNormed]);
+            }
             for f in [B::Q, B::K, B::V, B::O] {
                 block.extend(lin(f));
             }

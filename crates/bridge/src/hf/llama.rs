@@ -537,8 +537,20 @@ impl LlamaForCausalLM {
             }
             None => Ok(x),
         };
-        let q = head_norm(q, layer.q_norm.as_ref(), BlockSite::QNorm)?;
-        let k = head_norm(k, layer.k_norm.as_ref(), BlockSite::KNorm)?;
+        let (q, k) = if c.qk_norm {
+            (
+                tap.at(
+                    s(BlockSite::QNormed),
+                    head_norm(q, layer.q_norm.as_ref(), BlockSite::QNorm)?,
+                )?,
+                tap.at(
+                    s(BlockSite::KNormed),
+                    head_norm(k, layer.k_norm.as_ref(), BlockSite::KNorm)?,
+                )?,
+            )
+        } else {
+            (q, k)
+        };
         let (cos, sin) = (
             tap.at(s(BlockSite::Cos), cos.shallow_clone())?,
             tap.at(s(BlockSite::Sin), sin.shallow_clone())?,
