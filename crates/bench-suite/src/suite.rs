@@ -11,7 +11,7 @@
 
 use bridge::{CompatibilityOptions, HfForward, TransformerBridge};
 use hooked_ref::{HookedTransformer, ProcessingOptions};
-use lens_core::model::{LensModel, ModelResult};
+use lens_core::model::{LensModel, ModelError, ModelResult};
 use lens_core::LoadOptions;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -214,28 +214,39 @@ pub fn run_suite(options: &SuiteOptions, progress: Progress) -> ModelResult<Suit
     }
     if phase(3) && options.enable_compatibility_mode {
         progress("enable_compatibility_mode");
-        bridge.enable_compatibility_mode(CompatibilityOptions::default())?;
-        if let Some(reference) = reference.as_mut() {
-            reference.process_weights(ProcessingOptions::default())?;
+        match bridge.enable_compatibility_mode(CompatibilityOptions::default()) {
+            Ok(()) => {
+                if let Some(reference) = reference.as_mut() {
+                    reference.process_weights(ProcessingOptions::default())?;
+                }
+                // Processing replaced most weights of both models: the old ones go back to
+                // the kernel.
+                lens_core::allocator::release_freed_memory();
+                results.extend(processed_checks(
+                    &bridge,
+                    reference.as_ref().map(|r| r as &dyn LensModel),
+                    &inputs,
+                    tolerance,
+                    progress,
+                ));
+                results.extend(compare_phase(
+                    3,
+                    &mut bridge,
+                    reference.as_mut().map(|r| r as &mut dyn LensModel),
+                    &inputs,
+                    tolerance,
+                    GradientTarget::LastLogProbsProjection,
+                    progress,
+                ));
+            }
+            // An architecture without compatibility mode yet is reported, never passed over:
+            // skipped says phase 3 did not run; any other failure is an error.
+            Err(ModelError::Unsupported(reason)) => {
+                results.push(BenchmarkResult::skipped("compatibility_mode", reason).in_phase(3))
+            }
+            Err(other) => results
+                .push(BenchmarkResult::error("compatibility_mode", other.to_string()).in_phase(3)),
         }
-        // Processing replaced most weights of both models: the old ones go back to the kernel.
-        lens_core::allocator::release_freed_memory();
-        results.extend(processed_checks(
-            &bridge,
-            reference.as_ref().map(|r| r as &dyn LensModel),
-            &inputs,
-            tolerance,
-            progress,
-        ));
-        results.extend(compare_phase(
-            3,
-            &mut bridge,
-            reference.as_mut().map(|r| r as &mut dyn LensModel),
-            &inputs,
-            tolerance,
-            GradientTarget::LastLogProbsProjection,
-            progress,
-        ));
         close_phase(3, &mut phases);
     } else if phase(3) {
         results.push(

@@ -194,6 +194,9 @@ impl LensModel for Broken {
     fn tl_weight_grad(&self, name: &str) -> ModelResult<Option<Tensor>> {
         self.inner.tl_weight_grad(name)
     }
+    fn tl_weight_is_constant(&self, name: &str) -> bool {
+        self.inner.tl_weight_is_constant(name)
+    }
     fn zero_grad(&self) {
         self.inner.zero_grad()
     }

@@ -338,8 +338,15 @@ impl LensModel for HookedTransformer {
         }
     }
 
+    /// The options this model can take: `use_attn_in` (one input per query head) does not apply
+    /// to grouped key/value heads.
     fn hook_flags(&self) -> Vec<(&'static str, bool)> {
-        self.cfg().hook_flags().to_vec()
+        let grouped = self.cfg().n_key_value_heads.is_some();
+        self.cfg()
+            .hook_flags()
+            .into_iter()
+            .filter(|(flag, _)| !(grouped && *flag == "use_attn_in"))
+            .collect()
     }
 
     fn set_hook_flag(&mut self, flag: &str, enabled: bool) -> ModelResult<()> {

@@ -316,7 +316,10 @@ fn prepare(tensor: &Tensor, name: &str, options: &CacheOptions) -> Tensor {
 /// the backward pass of its scalar output; returns the output and the cache. The hooks are gone
 /// when this returns, whatever happened.
 ///
-/// A point that fires more than once keeps its last activation and the sum of its gradients.
+/// A point that fires more than once keeps its last activation and the sum of the gradients
+/// of its firings of that activation's shape (with TransformerLens's `use_split_qkv_input` and
+/// grouped key/value heads, `ln1`'s query firing has more heads than its key and value firings,
+/// which are kept).
 pub fn run_with_cache<E: From<HookError>>(
     registry: &HookRegistry,
     options: &CacheOptions,
@@ -367,6 +370,14 @@ pub fn run_with_cache<E: From<HookError>>(
         cache.insert(name, tensor);
     }
     for (name, gradient) in lock(&gradients).drain(..) {
+        // Firings of another shape than the kept activation (ln1 on a query input with more
+        // heads than the key/value inputs) have no place in its gradient.
+        let activation = name.strip_suffix("_grad").unwrap_or(&name);
+        if let Some(&i) = cache.index.get(activation) {
+            if cache.entries[i].1.size() != gradient.size() {
+                continue;
+            }
+        }
         let summed = match cache.index.get(&name) {
             Some(&i) => cache.entries[i]
                 .1

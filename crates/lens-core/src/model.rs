@@ -197,6 +197,12 @@ pub trait LensModel {
     /// The gradient accumulated on a weight, in TransformerLens's layout (`None` before any
     /// backward pass reached it).
     fn tl_weight_grad(&self, name: &str) -> ModelResult<Option<Tensor>>;
+    /// Whether a weight is a constant with no parameter behind it, so no gradient can reach it
+    /// (a bridge serves zeros for the biases a checkpoint does not have, as TransformerLens's
+    /// HookedTransformer holds them). `false` by default.
+    fn tl_weight_is_constant(&self, _name: &str) -> bool {
+        false
+    }
     /// Drops every parameter's accumulated gradient, freeing its memory (PyTorch's
     /// `zero_grad(set_to_none=True)`).
     fn zero_grad(&self);

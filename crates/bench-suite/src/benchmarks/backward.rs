@@ -6,7 +6,7 @@ use hookpoint::ActivationCache;
 use lens_core::model::{ForwardOptions, LensModel, ModelResult};
 use tch::Tensor;
 
-use super::hooks::CRITICAL_FORWARD_HOOKS;
+use super::hooks::critical_forward_hooks_of;
 use super::{
     capture_both, compare_caches, describe, guarded, judge_one_recording, reference_error,
     sample_of, GradientTarget, Inputs,
@@ -49,7 +49,7 @@ pub fn critical_backward_hooks(
         inputs,
         target,
         tolerance,
-        Some(critical_gradient_names()),
+        Some(critical_gradient_names(reference)),
     )
 }
 
@@ -72,7 +72,7 @@ pub fn critical_and_all_backward_hooks(
         Some(target),
         [
             (critical, &|ours, theirs| {
-                let names = Some(critical_gradient_names());
+                let names = Some(critical_gradient_names(reference));
                 Ok(judge_gradients(
                     critical, ours, theirs, names, target, tolerance,
                 ))
@@ -84,10 +84,10 @@ pub fn critical_and_all_backward_hooks(
     )
 }
 
-fn critical_gradient_names() -> Vec<String> {
-    CRITICAL_FORWARD_HOOKS
-        .iter()
-        .filter(|n| !matches!(**n, "hook_pos_embed" | "ln_final.hook_normalized"))
+fn critical_gradient_names(reference: &dyn LensModel) -> Vec<String> {
+    critical_forward_hooks_of(reference)
+        .into_iter()
+        .filter(|n| !matches!(n.as_str(), "hook_pos_embed" | "ln_final.hook_normalized"))
         .map(|n| format!("{n}_grad"))
         .collect()
 }
@@ -185,7 +185,13 @@ pub fn gradient_computation(
             .unwrap_or_default();
         let mut without = Vec::new();
         let mut pairs: Vec<(String, Tensor, Tensor)> = Vec::new();
-        for weight in &names {
+        // Constants (zero biases a checkpoint lacks) have no parameter to reach; they are
+        // counted in the result, and every other weight must get its gradient.
+        let constants = names
+            .iter()
+            .filter(|w| model.tl_weight_is_constant(w))
+            .count();
+        for weight in names.iter().filter(|w| !model.tl_weight_is_constant(w)) {
             let Some(ours) = model.tl_weight_grad(weight)? else {
                 without.push(weight.clone());
                 continue;
@@ -246,6 +252,7 @@ pub fn gradient_computation(
             .with("without_gradient", sample_of(&without))
             .with("mismatches", sample_of(&mismatches))
         }
+        .with("constants", constants)
         .with("worst_err", worst))
     })
 }

@@ -150,6 +150,12 @@ impl LensModel for TransformerBridge {
         Ok(grad.defined().then(|| source.view.apply(&grad)))
     }
 
+    fn tl_weight_is_constant(&self, name: &str) -> bool {
+        self.weights
+            .get(name)
+            .is_some_and(|source| self.hf.parameter(&source.hf).is_none())
+    }
+
     fn zero_grad(&self) {
         for p in self.all_parameters() {
             // Dropping the gradient frees it; a parameter that never had one is untouched.
@@ -157,14 +163,20 @@ impl LensModel for TransformerBridge {
         }
     }
 
+    /// The options this model can take: `use_attn_in` (one input per query head) does not apply
+    /// to grouped key/value heads.
     fn hook_flags(&self) -> Vec<(&'static str, bool)> {
         let p = self.paths;
-        vec![
+        let grouped = matches!(&self.hf, HfModel::Llama(m) if m.config().gqa_ratio() > 1);
+        let mut flags = vec![
             ("use_attn_result", p.use_attn_result),
             ("use_split_qkv_input", p.use_split_qkv_input),
-            ("use_attn_in", p.use_attn_in),
-            ("use_hook_mlp_in", p.use_hook_mlp_in),
-        ]
+        ];
+        if !grouped {
+            flags.push(("use_attn_in", p.use_attn_in));
+        }
+        flags.push(("use_hook_mlp_in", p.use_hook_mlp_in));
+        flags
     }
 
     fn set_hook_flag(&mut self, flag: &str, enabled: bool) -> ModelResult<()> {

@@ -144,8 +144,16 @@ impl TransformerBridge {
     }
 
     /// A bridge over a Llama-family model (Llama, Mistral, Qwen2, Qwen3), which it takes over,
-    /// under the names of TransformerLens's adapters for the family.
+    /// under the names of TransformerLens's adapters for the family. Like the GPT-2 bridge it
+    /// adds a zero unembedding bias (`unembed.b_U`).
     pub fn from_llama(hf: LlamaForCausalLM, tokenizer: Option<Tokenizer>) -> Self {
+        let mut hf = hf;
+        let params = hf.params_mut();
+        if params.lm_head_bias.is_none() {
+            let e = &params.embed_tokens;
+            let (v, kind, device) = (e.size()[0], e.kind(), e.device());
+            params.lm_head_bias = Some(Tensor::zeros([v], (kind, device)).set_requires_grad(true));
+        }
         let c = hf.config();
         let paths = TlPaths::default();
         let hooks = BridgeHooks::new(
@@ -227,7 +235,6 @@ impl TransformerBridge {
     /// (`hook_q_input`, ...), each normalised by ln1 (whose hooks then fire three times, with a
     /// head axis). Errors if `use_attn_in` is on (they exclude each other).
     pub fn set_use_split_qkv_input(&mut self, on: bool) -> ModelResult<()> {
-        self.per_head_inputs_supported(on)?;
         if on && self.paths.use_attn_in {
             return Err(ModelError::InvalidInput(
                 "use_split_qkv_input and use_attn_in exclude each other; turn use_attn_in off first"
@@ -244,7 +251,7 @@ impl TransformerBridge {
     /// `use_attn_in`: one per-head copy of the residual shared by q, k and v
     /// (`hook_attn_in`). Errors if `use_split_qkv_input` is on.
     pub fn set_use_attn_in(&mut self, on: bool) -> ModelResult<()> {
-        self.per_head_inputs_supported(on)?;
+        self.attn_in_supported(on)?;
         if on && self.paths.use_split_qkv_input {
             return Err(ModelError::InvalidInput(
                 "use_attn_in and use_split_qkv_input exclude each other; turn use_split_qkv_input off first"
@@ -258,13 +265,19 @@ impl TransformerBridge {
         Ok(())
     }
 
-    fn per_head_inputs_supported(&self, on: bool) -> ModelResult<()> {
+    /// `use_attn_in` gives q, k and v one input per query head, which grouped key/value heads
+    /// cannot take (as in TransformerLens's HookedTransformer).
+    fn attn_in_supported(&self, on: bool) -> ModelResult<()> {
         match &self.hf {
-            HfModel::Llama(m) if on => Err(ModelError::Unsupported(format!(
-                "per-head attention inputs (use_split_qkv_input, use_attn_in) are not \
-                 implemented yet for the {} bridge",
-                m.config().family.architecture()
-            ))),
+            HfModel::Llama(m) if on && m.config().gqa_ratio() > 1 => {
+                Err(ModelError::Unsupported(format!(
+                    "use_attn_in needs as many key/value heads as query heads; this {} model \
+                     has {} query and {} key/value heads (use use_split_qkv_input instead)",
+                    m.config().family.architecture(),
+                    m.config().num_attention_heads,
+                    m.config().num_key_value_heads
+                )))
+            }
             _ => Ok(()),
         }
     }

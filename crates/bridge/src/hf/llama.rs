@@ -70,6 +70,9 @@ pub struct LlamaParams {
     pub norm: Tensor,
     /// `lm_head.weight`, `[vocab, d]`; `None` while tied to `embed_tokens`.
     pub lm_head: Option<Tensor>,
+    /// A bias of the unembedding, `[vocab]`. HuggingFace's Llama family has none; the
+    /// TransformerBridge adds a zero one (TransformerLens's `b_U`).
+    pub lm_head_bias: Option<Tensor>,
 }
 
 impl LlamaParams {
@@ -152,6 +155,7 @@ impl LlamaParams {
             layers,
             norm,
             lm_head,
+            lm_head_bias: None,
         })
     }
 
@@ -160,7 +164,8 @@ impl LlamaParams {
         self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
     }
 
-    /// Every parameter under its HuggingFace name (`lm_head.weight` only when untied).
+    /// Every parameter under its HuggingFace name (`lm_head.weight` only when untied; the
+    /// bridge's `lm_head.bias` when present).
     pub fn named(&self) -> Vec<(String, &Tensor)> {
         let mut out: Vec<(String, &Tensor)> =
             vec![("model.embed_tokens.weight".into(), &self.embed_tokens)];
@@ -197,6 +202,9 @@ impl LlamaParams {
         out.push(("model.norm.weight".into(), &self.norm));
         if let Some(lm_head) = &self.lm_head {
             out.push(("lm_head.weight".into(), lm_head));
+        }
+        if let Some(bias) = &self.lm_head_bias {
+            out.push(("lm_head.bias".into(), bias));
         }
         out
     }
@@ -279,6 +287,11 @@ impl LlamaForCausalLM {
     /// The parameters, under their HuggingFace names.
     pub fn params(&self) -> &LlamaParams {
         &self.params
+    }
+
+    /// The parameters, to edit in place (the bridge adds its unembedding bias here).
+    pub fn params_mut(&mut self) -> &mut LlamaParams {
+        &mut self.params
     }
 
     /// Where the parameters live.
@@ -449,7 +462,7 @@ impl LlamaForCausalLM {
         let x = tap.at(Site::UnembedIn, x)?;
         let logits = tap.at(
             Site::UnembedOut,
-            x.linear::<Tensor>(self.params.unembedding(), None),
+            x.linear(self.params.unembedding(), self.params.lm_head_bias.as_ref()),
         )?;
         Ok(PassOutput {
             logits: Some(logits),
@@ -474,14 +487,7 @@ impl LlamaForCausalLM {
         let s = |site: BlockSite| Site::Block(l, site);
         let eps = self.config.rms_norm_eps;
         let resid_pre = tap.at(s(BlockSite::In), x)?;
-        let normed = rms_norm(
-            tap,
-            |site| s(BlockSite::Ln1(site)),
-            resid_pre.shallow_clone(),
-            &layer.input_layernorm,
-            eps,
-        )?;
-        let attended = self.attention(tap, l, layer, normed, rotary, mask, cache)?;
+        let attended = self.attention(tap, l, layer, &resid_pre, rotary, mask, cache)?;
         let resid_mid = tap.at(s(BlockSite::ResidMid), &resid_pre + attended)?;
         let mlp_input = if tap.paths().use_hook_mlp_in {
             tap.at(s(BlockSite::MlpIn), resid_mid.copy())?
@@ -499,31 +505,102 @@ impl LlamaForCausalLM {
         tap.at(s(BlockSite::Out), &resid_mid + mlp_out)
     }
 
-    /// Attention on the normalised residual `x` `[b, q, d]`: q, k, v, their rotations, the
-    /// scores, the pattern and `z` each at their site, heads on axis 2 (`[b, p, h, dh]`).
+    /// q, k and v `[b, p, heads, dh]` from the residual before `input_layernorm`, after their
+    /// sites. With TransformerLens's `use_split_qkv_input`, each has its own per-head copy of
+    /// the residual (`hook_q_input` with a query-head axis, `hook_k_input` / `hook_v_input` with
+    /// a key/value-head axis), normalised per head (so `ln1`'s sites see each of the three) and
+    /// projected per head.
+    fn qkv<T: Tap>(
+        &self,
+        tap: &T,
+        l: usize,
+        layer: &LlamaLayerParams,
+        resid_pre: &Tensor,
+    ) -> ModelResult<[Tensor; 3]> {
+        let s = |site: BlockSite| Site::Block(l, site);
+        let c = &self.config;
+        let (batch, q_len) = (resid_pre.size()[0], resid_pre.size()[1]);
+        let ln1 = |x: Tensor| {
+            rms_norm(
+                tap,
+                |site| s(BlockSite::Ln1(site)),
+                x,
+                &layer.input_layernorm,
+                c.rms_norm_eps,
+            )
+        };
+        let specs = [
+            (
+                BlockSite::Q as fn(LinSite) -> BlockSite,
+                &layer.q_proj,
+                c.num_attention_heads,
+                BlockSite::QInput,
+            ),
+            (
+                BlockSite::K,
+                &layer.k_proj,
+                c.num_key_value_heads,
+                BlockSite::KInput,
+            ),
+            (
+                BlockSite::V,
+                &layer.v_proj,
+                c.num_key_value_heads,
+                BlockSite::VInput,
+            ),
+        ];
+        let paths = tap.paths();
+        let mut out = Vec::with_capacity(3);
+        if paths.per_head_inputs() {
+            let per_head = |n: i64| resid_pre.unsqueeze(2).repeat([1, 1, n, 1]);
+            // `use_attn_in` shares one copy (one per query head; the bridge refuses it for
+            // grouped key/value heads), `use_split_qkv_input` gives each its own.
+            let shared = if paths.use_attn_in {
+                Some(tap.at(s(BlockSite::AttnInput), per_head(c.num_attention_heads))?)
+            } else {
+                None
+            };
+            for (lin, proj, n, input_site) in specs {
+                let src = match &shared {
+                    Some(shared) => shared.shallow_clone(),
+                    None => tap.at(s(input_site), per_head(n))?,
+                };
+                let x = tap.at(s(lin(LinSite::In)), ln1(src)?)?;
+                out.push(tap.at(
+                    s(lin(LinSite::Out)),
+                    project_per_head(&x, proj, n, c.head_dim),
+                )?);
+            }
+        } else {
+            let x = tap.at(s(BlockSite::AttnIn), ln1(resid_pre.shallow_clone())?)?;
+            for (lin, proj, n, _) in specs {
+                let input = tap.at(s(lin(LinSite::In)), x.shallow_clone())?;
+                let h = proj.apply(&input).view([batch, q_len, n, c.head_dim]);
+                out.push(tap.at(s(lin(LinSite::Out)), h)?);
+            }
+        }
+        out.try_into()
+            .map_err(|_| ModelError::InvalidInput("three projections".into()))
+    }
+
+    /// Attention from the residual `resid_pre` `[b, q, d]` (its `input_layernorm` included):
+    /// q, k, v, their rotations, the scores, the pattern and `z` each at their site, heads on
+    /// axis 2 (`[b, p, h, dh]`).
     #[allow(clippy::too_many_arguments)]
     fn attention<T: Tap>(
         &self,
         tap: &T,
         l: usize,
         layer: &LlamaLayerParams,
-        x: Tensor,
+        resid_pre: &Tensor,
         (cos, sin): (&Tensor, &Tensor),
         mask: &AttentionMask,
         cache: Option<&mut KvCache>,
     ) -> ModelResult<Tensor> {
         let s = |site: BlockSite| Site::Block(l, site);
         let c = &self.config;
-        let (batch, q_len) = (x.size()[0], x.size()[1]);
-        let x = tap.at(s(BlockSite::AttnIn), x)?;
-        let heads = |lin: fn(LinSite) -> BlockSite, proj: &LinearParams, n: i64| {
-            let input = tap.at(s(lin(LinSite::In)), x.shallow_clone())?;
-            let h = proj.apply(&input).view([batch, q_len, n, c.head_dim]);
-            tap.at(s(lin(LinSite::Out)), h)
-        };
-        let q = heads(BlockSite::Q, &layer.q_proj, c.num_attention_heads)?;
-        let k = heads(BlockSite::K, &layer.k_proj, c.num_key_value_heads)?;
-        let v = heads(BlockSite::V, &layer.v_proj, c.num_key_value_heads)?;
+        let (batch, q_len) = (resid_pre.size()[0], resid_pre.size()[1]);
+        let [q, k, v] = self.qkv(tap, l, layer, resid_pre)?;
         // Qwen3's q/k norms over each head's vector; their sites see `[b * p * heads, dh]`, as
         // TransformerLens's hooks do (the values are HF's: the norm is over the last axis).
         let head_norm = |x: Tensor, w: Option<&Tensor>, site: fn(LnSite) -> BlockSite| match w {
@@ -574,7 +651,7 @@ impl LlamaForCausalLM {
         let scores = q.matmul(&k.transpose(2, 3)) * (c.head_dim as f64).powf(-0.5);
         let scores = tap.at(
             s(BlockSite::AttnScores),
-            mask::apply(scores, mask, style, x.kind()),
+            mask::apply(scores, mask, style, resid_pre.kind()),
         )?;
         let pattern = match style {
             MaskStyle::HfAdditiveMin => scores.softmax(-1, Kind::Float).to_kind(q.kind()),
@@ -763,4 +840,16 @@ fn repeat_kv(x: &Tensor, groups: i64) -> Tensor {
     x.unsqueeze(2)
         .expand([b, h, groups, s, d], false)
         .reshape([b, h * groups, s, d])
+}
+
+/// A projection applied per head: `x` `[b, p, n, d]` (one input per head) through each head's
+/// rows of `proj` to `[b, p, n, head_dim]`.
+fn project_per_head(x: &Tensor, proj: &LinearParams, n: i64, head_dim: i64) -> Tensor {
+    let d = proj.weight.size()[1];
+    let w = proj.weight.view([n, head_dim, d]).permute([0, 2, 1]);
+    let h = Tensor::einsum("bphd,hdk->bphk", &[x, &w], None::<&[i64]>);
+    match &proj.bias {
+        Some(b) => h + b.view([n, head_dim]),
+        None => h,
+    }
 }
