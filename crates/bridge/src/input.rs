@@ -23,6 +23,22 @@ pub(crate) fn check_float_kind(kind: Kind) -> ModelResult<()> {
     }
 }
 
+/// A checkpoint loaded for a model on `device` in `kind`, both checked first.
+pub(crate) fn load_checked(
+    model: &str,
+    device: Device,
+    kind: Kind,
+) -> ModelResult<lens_core::LoadedModel> {
+    check_device(device)?;
+    check_float_kind(kind)?;
+    let options = lens_core::LoadOptions {
+        kind: Some(kind),
+        device,
+        ..lens_core::LoadOptions::default()
+    };
+    Ok(lens_core::load(model, &options)?)
+}
+
 /// Checks a token batch `[b, p]` (or `[p]`) against the vocabulary and context; returns it as
 /// `[b, p]` int64 on `device`. `past_len` positions are already cached.
 pub(crate) fn tokens(

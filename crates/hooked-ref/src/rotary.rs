@@ -11,31 +11,10 @@ use crate::config::Rotary;
 fn frequencies(rotary: &Rotary, device: tch::Device) -> Tensor {
     let rd = rotary.dim;
     match rotary.scaling {
-        RopeScaling::Llama3 {
-            factor,
-            low_freq_factor,
-            high_freq_factor,
-            original_max_position_embeddings: old_context,
-        } => {
-            // NTK-by-parts, as transformers computes the inverse frequencies.
-            let exponents = Tensor::arange_start_step(0, rd, 2, (Kind::Int64, device))
-                .to_kind(Kind::Float)
-                / rd as f64;
-            let inv_freq = Tensor::pow_scalar(rotary.base, &exponents).reciprocal();
-            let low_freq_wavelen = old_context / low_freq_factor;
-            let high_freq_wavelen = old_context / high_freq_factor;
-            let wavelen = inv_freq.reciprocal() * (2.0 * std::f64::consts::PI);
-            let long = wavelen.gt(low_freq_wavelen);
-            let scaled = (&inv_freq / factor).where_self(&long, &inv_freq);
-            let smooth = (wavelen.reciprocal() * old_context - low_freq_factor)
-                / (high_freq_factor - low_freq_factor);
-            let smoothed = (smooth.ones_like() - &smooth) * &scaled / factor + &smooth * &scaled;
-            let medium = wavelen
-                .lt(high_freq_wavelen)
-                .logical_not()
-                .logical_and(&long.logical_not());
-            smoothed.where_self(&medium, &scaled).reciprocal()
-        }
+        // NTK-by-parts, as transformers computes the inverse frequencies.
+        scaling @ RopeScaling::Llama3 { .. } => scaling
+            .inverse_frequencies(rotary.base, rd, device)
+            .reciprocal(),
         scaling => {
             let dims = Tensor::arange(rd / 2, (Kind::Float, device)) / (rd as f64 / 2.0);
             let freq = Tensor::pow_scalar(rotary.base, &dims);

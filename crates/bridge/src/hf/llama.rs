@@ -6,7 +6,7 @@
 //! `finfo.min` masks, its position ids, loss, KV cache and `output_hidden_states`. No hooks.
 
 use lens_core::model::{GenerateOptions, ModelError, ModelResult};
-use lens_core::{HfConfig, LlamaConfig, LoadOptions, RopeScaling, Weights};
+use lens_core::{HfConfig, LlamaConfig, Weights};
 use tch::{Device, Kind, Tensor};
 
 use crate::hf::forward::PassOutput;
@@ -247,16 +247,7 @@ impl LlamaForCausalLM {
     /// `kind`. Errors: [`ModelError::DeviceUnavailable`], [`ModelError::Load`] for the files,
     /// [`ModelError::Unsupported`] for a config of another architecture.
     pub fn from_pretrained(model: &str, device: Device, kind: Kind) -> ModelResult<Self> {
-        input::check_device(device)?;
-        input::check_float_kind(kind)?;
-        let loaded = lens_core::load(
-            model,
-            &LoadOptions {
-                kind: Some(kind),
-                device,
-                ..LoadOptions::default()
-            },
-        )?;
+        let loaded = input::load_checked(model, device, kind)?;
         let config = llama_config(&loaded.config)?;
         Self::from_weights(config, loaded.weights, device, kind)
     }
@@ -782,38 +773,13 @@ fn rms_norm<T: Tap>(
     tap.at(site(LnSite::Out), out)
 }
 
-/// The rotary inverse frequencies of `ROPE_INIT_FUNCTIONS` in f32: `1 / theta^(2i/d)`, then
-/// divided by the factor (`linear`) or blended by wavelength (`llama3`).
+/// The rotary inverse frequencies of `ROPE_INIT_FUNCTIONS` in f32 (see
+/// [`lens_core::RopeScaling::inverse_frequencies`]).
 fn inverse_frequencies(config: &LlamaConfig, device: Device) -> Tensor {
-    let dim = config.head_dim;
-    let exponents = Tensor::arange_start_step(0, dim, 2, (Kind::Int64, device))
-        .to_kind(Kind::Float)
-        / dim as f64;
-    let inv_freq = Tensor::pow_scalar(config.rope.theta, &exponents).reciprocal();
-    match config.rope.scaling {
-        RopeScaling::None => inv_freq,
-        RopeScaling::Linear { factor } => inv_freq / factor,
-        RopeScaling::Llama3 {
-            factor,
-            low_freq_factor,
-            high_freq_factor,
-            original_max_position_embeddings: old_context,
-        } => {
-            let low_freq_wavelen = old_context / low_freq_factor;
-            let high_freq_wavelen = old_context / high_freq_factor;
-            let wavelen = inv_freq.reciprocal() * (2.0 * std::f64::consts::PI);
-            let long = wavelen.gt(low_freq_wavelen);
-            let scaled = (&inv_freq / factor).where_self(&long, &inv_freq);
-            let smooth = (wavelen.reciprocal() * old_context - low_freq_factor)
-                / (high_freq_factor - low_freq_factor);
-            let smoothed = (smooth.ones_like() - &smooth) * &scaled / factor + &smooth * &scaled;
-            let medium = wavelen
-                .lt(high_freq_wavelen)
-                .logical_not()
-                .logical_and(&long.logical_not());
-            smoothed.where_self(&medium, &scaled)
-        }
-    }
+    config
+        .rope
+        .scaling
+        .inverse_frequencies(config.rope.theta, config.head_dim, device)
 }
 
 /// `cos` and `sin` `[b, q, d_head]` for `positions` `[b, q]`, computed in f32 and cast to `kind`

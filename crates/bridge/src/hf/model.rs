@@ -3,7 +3,7 @@
 
 use lens_core::generation::generate_with;
 use lens_core::model::{GenerateOptions, ModelError, ModelResult};
-use lens_core::{Gpt2Config, HfConfig, LoadOptions, Weights};
+use lens_core::{Gpt2Config, HfConfig, Weights};
 use tch::{Device, Kind, Tensor};
 
 use crate::hf::forward::{self, PassInput};
@@ -71,16 +71,7 @@ impl Gpt2LMHeadModel {
     /// [`ModelError::Load`] for anything about the files, [`ModelError::Unsupported`] for a
     /// config that is not GPT-2.
     pub fn from_pretrained(model: &str, device: Device, kind: Kind) -> ModelResult<Self> {
-        input::check_device(device)?;
-        input::check_float_kind(kind)?;
-        let loaded = lens_core::load(
-            model,
-            &LoadOptions {
-                kind: Some(kind),
-                device,
-                ..LoadOptions::default()
-            },
-        )?;
+        let loaded = input::load_checked(model, device, kind)?;
         let config = gpt2_config(&loaded.config)?;
         Self::from_weights(config, loaded.weights, device, kind)
     }

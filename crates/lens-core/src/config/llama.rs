@@ -85,6 +85,44 @@ pub enum RopeScaling {
     },
 }
 
+impl RopeScaling {
+    /// The inverse frequencies `[dim / 2]` of transformers' `ROPE_INIT_FUNCTIONS`, in f32:
+    /// `1 / theta^(2i/dim)`, then divided by the factor (`linear`) or blended by wavelength
+    /// (`llama3`, NTK-by-parts).
+    pub fn inverse_frequencies(&self, theta: f64, dim: i64, device: tch::Device) -> tch::Tensor {
+        use tch::{Kind, Tensor};
+        let exponents = Tensor::arange_start_step(0, dim, 2, (Kind::Int64, device))
+            .to_kind(Kind::Float)
+            / dim as f64;
+        let inv_freq = Tensor::pow_scalar(theta, &exponents).reciprocal();
+        match *self {
+            RopeScaling::None => inv_freq,
+            RopeScaling::Linear { factor } => inv_freq / factor,
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings: old_context,
+            } => {
+                let low_freq_wavelen = old_context / low_freq_factor;
+                let high_freq_wavelen = old_context / high_freq_factor;
+                let wavelen = inv_freq.reciprocal() * (2.0 * std::f64::consts::PI);
+                let long = wavelen.gt(low_freq_wavelen);
+                let scaled = (&inv_freq / factor).where_self(&long, &inv_freq);
+                let smooth = (wavelen.reciprocal() * old_context - low_freq_factor)
+                    / (high_freq_factor - low_freq_factor);
+                let smoothed =
+                    (smooth.ones_like() - &smooth) * &scaled / factor + &smooth * &scaled;
+                let medium = wavelen
+                    .lt(high_freq_wavelen)
+                    .logical_not()
+                    .logical_and(&long.logical_not());
+                smoothed.where_self(&medium, &scaled)
+            }
+        }
+    }
+}
+
 /// The rotary embedding of the attention.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Rope {
