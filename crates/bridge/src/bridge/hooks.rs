@@ -130,6 +130,23 @@ pub(crate) fn all_sites(n_layers: usize) -> Vec<Site> {
     sites
 }
 
+/// The TransformerLens names of a block's attention and residual hook points, in the Python
+/// bridge's order, which every architecture shares (its MLP's names follow them).
+const BLOCK_ALIASES: [(&str, BlockSite); 12] = [
+    ("hook_attn_in", BlockSite::AttnInput),
+    ("hook_k_input", BlockSite::KInput),
+    ("hook_attn_out", BlockSite::AttnOut),
+    ("hook_q_input", BlockSite::QInput),
+    ("hook_v_input", BlockSite::VInput),
+    ("attn.hook_k", BlockSite::K(LinSite::Out)),
+    ("attn.hook_z", BlockSite::O(LinSite::In)),
+    ("attn.hook_q", BlockSite::Q(LinSite::Out)),
+    ("attn.hook_v", BlockSite::V(LinSite::Out)),
+    ("hook_resid_pre", BlockSite::In),
+    ("hook_resid_post", BlockSite::Out),
+    ("hook_mlp_out", BlockSite::MlpCompOut),
+];
+
 /// The TransformerLens names, each an alias of a hook point, in the Python bridge's order.
 pub(crate) fn aliases(n_layers: usize) -> Vec<(String, Site)> {
     use BlockSite as B;
@@ -139,22 +156,11 @@ pub(crate) fn aliases(n_layers: usize) -> Vec<(String, Site)> {
         ("hook_unembed".to_string(), Site::UnembedOut),
     ];
     for l in 0..n_layers {
-        for (name, site) in [
-            ("hook_attn_in", B::AttnInput),
-            ("hook_k_input", B::KInput),
-            ("hook_attn_out", B::AttnOut),
-            ("hook_q_input", B::QInput),
-            ("hook_v_input", B::VInput),
-            ("attn.hook_k", B::K(LinSite::Out)),
-            ("attn.hook_z", B::O(LinSite::In)),
-            ("attn.hook_q", B::Q(LinSite::Out)),
-            ("attn.hook_v", B::V(LinSite::Out)),
-            ("hook_resid_pre", B::In),
-            ("hook_resid_post", B::Out),
-            ("hook_mlp_out", B::MlpCompOut),
+        let mlp = [
             ("mlp.hook_pre", B::MlpFc(LinSite::Out)),
             ("mlp.hook_post", B::MlpProj(LinSite::In)),
-        ] {
+        ];
+        for (name, site) in BLOCK_ALIASES.into_iter().chain(mlp) {
             out.push((format!("blocks.{l}.{name}"), Site::Block(l, site)));
         }
     }
@@ -258,23 +264,12 @@ impl Layout {
             ("hook_unembed".to_string(), Site::UnembedOut),
         ];
         for l in 0..n_layers {
-            for (name, site) in [
-                ("hook_attn_in", B::AttnInput),
-                ("hook_k_input", B::KInput),
-                ("hook_attn_out", B::AttnOut),
-                ("hook_q_input", B::QInput),
-                ("hook_v_input", B::VInput),
-                ("attn.hook_k", B::K(LinSite::Out)),
-                ("attn.hook_z", B::O(LinSite::In)),
-                ("attn.hook_q", B::Q(LinSite::Out)),
-                ("attn.hook_v", B::V(LinSite::Out)),
-                ("hook_resid_pre", B::In),
-                ("hook_resid_post", B::Out),
-                ("hook_mlp_out", B::MlpCompOut),
+            let mlp = [
                 ("mlp.hook_pre", B::MlpGate(LinSite::Out)),
                 ("mlp.hook_pre_linear", B::MlpFc(LinSite::Out)),
                 ("mlp.hook_post", B::MlpProj(LinSite::In)),
-            ] {
+            ];
+            for (name, site) in BLOCK_ALIASES.into_iter().chain(mlp) {
                 aliases.push((format!("blocks.{l}.{name}"), Site::Block(l, site)));
             }
         }
