@@ -265,23 +265,11 @@ pub fn gpt2(dims: &ModelDims, tie_word_embeddings: bool) -> WeightMap {
         &[d],
         View::Same,
     );
-    let unembed = if tie_word_embeddings {
-        "transformer.wte.weight"
-    } else {
-        "lm_head.weight"
-    };
-    map.push(
-        "unembed.W_U".into(),
-        unembed.into(),
-        &[v, d],
-        View::Transpose,
-    );
-    map.push_optional(
-        "unembed.b_U".into(),
-        "lm_head.bias".into(),
-        &[v],
-        View::Same,
-        &[v],
+    push_unembed(
+        &mut map,
+        tie_word_embeddings,
+        "transformer.wte.weight",
+        [v, d],
     );
     map
 }
@@ -434,11 +422,19 @@ pub fn llama(cfg: &LlamaConfig) -> WeightMap {
         &[d],
         View::Same,
     );
-    let unembed = if cfg.tie_word_embeddings {
-        "model.embed_tokens.weight"
-    } else {
-        "lm_head.weight"
-    };
+    push_unembed(
+        &mut map,
+        cfg.tie_word_embeddings,
+        "model.embed_tokens.weight",
+        [v, d],
+    );
+    map
+}
+
+/// `unembed.W_U` (`lm_head.weight` transposed, or the embedding while tied) and the optional
+/// `unembed.b_U` (`lm_head.bias`, zeros when absent), `[vocab, d]` in HuggingFace's layout.
+fn push_unembed(map: &mut WeightMap, tied: bool, embedding: &str, [v, d]: [i64; 2]) {
+    let unembed = if tied { embedding } else { "lm_head.weight" };
     map.push(
         "unembed.W_U".into(),
         unembed.into(),
@@ -452,5 +448,4 @@ pub fn llama(cfg: &LlamaConfig) -> WeightMap {
         View::Same,
         &[v],
     );
-    map
 }
