@@ -95,6 +95,8 @@ enum Defect {
     IgnoresMask,
     /// The TL weight views are copies: writing to them does not reach the model.
     WeightsAreCopies,
+    /// Declares every weight a constant, so that none would need a gradient.
+    ClaimsConstants,
 }
 
 struct Broken {
@@ -195,7 +197,7 @@ impl LensModel for Broken {
         self.inner.tl_weight_grad(name)
     }
     fn tl_weight_is_constant(&self, name: &str) -> bool {
-        self.inner.tl_weight_is_constant(name)
+        self.defect == Defect::ClaimsConstants || self.inner.tl_weight_is_constant(name)
     }
     fn zero_grad(&self) {
         self.inner.zero_grad()
@@ -312,6 +314,19 @@ fn backward_benchmarks_fail_on_a_perturbed_gradient() {
     assert_eq!(intact_all.name, "backward_hooks");
     fails_only_when_broken("critical_backward_hooks", intact_critical, broken_critical);
     fails_only_when_broken("backward_hooks", intact_all, broken_all);
+}
+
+#[test]
+fn gradient_computation_fails_when_real_weights_are_declared_constant() {
+    let (intact, reference) = (bridge(), reference());
+    let inputs = inputs(&intact);
+    let broken = Broken::new(bridge(), Defect::ClaimsConstants);
+    let t = GradientTarget::SumLastLogits;
+    fails_only_when_broken(
+        "gradient_computation",
+        backward::gradient_computation(&intact, Some(&reference), &inputs, t, TOL),
+        backward::gradient_computation(&broken, Some(&reference), &inputs, t, TOL),
+    );
 }
 
 #[test]

@@ -186,11 +186,16 @@ pub fn gradient_computation(
         let mut without = Vec::new();
         let mut pairs: Vec<(String, Tensor, Tensor)> = Vec::new();
         // Constants (zero biases a checkpoint lacks) have no parameter to reach; they are
-        // counted in the result, and every other weight must get its gradient.
-        let constants = names
-            .iter()
-            .filter(|w| model.tl_weight_is_constant(w))
-            .count();
+        // counted in the result, must be zero, and every other weight must get its gradient.
+        let mut constants = 0;
+        let mut mismatches = Vec::new();
+        for weight in names.iter().filter(|w| model.tl_weight_is_constant(w)) {
+            constants += 1;
+            let value = model.tl_weight(weight)?;
+            if i64::try_from(value.count_nonzero(None::<i64>)).map_or(true, |n| n != 0) {
+                mismatches.push(format!("{weight}: declared constant, but not zero"));
+            }
+        }
         for weight in names.iter().filter(|w| !model.tl_weight_is_constant(w)) {
             let Some(ours) = model.tl_weight_grad(weight)? else {
                 without.push(weight.clone());
@@ -212,7 +217,7 @@ pub fn gradient_computation(
             let scale = scales.entry(group_of(weight)).or_insert(1.0);
             *scale = scale.max(max_abs(theirs));
         }
-        let (mut mismatches, mut worst) = (Vec::new(), 0.0f64);
+        let mut worst = 0.0f64;
         for (weight, ours, theirs) in &pairs {
             let theirs = theirs.to_device(ours.device());
             match compare_at_scale(ours, &theirs, None, scales[group_of(weight)]) {
