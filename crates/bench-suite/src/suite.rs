@@ -377,11 +377,23 @@ fn processed_checks(
     run("layer_norm_folding", &|| {
         weights::layer_norm_folding(bridge)
     });
+    // TransformerLens centres the weights writing to the residual only under LayerNorm, which
+    // removes the mean; under RMSNorm it leaves them, and so must the bridge.
+    let centres = !matches!(bridge.config(), lens_core::HfConfig::Llama(_));
+    let not_centred = "RMSNorm model: TransformerLens centres writing weights only for LayerNorm";
     run("attention_output_centering", &|| {
-        weights::attention_output_centering(bridge, tolerance.activations)
+        if centres {
+            weights::attention_output_centering(bridge, tolerance.activations)
+        } else {
+            BenchmarkResult::skipped("attention_output_centering", not_centred)
+        }
     });
     run("mlp_output_centering", &|| {
-        weights::mlp_output_centering(bridge, tolerance.activations)
+        if centres {
+            weights::mlp_output_centering(bridge, tolerance.activations)
+        } else {
+            BenchmarkResult::skipped("mlp_output_centering", not_centred)
+        }
     });
     run("unembed_centering", &|| {
         weights::unembed_centering(bridge, tolerance.activations)

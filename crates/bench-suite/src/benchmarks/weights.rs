@@ -92,10 +92,9 @@ pub fn weight_magnitudes(model: &dyn LensModel) -> BenchmarkResult {
                     / w.numel() as f64
             };
             // Biases may legitimately be zero (b_V after folding, b_U of GPT-2); matrices may not.
-            let is_bias = weight
-                .rsplit('.')
-                .next()
-                .is_some_and(|last| last == "b" || last.starts_with("b_"));
+            let is_bias = weight.rsplit('.').next().is_some_and(|last| {
+                last == "b" || last.starts_with("b_") || last.starts_with("_b_")
+            });
             if max > 1000.0 {
                 bad.push(format!("{weight}: max |w| = {max:.3e}"));
             } else if !is_bias && mean < 1e-6 {
@@ -210,7 +209,8 @@ pub fn unembed_centering(model: &dyn LensModel, tolerance: f64) -> BenchmarkResu
 
 /// Every value bias was folded into the output bias.
 pub fn value_bias_folding(model: &dyn LensModel) -> BenchmarkResult {
-    every_weight("value_bias_folding", model, "attn.b_V", "b_V = 0", |b| {
+    // `attn.b_V`, or `attn._b_V` with grouped key/value heads.
+    every_weight("value_bias_folding", model, "b_V", "b_V = 0", |b| {
         let max = max_abs(b);
         (max != 0.0).then(|| format!("max |b_V| = {max:.3e}"))
     })
@@ -269,7 +269,16 @@ pub fn weight_processing(
     })
 }
 
-const PROBE_WEIGHT: &str = "blocks.0.attn.W_V";
+/// The weight the edit checks write to: layer 0's values (`W_V`, or `_W_V` with grouped
+/// key/value heads), which change the loss at any input length.
+fn probe_weight(model: &dyn LensModel) -> &'static str {
+    const GROUPED: &str = "blocks.0.attn._W_V";
+    if model.tl_weight_names().iter().any(|n| n == GROUPED) {
+        GROUPED
+    } else {
+        "blocks.0.attn.W_V"
+    }
+}
 
 fn loss(model: &dyn LensModel, inputs: &Inputs) -> ModelResult<f64> {
     let _no_grad = tch::no_grad_guard();
@@ -283,10 +292,10 @@ fn loss(model: &dyn LensModel, inputs: &Inputs) -> ModelResult<f64> {
         .double_value(&[]))
 }
 
-/// Zeroes head 0 of `PROBE_WEIGHT` through the TL view, measures the loss, restores the weight.
+/// Zeroes head 0 of the probe weight ([`probe_weight`]) through the TL view, measures the loss, restores the weight.
 fn loss_change_when_zeroing(model: &dyn LensModel, inputs: &Inputs) -> ModelResult<(f64, f64)> {
     let before = loss(model, inputs)?;
-    let view = model.tl_weight(PROBE_WEIGHT)?;
+    let view = model.tl_weight(probe_weight(model))?;
     let original = view.detach().copy();
     let after = {
         let _no_grad = tch::no_grad_guard();
@@ -306,31 +315,30 @@ fn loss_change_when_zeroing(model: &dyn LensModel, inputs: &Inputs) -> ModelResu
 pub fn weight_modification(model: &dyn LensModel, inputs: &Inputs) -> BenchmarkResult {
     let name = "weight_modification";
     guarded(name, || {
+        let probe = probe_weight(model);
         let (change, residue) = loss_change_when_zeroing(model, inputs)?;
         Ok(if change.abs() < 1e-6 {
             BenchmarkResult::fail(
                 name,
-                format!("zeroing {PROBE_WEIGHT}[0] changed the loss by only {change:.3e}"),
+                format!("zeroing {probe}[0] changed the loss by only {change:.3e}"),
             )
         } else if residue != 0.0 {
             BenchmarkResult::fail(
                 name,
-                format!("restoring {PROBE_WEIGHT} left the loss off by {residue:.3e}"),
+                format!("restoring {probe} left the loss off by {residue:.3e}"),
             )
         } else {
             BenchmarkResult::pass(
                 name,
-                format!(
-                    "zeroing {PROBE_WEIGHT}[0] changed the loss by {change:.6}; restoring undid it"
-                ),
+                format!("zeroing {probe}[0] changed the loss by {change:.6}; restoring undid it"),
             )
         }
         .with("loss_change", change))
     })
 }
 
-/// The model and the reference hold the same `PROBE_WEIGHT`, and the same edit changes both
-/// losses by the same amount.
+/// The model and the reference hold the same probe weight (layer 0's `W_V`), and the same edit
+/// changes both losses by the same amount.
 pub fn weight_sharing(
     model: &dyn LensModel,
     reference: &dyn LensModel,
@@ -339,10 +347,11 @@ pub fn weight_sharing(
 ) -> BenchmarkResult {
     let name = "weight_sharing";
     guarded(name, || {
+        let probe = probe_weight(model);
         let same = compare(
-            &model.tl_weight(PROBE_WEIGHT)?.detach(),
+            &model.tl_weight(probe)?.detach(),
             &reference
-                .tl_weight(PROBE_WEIGHT)
+                .tl_weight(probe)
                 .map_err(reference_error)?
                 .detach(),
             None,
@@ -350,7 +359,7 @@ pub fn weight_sharing(
         if !same.within(tolerance) {
             return Ok(BenchmarkResult::fail(
                 name,
-                format!("{PROBE_WEIGHT} differs: {}", same.describe()),
+                format!("{probe} differs: {}", same.describe()),
             ));
         }
         let (ours, _) = loss_change_when_zeroing(model, inputs)?;

@@ -5,10 +5,14 @@
 use lens_core::model::{ModelError, ModelResult};
 use lens_core::processing::{process_weights, ProcessingOptions};
 use lens_core::tl_params::{AttentionParams, BlockParams, LayerNormParams, MlpParams, Params};
+use lens_core::weight_map;
+use std::collections::BTreeMap;
 use tch::Tensor;
 
 use crate::bridge::adapter::{ArchitectureAdapter, Gpt2Adapter};
-use crate::hf::Gpt2Params;
+use crate::hf::{Gpt2Params, HfModel};
+use crate::TransformerBridge;
+use lens_core::model::LensModel;
 
 /// The options of [`TransformerBridge::enable_compatibility_mode`](crate::TransformerBridge::enable_compatibility_mode),
 /// TransformerLens's. `Default` is TransformerLens's default: full processing.
@@ -180,4 +184,87 @@ fn write(adapter: &Gpt2Adapter, p: &Gpt2Params, w: Params) -> ModelResult<()> {
     set("unembed.W_U", &w.W_U)?;
     set("unembed.b_U", &w.b_U)?;
     Ok(())
+}
+
+impl TransformerBridge {
+    /// Compatibility mode for a Llama-family model, as TransformerLens processes an RMSNorm
+    /// model: `lm_head` untied from `embed_tokens`, each RMSNorm's weight folded into the weights
+    /// reading its output (the norms then have weight 1), no centring of writing weights (RMSNorm
+    /// does not remove the mean, so TransformerLens skips it), the unembedding centred, the value
+    /// biases folded into `o_proj`'s bias (added when the checkpoint has none, as Qwen2's).
+    pub(crate) fn process_llama(&mut self, options: &CompatibilityOptions) -> ModelResult<()> {
+        if options.no_processing {
+            return Ok(());
+        }
+        let _guard = tch::no_grad_guard();
+        let HfModel::Llama(hf) = &mut self.hf else {
+            return Err(ModelError::Unsupported(
+                "process_llama on a model outside the Llama family".into(),
+            ));
+        };
+        let mut untied = hf.config().clone();
+        untied.tie_word_embeddings = false;
+        let p = hf.params_mut();
+        if p.lm_head.is_none() {
+            p.lm_head = Some(p.embed_tokens.detach().copy().set_requires_grad(true));
+        }
+        self.weights = weight_map::llama(&untied);
+        let mut named = BTreeMap::new();
+        for name in self.tl_weight_names() {
+            let value = self.tl_weight(&name)?.detach();
+            named.insert(name, value);
+        }
+        let params = Params::from_named(&mut named).map_err(ModelError::InvalidInput)?;
+        let processing = ProcessingOptions {
+            fold_ln: options.fold_ln,
+            center_writing_weights: false,
+            center_unembed: options.center_unembed,
+            fold_value_biases: options.fold_value_biases,
+            refactor_factored_attn_matrices: options.refactor_factored_attn_matrices,
+        };
+        // The one implementation the HookedTransformer uses too, so both end with identical weights.
+        let w = process_weights(&params, processing).map_err(ModelError::InvalidInput)?;
+        for (name, value) in w.named() {
+            if self.tl_weight_is_constant(&name) {
+                if i64::try_from(value.count_nonzero(None::<i64>)).is_ok_and(|n| n == 0) {
+                    continue;
+                }
+                self.add_llama_bias(&name)?;
+            }
+            let mut view = self.tl_weight(&name)?;
+            view.f_copy_(&value.to_kind(view.kind()))?;
+        }
+        // A folded RMSNorm stays in the HF model as the identity: weight 1.
+        let mut folded: Vec<String> = Vec::new();
+        for (l, b) in w.blocks.iter().enumerate() {
+            for (ln, norm) in [("ln1", &b.ln1), ("ln2", &b.ln2)] {
+                if norm.is_none() {
+                    folded.push(format!("blocks.{l}.{ln}.w"));
+                }
+            }
+        }
+        if w.ln_final.is_none() {
+            folded.push("ln_final.w".into());
+        }
+        for name in folded {
+            let _ = self.tl_weight(&name)?.f_fill_(1.0)?;
+        }
+        Ok(())
+    }
+
+    /// Gives the Llama-family parameter behind TransformerLens weight `name` a zero bias.
+    fn add_llama_bias(&mut self, name: &str) -> ModelResult<()> {
+        let hf_name = self.weight_source(name)?.hf.clone();
+        let added = match &mut self.hf {
+            HfModel::Llama(hf) => hf.params_mut().add_zero_bias(&hf_name),
+            HfModel::Gpt2(_) => false,
+        };
+        if added {
+            Ok(())
+        } else {
+            Err(ModelError::Unsupported(format!(
+                "weight processing made {name} non-zero, but {hf_name} cannot be added"
+            )))
+        }
+    }
 }

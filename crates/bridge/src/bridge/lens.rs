@@ -45,7 +45,7 @@ impl TransformerBridge {
     }
 
     /// A TransformerLens weight's HuggingFace source, or an error naming the weight.
-    fn weight_source(&self, name: &str) -> ModelResult<&lens_core::weight_map::Source> {
+    pub(crate) fn weight_source(&self, name: &str) -> ModelResult<&lens_core::weight_map::Source> {
         self.weights.get(name).ok_or_else(|| {
             ModelError::InvalidInput(format!(
                 "'{name}' is not a TransformerLens weight of this {} (e.g. embed.W_E, \

@@ -293,8 +293,10 @@ impl TransformerBridge {
     /// Processes the weights as TransformerLens's HookedTransformer does (`fold_ln`,
     /// `center_writing_weights`, `center_unembed`, `fold_value_biases`; in f32, cast back) and
     /// writes them into the HuggingFace parameters: LayerNorm weights become 1 and biases 0,
-    /// `lm_head` is untied from `wte`. Afterwards logits, loss, and every hook's activation
-    /// and gradient equal those of the processed HookedTransformer.
+    /// `lm_head` is untied from the embedding. RMSNorm models (the Llama family) are processed
+    /// as TransformerLens processes them: no centring of writing weights, and an `o_proj` bias
+    /// added where fold_value_biases needs one. Afterwards logits, loss, and every hook's
+    /// activation and gradient equal those of the processed HookedTransformer.
     ///
     /// Errors if compatibility mode is already on (processing twice would fold twice).
     pub fn enable_compatibility_mode(&mut self, options: CompatibilityOptions) -> ModelResult<()> {
@@ -307,11 +309,11 @@ impl TransformerBridge {
             (HfModel::Gpt2(hf), Some(adapter)) => {
                 compat::process(adapter, hf.params_mut(), &options)?
             }
-            (other, _) => {
-                return Err(ModelError::Unsupported(format!(
-                    "compatibility mode for {} is not implemented yet",
-                    other.config().architecture()
-                )))
+            (HfModel::Llama(_), _) => self.process_llama(&options)?,
+            (HfModel::Gpt2(_), None) => {
+                return Err(ModelError::Unsupported(
+                    "compatibility mode for GPT-2 needs its adapter".into(),
+                ))
             }
         }
         self.compatibility = Some(options);

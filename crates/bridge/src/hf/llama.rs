@@ -209,6 +209,42 @@ impl LlamaParams {
         out
     }
 
+    /// Gives the linear layer `name` (`model.layers.{l}.self_attn.o_proj.bias`, ...) a zero bias
+    /// that requires gradients, when it has none; `false` for a name that is not a linear
+    /// layer's bias. Weight processing uses this where it makes a missing bias non-zero
+    /// (fold_value_biases moves Qwen2's value biases into `o_proj`, which has none).
+    pub fn add_zero_bias(&mut self, name: &str) -> bool {
+        let Some(rest) = name.strip_prefix("model.layers.") else {
+            return false;
+        };
+        let Some((layer, linear)) = rest.split_once('.') else {
+            return false;
+        };
+        let Some(layer) = layer
+            .parse::<usize>()
+            .ok()
+            .and_then(|l| self.layers.get_mut(l))
+        else {
+            return false;
+        };
+        let linear = match linear {
+            "self_attn.q_proj.bias" => &mut layer.q_proj,
+            "self_attn.k_proj.bias" => &mut layer.k_proj,
+            "self_attn.v_proj.bias" => &mut layer.v_proj,
+            "self_attn.o_proj.bias" => &mut layer.o_proj,
+            "mlp.gate_proj.bias" => &mut layer.gate_proj,
+            "mlp.up_proj.bias" => &mut layer.up_proj,
+            "mlp.down_proj.bias" => &mut layer.down_proj,
+            _ => return false,
+        };
+        if linear.bias.is_none() {
+            let w = &linear.weight;
+            let zeros = Tensor::zeros([w.size()[0]], (w.kind(), w.device()));
+            linear.bias = Some(zeros.set_requires_grad(true));
+        }
+        true
+    }
+
     /// A parameter by its HuggingFace name, sharing storage (`lm_head.weight` is
     /// `embed_tokens` while tied). `None` for a name the model does not have.
     pub fn get(&self, name: &str) -> Option<Tensor> {
