@@ -515,3 +515,119 @@ fn weight_benchmarks_fail_on_broken_weights() {
         weights::weight_sharing(&nudged, &reference, &inputs, TOL),
     );
 }
+
+/// A Llama-family fixture (tests/fixtures/dec-c: Mistral, grouped heads, a sliding window).
+fn llama_family_model() -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/dec-c/model")
+        .display()
+        .to_string()
+}
+
+fn llama_inputs() -> Inputs {
+    Inputs {
+        text: "ids".into(),
+        tokens: Tensor::from_slice(&[383i64, 5, 17, 42, 99, 7, 250, 3, 64, 11, 8]).view([1, -1]),
+        prompts: Vec::new(),
+    }
+}
+
+#[test]
+fn llama_family_forward_benchmarks_fail_when_keys_skip_the_rotary_embedding() {
+    let model = llama_family_model();
+    let boot = || TransformerBridge::boot(&model, Device::Cpu, Kind::Float).unwrap();
+    let reference =
+        HookedTransformer::from_pretrained_no_processing(&model, &Default::default()).unwrap();
+    let (intact, broken) = (boot(), boot());
+    let inputs = llama_inputs();
+    let hf_logits = tch::no_grad(|| {
+        intact
+            .hf_model()
+            .forward(HfForward {
+                input_ids: Some(&inputs.tokens),
+                ..HfForward::default()
+            })
+            .unwrap()
+            .logits
+    });
+    // Layer 0's keys leave the rotary embedding as they entered it.
+    let unrotated: std::sync::Arc<std::sync::Mutex<Option<Tensor>>> = Default::default();
+    let (keep, give) = (unrotated.clone(), unrotated);
+    for spec in [
+        HookSpec::forward(
+            "blocks.0.attn.hook_k",
+            Hook::new(move |k, _| {
+                *keep.lock().unwrap() = Some(k.shallow_clone());
+                None
+            }),
+        ),
+        HookSpec::forward(
+            "blocks.0.attn.hook_rot_k",
+            Hook::new(move |_, _| give.lock().unwrap().take()),
+        ),
+    ] {
+        broken
+            .hooks()
+            .add_hook(&spec)
+            .unwrap()
+            .into_iter()
+            .for_each(|h| h.make_permanent());
+    }
+    fails_only_when_broken(
+        "forward_pass",
+        forward::forward_pass(&intact, &inputs, &hf_logits, TOL),
+        forward::forward_pass(&broken, &inputs, &hf_logits, TOL),
+    );
+    fails_only_when_broken(
+        "logits_equivalence",
+        forward::logits_equivalence(&intact, &reference, &inputs, TOL),
+        forward::logits_equivalence(&broken, &reference, &inputs, TOL),
+    );
+    fails_only_when_broken(
+        "forward_hooks",
+        hooks::forward_hooks(&intact, &reference, &inputs, TOL),
+        hooks::forward_hooks(&broken, &reference, &inputs, TOL),
+    );
+    fails_only_when_broken(
+        "critical_forward_hooks",
+        hooks::critical_forward_hooks(&intact, &reference, &inputs, TOL),
+        hooks::critical_forward_hooks(&broken, &reference, &inputs, TOL),
+    );
+}
+
+#[test]
+fn llama_family_weight_benchmarks_fail_when_an_rms_norm_is_left_unfolded() {
+    let model = llama_family_model();
+    let boot = || {
+        let mut bridge = TransformerBridge::boot(&model, Device::Cpu, Kind::Float).unwrap();
+        bridge
+            .enable_compatibility_mode(CompatibilityOptions::default())
+            .unwrap();
+        bridge
+    };
+    let mut reference =
+        HookedTransformer::from_pretrained_no_processing(&model, &Default::default()).unwrap();
+    reference
+        .process_weights(ProcessingOptions::default())
+        .unwrap();
+    let (intact, broken) = (boot(), boot());
+    // ln2 of layer 1 gets a weight other than the identity it was folded to.
+    let _ = tch::no_grad(|| {
+        broken
+            .tl_weight("blocks.1.ln2.w")
+            .unwrap()
+            .get(0)
+            .fill_(1.5)
+    });
+    fails_only_when_broken(
+        "layer_norm_folding",
+        weights::layer_norm_folding(&intact),
+        weights::layer_norm_folding(&broken),
+    );
+    let inputs = llama_inputs();
+    fails_only_when_broken(
+        "logits_equivalence",
+        forward::logits_equivalence(&intact, &reference, &inputs, TOL),
+        forward::logits_equivalence(&broken, &reference, &inputs, TOL),
+    );
+}
