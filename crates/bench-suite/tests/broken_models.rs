@@ -227,10 +227,14 @@ fn hf_loss(model: &TransformerBridge, tokens: &Tensor) -> Tensor {
     out.loss.unwrap()
 }
 
-#[test]
-fn forward_benchmarks_fail_on_a_perturbed_activation() {
-    let (intact, reference) = (bridge(), reference());
-    let inputs = inputs(&intact);
+/// The forward checks (logits against the raw HF model's and the reference's, the loss, every
+/// hook, the critical hooks) pass on `intact` and fail on `broken`.
+fn forward_checks_fail_only_when_broken(
+    intact: &TransformerBridge,
+    broken: &dyn LensModel,
+    reference: &HookedTransformer,
+    inputs: &Inputs,
+) {
     let hf_logits = tch::no_grad(|| {
         intact
             .hf_model()
@@ -241,33 +245,40 @@ fn forward_benchmarks_fail_on_a_perturbed_activation() {
             .unwrap()
             .logits
     });
-    let broken = bridge();
-    perturb_activation(&broken, "blocks.0.hook_resid_mid", 0.5);
     fails_only_when_broken(
         "forward_pass",
-        forward::forward_pass(&intact, &inputs, &hf_logits, TOL),
-        forward::forward_pass(&broken, &inputs, &hf_logits, TOL),
+        forward::forward_pass(intact, inputs, &hf_logits, TOL),
+        forward::forward_pass(broken, inputs, &hf_logits, TOL),
     );
     fails_only_when_broken(
         "logits_equivalence",
-        forward::logits_equivalence(&intact, &reference, &inputs, TOL),
-        forward::logits_equivalence(&broken, &reference, &inputs, TOL),
+        forward::logits_equivalence(intact, reference, inputs, TOL),
+        forward::logits_equivalence(broken, reference, inputs, TOL),
     );
     fails_only_when_broken(
         "loss_equivalence",
-        forward::loss_equivalence(&intact, &reference, &inputs, TOL),
-        forward::loss_equivalence(&broken, &reference, &inputs, TOL),
+        forward::loss_equivalence(intact, reference, inputs, TOL),
+        forward::loss_equivalence(broken, reference, inputs, TOL),
     );
     fails_only_when_broken(
         "forward_hooks",
-        hooks::forward_hooks(&intact, &reference, &inputs, TOL),
-        hooks::forward_hooks(&broken, &reference, &inputs, TOL),
+        hooks::forward_hooks(intact, reference, inputs, TOL),
+        hooks::forward_hooks(broken, reference, inputs, TOL),
     );
     fails_only_when_broken(
         "critical_forward_hooks",
-        hooks::critical_forward_hooks(&intact, &reference, &inputs, TOL),
-        hooks::critical_forward_hooks(&broken, &reference, &inputs, TOL),
+        hooks::critical_forward_hooks(intact, reference, inputs, TOL),
+        hooks::critical_forward_hooks(broken, reference, inputs, TOL),
     );
+}
+
+#[test]
+fn forward_benchmarks_fail_on_a_perturbed_activation() {
+    let (intact, reference) = (bridge(), reference());
+    let inputs = inputs(&intact);
+    let broken = bridge();
+    perturb_activation(&broken, "blocks.0.hook_resid_mid", 0.5);
+    forward_checks_fail_only_when_broken(&intact, &broken, &reference, &inputs);
     // The suite's way: both from one recording per model.
     let shared = |model| hooks::critical_and_all_forward_hooks(model, &reference, &inputs, TOL);
     let ([intact_critical, intact_all], [broken_critical, broken_all]) =
@@ -540,16 +551,6 @@ fn llama_family_forward_benchmarks_fail_when_keys_skip_the_rotary_embedding() {
         HookedTransformer::from_pretrained_no_processing(&model, &Default::default()).unwrap();
     let (intact, broken) = (boot(), boot());
     let inputs = llama_inputs();
-    let hf_logits = tch::no_grad(|| {
-        intact
-            .hf_model()
-            .forward(HfForward {
-                input_ids: Some(&inputs.tokens),
-                ..HfForward::default()
-            })
-            .unwrap()
-            .logits
-    });
     // Layer 0's keys leave the rotary embedding as they entered it.
     let unrotated: std::sync::Arc<std::sync::Mutex<Option<Tensor>>> = Default::default();
     let (keep, give) = (unrotated.clone(), unrotated);
@@ -573,26 +574,7 @@ fn llama_family_forward_benchmarks_fail_when_keys_skip_the_rotary_embedding() {
             .into_iter()
             .for_each(|h| h.make_permanent());
     }
-    fails_only_when_broken(
-        "forward_pass",
-        forward::forward_pass(&intact, &inputs, &hf_logits, TOL),
-        forward::forward_pass(&broken, &inputs, &hf_logits, TOL),
-    );
-    fails_only_when_broken(
-        "logits_equivalence",
-        forward::logits_equivalence(&intact, &reference, &inputs, TOL),
-        forward::logits_equivalence(&broken, &reference, &inputs, TOL),
-    );
-    fails_only_when_broken(
-        "forward_hooks",
-        hooks::forward_hooks(&intact, &reference, &inputs, TOL),
-        hooks::forward_hooks(&broken, &reference, &inputs, TOL),
-    );
-    fails_only_when_broken(
-        "critical_forward_hooks",
-        hooks::critical_forward_hooks(&intact, &reference, &inputs, TOL),
-        hooks::critical_forward_hooks(&broken, &reference, &inputs, TOL),
-    );
+    forward_checks_fail_only_when_broken(&intact, &broken, &reference, &inputs);
 }
 
 #[test]
