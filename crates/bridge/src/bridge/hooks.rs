@@ -86,24 +86,10 @@ pub(crate) fn site_name(site: Site) -> String {
 /// hook point of its own here, after `hook_mlp_in`).
 fn block_sites(l: usize) -> Vec<Site> {
     use BlockSite as B;
-    let ln = |f: fn(LnSite) -> BlockSite| {
-        [LnSite::In, LnSite::Out, LnSite::Normalized, LnSite::Scale].map(f)
-    };
-    let lin = |f: fn(LinSite) -> BlockSite| [LinSite::In, LinSite::Out].map(f);
-    let mut sites = vec![B::In, B::Out, B::MlpIn, B::ResidMid];
+    let (ln, lin) = (norm_sites, linear_sites);
+    let mut sites = RESIDUAL_SITES.to_vec();
     sites.extend(ln(B::Ln1));
-    sites.extend([
-        B::AttnIn,
-        B::AttnOut,
-        B::AttnScores,
-        B::Pattern,
-        B::HiddenStates,
-        B::Result,
-        B::AttnInput,
-        B::QInput,
-        B::KInput,
-        B::VInput,
-    ]);
+    sites.extend(ATTENTION_SITES);
     for f in [B::Q, B::K, B::V, B::Qkv, B::O] {
         sites.extend(lin(f));
     }
@@ -112,6 +98,39 @@ fn block_sites(l: usize) -> Vec<Site> {
     sites.extend(lin(B::MlpFc));
     sites.extend(lin(B::MlpProj));
     sites.into_iter().map(|s| Site::Block(l, s)).collect()
+}
+
+/// A block's residual-stream sites, first in every architecture's `hook_dict`.
+const RESIDUAL_SITES: [BlockSite; 4] = [
+    BlockSite::In,
+    BlockSite::Out,
+    BlockSite::MlpIn,
+    BlockSite::ResidMid,
+];
+
+/// The attention module's own sites and TransformerLens's per-head inputs, as every
+/// architecture lists them.
+const ATTENTION_SITES: [BlockSite; 10] = [
+    BlockSite::AttnIn,
+    BlockSite::AttnOut,
+    BlockSite::AttnScores,
+    BlockSite::Pattern,
+    BlockSite::HiddenStates,
+    BlockSite::Result,
+    BlockSite::AttnInput,
+    BlockSite::QInput,
+    BlockSite::KInput,
+    BlockSite::VInput,
+];
+
+/// A normalisation's four sites.
+fn norm_sites<S>(site: fn(LnSite) -> S) -> [S; 4] {
+    [LnSite::In, LnSite::Out, LnSite::Normalized, LnSite::Scale].map(site)
+}
+
+/// A linear layer's two sites.
+fn linear_sites(site: fn(LinSite) -> BlockSite) -> [BlockSite; 2] {
+    [LinSite::In, LinSite::Out].map(site)
 }
 
 /// Every site of a model with `n_layers` blocks, in registration (`hook_dict`) order.
@@ -125,7 +144,7 @@ pub(crate) fn all_sites(n_layers: usize) -> Vec<Site> {
     for l in 0..n_layers {
         sites.extend(block_sites(l));
     }
-    sites.extend([LnSite::In, LnSite::Out, LnSite::Normalized, LnSite::Scale].map(Site::LnFinal));
+    sites.extend(norm_sites(Site::LnFinal));
     sites.extend([Site::UnembedIn, Site::UnembedOut]);
     sites
 }
@@ -208,10 +227,7 @@ impl Layout {
     /// HookedTransformer has no `hook_pos_embed`.
     pub fn llama(n_layers: usize, qk_norm: bool) -> Self {
         use BlockSite as B;
-        let ln = |f: fn(LnSite) -> BlockSite| {
-            [LnSite::In, LnSite::Out, LnSite::Normalized, LnSite::Scale].map(f)
-        };
-        let lin = |f: fn(LinSite) -> BlockSite| [LinSite::In, LinSite::Out].map(f);
+        let (ln, lin) = (norm_sites, linear_sites);
         let mut sites = vec![
             Site::EmbedIn,
             Site::EmbedOut,
@@ -220,25 +236,11 @@ impl Layout {
             Site::RotarySin,
         ];
         for l in 0..n_layers {
-            let mut block = vec![B::In, B::Out, B::MlpIn, B::ResidMid];
+            let mut block = RESIDUAL_SITES.to_vec();
             block.extend(ln(B::Ln1));
             block.extend(ln(B::Ln2));
-            block.extend([
-                B::AttnIn,
-                B::AttnOut,
-                B::AttnScores,
-                B::Pattern,
-                B::HiddenStates,
-                B::Result,
-                B::AttnInput,
-                B::QInput,
-                B::KInput,
-                B::VInput,
-                B::RotK,
-                B::RotQ,
-                B::Cos,
-                B::Sin,
-            ]);
+            block.extend(ATTENTION_SITES);
+            block.extend([B::RotK, B::RotQ, B::Cos, B::Sin]);
             if qk_norm {
                 block.extend([B::QNormed, B::KNormed]);
             }
@@ -255,9 +257,7 @@ impl Layout {
             }
             sites.extend(block.into_iter().map(|s| Site::Block(l, s)));
         }
-        sites.extend(
-            [LnSite::In, LnSite::Out, LnSite::Normalized, LnSite::Scale].map(Site::LnFinal),
-        );
+        sites.extend(norm_sites(Site::LnFinal));
         sites.extend([Site::UnembedIn, Site::UnembedOut]);
         let mut aliases = vec![
             ("hook_embed".to_string(), Site::EmbedOut),
