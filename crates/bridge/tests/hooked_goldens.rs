@@ -559,6 +559,17 @@ fn flattened_keep(shape: &[i64], mask: Option<&Tensor>) -> Option<Tensor> {
     )
 }
 
+/// The bridge over a decoder fixture's checkpoint (`dir/model`), f32 on the CPU.
+fn decoder_bridge(dir: &std::path::Path) -> TransformerBridge {
+    let model = dir.join("model");
+    TransformerBridge::boot(
+        model.to_str().expect("utf-8 path"),
+        tch::Device::Cpu,
+        Kind::Float,
+    )
+    .expect("boot")
+}
+
 /// The Llama-family bridge (Llama, Mistral, Qwen2, Qwen3) against TransformerLens 3.9.0's
 /// HookedTransformer goldens: every hook the golden has, under its TransformerLens name,
 /// activation and gradient, on real positions (positions of padding differ by design, as for
@@ -568,12 +579,7 @@ fn llama_family_bridge_matches_hooked_transformer(
     #[values("dec-a", "dec-b", "dec-c", "dec-d", "dec-e")] config: &str,
 ) {
     let dir = fixtures().join(config);
-    let bridge = TransformerBridge::boot(
-        dir.join("model").to_str().expect("utf-8 path"),
-        tch::Device::Cpu,
-        Kind::Float,
-    )
-    .expect("boot");
+    let bridge = decoder_bridge(&dir);
     let meta = read_json(&dir.join("hooked_unprocessed.json"));
     let golden = read_tensors(&dir.join("hooked_unprocessed.safetensors"));
     let mut report = Report::default();
@@ -680,12 +686,7 @@ fn llama_family_bridge_has_the_python_bridges_names(
     #[values("dec-a", "dec-b", "dec-c", "dec-d", "dec-e")] config: &str,
 ) {
     let dir = fixtures().join(config);
-    let bridge = TransformerBridge::boot(
-        dir.join("model").to_str().expect("utf-8 path"),
-        tch::Device::Cpu,
-        Kind::Float,
-    )
-    .expect("boot");
+    let bridge = decoder_bridge(&dir);
     let python = read_json(&dir.join("bridge_hooks.json"));
     let theirs: BTreeSet<String> = python["unprocessed"]["hook_dict_names"]
         .as_array()

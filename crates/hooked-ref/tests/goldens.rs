@@ -469,6 +469,17 @@ fn greedy_generation_matches_transformer_lens_with_and_without_cache(
     );
     let meta = read_json(&fixtures().join(config).join("hooked_unprocessed.json"));
     let model = Variant::Unprocessed.model(config);
+    assert_generation_matches(&model, config, &golden, &meta);
+}
+
+/// Greedy generation of 8 tokens, with and without the KV cache, equals the golden's
+/// (`{prompt}/generate.use_cache`) for every prompt of `meta`.
+fn assert_generation_matches(
+    model: &HookedTransformer,
+    config: &str,
+    golden: &BTreeMap<String, Tensor>,
+    meta: &serde_json::Value,
+) {
     for prompt in meta["prompt_order"].as_array().unwrap() {
         let pid = prompt.as_str().unwrap();
         let tokens = &golden[&format!("{pid}/tokens")];
@@ -501,26 +512,7 @@ fn llama_family_generation_matches_transformers(
     let golden = read_tensors(&fixtures().join(config).join("hf.safetensors"));
     let meta = read_json(&fixtures().join(config).join("hf.json"));
     let model = decoder(config, ProcessingOptions::none());
-    for prompt in meta["prompt_order"].as_array().unwrap() {
-        let pid = prompt.as_str().unwrap();
-        let tokens = &golden[&format!("{pid}/tokens")];
-        let mask = golden
-            .get(&format!("{pid}/attention_mask"))
-            .filter(|m| m.min().int64_value(&[]) == 0);
-        for use_cache in [true, false] {
-            let options = lens_core::model::GenerateOptions {
-                max_new_tokens: 8,
-                use_past_kv_cache: use_cache,
-                ..Default::default()
-            };
-            let ours = tch::no_grad(|| model.generate(tokens, mask, &options)).unwrap();
-            let expected = &golden[&format!("{pid}/generate.use_cache")];
-            assert!(
-                ours.equal(expected),
-                "{config}/{pid} use_cache={use_cache}: {ours:?} vs {expected:?}"
-            );
-        }
-    }
+    assert_generation_matches(&model, config, &golden, &meta);
 }
 
 /// TransformerLens's optional paths on a Llama-family model with grouped key/value heads:
