@@ -187,16 +187,15 @@ pub fn gradient_computation(
         let mut pairs: Vec<(String, Tensor, Tensor)> = Vec::new();
         // Constants (zero biases a checkpoint lacks) have no parameter to reach; they are
         // counted in the result, must be zero, and every other weight must get its gradient.
-        let mut constants = 0;
+        let (constant, trainable): (Vec<&String>, Vec<&String>) =
+            names.iter().partition(|w| model.tl_weight_is_constant(w));
         let mut mismatches = Vec::new();
-        for weight in names.iter().filter(|w| model.tl_weight_is_constant(w)) {
-            constants += 1;
-            let value = model.tl_weight(weight)?;
-            if i64::try_from(value.count_nonzero(None::<i64>)).map_or(true, |n| n != 0) {
+        for weight in &constant {
+            if max_abs(&model.tl_weight(weight)?) != 0.0 {
                 mismatches.push(format!("{weight}: declared constant, but not zero"));
             }
         }
-        for weight in names.iter().filter(|w| !model.tl_weight_is_constant(w)) {
+        for weight in trainable {
             let Some(ours) = model.tl_weight_grad(weight)? else {
                 without.push(weight.clone());
                 continue;
@@ -257,7 +256,7 @@ pub fn gradient_computation(
             .with("without_gradient", sample_of(&without))
             .with("mismatches", sample_of(&mismatches))
         }
-        .with("constants", constants)
+        .with("constants", constant.len())
         .with("worst_err", worst))
     })
 }

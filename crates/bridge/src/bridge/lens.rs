@@ -167,7 +167,7 @@ impl LensModel for TransformerBridge {
     /// to grouped key/value heads.
     fn hook_flags(&self) -> Vec<(&'static str, bool)> {
         let p = self.paths;
-        let grouped = matches!(&self.hf, HfModel::Llama(m) if m.config().gqa_ratio() > 1);
+        let grouped = self.groups_key_value_heads();
         let mut flags = vec![
             ("use_attn_result", p.use_attn_result),
             ("use_split_qkv_input", p.use_split_qkv_input),

@@ -265,11 +265,16 @@ impl TransformerBridge {
         Ok(())
     }
 
+    /// Whether query heads share key/value heads (grouped-query attention).
+    pub(crate) fn groups_key_value_heads(&self) -> bool {
+        matches!(&self.hf, HfModel::Llama(m) if m.config().gqa_ratio() > 1)
+    }
+
     /// `use_attn_in` gives q, k and v one input per query head, which grouped key/value heads
     /// cannot take (as in TransformerLens's HookedTransformer).
     fn attn_in_supported(&self, on: bool) -> ModelResult<()> {
         match &self.hf {
-            HfModel::Llama(m) if on && m.config().gqa_ratio() > 1 => {
+            HfModel::Llama(m) if on && self.groups_key_value_heads() => {
                 Err(ModelError::Unsupported(format!(
                     "use_attn_in needs as many key/value heads as query heads; this {} model \
                      has {} query and {} key/value heads (use use_split_qkv_input instead)",

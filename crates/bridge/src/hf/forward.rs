@@ -229,9 +229,13 @@ fn split_heads(x: &Tensor, n_head: i64) -> Tensor {
 }
 
 /// Per-head projection `x [b, p, h, d] . W [h, d, dh] + b [h, dh]` (TransformerLens's
-/// `complex_attn_linear`), for the per-head input paths.
-fn project_per_head(x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
-    Tensor::einsum("bphd,hdk->bphk", &[x, w], None::<&[i64]>) + b
+/// `complex_attn_linear`), for the per-head input paths of every architecture.
+pub(crate) fn project_per_head(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
+    let projected = Tensor::einsum("bphd,hdk->bphk", &[x, w], None::<&[i64]>);
+    match b {
+        Some(b) => projected + b,
+        None => projected,
+    }
 }
 
 /// Queries, keys and values `[b, p, h, dh]` each, after their hooks.
@@ -275,7 +279,11 @@ fn qkv<T: Tap>(
         .enumerate()
         {
             let x = tap.at(s(lin(LinSite::In)), ln1(src)?)?;
-            out.push(project_per_head(&x, &head_w(i as i64), &head_b(i as i64)));
+            out.push(project_per_head(
+                &x,
+                &head_w(i as i64),
+                Some(&head_b(i as i64)),
+            ));
         }
         let [q, k, v]: [Tensor; 3] = out
             .try_into()

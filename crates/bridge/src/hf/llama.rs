@@ -9,7 +9,7 @@ use lens_core::model::{GenerateOptions, ModelError, ModelResult};
 use lens_core::{HfConfig, LlamaConfig, Weights};
 use tch::{Device, Kind, Tensor};
 
-use crate::hf::forward::PassOutput;
+use crate::hf::forward::{self, PassOutput};
 use crate::hf::kv_cache::KvCache;
 use crate::hf::mask::{self, AttentionMask};
 use crate::hf::model::{generate_hf_style, CheckedInputs, HfForward, HfOutput};
@@ -595,7 +595,7 @@ impl LlamaForCausalLM {
                 let x = tap.at(s(lin(LinSite::In)), ln1(src)?)?;
                 out.push(tap.at(
                     s(lin(LinSite::Out)),
-                    project_per_head(&x, proj, n, c.head_dim),
+                    project_linear_per_head(&x, proj, n, c.head_dim),
                 )?);
             }
         } else {
@@ -844,14 +844,11 @@ fn repeat_kv(x: &Tensor, groups: i64) -> Tensor {
         .reshape([b, h * groups, s, d])
 }
 
-/// A projection applied per head: `x` `[b, p, n, d]` (one input per head) through each head's
-/// rows of `proj` to `[b, p, n, head_dim]`.
-fn project_per_head(x: &Tensor, proj: &LinearParams, n: i64, head_dim: i64) -> Tensor {
+/// `proj` applied per head: `x` `[b, p, n, d]` (one input per head) through each head's rows
+/// of the weight, to `[b, p, n, head_dim]`.
+fn project_linear_per_head(x: &Tensor, proj: &LinearParams, n: i64, head_dim: i64) -> Tensor {
     let d = proj.weight.size()[1];
     let w = proj.weight.view([n, head_dim, d]).permute([0, 2, 1]);
-    let h = Tensor::einsum("bphd,hdk->bphk", &[x, &w], None::<&[i64]>);
-    match &proj.bias {
-        Some(b) => h + b.view([n, head_dim]),
-        None => h,
-    }
+    let b = proj.bias.as_ref().map(|b| b.view([n, head_dim]));
+    forward::project_per_head(x, &w, b.as_ref())
 }
