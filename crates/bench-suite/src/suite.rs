@@ -379,7 +379,7 @@ fn processed_checks(
     });
     // TransformerLens centres the weights writing to the residual only under LayerNorm, which
     // removes the mean; under RMSNorm it leaves them, and so must the bridge.
-    let centres = !matches!(bridge.config(), lens_core::HfConfig::Llama(_));
+    let centres = !bridge.config().uses_rms_norm();
     let not_centred = "RMSNorm model: TransformerLens centres writing weights only for LayerNorm";
     run("attention_output_centering", &|| {
         if centres {

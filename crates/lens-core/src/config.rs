@@ -123,6 +123,12 @@ impl HfConfig {
         }
     }
 
+    /// Whether the model normalises with RMSNorm (no mean removed, so weight processing does not
+    /// centre the weights writing to the residual stream) rather than LayerNorm.
+    pub fn uses_rms_norm(&self) -> bool {
+        matches!(self, HfConfig::Llama(_))
+    }
+
     /// The GPT-2 config, when this is one.
     pub fn as_gpt2(&self) -> Option<&Gpt2Config> {
         match self {

@@ -217,7 +217,8 @@ impl TransformerBridge {
         let params = Params::from_named(&mut named).map_err(ModelError::InvalidInput)?;
         let processing = ProcessingOptions {
             fold_ln: options.fold_ln,
-            center_writing_weights: false,
+            center_writing_weights: options.center_writing_weights
+                && !self.hf.config().uses_rms_norm(),
             center_unembed: options.center_unembed,
             fold_value_biases: options.fold_value_biases,
             refactor_factored_attn_matrices: options.refactor_factored_attn_matrices,
