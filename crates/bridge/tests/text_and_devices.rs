@@ -9,6 +9,33 @@ use hookpoint::CacheOptions;
 use lens_core::model::{ForwardOptions, GenerateOptions, LensModel, ModelError, ReturnType};
 use tch::{Cuda, Device, Kind, Tensor};
 
+/// Each embedded Llama-family model, booted by name: its tokenizer gives the ids
+/// TransformerLens's HookedTransformer gives the suite's sentence, and the bridge's logits on them
+/// are transformers' (tests/fixtures/embedded/<model>.*).
+#[rstest::rstest]
+fn embedded_llama_family_text_matches_huggingface(
+    #[values("tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen3")] model: &str,
+) {
+    let meta = read_json(&fixtures().join(format!("embedded/{model}.json")));
+    let golden = read_tensors(&fixtures().join(format!("embedded/{model}.safetensors")));
+    let b = TransformerBridge::boot(model, Device::Cpu, Kind::Float).unwrap();
+    let text = meta["sentence"].as_str().unwrap();
+    let tokens = b.to_tokens(&[text], None, None).unwrap();
+    let expected: Vec<i64> = meta["sentence_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    assert_eq!(Vec::<i64>::try_from(tokens.ids.get(0)).unwrap(), expected);
+    let logits = tch::no_grad(|| b.forward(&tokens.ids, &ForwardOptions::default()))
+        .unwrap()
+        .logits
+        .unwrap();
+    let err = relative_error(&logits.get(0), &golden["logits"], None);
+    assert!(err <= 1e-5, "{model}: logits err {err:.2e}");
+}
+
 #[test]
 fn tiny_gpt2_text_matches_huggingface() {
     let meta = read_json(&fixtures().join("tiny-gpt2/hf_text.json"));

@@ -187,7 +187,7 @@ impl HookedTransformerConfig {
             normalization_type: NormType::Rms,
             use_attn_scale: true,
             scale_attn_by_inverse_layer_idx: false,
-            default_prepend_bos: true,
+            default_prepend_bos: hf.family.default_prepend_bos(),
             use_attn_result: false,
             use_split_qkv_input: false,
             use_attn_in: false,

@@ -161,6 +161,15 @@ impl HfConfig {
         }
     }
 
+    /// Whether text is tokenized with BOS prepended when a call does not say (TransformerLens's
+    /// `default_prepend_bos`: true, except for Qwen2 and Qwen3).
+    pub fn default_prepend_bos(&self) -> bool {
+        match self {
+            HfConfig::Gpt2(_) => true,
+            HfConfig::Llama(c) => c.family.default_prepend_bos(),
+        }
+    }
+
     /// The beginning-of-sequence token id, if any.
     pub fn bos_token_id(&self) -> Option<i64> {
         match self {

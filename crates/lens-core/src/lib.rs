@@ -52,7 +52,8 @@ pub use source::{
     ModelFiles, ModelSource, Origin, ResolveOptions, DEFAULT_ENDPOINT, DEFAULT_MODEL,
 };
 pub use tokenizer::{
-    attention_mask_from_ids, Ids, PaddingSide, TokenInput, Tokenizer, TokenizerOptions, Tokens,
+    attention_mask_from_ids, Ids, PaddingSide, SpecialToken, SpecialTokenNames, TokenInput,
+    Tokenizer, TokenizerOptions, Tokens,
 };
 pub use weights::Weights;
 
@@ -100,17 +101,17 @@ pub fn load(model: &str, opts: &LoadOptions) -> Result<LoadedModel> {
     let weights = Weights::load(&files.weight_sources(), opts.kind, opts.device)?;
     let tokenizer = match &files.tokenizer {
         Some(path) => {
-            let from_config = TokenizerOptions::from_config(&config);
-            let given = &opts.tokenizer;
-            let tokenizer_opts = TokenizerOptions {
-                bos_token_id: given.bos_token_id.or(from_config.bos_token_id),
-                eos_token_id: given.eos_token_id.or(from_config.eos_token_id),
-                pad_token_id: given.pad_token_id.or(from_config.pad_token_id),
-                n_ctx: given.n_ctx.or(from_config.n_ctx),
-                default_prepend_bos: given.default_prepend_bos,
-                padding_side: given.padding_side,
+            let names = match &files.tokenizer_config {
+                Some(file) => SpecialTokenNames::read(file)?,
+                None => SpecialTokenNames::default(),
             };
-            Some(Tokenizer::from_file(path, tokenizer_opts)?)
+            let from_config = TokenizerOptions::from_config(&config);
+            Some(Tokenizer::from_model_files(
+                path,
+                &names,
+                &opts.tokenizer,
+                &from_config,
+            )?)
         }
         None => None,
     };

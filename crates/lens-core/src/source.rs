@@ -3,7 +3,8 @@
 //! [`ModelSource::resolve`] tries, in order:
 //!
 //! 1. **a local directory** in HuggingFace layout: `config.json`, and `model.safetensors` or a
-//!    sharded `model.safetensors.index.json` with its shards; `tokenizer.json` is optional;
+//!    sharded `model.safetensors.index.json` with its shards; `tokenizer.json` and
+//!    `tokenizer_config.json` are optional;
 //! 2. **an embedded model**: a directory `<models cache>/<name>/` in the same layout. The models
 //!    cache is [`ResolveOptions::models_cache`], else `$TLRS_MODELS_CACHE`, else the workspace's
 //!    `models-cache/` (which holds [`DEFAULT_MODEL`]);
@@ -184,6 +185,9 @@ pub struct ModelFiles {
     pub weights_index: Option<PathBuf>,
     /// `tokenizer.json`, when the model has one.
     pub tokenizer: Option<PathBuf>,
+    /// `tokenizer_config.json`, when the model has one (its special tokens name BOS, EOS and
+    /// padding the way transformers' tokenizers read them).
+    pub tokenizer_config: Option<PathBuf>,
     /// Where the files came from.
     pub origin: Origin,
 }
@@ -237,12 +241,14 @@ impl ModelFiles {
             )));
         };
         let tokenizer = Some(dir.join("tokenizer.json")).filter(|p| p.is_file());
+        let tokenizer_config = Some(dir.join("tokenizer_config.json")).filter(|p| p.is_file());
         Ok(ModelFiles {
             dir: dir.to_path_buf(),
             config,
             weights,
             weights_index,
             tokenizer,
+            tokenizer_config,
             origin,
         })
     }
@@ -441,11 +447,15 @@ fn download(
             files.join(", ")
         ));
     };
-    let tokenizer = if listed.contains("tokenizer.json") {
-        Some(fetch("tokenizer.json")?)
-    } else {
-        None
+    let optional = |name: &str| {
+        if listed.contains(name) {
+            fetch(name).map(Some)
+        } else {
+            Ok(None)
+        }
     };
+    let tokenizer = optional("tokenizer.json")?;
+    let tokenizer_config = optional("tokenizer_config.json")?;
     let dir = config
         .parent()
         .map(Path::to_path_buf)
@@ -460,6 +470,7 @@ fn download(
         weights,
         weights_index,
         tokenizer,
+        tokenizer_config,
         origin: Origin::HubDownload {
             repo_id: repo_id.to_string(),
             revision: revision.to_string(),

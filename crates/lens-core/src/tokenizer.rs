@@ -34,8 +34,10 @@ pub struct TokenizerOptions {
     pub pad_token_id: Option<i64>,
     /// Context length that `truncate` cuts to; `None` never truncates.
     pub n_ctx: Option<i64>,
-    /// Whether BOS is prepended when a call passes `prepend_bos: None` (default true).
-    pub default_prepend_bos: bool,
+    /// Whether BOS is prepended when a call passes `prepend_bos: None`. `None`: the model's
+    /// TransformerLens default when loaded with a model (false for Qwen2 and Qwen3, see
+    /// [`HfConfig::default_prepend_bos`]), else true.
+    pub default_prepend_bos: Option<bool>,
     /// Padding side when a call passes `padding_side: None` (default right).
     pub padding_side: PaddingSide,
 }
@@ -47,22 +49,80 @@ impl Default for TokenizerOptions {
             eos_token_id: None,
             pad_token_id: None,
             n_ctx: None,
-            default_prepend_bos: true,
+            default_prepend_bos: None,
             padding_side: PaddingSide::Right,
         }
     }
 }
 
 impl TokenizerOptions {
-    /// Special tokens and `n_ctx` from a model config, TransformerLens defaults otherwise.
+    /// Special tokens, `n_ctx` and the BOS default from a model config, TransformerLens
+    /// defaults otherwise.
     pub fn from_config(config: &HfConfig) -> Self {
         TokenizerOptions {
             bos_token_id: config.bos_token_id(),
             eos_token_id: config.eos_token_id(),
             pad_token_id: config.pad_token_id(),
             n_ctx: Some(config.n_ctx()),
+            default_prepend_bos: Some(config.default_prepend_bos()),
             ..TokenizerOptions::default()
         }
+    }
+}
+
+/// What a `tokenizer_config.json` says of one special token.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SpecialToken {
+    /// The file does not mention it.
+    #[default]
+    Unset,
+    /// The file sets it to `null`: the tokenizer has none (Qwen's BOS).
+    Null,
+    /// The token's text.
+    Token(String),
+}
+
+/// The special tokens a `tokenizer_config.json` names. transformers' tokenizers take BOS, EOS
+/// and padding from this file rather than from `config.json`, and the two can disagree (Qwen3's
+/// `config.json` says BOS is `<|endoftext|>`, its tokenizer has no BOS and ends turns with
+/// `<|im_end|>`); TransformerLens sees the tokenizer's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SpecialTokenNames {
+    /// `bos_token`.
+    pub bos: SpecialToken,
+    /// `eos_token`.
+    pub eos: SpecialToken,
+    /// `pad_token`.
+    pub pad: SpecialToken,
+}
+
+impl SpecialTokenNames {
+    /// Reads `bos_token`, `eos_token` and `pad_token` from a `tokenizer_config.json` (each a
+    /// string, an added-token object with a `content`, or `null`).
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| LensError::io(path, e))?;
+        let error = |message: String| LensError::Tokenizer {
+            path: Some(path.to_path_buf()),
+            message,
+        };
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| error(e.to_string()))?;
+        let named = |key: &str| match json.get(key) {
+            None => Ok(SpecialToken::Unset),
+            Some(serde_json::Value::Null) => Ok(SpecialToken::Null),
+            Some(serde_json::Value::String(t)) => Ok(SpecialToken::Token(t.clone())),
+            Some(other) => match other.get("content").and_then(|c| c.as_str()) {
+                Some(t) => Ok(SpecialToken::Token(t.to_owned())),
+                None => Err(error(format!(
+                    "{key} is neither a string, null nor an object with a \"content\": {other}"
+                ))),
+            },
+        };
+        Ok(SpecialTokenNames {
+            bos: named("bos_token")?,
+            eos: named("eos_token")?,
+            pad: named("pad_token")?,
+        })
     }
 }
 
@@ -215,13 +275,79 @@ impl Tokenizer {
         Self::build(json, None, opts)
     }
 
+    /// Loads a model's `tokenizer.json` with its special tokens resolved as transformers and
+    /// TransformerLens resolve them: each of BOS, EOS and padding is `given`'s, else the one
+    /// `names` (the model's `tokenizer_config.json`) names, else `config`'s (the ids of its
+    /// `config.json`). A BOS the tokenizer config sets to `null` is the EOS, as in
+    /// TransformerLens. `given.default_prepend_bos` unset is `config`'s.
+    ///
+    /// Errors: as [`Tokenizer::from_file`], and a named token that is not in the vocabulary.
+    pub fn from_model_files(
+        path: &Path,
+        names: &SpecialTokenNames,
+        given: &TokenizerOptions,
+        config: &TokenizerOptions,
+    ) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| LensError::io(path, e))?;
+        let inner = Self::parse(&bytes, Some(path))?;
+        let id_of = |what: &str, named: &SpecialToken| -> Result<Option<i64>> {
+            match named {
+                SpecialToken::Token(text) => match inner.token_to_id(text) {
+                    Some(id) => Ok(Some(i64::from(id))),
+                    None => Err(LensError::Tokenizer {
+                        path: Some(path.to_path_buf()),
+                        message: format!(
+                            "tokenizer_config.json names {what} '{text}', which is not in the vocabulary"
+                        ),
+                    }),
+                },
+                _ => Ok(None),
+            }
+        };
+        let eos = given
+            .eos_token_id
+            .or(id_of("eos_token", &names.eos)?)
+            .or(config.eos_token_id);
+        let bos = given.bos_token_id.or(match names.bos {
+            SpecialToken::Null => eos,
+            SpecialToken::Unset => config.bos_token_id,
+            SpecialToken::Token(_) => id_of("bos_token", &names.bos)?,
+        });
+        let pad = given
+            .pad_token_id
+            .or(id_of("pad_token", &names.pad)?)
+            .or(config.pad_token_id);
+        let opts = TokenizerOptions {
+            bos_token_id: bos,
+            eos_token_id: eos,
+            pad_token_id: pad,
+            n_ctx: given.n_ctx.or(config.n_ctx),
+            default_prepend_bos: given.default_prepend_bos.or(config.default_prepend_bos),
+            padding_side: given.padding_side,
+        };
+        Self::finish(inner, Some(path), opts)
+    }
+
+    fn parse(json: &[u8], path: Option<&Path>) -> Result<tokenizers::Tokenizer> {
+        tokenizers::Tokenizer::from_bytes(json).map_err(|e| LensError::Tokenizer {
+            path: path.map(Path::to_path_buf),
+            message: e.to_string(),
+        })
+    }
+
     fn build(json: &[u8], path: Option<&Path>, opts: TokenizerOptions) -> Result<Self> {
+        Self::finish(Self::parse(json, path)?, path, opts)
+    }
+
+    fn finish(
+        mut inner: tokenizers::Tokenizer,
+        path: Option<&Path>,
+        opts: TokenizerOptions,
+    ) -> Result<Self> {
         let error = |message: String| LensError::Tokenizer {
             path: path.map(Path::to_path_buf),
             message,
         };
-        let mut inner =
-            tokenizers::Tokenizer::from_bytes(json).map_err(|e| error(e.to_string()))?;
         let file_pad = inner.get_padding().map(|p| i64::from(p.pad_id));
         // Padding and truncation are ours; the file's settings would apply them twice.
         inner.with_padding(None);
@@ -262,7 +388,7 @@ impl Tokenizer {
             eos: opts.eos_token_id,
             pad,
             n_ctx: opts.n_ctx,
-            default_prepend_bos: opts.default_prepend_bos,
+            default_prepend_bos: opts.default_prepend_bos.unwrap_or(true),
             padding_side: opts.padding_side,
             prepends_bos,
         })

@@ -1,7 +1,7 @@
 //! [`HfModel`]: the raw HF model of whichever family a checkpoint is, as the TransformerBridge
 //! holds it.
 
-use lens_core::model::{GenerateOptions, ModelError, ModelResult};
+use lens_core::model::{GenerateOptions, ModelResult};
 use lens_core::HfConfig;
 use tch::{Device, Kind, Tensor};
 
@@ -101,23 +101,20 @@ impl HfModel {
         }
     }
 
-    /// The components [`HfModel::run_component`] runs one at a time (GPT-2's; none yet for the
-    /// Llama family).
+    /// The components [`HfModel::run_component`] runs one at a time.
     pub fn component_names(&self) -> Vec<String> {
         match self {
             HfModel::Gpt2(m) => m.component_names(),
-            HfModel::Llama(_) => Vec::new(),
+            HfModel::Llama(m) => m.component_names(),
         }
     }
 
-    /// Runs one component alone (see [`Gpt2LMHeadModel::run_component`]).
+    /// Runs one component alone (see [`Gpt2LMHeadModel::run_component`] and
+    /// [`LlamaForCausalLM::run_component`]).
     pub fn run_component(&self, name: &str, input: &Tensor) -> ModelResult<Tensor> {
         match self {
             HfModel::Gpt2(m) => m.run_component(name, input),
-            HfModel::Llama(m) => Err(ModelError::Unsupported(format!(
-                "{} does not run components one at a time yet",
-                m.config().family.architecture()
-            ))),
+            HfModel::Llama(m) => m.run_component(name, input),
         }
     }
 

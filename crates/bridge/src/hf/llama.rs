@@ -742,6 +742,122 @@ impl LlamaForCausalLM {
     }
 }
 
+/// Components one at a time, as the suite's `all_components` compares them with the bridge's.
+impl LlamaForCausalLM {
+    /// The names [`LlamaForCausalLM::run_component`] accepts: `embed`, for each layer
+    /// `blocks.{l}` and its `ln1`, `attn`, `ln2` and `mlp`, then `ln_final` and `unembed`.
+    pub fn component_names(&self) -> Vec<String> {
+        let mut names = vec!["embed".to_owned()];
+        for l in 0..self.params.layers.len() {
+            for part in ["", ".ln1", ".attn", ".ln2", ".mlp"] {
+                names.push(format!("blocks.{l}{part}"));
+            }
+        }
+        names.extend(["ln_final".to_owned(), "unembed".to_owned()]);
+        names
+    }
+
+    /// Runs one component alone on `input`, HuggingFace's way: token ids for `embed`, hidden
+    /// states `[b, p, d]` for the others. `blocks.{l}` and `blocks.{l}.attn` start at the
+    /// residual, rotate positions `0..p` and mask causally (with the layer's sliding window).
+    pub fn run_component(&self, name: &str, input: &Tensor) -> ModelResult<Tensor> {
+        self.run_component_with(&NoTap, name, input)
+    }
+
+    pub(crate) fn run_component_with<T: Tap>(
+        &self,
+        tap: &T,
+        name: &str,
+        x: &Tensor,
+    ) -> ModelResult<Tensor> {
+        let eps = self.config.rms_norm_eps;
+        match name {
+            "embed" => {
+                let ids = tap.at(Site::EmbedIn, x.shallow_clone())?;
+                tap.at(
+                    Site::EmbedOut,
+                    Tensor::embedding(&self.params.embed_tokens, &ids, -1, false, false),
+                )
+            }
+            "ln_final" => rms_norm(
+                tap,
+                Site::LnFinal,
+                x.shallow_clone(),
+                &self.params.norm,
+                eps,
+            ),
+            "unembed" => {
+                let x = tap.at(Site::UnembedIn, x.shallow_clone())?;
+                tap.at(
+                    Site::UnembedOut,
+                    x.linear(self.params.unembedding(), self.params.lm_head_bias.as_ref()),
+                )
+            }
+            _ => {
+                let unknown = || {
+                    ModelError::InvalidInput(format!(
+                        "unknown component '{name}'; components are {:?}",
+                        self.component_names()
+                    ))
+                };
+                let rest = name.strip_prefix("blocks.").ok_or_else(unknown)?;
+                let (layer, part) = rest.split_once('.').unwrap_or((rest, ""));
+                let l: usize = layer.parse().map_err(|_| unknown())?;
+                let params = self.params.layers.get(l).ok_or_else(unknown)?;
+                self.run_block_component(tap, l, params, part, x)
+                    .unwrap_or_else(|| Err(unknown()))
+            }
+        }
+    }
+
+    /// One part of block `l` (`""` for the whole block), or `None` for an unknown part.
+    fn run_block_component<T: Tap>(
+        &self,
+        tap: &T,
+        l: usize,
+        layer: &LlamaLayerParams,
+        part: &str,
+        x: &Tensor,
+    ) -> Option<ModelResult<Tensor>> {
+        let s = |site: BlockSite| Site::Block(l, site);
+        let eps = self.config.rms_norm_eps;
+        let (batch, len) = (x.size()[0], x.size()[1]);
+        let rotary_and_mask = || {
+            let positions = mask::arange_positions(batch, len, 0, x.device());
+            let (cos, sin) = rotary_cos_sin(&self.inv_freq, &positions, x.kind());
+            let window = self.config.layer_windows[l];
+            let mask = AttentionMask::with_window(len, len, 0, None, window, x.device());
+            (cos, sin, mask)
+        };
+        Some(match part {
+            "" => {
+                let (cos, sin, mask) = rotary_and_mask();
+                self.block(tap, l, layer, x.shallow_clone(), (&cos, &sin), &mask, None)
+            }
+            "attn" => {
+                let (cos, sin, mask) = rotary_and_mask();
+                self.attention(tap, l, layer, x, (&cos, &sin), &mask, None)
+            }
+            "ln1" => rms_norm(
+                tap,
+                |site| s(BlockSite::Ln1(site)),
+                x.shallow_clone(),
+                &layer.input_layernorm,
+                eps,
+            ),
+            "ln2" => rms_norm(
+                tap,
+                |site| s(BlockSite::Ln2(site)),
+                x.shallow_clone(),
+                &layer.post_attention_layernorm,
+                eps,
+            ),
+            "mlp" => self.mlp(tap, l, layer, x.shallow_clone()),
+            _ => return None,
+        })
+    }
+}
+
 /// A cache must hold the batch the input has.
 fn check_cache_batch(cache: Option<&KvCache>, batch: i64) -> ModelResult<()> {
     match cache.and_then(|c| c.layer(0)) {

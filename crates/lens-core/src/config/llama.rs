@@ -26,6 +26,12 @@ pub enum LlamaFamily {
 }
 
 impl LlamaFamily {
+    /// Whether TransformerLens prepends BOS by default: not for Qwen2 and Qwen3, which were
+    /// trained without one (TransformerLens 3.9.0's configurations and bridge adapters).
+    pub fn default_prepend_bos(self) -> bool {
+        !matches!(self, LlamaFamily::Qwen2 | LlamaFamily::Qwen3)
+    }
+
     /// The `model_type` of a `config.json`.
     pub fn model_type(self) -> &'static str {
         match self {

@@ -38,6 +38,7 @@ fn local_directory() {
             weights: vec![dir.join("model.safetensors")],
             weights_index: None,
             tokenizer: Some(dir.join("tokenizer.json")),
+            tokenizer_config: None,
             origin: Origin::LocalDir,
         }
     );

@@ -433,3 +433,77 @@ fn tokens_move_to_cuda() {
         attention_mask_from_ids(&cuda.ids, BOS, Some(BOS), true, PaddingSide::Right).unwrap();
     assert_eq!(mask.device(), Device::Cuda(0));
 }
+
+/// The embedded Llama-family models (models-cache/tiny-{llama,mistral,qwen2,qwen3}), loaded as a
+/// user loads them, tokenize as TransformerLens 3.9.0's HookedTransformer and TransformerBridge
+/// do (tests/fixtures/embedded/<model>.json): BOS by default or not (Qwen2 and Qwen3 not), the
+/// BOS a tokenizer adds itself neither doubled nor kept with `prepend_bos = false`, Qwen3's BOS
+/// the tokenizer's EOS, and the pad id of a left-padded batch.
+#[rstest]
+#[case("tiny-llama")]
+#[case("tiny-mistral")]
+#[case("tiny-qwen2")]
+#[case("tiny-qwen3")]
+fn embedded_models_tokenize_as_transformer_lens(#[case] model: &str) {
+    let golden_path = workspace().join(format!("tests/fixtures/embedded/{model}.json"));
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden_path).unwrap()).unwrap();
+    let dir = workspace().join("models-cache").join(model);
+    let loaded = lens_core::load(dir.to_str().unwrap(), &Default::default()).unwrap();
+    let tok = loaded
+        .tokenizer
+        .expect("the embedded model has a tokenizer");
+    let tl = &golden["tl"];
+    assert_eq!(tok.default_prepend_bos(), tl["default_prepend_bos"]);
+    assert_eq!(tok.bos_token_id(), tl["bos_token_id"].as_i64());
+    assert_eq!(tok.eos_token_id(), tl["eos_token_id"].as_i64());
+    assert_eq!(tok.pad_token_id(), tl["pad_token_id"].as_i64());
+    let ids = |v: &serde_json::Value| -> Vec<i64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_i64().unwrap())
+            .collect()
+    };
+    for record in ["hooked_transformer", "transformer_bridge"] {
+        let texts = golden[record]["texts"].as_object().unwrap();
+        assert_eq!(texts.len(), 5);
+        for (text, expected) in texts {
+            for (key, prepend) in [
+                ("default", None),
+                ("prepend_bos", Some(true)),
+                ("no_bos", Some(false)),
+            ] {
+                let ours = tok.to_tokens(&[text], prepend, None, true).unwrap();
+                assert_eq!(
+                    rows(&ours.ids),
+                    vec![ids(&expected[key])],
+                    "{model} {record} '{text}' {key}"
+                );
+            }
+        }
+        let batch = &golden[record]["left_padded_batch"];
+        let batch_texts: Vec<&str> = batch["texts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
+        let ours = tok
+            .to_tokens(&batch_texts, None, Some(PaddingSide::Left), true)
+            .unwrap();
+        let expected: Vec<Vec<i64>> = batch["ids"].as_array().unwrap().iter().map(ids).collect();
+        assert_eq!(
+            rows(&ours.ids),
+            expected,
+            "{model} {record} left-padded batch"
+        );
+    }
+    assert_eq!(
+        tok.encode(golden["sentence"].as_str().unwrap())
+            .unwrap()
+            .len() as i64
+            + i64::from(tok.default_prepend_bos()),
+        golden["sentence_ids"].as_array().unwrap().len() as i64
+    );
+}
