@@ -17,12 +17,24 @@ use tch::{Device, Kind, Tensor};
 
 const TOL: f64 = 1e-5;
 
+/// The models the defects are given to: the embedded GPT-2, and the embedded Mistral (grouped
+/// key/value heads, a sliding window, RMSNorm, rotary), which stands for the Llama family.
+const MODELS: [&str; 2] = [DEFAULT_MODEL, "tiny-mistral"];
+
+fn bridge_of(model: &str) -> TransformerBridge {
+    TransformerBridge::boot(model, Device::Cpu, Kind::Float).unwrap()
+}
+
+fn reference_of(model: &str) -> HookedTransformer {
+    HookedTransformer::from_pretrained_no_processing(model, &Default::default()).unwrap()
+}
+
 fn bridge() -> TransformerBridge {
-    TransformerBridge::boot(DEFAULT_MODEL, Device::Cpu, Kind::Float).unwrap()
+    bridge_of(DEFAULT_MODEL)
 }
 
 fn reference() -> HookedTransformer {
-    HookedTransformer::from_pretrained_no_processing(DEFAULT_MODEL, &Default::default()).unwrap()
+    reference_of(DEFAULT_MODEL)
 }
 
 fn inputs(model: &TransformerBridge) -> Inputs {
@@ -272,13 +284,19 @@ fn forward_checks_fail_only_when_broken(
     );
 }
 
-#[test]
-fn forward_benchmarks_fail_on_a_perturbed_activation() {
-    let (intact, reference) = (bridge(), reference());
+#[rstest::rstest]
+fn forward_benchmarks_fail_on_a_perturbed_activation(#[values(MODELS[0], MODELS[1])] model: &str) {
+    let (intact, reference) = (bridge_of(model), reference_of(model));
     let inputs = inputs(&intact);
-    let broken = bridge();
+    let broken = bridge_of(model);
     perturb_activation(&broken, "blocks.0.hook_resid_mid", 0.5);
     forward_checks_fail_only_when_broken(&intact, &broken, &reference, &inputs);
+    // Block 0 run alone passes through the perturbed hook point.
+    fails_only_when_broken(
+        "all_components",
+        forward::all_components(&intact, TOL),
+        forward::all_components(&broken, TOL),
+    );
     // The suite's way: both from one recording per model.
     let shared = |model| hooks::critical_and_all_forward_hooks(model, &reference, &inputs, TOL);
     let ([intact_critical, intact_all], [broken_critical, broken_all]) =
@@ -294,11 +312,11 @@ fn forward_benchmarks_fail_on_a_perturbed_activation() {
     );
 }
 
-#[test]
-fn backward_benchmarks_fail_on_a_perturbed_gradient() {
-    let (intact, reference) = (bridge(), reference());
+#[rstest::rstest]
+fn backward_benchmarks_fail_on_a_perturbed_gradient(#[values(MODELS[0], MODELS[1])] model: &str) {
+    let (intact, reference) = (bridge_of(model), reference_of(model));
     let inputs = inputs(&intact);
-    let broken = bridge();
+    let broken = bridge_of(model);
     perturb_gradient(&broken, "blocks.0.hook_resid_post", 1.001);
     let t = GradientTarget::SumLastLogits;
     fails_only_when_broken(
@@ -327,11 +345,13 @@ fn backward_benchmarks_fail_on_a_perturbed_gradient() {
     fails_only_when_broken("backward_hooks", intact_all, broken_all);
 }
 
-#[test]
-fn gradient_computation_fails_when_real_weights_are_declared_constant() {
-    let (intact, reference) = (bridge(), reference());
+#[rstest::rstest]
+fn gradient_computation_fails_when_real_weights_are_declared_constant(
+    #[values(MODELS[0], MODELS[1])] model: &str,
+) {
+    let (intact, reference) = (bridge_of(model), reference_of(model));
     let inputs = inputs(&intact);
-    let broken = Broken::new(bridge(), Defect::ClaimsConstants);
+    let broken = Broken::new(bridge_of(model), Defect::ClaimsConstants);
     let t = GradientTarget::SumLastLogits;
     fails_only_when_broken(
         "gradient_computation",
@@ -340,11 +360,13 @@ fn gradient_computation_fails_when_real_weights_are_declared_constant() {
     );
 }
 
-#[test]
-fn a_layer_norm_scale_gradient_off_by_one_percent_fails_despite_its_conditioning() {
-    let (intact, reference) = (bridge(), reference());
+#[rstest::rstest]
+fn a_layer_norm_scale_gradient_off_by_one_percent_fails_despite_its_conditioning(
+    #[values(MODELS[0], MODELS[1])] model: &str,
+) {
+    let (intact, reference) = (bridge_of(model), reference_of(model));
     let inputs = inputs(&intact);
-    let broken = bridge();
+    let broken = bridge_of(model);
     perturb_gradient(&broken, "blocks.1.ln2.hook_scale", 1.01);
     let t = GradientTarget::SumLastLogits;
     let result = backward::backward_hooks(&broken, &reference, &inputs, t, TOL);
@@ -359,17 +381,17 @@ fn a_layer_norm_scale_gradient_off_by_one_percent_fails_despite_its_conditioning
     );
 }
 
-#[test]
-fn hook_benchmarks_fail_on_broken_hooks() {
-    let (intact, reference) = (bridge(), reference());
+#[rstest::rstest]
+fn hook_benchmarks_fail_on_broken_hooks(#[values(MODELS[0], MODELS[1])] model: &str) {
+    let (intact, reference) = (bridge_of(model), reference_of(model));
     let inputs = inputs(&intact);
-    let ignores = Broken::new(bridge(), Defect::IgnoresHooks);
+    let ignores = Broken::new(bridge_of(model), Defect::IgnoresHooks);
     fails_only_when_broken(
         "hook_functionality",
         hooks::hook_functionality(&intact, Some(&reference), &inputs, TOL),
         hooks::hook_functionality(&ignores, Some(&reference), &inputs, TOL),
     );
-    let silent = Broken::new(bridge(), Defect::SilentHook);
+    let silent = Broken::new(bridge_of(model), Defect::SilentHook);
     fails_only_when_broken(
         "forward_hooks (never fired)",
         hooks::forward_hooks(&intact, &reference, &inputs, TOL),
@@ -386,8 +408,8 @@ fn hook_benchmarks_fail_on_broken_hooks() {
         hooks::hook_registry(&intact, &reference),
         hooks::hook_registry(&intact, &silent),
     );
-    let mut intact_mut = bridge();
-    let mut flags_ignored = Broken::new(bridge(), Defect::FlagsIgnored);
+    let mut intact_mut = bridge_of(model);
+    let mut flags_ignored = Broken::new(bridge_of(model), Defect::FlagsIgnored);
     fails_only_when_broken(
         "gated_hooks_fire",
         hooks::gated_hooks_fire(&mut intact_mut, &inputs),
@@ -395,23 +417,23 @@ fn hook_benchmarks_fail_on_broken_hooks() {
     );
 }
 
-#[test]
-fn generation_benchmarks_fail_on_broken_generation() {
-    let (intact, reference) = (bridge(), reference());
+#[rstest::rstest]
+fn generation_benchmarks_fail_on_broken_generation(#[values(MODELS[0], MODELS[1])] model: &str) {
+    let (intact, reference) = (bridge_of(model), reference_of(model));
     let inputs = inputs(&intact);
-    let short = Broken::new(bridge(), Defect::GeneratesShort);
+    let short = Broken::new(bridge_of(model), Defect::GeneratesShort);
     fails_only_when_broken(
         "generation",
         generation::generation(&intact, Some(&reference), &inputs, TOL),
         generation::generation(&short, Some(&reference), &inputs, TOL),
     );
-    let kv = Broken::new(bridge(), Defect::KvCacheDropsPosition);
+    let kv = Broken::new(bridge_of(model), Defect::KvCacheDropsPosition);
     fails_only_when_broken(
         "generation_with_kv_cache",
         generation::generation_with_kv_cache(&intact, &inputs),
         generation::generation_with_kv_cache(&kv, &inputs),
     );
-    let unmasked = Broken::new(bridge(), Defect::IgnoresMask);
+    let unmasked = Broken::new(bridge_of(model), Defect::IgnoresMask);
     fails_only_when_broken(
         "multiple_generation_calls",
         generation::multiple_generation_calls(&intact, &inputs),
@@ -473,11 +495,51 @@ fn weight_processing_benchmarks_fail_when_a_step_is_skipped() {
     );
 }
 
+/// The processing steps that apply to an RMSNorm model (no centring of writing weights: TL does
+/// not centre them), each skipped in turn on the embedded Qwen2, whose value biases are real.
 #[test]
-fn weight_benchmarks_fail_on_broken_weights() {
-    let (intact, reference) = (bridge(), reference());
+fn llama_family_weight_processing_benchmarks_fail_when_a_step_is_skipped() {
+    let model = "tiny-qwen2";
+    let processed = |f: fn(&mut CompatibilityOptions)| {
+        let mut options = CompatibilityOptions::default();
+        f(&mut options);
+        let mut bridge = bridge_of(model);
+        bridge.enable_compatibility_mode(options).unwrap();
+        bridge
+    };
+    let intact = processed(|_| {});
+    let mut reference = reference_of(model);
+    reference
+        .process_weights(ProcessingOptions::default())
+        .unwrap();
+    fails_only_when_broken(
+        "layer_norm_folding",
+        weights::layer_norm_folding(&intact),
+        weights::layer_norm_folding(&processed(|o| o.fold_ln = false)),
+    );
+    fails_only_when_broken(
+        "unembed_centering",
+        weights::unembed_centering(&intact, TOL),
+        weights::unembed_centering(&processed(|o| o.center_unembed = false), TOL),
+    );
+    let no_value_bias = processed(|o| o.fold_value_biases = false);
+    fails_only_when_broken(
+        "value_bias_folding",
+        weights::value_bias_folding(&intact),
+        weights::value_bias_folding(&no_value_bias),
+    );
+    fails_only_when_broken(
+        "weight_processing",
+        weights::weight_processing(&intact, &reference, TOL),
+        weights::weight_processing(&no_value_bias, &reference, TOL),
+    );
+}
+
+#[rstest::rstest]
+fn weight_benchmarks_fail_on_broken_weights(#[values(MODELS[0], MODELS[1])] model: &str) {
+    let (intact, reference) = (bridge_of(model), reference_of(model));
     let inputs = inputs(&intact);
-    let with_nan = bridge();
+    let with_nan = bridge_of(model);
     let _ = tch::no_grad(|| {
         with_nan
             .tl_weight("blocks.1.mlp.W_in")
@@ -491,7 +553,7 @@ fn weight_benchmarks_fail_on_broken_weights() {
         weights::no_nan_inf(&intact),
         weights::no_nan_inf(&with_nan),
     );
-    let huge = bridge();
+    let huge = bridge_of(model);
     let _ = tch::no_grad(|| {
         huge.tl_weight("blocks.1.mlp.W_out")
             .unwrap()
@@ -504,18 +566,18 @@ fn weight_benchmarks_fail_on_broken_weights() {
         weights::weight_magnitudes(&intact),
         weights::weight_magnitudes(&huge),
     );
-    let copies = Broken::new(bridge(), Defect::WeightsAreCopies);
+    let copies = Broken::new(bridge_of(model), Defect::WeightsAreCopies);
     fails_only_when_broken(
         "weight_modification",
         weights::weight_modification(&intact, &inputs),
         weights::weight_modification(&copies, &inputs),
     );
-    let nudged = bridge();
+    let nudged = bridge_of(model);
     let _ = tch::no_grad(|| {
         nudged
-            .tl_weight("blocks.0.attn.W_V")
+            .tl_weight(value_weight(model))
             .unwrap()
-            .get(1)
+            .get(0)
             .get(0)
             .get(0)
             .fill_(0.5)
@@ -525,6 +587,16 @@ fn weight_benchmarks_fail_on_broken_weights() {
         weights::weight_sharing(&intact, &reference, &inputs, TOL),
         weights::weight_sharing(&nudged, &reference, &inputs, TOL),
     );
+}
+
+/// The value weight that is the model's own parameter: `W_V`, or `_W_V` where key/value heads
+/// are grouped (the per-query-head `W_V` is then an expanded copy).
+fn value_weight(model: &str) -> &'static str {
+    if model == DEFAULT_MODEL {
+        "blocks.0.attn.W_V"
+    } else {
+        "blocks.0.attn._W_V"
+    }
 }
 
 /// A Llama-family fixture (tests/fixtures/dec-c: Mistral, grouped heads, a sliding window).
@@ -611,5 +683,223 @@ fn llama_family_weight_benchmarks_fail_when_an_rms_norm_is_left_unfolded() {
         "logits_equivalence",
         forward::logits_equivalence(&intact, &reference, &inputs, TOL),
         forward::logits_equivalence(&broken, &reference, &inputs, TOL),
+    );
+}
+
+/// A copy of the model directory `source` in `dir`: its config.json edited by `edit_config`,
+/// each tensor of its checkpoint by `edit_tensor(name, tensor)`.
+fn edited_checkpoint(
+    source: &str,
+    dir: &std::path::Path,
+    edit_config: impl Fn(&mut serde_json::Value),
+    edit_tensor: impl Fn(&str, Tensor) -> Tensor,
+) -> String {
+    let source = std::path::Path::new(source);
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(source.join("config.json")).unwrap())
+            .unwrap();
+    edit_config(&mut config);
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let tensors: Vec<(String, Tensor)> = Tensor::read_safetensors(source.join("model.safetensors"))
+        .unwrap()
+        .into_iter()
+        .map(|(name, t)| {
+            let t = edit_tensor(&name, t);
+            (name, t)
+        })
+        .collect();
+    lens_core::weights::write_safetensors(
+        &dir.join("model.safetensors"),
+        &tensors,
+        Default::default(),
+    )
+    .unwrap();
+    dir.display().to_string()
+}
+
+fn fixture_dir(config: &str) -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(config)
+        .join("model")
+        .display()
+        .to_string()
+}
+
+/// The forward checks pass on the fixture `config` and fail on `broken_dir`, a broken copy of
+/// it, both judged against the HookedTransformer of the intact fixture.
+fn forward_checks_fail_on_broken_checkpoint(config: &str, broken_dir: &str) {
+    let model = fixture_dir(config);
+    let intact = TransformerBridge::boot(&model, Device::Cpu, Kind::Float).unwrap();
+    let broken = TransformerBridge::boot(broken_dir, Device::Cpu, Kind::Float).unwrap();
+    let reference =
+        HookedTransformer::from_pretrained_no_processing(&model, &Default::default()).unwrap();
+    forward_checks_fail_only_when_broken(&intact, &broken, &reference, &llama_inputs());
+}
+
+/// Rows `index` of `t` along `axis` of its view `shape`, back in `t`'s shape.
+fn permuted(t: &Tensor, shape: &[i64], axis: i64, index: &[i64]) -> Tensor {
+    t.view(shape)
+        .index_select(axis, &Tensor::from_slice(index))
+        .reshape(t.size().as_slice())
+}
+
+/// Key/value heads shared the wrong way: a model that tiles its key/value heads across the
+/// query heads (query head h reads key head `h % n_kv`) where HuggingFace repeats each one for
+/// consecutive query heads (`h / groups`). Built as a checkpoint: query heads and their `o_proj`
+/// columns permuted so that the correct code computes exactly what the tiling bug computes on
+/// the intact weights (the sum over heads does not depend on their order).
+#[test]
+fn llama_family_forward_benchmarks_fail_when_grouped_heads_are_tiled() {
+    let (heads, kv_heads, head_dim, d) = (4i64, 2i64, 16i64, 64i64); // tests/fixtures/dec-c
+    let groups = heads / kv_heads;
+    let order: Vec<i64> = (0..heads)
+        .map(|h| (h % groups) * kv_heads + h / groups)
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let broken = edited_checkpoint(
+        &fixture_dir("dec-c"),
+        dir.path(),
+        |_| {},
+        |name, t| {
+            if name.ends_with("q_proj.weight") {
+                permuted(&t, &[heads, head_dim, d], 0, &order)
+            } else if name.ends_with("o_proj.weight") {
+                permuted(&t, &[d, heads, head_dim], 1, &order)
+            } else {
+                t
+            }
+        },
+    );
+    forward_checks_fail_on_broken_checkpoint("dec-c", &broken);
+}
+
+/// The wrong rotary pairs: a model that rotates adjacent pairs of each head's features
+/// (`2i`, `2i + 1`, GPT-J's layout) where Llama rotates the halves (`i`, `i + d_head / 2`). Built
+/// as a checkpoint whose q and k features are reordered so that the half-split rotation meets
+/// exactly the pairs the bug rotates (scores do not depend on the order of features).
+#[test]
+fn llama_family_forward_benchmarks_fail_when_rotary_pairs_are_adjacent() {
+    let (heads, kv_heads, head_dim, d) = (4i64, 2i64, 16i64, 64i64); // tests/fixtures/dec-c
+    let order: Vec<i64> = (0..head_dim / 2)
+        .map(|i| 2 * i)
+        .chain((0..head_dim / 2).map(|i| 2 * i + 1))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let broken = edited_checkpoint(
+        &fixture_dir("dec-c"),
+        dir.path(),
+        |_| {},
+        |name, t| {
+            if name.ends_with("q_proj.weight") {
+                permuted(&t, &[heads, head_dim, d], 1, &order)
+            } else if name.ends_with("k_proj.weight") {
+                permuted(&t, &[kv_heads, head_dim, d], 1, &order)
+            } else {
+                t
+            }
+        },
+    );
+    forward_checks_fail_on_broken_checkpoint("dec-c", &broken);
+}
+
+/// Rope scaling ignored: dec-a (llama3 scaling) and dec-b (linear scaling) read as if their
+/// configs had plain rotary with the same base.
+#[test]
+fn llama_family_forward_benchmarks_fail_when_rope_scaling_is_ignored() {
+    for config in ["dec-a", "dec-b"] {
+        let dir = tempfile::tempdir().unwrap();
+        let broken = edited_checkpoint(
+            &fixture_dir(config),
+            dir.path(),
+            |c| {
+                let theta = c["rope_parameters"]["rope_theta"].clone();
+                c["rope_parameters"] =
+                    serde_json::json!({"rope_type": "default", "rope_theta": theta});
+            },
+            |_, t| t,
+        );
+        forward_checks_fail_on_broken_checkpoint(config, &broken);
+    }
+}
+
+/// The sliding window ignored: dec-c (Mistral, a window of 4 keys) read as if every layer
+/// attended to the whole prefix; the inputs are 11 tokens long.
+#[test]
+fn llama_family_forward_benchmarks_fail_when_the_sliding_window_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = edited_checkpoint(
+        &fixture_dir("dec-c"),
+        dir.path(),
+        |c| c["sliding_window"] = serde_json::Value::Null,
+        |_, t| t,
+    );
+    forward_checks_fail_on_broken_checkpoint("dec-c", &broken);
+}
+
+/// RMSNorm in half precision: layer 0's `input_layernorm` takes its statistics and its
+/// normalisation in f16 and casts back (HuggingFace computes them in f32 whatever the model's
+/// dtype), a relative error near 1e-3 that the f32 tolerance catches in the logits and the
+/// hooks. The loss, one mean over every position, moves by 4.8e-6 and still passes: it is not
+/// the check for this defect.
+#[test]
+fn llama_family_forward_benchmarks_fail_when_rms_norm_runs_in_half_precision() {
+    let model = fixture_dir("dec-c");
+    let boot = || TransformerBridge::boot(&model, Device::Cpu, Kind::Float).unwrap();
+    let reference =
+        HookedTransformer::from_pretrained_no_processing(&model, &Default::default()).unwrap();
+    let (intact, broken) = (boot(), boot());
+    let eps = 1e-5; // tests/fixtures/dec-c's rms_norm_eps
+    let input: std::sync::Arc<std::sync::Mutex<Option<Tensor>>> = Default::default();
+    let (keep, give) = (input.clone(), input);
+    for spec in [
+        HookSpec::forward(
+            "blocks.0.ln1.hook_in",
+            Hook::new(move |x, _| {
+                *keep.lock().unwrap() = Some(x.shallow_clone());
+                None
+            }),
+        ),
+        HookSpec::forward(
+            "blocks.0.ln1.hook_normalized",
+            Hook::new(move |_, _| {
+                let x = give.lock().unwrap().take()?.to_kind(Kind::Half);
+                let variance = x.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Half);
+                Some((&x * (variance + eps).rsqrt()).to_kind(Kind::Float))
+            }),
+        ),
+    ] {
+        broken
+            .hooks()
+            .add_hook(&spec)
+            .unwrap()
+            .into_iter()
+            .for_each(|h| h.make_permanent());
+    }
+    let inputs = llama_inputs();
+    let hf_logits = tch::no_grad(|| {
+        intact
+            .hf_model()
+            .forward(HfForward {
+                input_ids: Some(&inputs.tokens),
+                ..HfForward::default()
+            })
+            .unwrap()
+            .logits
+    });
+    fails_only_when_broken(
+        "forward_pass",
+        forward::forward_pass(&intact, &inputs, &hf_logits, TOL),
+        forward::forward_pass(&broken, &inputs, &hf_logits, TOL),
+    );
+    fails_only_when_broken(
+        "logits_equivalence",
+        forward::logits_equivalence(&intact, &reference, &inputs, TOL),
+        forward::logits_equivalence(&broken, &reference, &inputs, TOL),
+    );
+    fails_only_when_broken(
+        "forward_hooks",
+        hooks::forward_hooks(&intact, &reference, &inputs, TOL),
+        hooks::forward_hooks(&broken, &reference, &inputs, TOL),
     );
 }
