@@ -142,14 +142,19 @@ pub fn layer_norm_folding(model: &dyn LensModel) -> BenchmarkResult {
             BenchmarkResult::pass(
                 name,
                 format!(
-                    "{} LayerNorm parameters are the identity (w = 1, b = 0)",
-                    norms.len()
+                    "{} norm parameters are the identity (weights 1{})",
+                    norms.len(),
+                    if norms.iter().any(|n| n.ends_with(".b")) {
+                        ", biases 0"
+                    } else {
+                        ""
+                    }
                 ),
             )
         } else {
             BenchmarkResult::fail(
                 name,
-                format!("{} LayerNorm parameters are not folded", bad.len()),
+                format!("{} norm parameters are not folded", bad.len()),
             )
             .with("unfolded", sample_of(&bad))
         })

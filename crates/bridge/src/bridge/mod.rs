@@ -343,7 +343,8 @@ impl TransformerBridge {
     }
 
     /// Runs one component alone on `input` through the bridge's hook points: the counterpart of
-    /// [`HfModel::run_component`], which the suite's `all_components` compares it with.
+    /// [`Gpt2LMHeadModel::run_component`] and [`LlamaForCausalLM::run_component`], which the
+    /// suite's `all_components` compares it with.
     pub fn run_component(&self, name: &str, input: &Tensor) -> ModelResult<Tensor> {
         match &self.hf {
             HfModel::Gpt2(hf) => hf.run_component_with(&self.tap(), name, input),
