@@ -391,9 +391,14 @@ fn attention<T: Tap>(
     tap.at(s(BlockSite::AttnOut), out)
 }
 
-/// The components [`component`] runs one at a time, for `n_layer` blocks.
-pub(crate) fn component_names(n_layer: usize) -> Vec<String> {
-    let mut names = vec!["embed".to_owned(), "pos_embed".to_owned()];
+/// The components a model runs one at a time, for `n_layer` blocks: `embed`, `pos_embed` where
+/// positions are learned, each block and its `ln1`, `attn`, `ln2` and `mlp`, `ln_final`,
+/// `unembed`.
+pub(crate) fn component_names(n_layer: usize, learned_positions: bool) -> Vec<String> {
+    let mut names = vec!["embed".to_owned()];
+    if learned_positions {
+        names.push("pos_embed".to_owned());
+    }
     for l in 0..n_layer {
         for part in ["", ".ln1", ".attn", ".ln2", ".mlp"] {
             names.push(format!("blocks.{l}{part}"));
@@ -401,6 +406,13 @@ pub(crate) fn component_names(n_layer: usize) -> Vec<String> {
     }
     names.extend(["ln_final".to_owned(), "unembed".to_owned()]);
     names
+}
+
+/// `blocks.{l}` or `blocks.{l}.{part}` as `(l, part)` (`part` empty for the whole block).
+pub(crate) fn block_component(name: &str) -> Option<(usize, &str)> {
+    let rest = name.strip_prefix("blocks.")?;
+    let (layer, part) = rest.split_once('.').unwrap_or((rest, ""));
+    Some((layer.parse().ok()?, part))
 }
 
 /// Runs one component on its own: `embed` on token ids, `pos_embed` on position ids,
@@ -443,14 +455,10 @@ pub(crate) fn component<T: Tap>(
             let unknown = || {
                 ModelError::InvalidInput(format!(
                     "unknown component '{name}'; components are {:?}",
-                    component_names(p.h.len())
+                    component_names(p.h.len(), true)
                 ))
             };
-            let rest = name.strip_prefix("blocks.").ok_or_else(unknown)?;
-            let (layer, part) = rest
-                .split_once('.')
-                .map_or((rest, ""), |(l, part)| (l, part));
-            let l: usize = layer.parse().map_err(|_| unknown())?;
+            let (l, part) = block_component(name).ok_or_else(unknown)?;
             let bp = p.h.get(l).ok_or_else(unknown)?;
             let s = |site: BlockSite| Site::Block(l, site);
             match part {

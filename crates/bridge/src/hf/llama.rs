@@ -747,14 +747,7 @@ impl LlamaForCausalLM {
     /// The names [`LlamaForCausalLM::run_component`] accepts: `embed`, for each layer
     /// `blocks.{l}` and its `ln1`, `attn`, `ln2` and `mlp`, then `ln_final` and `unembed`.
     pub fn component_names(&self) -> Vec<String> {
-        let mut names = vec!["embed".to_owned()];
-        for l in 0..self.params.layers.len() {
-            for part in ["", ".ln1", ".attn", ".ln2", ".mlp"] {
-                names.push(format!("blocks.{l}{part}"));
-            }
-        }
-        names.extend(["ln_final".to_owned(), "unembed".to_owned()]);
-        names
+        forward::component_names(self.params.layers.len(), false)
     }
 
     /// Runs one component alone on `input`, HuggingFace's way: token ids for `embed`, hidden
@@ -800,9 +793,7 @@ impl LlamaForCausalLM {
                         self.component_names()
                     ))
                 };
-                let rest = name.strip_prefix("blocks.").ok_or_else(unknown)?;
-                let (layer, part) = rest.split_once('.').unwrap_or((rest, ""));
-                let l: usize = layer.parse().map_err(|_| unknown())?;
+                let (l, part) = forward::block_component(name).ok_or_else(unknown)?;
                 let params = self.params.layers.get(l).ok_or_else(unknown)?;
                 self.run_block_component(tap, l, params, part, x)
                     .unwrap_or_else(|| Err(unknown()))

@@ -175,7 +175,7 @@ impl Gpt2LMHeadModel {
 
     /// The names [`Gpt2LMHeadModel::run_component`] accepts.
     pub fn component_names(&self) -> Vec<String> {
-        forward::component_names(self.params.h.len())
+        forward::component_names(self.params.h.len(), true)
     }
 
     /// Runs one component alone on `input`, HuggingFace's way (see
