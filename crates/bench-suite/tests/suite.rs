@@ -2,6 +2,8 @@
 //! (local HF directories without a tokenizer): every result must pass, none may be skipped. The
 //! Llama-family fixtures pass every phase, and phase 2 under every hook option.
 
+mod analysis;
+
 use std::path::Path;
 
 use bench_suite::benchmarks::{backward, hooks, GradientTarget, Inputs};

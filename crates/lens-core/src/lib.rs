@@ -32,10 +32,13 @@
 //! ```
 
 pub mod allocator;
+pub mod circuits;
 pub mod config;
 mod error;
+pub mod factored;
 pub mod generation;
 pub mod model;
+pub mod patching;
 pub mod processing;
 pub mod source;
 pub mod tl_params;

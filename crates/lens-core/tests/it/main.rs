@@ -2,6 +2,7 @@
 
 mod common;
 mod config;
+mod factored;
 mod hub;
 mod source;
 mod tokenizer;
