@@ -37,6 +37,7 @@ pub mod config;
 mod error;
 pub mod factored;
 pub mod generation;
+pub mod inspect;
 pub mod model;
 pub mod patching;
 pub mod processing;

@@ -270,3 +270,111 @@ fn patching_refuses_what_transformer_lens_does_not_sweep() {
     .unwrap_err();
     assert!(err.to_string().contains("same batch and length"), "{err}");
 }
+
+/// Attribution patching is the linear term of a patch: moving layer 1's `resid_pre` a small step
+/// `eps` from corrupted towards clean changes the metric by `eps` times the attribution's sum,
+/// on both models.
+#[rstest]
+fn attribution_patching_is_the_first_order_effect_of_a_patch(
+    #[values("small", "dec-a")] config: &str,
+) {
+    use hookpoint::{Hook, HookSpec, NamesFilter};
+    use lens_core::patching::attribution_patch;
+    let (meta, _) = goldens(config);
+    let (clean, corrupted) = (ids(&meta["clean"]), ids(&meta["corrupted"]));
+    let metric_of = |logits: &Tensor| {
+        let last = logits.get(0).get(-1);
+        last.get(11) - last.get(23)
+    };
+    let metric = |logits: &Tensor| Ok(metric_of(logits));
+    for model in models(config) {
+        let who = format!("{config} {}", model.model_name());
+        let name = "blocks.1.hook_resid_pre";
+        let attributions = attribution_patch(
+            &*model,
+            &clean,
+            &corrupted,
+            &metric,
+            NamesFilter::Name(name.into()),
+        )
+        .unwrap();
+        assert_eq!(attributions.len(), 1, "{who}");
+        assert_eq!(attributions[0].1.size(), vec![1, 6, 64], "{who}");
+        let predicted = attributions[0].1.sum(Kind::Double).double_value(&[]);
+        let (_, clean_cache) = model
+            .run_with_cache(&clean, &ForwardOptions::default(), &CacheOptions::default())
+            .unwrap();
+        let (_, corrupted_cache) = model
+            .run_with_cache(
+                &corrupted,
+                &ForwardOptions::default(),
+                &CacheOptions::default(),
+            )
+            .unwrap();
+        let eps = 1e-3;
+        let step = (clean_cache.get(name).unwrap() - corrupted_cache.get(name).unwrap()) * eps;
+        let step = std::sync::Mutex::new(step);
+        let run = |hooks: &[HookSpec]| {
+            let out = tch::no_grad(|| {
+                model.run_with_hooks(&corrupted, &ForwardOptions::default(), hooks)
+            })
+            .unwrap();
+            metric_of(&out.logits.unwrap()).double_value(&[])
+        };
+        let base = run(&[]);
+        let nudged = run(&[HookSpec::forward(
+            name,
+            Hook::new(move |x, _| Some(x + &*step.lock().unwrap())),
+        )]);
+        let actual = (nudged - base) / eps;
+        assert!(
+            (actual - predicted).abs() <= 1e-2 * predicted.abs().max(1e-2),
+            "{who}: attribution {predicted:.6} vs finite difference {actual:.6}"
+        );
+    }
+}
+
+/// `test_prompt` on the embedded GPT-2: the top prediction has rank 0 and is first in the top
+/// list; an answer's rank counts the tokens scored above it; the report prints
+/// TransformerLens's lines. `tokens_to_residual_directions` gives `W_U`'s columns.
+#[test]
+fn test_prompt_and_residual_directions() {
+    use lens_core::inspect::{test_prompt, tokens_to_residual_directions};
+    let model =
+        TransformerBridge::boot(lens_core::DEFAULT_MODEL, Device::Cpu, Kind::Float).unwrap();
+    let result = test_prompt(
+        &model,
+        "When Mary and John went to the store, John gave a drink to",
+        "Mary",
+        5,
+    )
+    .unwrap();
+    assert_eq!(result.prompt_tokens[0], "<|endoftext|>");
+    assert_eq!(result.answer.len(), 1);
+    assert_eq!(result.answer[0].token, " Mary");
+    assert_eq!(result.top.len(), 5);
+    assert!(result.top.windows(2).all(|w| w[0].1 >= w[1].1));
+    // A top prediction that is one token with its leading space: its rank is its place.
+    let prompt = "When Mary and John went to the store, John gave a drink to";
+    let wide = test_prompt(&model, prompt, "Mary", 200).unwrap();
+    let (place, (token, _, _)) = wide
+        .top
+        .iter()
+        .enumerate()
+        .find(|(_, (t, _, _))| t.starts_with(' ') && t.len() > 1)
+        .expect("a spaced token among the top 200");
+    let ranked = test_prompt(&model, prompt, token, 1).unwrap();
+    assert_eq!(ranked.answer[0].rank, place as i64, "{token:?}");
+    assert_eq!(wide.answer[0].rank, result.answer[0].rank);
+    let printed = result.to_string();
+    assert!(
+        printed.contains("Rank: ") && printed.contains("Top 0th token. Logit:"),
+        "{printed}"
+    );
+    let ids = Tensor::from_slice(&[3i64, 50256, 7, 7]).view([2, 2]);
+    let directions = tokens_to_residual_directions(&model, &ids).unwrap();
+    assert_eq!(directions.size(), vec![2, 2, 64]);
+    let w_u = model.stacked_weight("W_U").unwrap();
+    assert!(directions.get(0).get(1).equal(&w_u.select(1, 50256)));
+    assert!(tokens_to_residual_directions(&model, &Tensor::from_slice(&[50257i64])).is_err());
+}
