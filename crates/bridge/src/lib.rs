@@ -81,6 +81,8 @@ pub use tch;
 pub mod prelude {
     pub use crate::{CompatibilityOptions, TransformerBridge};
     pub use hookpoint::{ActivationCache, CacheOptions, Hook, HookSpec, NamesFilter};
+    pub use lens_core::circuits::{Circuits, Composition};
+    pub use lens_core::factored::FactoredMatrix;
     pub use lens_core::model::{ForwardOptions, ForwardOutput, LensModel, ReturnType};
     pub use tch::{Device, Kind, Tensor};
 }

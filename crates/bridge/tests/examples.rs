@@ -4,6 +4,9 @@
 #[path = "../examples/activation_patching.rs"]
 #[allow(dead_code)]
 mod activation_patching;
+#[path = "../examples/ioi_analysis.rs"]
+#[allow(dead_code)]
+mod ioi_analysis;
 #[path = "../examples/logit_lens.rs"]
 #[allow(dead_code)]
 mod logit_lens;
@@ -38,5 +41,27 @@ fn logit_lens_runs() {
         stages.last().unwrap().1[0],
         model_top,
         "the last stage is the model's prediction"
+    );
+}
+
+#[test]
+fn ioi_analysis_runs() {
+    let found = ioi_analysis::run(lens_core::DEFAULT_MODEL).expect("example runs");
+    let dims = (4, 4); // tiny-gpt2: 4 layers of 4 heads
+    assert_eq!(found.patched.size(), vec![dims.0, dims.1]);
+    assert_eq!(found.attributed.size(), vec![dims.0, dims.1]);
+    // The head picked is the one whose patch moves the metric most.
+    let effect = (&found.patched - found.corrupted_diff).abs();
+    let (l, h) = found.top_head;
+    assert_eq!(effect.max().double_value(&[]), effect.double_value(&[l, h]));
+    assert_eq!(found.ov_singular_values.size(), vec![16], "d_head = 16");
+    // Attribution patching estimates the patches: same sign on the head that matters most.
+    let (patch, attribution) = (
+        found.patched.double_value(&[l, h]) - found.corrupted_diff,
+        found.attributed.double_value(&[l, h]),
+    );
+    assert!(
+        patch * attribution > 0.0,
+        "patch {patch} vs attribution {attribution}"
     );
 }
