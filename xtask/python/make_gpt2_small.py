@@ -11,7 +11,7 @@ model.safetensors), plus the real GPT-2 tokenizer copied from models-cache/tiny-
 Default output: models-cache/generated/gpt2-small/ (ignored by git). Nothing is done when the
 directory already holds all four files. The directory is written under a temporary name and
 renamed, so an interrupted run never leaves a half-written checkpoint behind. Performance does
-not depend on the weight values; the same shape and seed as shared/reference/anchor-numbers.md.
+not depend on the weight values; the shape and seed of the team's earlier Python measurements.
 """
 
 from __future__ import annotations

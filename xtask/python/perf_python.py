@@ -20,7 +20,7 @@ On the checkpoint `tl-perf` measures (written by make_gpt2_small.py), with the f
 
 TransformerLens resolves models by official name, so the checkpoint is served offline from a
 Hugging Face cache made next to it (models-cache/generated/hf-home, links to the files) under
-the name `gpt2`: how shared/reference/anchor-numbers.md was measured. Writes JSON to --out.
+the name `gpt2`, as the earlier Python measurements were taken. Writes JSON to --out.
 """
 
 from __future__ import annotations
@@ -309,6 +309,8 @@ def measure(args: argparse.Namespace) -> dict:
         .eval()
     )
     ht = load_ht()
+    if not quick:
+        out["patching"] = patching_sweep(ht)
     bridge = TransformerBridge.boot_transformers(NAME, device=dev, dtype=torch.float32)
     out["attn_implementation_default"] = getattr(hf.config, "_attn_implementation", None)
 
@@ -381,6 +383,32 @@ def measure(args: argparse.Namespace) -> dict:
         },
     }
     return out
+
+
+# The prompt pair of tl-perf's patching sweep (crates/bench-suite/src/bin/tl-perf.rs).
+PATCH_CLEAN = "When Mary and John went to the store, John gave a drink to"
+PATCH_CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
+
+
+def patching_sweep(ht) -> dict:
+    """TransformerLens 3.9.0's get_act_patch_resid_pre on tl-perf's prompt pair: one forward
+    pass per (layer, position), the metric the logit difference ' Mary' - ' John'."""
+    import torch
+    from transformer_lens import patching
+
+    log("patching sweep")
+    clean, corrupted = ht.to_tokens(PATCH_CLEAN), ht.to_tokens(PATCH_CORRUPTED)
+    mary, john = ht.to_single_token(" Mary"), ht.to_single_token(" John")
+
+    def metric(logits):
+        return logits[0, -1, mary] - logits[0, -1, john]
+
+    with torch.no_grad():
+        _, cache = ht.run_with_cache(clean, names_filter=lambda n: n.endswith("hook_resid_pre"))
+        start = time.perf_counter()
+        result = patching.get_act_patch_resid_pre(ht, corrupted, cache, metric)
+        seconds = time.perf_counter() - start
+    return {"ht_s": seconds, "patches": int(result.numel()), "prompt_tokens": int(clean.shape[1])}
 
 
 def log(msg: str) -> None:

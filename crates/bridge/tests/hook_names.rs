@@ -1,6 +1,6 @@
 //! The bridge's hook names against the Python TransformerBridge's: the fixture configs'
 //! `bridge_hooks.json` (names, aliases, cached keys and shapes) and the 12-layer GPT-2 list in
-//! shared/reference/tl3.9-gpt2-bridge-hooks.tsv, with exactly the differences documented in
+//! tests/fixtures/bridge-12-layer/hooks.tsv, with exactly the differences documented in
 //! docs/bridge-hook-names.md:
 //!
 //! * `blocks.{i}.hook_resid_mid` is a hook point of its own (Python: an alias of
@@ -10,7 +10,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
 use common::*;
 use hookpoint::CacheOptions;
@@ -169,27 +168,14 @@ fn cached_keys_and_shapes_match_the_python_bridge(#[values("small", "knobs")] co
     }
 }
 
-/// The 12-layer list measured on Python's gpt2 bridge: the same 637 names, the same hooks fire
-/// (but `attn.qkv.*`), with the same shapes after mapping gpt2's sizes onto a small random model
-/// of the same depth and head count.
+/// The list of Python's bridge over a GPT-2 of GPT-2 small's depth and head count (12 layers of
+/// 12 heads; d_model 24, heads of 2, d_mlp 36, vocab 50; tests/fixtures/bridge-12-layer): the
+/// same 637 names, the same hooks fire (but `attn.qkv.*`), with the same shapes on 11 tokens.
 #[test]
 fn twelve_layer_list_matches_the_python_bridge() {
-    let tsv = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/reference/tl3.9-gpt2-bridge-hooks.tsv"),
-    )
-    .or_else(|_| std::fs::read_to_string("/work/shared/reference/tl3.9-gpt2-bridge-hooks.tsv"))
-    .expect("shared/reference/tl3.9-gpt2-bridge-hooks.tsv");
-    // gpt2: d 768, 12 heads of 64, d_mlp 3072, vocab 50257. Here: d 24, 12 heads of 2, d_mlp 36,
-    // vocab 50; 11 positions as in the list.
+    let path = fixtures().join("bridge-12-layer/hooks.tsv");
+    let tsv = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let (bridge, _dir) = random_bridge(12, 24, 12, 36, 50, 16);
-    let map = |v: i64| match v {
-        768 => 24,
-        64 => 2,
-        3072 => 36,
-        50257 => 50,
-        other => other,
-    };
     let tokens = Tensor::arange(11, (tch::Kind::Int64, tch::Device::Cpu)).unsqueeze(0);
     let ours = fired(&bridge, &tokens, None);
     let mut names = BTreeSet::new();
@@ -219,7 +205,7 @@ fn twelve_layer_list_matches_the_python_bridge() {
         let shape: Vec<i64> = shape
             .trim_matches(|c| c == '(' || c == ')')
             .split(',')
-            .map(|v| map(v.trim().parse().expect("dimension")))
+            .map(|v| v.trim().parse().expect("dimension"))
             .collect();
         assert_eq!(ours.get(&canonical), Some(&shape), "{name} ({canonical})");
         fired_expected.insert(canonical);

@@ -24,50 +24,118 @@ pub fn generate_with(
     default_eos: i64,
     mut next_logits: impl FnMut(&Tensor, Option<&Tensor>, i64) -> ModelResult<Tensor>,
 ) -> ModelResult<Tensor> {
-    if tokens.dim() != 2 || tokens.numel() == 0 {
-        return Err(ModelError::InvalidInput(format!(
-            "generate needs tokens [batch, pos], got shape {:?}",
-            tokens.size()
-        )));
+    let mut generation = Generation::new(tokens, attention_mask, options, default_eos)?;
+    while let Some(step) = generation.step(&mut next_logits) {
+        let _new_tokens = step?;
     }
-    if options.do_sample && options.temperature <= 0.0 {
-        return Err(ModelError::InvalidInput(format!(
-            "temperature must be positive when sampling, got {}",
-            options.temperature
-        )));
+    Ok(generation.into_tokens())
+}
+
+/// One generation in progress, a step at a time: the sequences so far, their attention mask,
+/// the rows that have produced EOS. [`generate_with`] runs it to the end; a stream
+/// ([`crate::inspect::generate_stream`]) hands out each step's tokens as they come.
+pub struct Generation {
+    all: Tensor,
+    mask: Option<Tensor>,
+    finished: Tensor,
+    n_new: i64,
+    steps_left: usize,
+    eos: i64,
+    options: GenerateOptions,
+    rng: StdRng,
+}
+
+impl Generation {
+    /// A generation from `tokens` `[b, p]`, as [`generate_with`] starts one.
+    ///
+    /// Errors: tokens that are not `[batch, pos]` with at least one token; a non-positive
+    /// temperature when sampling.
+    pub fn new(
+        tokens: &Tensor,
+        attention_mask: Option<&Tensor>,
+        options: &GenerateOptions,
+        default_eos: i64,
+    ) -> ModelResult<Self> {
+        if tokens.dim() != 2 || tokens.numel() == 0 {
+            return Err(ModelError::InvalidInput(format!(
+                "generate needs tokens [batch, pos], got shape {:?}",
+                tokens.size()
+            )));
+        }
+        if options.do_sample && options.temperature <= 0.0 {
+            return Err(ModelError::InvalidInput(format!(
+                "temperature must be positive when sampling, got {}",
+                options.temperature
+            )));
+        }
+        // A generator of our own, not libtorch's global one: another thread sampling at the same
+        // time must not change which tokens a fixed seed gives.
+        let rng = match options.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_entropy(),
+        };
+        let device = tokens.device();
+        let all = tokens.to_kind(Kind::Int64);
+        Ok(Generation {
+            n_new: all.size()[1],
+            finished: Tensor::zeros([all.size()[0]], (Kind::Bool, device)),
+            all,
+            mask: attention_mask.map(|m| m.to_kind(Kind::Int64).to_device(device)),
+            steps_left: options.max_new_tokens,
+            eos: options.eos_token_id.unwrap_or(default_eos),
+            options: options.clone(),
+            rng,
+        })
     }
-    // A generator of our own, not libtorch's global one: another thread sampling at the same
-    // time must not change which tokens a fixed seed gives.
-    let mut rng = match options.seed {
-        Some(seed) => StdRng::seed_from_u64(seed),
-        None => StdRng::from_entropy(),
-    };
-    let eos = options.eos_token_id.unwrap_or(default_eos);
-    let batch = tokens.size()[0];
-    let device = tokens.device();
-    let mut all = tokens.to_kind(Kind::Int64);
-    let mut mask = attention_mask.map(|m| m.to_kind(Kind::Int64).to_device(device));
-    let mut finished = Tensor::zeros([batch], (Kind::Bool, device));
-    let mut n_new = all.size()[1];
-    for _ in 0..options.max_new_tokens {
-        let logits = next_logits(&all, mask.as_ref(), n_new)?;
-        let mut next = sample(&logits, &all, options, &mut rng)?;
-        if options.stop_at_eos {
+
+    /// One step: the next token of every row `[b]` (EOS for rows already finished), or `None`
+    /// once `max_new_tokens` are out or, with `stop_at_eos`, every row has finished.
+    /// `next_logits` is as for [`generate_with`].
+    pub fn step(
+        &mut self,
+        next_logits: impl FnOnce(&Tensor, Option<&Tensor>, i64) -> ModelResult<Tensor>,
+    ) -> Option<ModelResult<Tensor>> {
+        let all_finished =
+            self.options.stop_at_eos && bool::try_from(self.finished.all()).unwrap_or(false);
+        if self.steps_left == 0 || all_finished {
+            return None;
+        }
+        self.steps_left -= 1;
+        Some(self.advance(next_logits))
+    }
+
+    fn advance(
+        &mut self,
+        next_logits: impl FnOnce(&Tensor, Option<&Tensor>, i64) -> ModelResult<Tensor>,
+    ) -> ModelResult<Tensor> {
+        let (batch, device) = (self.all.size()[0], self.all.device());
+        let logits = next_logits(&self.all, self.mask.as_ref(), self.n_new)?;
+        let mut next = sample(&logits, &self.all, &self.options, &mut self.rng)?;
+        if self.options.stop_at_eos {
             next = next.where_self(
-                &finished.logical_not(),
-                &Tensor::full([batch], eos, (Kind::Int64, device)),
+                &self.finished.logical_not(),
+                &Tensor::full([batch], self.eos, (Kind::Int64, device)),
             );
-            finished = finished.logical_or(&next.eq(eos));
+            self.finished = self.finished.logical_or(&next.eq(self.eos));
         }
-        all = Tensor::cat(&[&all, &next.unsqueeze(1)], 1);
-        mask =
-            mask.map(|m| Tensor::cat(&[&m, &Tensor::ones([batch, 1], (Kind::Int64, device))], 1));
-        n_new = 1;
-        if options.stop_at_eos && bool::try_from(finished.all()).unwrap_or(false) {
-            break;
-        }
+        self.all = Tensor::cat(&[&self.all, &next.unsqueeze(1)], 1);
+        self.mask = self
+            .mask
+            .take()
+            .map(|m| Tensor::cat(&[&m, &Tensor::ones([batch, 1], (Kind::Int64, device))], 1));
+        self.n_new = 1;
+        Ok(next)
     }
-    Ok(all)
+
+    /// The prompt and every token generated so far, `[b, p + steps]`.
+    pub fn tokens(&self) -> &Tensor {
+        &self.all
+    }
+
+    /// [`Generation::tokens`], consuming the generation.
+    pub fn into_tokens(self) -> Tensor {
+        self.all
+    }
 }
 
 /// Picks the next token per row from `logits` `[b, V]`: the most likely one, or a sample after

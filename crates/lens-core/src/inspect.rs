@@ -1,11 +1,13 @@
 //! The interactive helpers of a TransformerLens notebook: how a model ranks an answer
-//! (`utils.test_prompt`) and the unembedding direction of a token
-//! (`tokens_to_residual_directions`).
+//! (`utils.test_prompt`), the unembedding direction of a token
+//! (`tokens_to_residual_directions`), and generation as a stream of tokens
+//! (`generate_stream`).
 
 use tch::{Kind, Tensor};
 
 use crate::circuits::Circuits;
-use crate::model::{ForwardOptions, LensModel, ModelError, ModelResult};
+use crate::generation::Generation;
+use crate::model::{ForwardOptions, GenerateOptions, LensModel, ModelError, ModelResult};
 
 /// How the model scored one answer token at the position before it.
 #[derive(Clone, Debug, PartialEq)]
@@ -161,4 +163,32 @@ pub fn tokens_to_residual_directions(
     let mut shape = ids.size();
     shape.push(w_u.size()[0]);
     Ok(flat.reshape(shape.as_slice()))
+}
+
+/// Generation as an iterator (TransformerLens's `generate_stream`): each item is the next token
+/// of every row, `[b]`, as soon as it is chosen, with `options`' sampling and EOS rules (greedy:
+/// the tokens [`LensModel::generate`] returns). Each step runs the model over the whole sequence
+/// so far (no KV cache), so a stream costs what `use_past_kv_cache: false` costs; for the fastest
+/// generation of whole continuations use [`LensModel::generate`].
+///
+/// Errors (before the first token): as [`LensModel::generate`]'s checks of `tokens`; each item
+/// carries the model's errors.
+pub fn generate_stream<'m>(
+    model: &'m dyn LensModel,
+    tokens: &Tensor,
+    options: &GenerateOptions,
+) -> ModelResult<impl Iterator<Item = ModelResult<Tensor>> + 'm> {
+    let default_eos = model
+        .tokenizer()
+        .and_then(|t| t.eos_token_id())
+        .unwrap_or(model.dims().d_vocab - 1);
+    let tokens = tokens.to_device(model.device());
+    let mut generation = Generation::new(&tokens, None, options, default_eos)?;
+    Ok(std::iter::from_fn(move || {
+        generation.step(|all, _, _| {
+            let _no_grad = tch::no_grad_guard();
+            let out = model.forward(all, &ForwardOptions::default())?;
+            Ok(out.logits()?.select(1, -1))
+        })
+    }))
 }

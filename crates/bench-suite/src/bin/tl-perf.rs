@@ -84,7 +84,8 @@ struct MeasureArgs {
     /// the CPU; 20 on CUDA).
     #[arg(long)]
     repeats: Option<usize>,
-    /// Run only these sections (suite, load, forward, backward, generation; default all).
+    /// Run only these sections (suite, load, forward, backward, patching, generation; default
+    /// all).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -471,6 +472,7 @@ struct Plan {
     generation_uncached: usize,
     loads: usize,
     new_tokens: usize,
+    patching: usize,
 }
 
 impl Plan {
@@ -484,6 +486,7 @@ impl Plan {
                 generation_uncached: 1,
                 loads: 1,
                 new_tokens: 8,
+                patching: 1,
             },
             // The cached-generation and 8x128 ratios sit near their bounds, where the machine's
             // spread decides single runs: more samples for them, fewer for the long uncached run.
@@ -495,6 +498,7 @@ impl Plan {
                 generation_uncached: 2,
                 loads: 3,
                 new_tokens: 64,
+                patching: 3,
             },
             (false, _) => Plan {
                 fwd_small: 20,
@@ -504,6 +508,7 @@ impl Plan {
                 generation_uncached: 5,
                 loads: 3,
                 new_tokens: 64,
+                patching: 3,
             },
         }
     }
@@ -613,6 +618,14 @@ fn measure(args: &MeasureArgs) -> AnyResult<()> {
         out.insert(
             "backward".into(),
             measure_backward(&bridge, &tokens, device, plan.backward)?,
+        );
+    }
+
+    if section("patching") {
+        eprintln!("tl-perf: an activation-patching sweep, one patch at a time and batched ...");
+        out.insert(
+            "patching".into(),
+            measure_patching(&bridge, device, plan.patching)?,
         );
     }
 
@@ -1063,6 +1076,87 @@ fn measure_backward(
     Ok(Value::Object(value))
 }
 
+/// The IOI-style prompt pair of the patching sweep: 15 tokens with BOS, so the `resid_pre` sweep
+/// over GPT-2 small's 12 layers is 180 patches.
+const PATCH_CLEAN: &str = "When Mary and John went to the store, John gave a drink to";
+const PATCH_CORRUPTED: &str = "When Mary and John went to the store, Mary gave a drink to";
+
+/// The `resid_pre` sweep (every layer x position, a logit difference at the last position): one
+/// patch per forward pass (as TransformerLens runs it) once, batched (the batch size chosen
+/// from memory) `repeats` times, and one unpatched forward pass of the corrupted prompt, the
+/// cost of streaming the weights once at this length.
+fn measure_patching(
+    bridge: &TransformerBridge,
+    device: Device,
+    repeats: usize,
+) -> AnyResult<Value> {
+    use lens_core::patching::{activation_patch, Activation, PatchAxes, PatchOptions};
+    let tokens = |text: &str| -> AnyResult<Tensor> {
+        Ok(bridge.to_tokens(&[text], None, None)?.ids.to_device(device))
+    };
+    let (clean, corrupted) = (tokens(PATCH_CLEAN)?, tokens(PATCH_CORRUPTED)?);
+    let (mary, john) = (
+        bridge.to_single_token(" Mary")?,
+        bridge.to_single_token(" John")?,
+    );
+    let metric = move |logits: &Tensor| {
+        let last = logits.get(0).get(-1);
+        Ok((last.get(mary) - last.get(john)).double_value(&[]))
+    };
+    let cache_options = CacheOptions {
+        names_filter: NamesFilter::predicate(|name| name.ends_with("hook_resid_pre")),
+        ..CacheOptions::default()
+    };
+    let (_, clean_cache) =
+        tch::no_grad(|| bridge.run_with_cache(&clean, &ForwardOptions::default(), &cache_options))?;
+    let sweep = |batch_size: Option<usize>| {
+        let options = PatchOptions {
+            batch_size,
+            ..PatchOptions::default()
+        };
+        activation_patch(
+            bridge,
+            &corrupted,
+            &clean_cache,
+            Activation::ResidPre,
+            PatchAxes::LayerPos,
+            &metric,
+            &options,
+        )
+    };
+    let (single_ms, single) = time_ms(device, || sweep(Some(1)));
+    let single = single?;
+    let mut batched_samples = Vec::new();
+    let mut batched = None;
+    for _ in 0..repeats.max(1) {
+        let (ms, result) = time_ms(device, || sweep(None));
+        batched_samples.push(ms);
+        batched = Some(result?);
+    }
+    let batched = batched.ok_or("no batched sweep ran")?;
+    let max_diff = (&batched - &single).abs().max().double_value(&[]);
+    let mut forward_samples = Vec::new();
+    for _ in 0..7 {
+        let (ms, out) = time_ms(device, || {
+            tch::no_grad(|| bridge.forward(&corrupted, &ForwardOptions::default()))
+        });
+        out?;
+        forward_samples.push(ms);
+    }
+    let patches = single.numel() as u64;
+    let default_batch = PatchOptions::default();
+    Ok(json!({
+        "patches": patches,
+        "prompt_tokens": corrupted.size()[1],
+        "one_at_a_time_s": single_ms / 1e3,
+        "batched_s": median(&batched_samples) / 1e3,
+        "batched_min_s": batched_samples.iter().cloned().fold(f64::INFINITY, f64::min) / 1e3,
+        "memory_budget_bytes": default_batch.memory_budget_bytes,
+        "forward_ms": median(&forward_samples),
+        "batched_vs_one_at_a_time_max_abs_diff": max_diff,
+    }))
+}
+
 fn measure_generation(
     hf: &Gpt2LMHeadModel,
     bridge: &TransformerBridge,
@@ -1406,7 +1500,8 @@ fn time_ratio(v: &Value, num: &str, den: &str) -> (Option<f64>, Option<f64>) {
     )
 }
 
-/// The Python anchors of shared/reference/anchor-numbers.md, used when no Python run is given.
+/// The Python suite's figures used when no Python run is given (TransformerLens 3.9.0's
+/// `run_benchmark_suite` measured on this machine class before the harness ran it live).
 const ANCHOR_SUITE_S: f64 = 68.2;
 const ANCHOR_SUITE_RSS_MB: f64 = 4803.0;
 
@@ -1502,7 +1597,7 @@ fn report(args: &ReportArgs) -> AnyResult<()> {
         None => (
             Some(ANCHOR_SUITE_S),
             Some(ANCHOR_SUITE_RSS_MB),
-            "anchor numbers (shared/reference/anchor-numbers.md), not this run",
+            "earlier measurements of the Python suite, not this run",
         ),
     };
     targets.push(target(
@@ -1519,6 +1614,23 @@ fn report(args: &ReportArgs) -> AnyResult<()> {
         Bound::Le(0.5),
         against,
     ));
+
+    if r("patching.batched_s").is_some() {
+        targets.push(target(
+            "patching_batched",
+            "180-patch resid_pre sweep, batched / TransformerLens 3.9.0's get_act_patch_resid_pre",
+            (
+                ratio(r("patching.batched_s"), p("patching.ht_s")),
+                ratio(r("patching.batched_min_s"), p("patching.ht_s")),
+            ),
+            Bound::Le(0.2),
+            if python.is_some() {
+                "Python sweep measured in the same run"
+            } else {
+                "no Python run"
+            },
+        ));
+    }
 
     let md = render_markdown(&rust, python.as_ref(), &targets);
     std::fs::write(&args.md, md)?;
@@ -1833,6 +1945,62 @@ fn contention_line(rust: Option<&Value>, python: Option<&Value>) -> String {
     line
 }
 
+/// The patching sweep's table, with its bound computed from the run: the patched copies'
+/// token-forwards cost what the same number of tokens costs in one-patch passes, less the weights
+/// each of those passes streams.
+fn render_patching(out: &mut String, rust: &Value, python: Option<&Value>) {
+    let r = |path: &str| get(rust, path);
+    let p = |path: &str| python.and_then(|py| get(py, path));
+    let Some(batched) = r("patching.batched_s") else {
+        return;
+    };
+    let patches = r("patching.patches").unwrap_or(0.0);
+    let _ = writeln!(
+        out,
+        "\n## Activation patching ({patches:.0}-patch `resid_pre` sweep, an IOI-style pair of {:.0} \
+         tokens, the metric a logit difference)\n",
+        r("patching.prompt_tokens").unwrap_or(0.0)
+    );
+    let _ = writeln!(
+        out,
+        "| | seconds | vs TransformerLens 3.9.0 |\n|---|---|---|"
+    );
+    let tl = p("patching.ht_s");
+    let row = |out: &mut String, label: &str, seconds: Option<f64>| {
+        let _ = writeln!(
+            out,
+            "| {label} | {} | {} |",
+            fmt_opt(seconds, 2),
+            fmt_opt(ratio(seconds, tl), 3)
+        );
+    };
+    row(
+        out,
+        "ours, one patch per forward pass",
+        r("patching.one_at_a_time_s"),
+    );
+    row(
+        out,
+        "ours, batched (batch size from a 1 GiB budget: one pass)",
+        Some(batched),
+    );
+    if tl.is_some() {
+        row(out, "TransformerLens 3.9.0 `get_act_patch_resid_pre`", tl);
+    }
+    let forward_s = r("patching.forward_ms").map(|ms| ms / 1e3);
+    let _ = writeln!(
+        out,
+        "\nBatched and one-at-a-time results differ by at most {} (max abs). One unpatched \
+         forward pass of the corrupted prompt takes {} ms, so {patches:.0} one-patch passes cost \
+         at least {} s, most of it streaming the 0.5 GB of weights once per pass; batched, they \
+         stream once and the sweep is bound by the arithmetic of {patches:.0} x {:.0} tokens.",
+        fmt_opt(r("patching.batched_vs_one_at_a_time_max_abs_diff"), 8),
+        fmt_opt(r("patching.forward_ms"), 1),
+        fmt_opt(forward_s.map(|f| f * patches), 2),
+        r("patching.prompt_tokens").unwrap_or(0.0)
+    );
+}
+
 fn render_markdown(rust: &Value, python: Option<&Value>, targets: &[Target]) -> String {
     let r = |path: &str| get(rust, path);
     let p = |path: &str| python.and_then(|py| get(py, path));
@@ -2110,6 +2278,7 @@ fn render_markdown(rust: &Value, python: Option<&Value>, targets: &[Target]) -> 
     );
 
     let _ = writeln!(out, "{}", contention_line(rust.get("backward"), None));
+    render_patching(&mut out, rust, python);
     let _ = writeln!(
         out,
         "\n## Greedy generation ({} new tokens from a {}-token prompt, batch 1)\n",

@@ -378,3 +378,44 @@ fn test_prompt_and_residual_directions() {
     assert!(directions.get(0).get(1).equal(&w_u.select(1, 50256)));
     assert!(tokens_to_residual_directions(&model, &Tensor::from_slice(&[50257i64])).is_err());
 }
+
+/// `generate_stream` yields, one step at a time, exactly the tokens `generate` returns (greedy,
+/// with and without the KV cache), on GPT-2 and a Llama-family model.
+#[rstest]
+fn generation_streams_the_tokens_generate_returns(
+    #[values(lens_core::DEFAULT_MODEL, "tiny-qwen3")] model_name: &str,
+) {
+    use lens_core::inspect::generate_stream;
+    use lens_core::model::GenerateOptions;
+    let model = TransformerBridge::boot(model_name, Device::Cpu, Kind::Float).unwrap();
+    let prompt = model
+        .to_tokens(&["The quick brown fox"], None, None)
+        .unwrap()
+        .ids;
+    let options = GenerateOptions {
+        max_new_tokens: 6,
+        do_sample: false,
+        stop_at_eos: false,
+        ..GenerateOptions::default()
+    };
+    let streamed: Vec<i64> = generate_stream(&model, &prompt, &options)
+        .unwrap()
+        .map(|t| t.unwrap().int64_value(&[0]))
+        .collect();
+    assert_eq!(streamed.len(), 6);
+    for cached in [true, false] {
+        let generated = model
+            .generate(
+                &prompt,
+                None,
+                &GenerateOptions {
+                    use_past_kv_cache: cached,
+                    ..options.clone()
+                },
+            )
+            .unwrap();
+        let continuation: Vec<i64> =
+            Vec::try_from(generated.get(0).narrow(0, prompt.size()[1], 6)).unwrap();
+        assert_eq!(streamed, continuation, "{model_name}, KV cache {cached}");
+    }
+}
