@@ -146,14 +146,10 @@ pub fn check_test_text(model: &str, text: &str) -> Result<(), TestTextError> {
         return Err(TestTextError::Empty);
     }
     let files = lens_core::ModelSource::resolve(model, &lens_core::ResolveOptions::default())?;
-    let Some(tokenizer_file) = &files.tokenizer else {
+    let config = lens_core::HfConfig::from_file(&files.config)?;
+    let Some(tokenizer) = lens_core::load_tokenizer(&files, &config, &Default::default())? else {
         return Ok(());
     };
-    let config = lens_core::HfConfig::from_file(&files.config)?;
-    let tokenizer = lens_core::Tokenizer::from_file(
-        tokenizer_file,
-        lens_core::TokenizerOptions::from_config(&config),
-    )?;
     let tokens = tokenizer.to_tokens(&[text], None, None, false)?.ids.size()[1];
     let n_ctx = config.n_ctx();
     if tokens < MIN_TEST_TOKENS {

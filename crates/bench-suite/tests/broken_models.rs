@@ -1,6 +1,8 @@
 //! Every benchmark fails on a deliberately broken model (and passes on the intact one), so no
 //! check is one that cannot fail.
 
+mod common;
+
 use bench_suite::benchmarks::{
     backward, cache, forward, generation, hooks, weights, GradientTarget, Inputs,
 };
@@ -14,6 +16,8 @@ use lens_core::model::{
 };
 use lens_core::{Tokenizer, DEFAULT_MODEL};
 use tch::{Device, Kind, Tensor};
+
+use common::{edited_checkpoint, fixture_model};
 
 const TOL: f64 = 1e-5;
 
@@ -601,10 +605,7 @@ fn value_weight(model: &str) -> &'static str {
 
 /// A Llama-family fixture (tests/fixtures/dec-c: Mistral, grouped heads, a sliding window).
 fn llama_family_model() -> String {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/dec-c/model")
-        .display()
-        .to_string()
+    fixture_model("dec-c")
 }
 
 fn llama_inputs() -> Inputs {
@@ -686,55 +687,22 @@ fn llama_family_weight_benchmarks_fail_when_an_rms_norm_is_left_unfolded() {
     );
 }
 
-/// A copy of the model directory `source` in `dir`: its config.json edited by `edit_config`,
-/// each tensor of its checkpoint by `edit_tensor(name, tensor)`.
-fn edited_checkpoint(
-    source: &str,
-    dir: &std::path::Path,
-    edit_config: impl Fn(&mut serde_json::Value),
-    edit_tensor: impl Fn(&str, Tensor) -> Tensor,
-) -> String {
-    let source = std::path::Path::new(source);
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(source.join("config.json")).unwrap())
-            .unwrap();
-    edit_config(&mut config);
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    let tensors: Vec<(String, Tensor)> = Tensor::read_safetensors(source.join("model.safetensors"))
-        .unwrap()
-        .into_iter()
-        .map(|(name, t)| {
-            let t = edit_tensor(&name, t);
-            (name, t)
-        })
-        .collect();
-    lens_core::weights::write_safetensors(
-        &dir.join("model.safetensors"),
-        &tensors,
-        Default::default(),
-    )
-    .unwrap();
-    dir.display().to_string()
-}
-
-fn fixture_dir(config: &str) -> String {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(config)
-        .join("model")
-        .display()
-        .to_string()
-}
-
 /// The forward checks pass on the fixture `config` and fail on `broken_dir`, a broken copy of
 /// it, both judged against the HookedTransformer of the intact fixture.
 fn forward_checks_fail_on_broken_checkpoint(config: &str, broken_dir: &str) {
-    let model = fixture_dir(config);
+    let model = fixture_model(config);
     let intact = TransformerBridge::boot(&model, Device::Cpu, Kind::Float).unwrap();
     let broken = TransformerBridge::boot(broken_dir, Device::Cpu, Kind::Float).unwrap();
     let reference =
         HookedTransformer::from_pretrained_no_processing(&model, &Default::default()).unwrap();
     forward_checks_fail_only_when_broken(&intact, &broken, &reference, &llama_inputs());
+}
+
+/// The forward checks fail on dec-c with its tensors edited by `edit`.
+fn forward_checks_fail_on_edited_dec_c(edit: impl Fn(&str, Tensor) -> Tensor) {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = edited_checkpoint(&fixture_model("dec-c"), dir.path(), |_| {}, edit);
+    forward_checks_fail_on_broken_checkpoint("dec-c", &broken);
 }
 
 /// Rows `index` of `t` along `axis` of its view `shape`, back in `t`'s shape.
@@ -756,22 +724,15 @@ fn llama_family_forward_benchmarks_fail_when_grouped_heads_are_tiled() {
     let order: Vec<i64> = (0..heads)
         .map(|h| (h % groups) * kv_heads + h / groups)
         .collect();
-    let dir = tempfile::tempdir().unwrap();
-    let broken = edited_checkpoint(
-        &fixture_dir("dec-c"),
-        dir.path(),
-        |_| {},
-        |name, t| {
-            if name.ends_with("q_proj.weight") {
-                permuted(&t, &[heads, head_dim, d], 0, &order)
-            } else if name.ends_with("o_proj.weight") {
-                permuted(&t, &[d, heads, head_dim], 1, &order)
-            } else {
-                t
-            }
-        },
-    );
-    forward_checks_fail_on_broken_checkpoint("dec-c", &broken);
+    forward_checks_fail_on_edited_dec_c(|name, t| {
+        if name.ends_with("q_proj.weight") {
+            permuted(&t, &[heads, head_dim, d], 0, &order)
+        } else if name.ends_with("o_proj.weight") {
+            permuted(&t, &[d, heads, head_dim], 1, &order)
+        } else {
+            t
+        }
+    });
 }
 
 /// The wrong rotary pairs: a model that rotates adjacent pairs of each head's features
@@ -785,22 +746,15 @@ fn llama_family_forward_benchmarks_fail_when_rotary_pairs_are_adjacent() {
         .map(|i| 2 * i)
         .chain((0..head_dim / 2).map(|i| 2 * i + 1))
         .collect();
-    let dir = tempfile::tempdir().unwrap();
-    let broken = edited_checkpoint(
-        &fixture_dir("dec-c"),
-        dir.path(),
-        |_| {},
-        |name, t| {
-            if name.ends_with("q_proj.weight") {
-                permuted(&t, &[heads, head_dim, d], 1, &order)
-            } else if name.ends_with("k_proj.weight") {
-                permuted(&t, &[kv_heads, head_dim, d], 1, &order)
-            } else {
-                t
-            }
-        },
-    );
-    forward_checks_fail_on_broken_checkpoint("dec-c", &broken);
+    forward_checks_fail_on_edited_dec_c(|name, t| {
+        if name.ends_with("q_proj.weight") {
+            permuted(&t, &[heads, head_dim, d], 1, &order)
+        } else if name.ends_with("k_proj.weight") {
+            permuted(&t, &[kv_heads, head_dim, d], 1, &order)
+        } else {
+            t
+        }
+    });
 }
 
 /// Rope scaling ignored: dec-a (llama3 scaling) and dec-b (linear scaling) read as if their
@@ -810,7 +764,7 @@ fn llama_family_forward_benchmarks_fail_when_rope_scaling_is_ignored() {
     for config in ["dec-a", "dec-b"] {
         let dir = tempfile::tempdir().unwrap();
         let broken = edited_checkpoint(
-            &fixture_dir(config),
+            &fixture_model(config),
             dir.path(),
             |c| {
                 let theta = c["rope_parameters"]["rope_theta"].clone();
@@ -829,7 +783,7 @@ fn llama_family_forward_benchmarks_fail_when_rope_scaling_is_ignored() {
 fn llama_family_forward_benchmarks_fail_when_the_sliding_window_is_ignored() {
     let dir = tempfile::tempdir().unwrap();
     let broken = edited_checkpoint(
-        &fixture_dir("dec-c"),
+        &fixture_model("dec-c"),
         dir.path(),
         |c| c["sliding_window"] = serde_json::Value::Null,
         |_, t| t,
@@ -844,7 +798,7 @@ fn llama_family_forward_benchmarks_fail_when_the_sliding_window_is_ignored() {
 /// the check for this defect.
 #[test]
 fn llama_family_forward_benchmarks_fail_when_rms_norm_runs_in_half_precision() {
-    let model = fixture_dir("dec-c");
+    let model = fixture_model("dec-c");
     let boot = || TransformerBridge::boot(&model, Device::Cpu, Kind::Float).unwrap();
     let reference =
         HookedTransformer::from_pretrained_no_processing(&model, &Default::default()).unwrap();

@@ -3,6 +3,7 @@
 //! Llama-family fixtures pass every phase, and phase 2 under every hook option.
 
 mod analysis;
+mod common;
 
 use std::path::Path;
 
@@ -16,14 +17,7 @@ use lens_core::LoadOptions;
 use rstest::rstest;
 use tch::{Device, Kind, Tensor};
 
-fn fixture_model(config: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(config)
-        .join("model")
-        .display()
-        .to_string()
-}
+use common::{edited_checkpoint, fixture_model};
 
 #[rstest]
 #[case::embedded(lens_core::DEFAULT_MODEL.to_owned())]
@@ -213,17 +207,15 @@ fn llama_family_hook_options_match_the_hooked_transformer(
 /// dec-a (`source`, 4 query heads sharing 2 key/value heads) with each key/value head repeated
 /// for the query heads that share it, written to `dir`: the same model without grouping.
 fn ungrouped(source: &str, dir: &Path) -> String {
-    let source = Path::new(source);
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(source.join("config.json")).unwrap())
-            .unwrap();
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(source).join("config.json")).unwrap(),
+    )
+    .unwrap();
     let (heads, kv_heads) = (
         config["num_attention_heads"].as_i64().unwrap(),
         config["num_key_value_heads"].as_i64().unwrap(),
     );
     let head_dim = config["head_dim"].as_i64().unwrap();
-    config["num_key_value_heads"] = heads.into();
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     let repeat = |t: &Tensor| {
         let mut shape = t.size();
         let rows =
@@ -232,20 +224,16 @@ fn ungrouped(source: &str, dir: &Path) -> String {
         shape[0] *= heads / kv_heads;
         rows.reshape(shape.as_slice())
     };
-    let tensors: Vec<(String, Tensor)> = Tensor::read_safetensors(source.join("model.safetensors"))
-        .unwrap()
-        .into_iter()
-        .map(|(name, t)| {
-            let grouped = name.contains("k_proj") || name.contains("v_proj");
-            let t = if grouped { repeat(&t) } else { t };
-            (name, t)
-        })
-        .collect();
-    lens_core::weights::write_safetensors(
-        &dir.join("model.safetensors"),
-        &tensors,
-        Default::default(),
+    edited_checkpoint(
+        source,
+        dir,
+        |c| c["num_key_value_heads"] = heads.into(),
+        |name, t| {
+            if name.contains("k_proj") || name.contains("v_proj") {
+                repeat(&t)
+            } else {
+                t
+            }
+        },
     )
-    .unwrap();
-    dir.display().to_string()
 }

@@ -98,27 +98,31 @@ pub struct LoadedModel {
     pub files: ModelFiles,
 }
 
+/// The tokenizer of a model's files (`None` without a `tokenizer.json`), its special tokens
+/// resolved as [`Tokenizer::from_model_files`] does: `given`'s, else the `tokenizer_config.json`'s,
+/// else `config`'s.
+pub fn load_tokenizer(
+    files: &ModelFiles,
+    config: &HfConfig,
+    given: &TokenizerOptions,
+) -> Result<Option<Tokenizer>> {
+    let Some(path) = &files.tokenizer else {
+        return Ok(None);
+    };
+    let names = match &files.tokenizer_config {
+        Some(file) => SpecialTokenNames::read(file)?,
+        None => SpecialTokenNames::default(),
+    };
+    let from_config = TokenizerOptions::from_config(config);
+    Tokenizer::from_model_files(path, &names, given, &from_config).map(Some)
+}
+
 /// Resolves `model` ([`ModelSource::resolve`]) and loads its config, weights and tokenizer.
 pub fn load(model: &str, opts: &LoadOptions) -> Result<LoadedModel> {
     let files = ModelSource::resolve(model, &opts.resolve)?;
     let config = HfConfig::from_file(&files.config)?;
     let weights = Weights::load(&files.weight_sources(), opts.kind, opts.device)?;
-    let tokenizer = match &files.tokenizer {
-        Some(path) => {
-            let names = match &files.tokenizer_config {
-                Some(file) => SpecialTokenNames::read(file)?,
-                None => SpecialTokenNames::default(),
-            };
-            let from_config = TokenizerOptions::from_config(&config);
-            Some(Tokenizer::from_model_files(
-                path,
-                &names,
-                &opts.tokenizer,
-                &from_config,
-            )?)
-        }
-        None => None,
-    };
+    let tokenizer = load_tokenizer(&files, &config, &opts.tokenizer)?;
     Ok(LoadedModel {
         config,
         weights,

@@ -1,6 +1,6 @@
 //! Forward-pass benchmarks: logits and loss against a reference.
 
-use bridge::TransformerBridge;
+use bridge::{HfForward, TransformerBridge};
 use lens_core::model::{ForwardOptions, LensModel, ReturnType};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -133,6 +133,16 @@ pub fn all_components(bridge: &TransformerBridge, tolerance: f64) -> BenchmarkRe
             .to_kind(kind);
         let (mut mismatches, mut worst) = (Vec::new(), 0.0f64);
         let components = bridge.hf_model().component_names();
+        // A warm-up pass first: this check is the first work of a suite process. Once in about
+        // 30 suite processes run ten at a time, the first component compared (blocks.0, the
+        // first block run in the process) came out 1.1e-5 away from the same computation; the
+        // thread count, MKL's and OpenMP's dynamic teams and the fused/unfused norm paths were
+        // ruled out, the cause was not found. Every later check of the suite runs after earlier
+        // passes; this one now does too.
+        bridge.hf_model().forward(HfForward {
+            input_ids: Some(&ids),
+            ..HfForward::default()
+        })?;
         for component in &components {
             let input = match component.as_str() {
                 "embed" => &ids,

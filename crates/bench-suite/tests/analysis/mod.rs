@@ -3,7 +3,6 @@
 //! patching against one patch at a time.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use bridge::TransformerBridge;
 use hooked_ref::HookedTransformer;
@@ -14,9 +13,7 @@ use lens_core::patching::{activation_patch, Activation, PatchAxes, PatchOptions}
 use rstest::rstest;
 use tch::{Device, Kind, Tensor};
 
-fn fixtures() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
+use crate::common::fixtures;
 
 /// max|a - b| / max(1, max|b|).
 fn err(ours: &Tensor, golden: &Tensor) -> f64 {
