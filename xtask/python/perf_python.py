@@ -18,6 +18,10 @@ On the checkpoint `tl-perf` measures (written by make_gpt2_small.py), with the f
 * load times: a plain read of model.safetensors, `GPT2LMHeadModel.from_pretrained`,
   `HookedTransformer.from_pretrained_no_processing`.
 
+Run with a venv holding transformer-lens 4.x instead (`cargo xtask perf --compare-tl4`), it
+measures what that version offers a user today: its suite (TransformerBridge only, phases 1-3)
+and the patching sweep through its TransformerBridge.
+
 TransformerLens resolves models by official name, so the checkpoint is served offline from a
 Hugging Face cache made next to it (models-cache/generated/hf-home, links to the files) under
 the name `gpt2`, as the earlier Python measurements were taken. Writes JSON to --out.
@@ -172,6 +176,13 @@ def interleaved(device: str, warmup: int, repeats: int, variants: dict) -> dict:
 # ---- the suite, in a child process -------------------------------------------------------------
 
 
+def tl_major() -> int:
+    """The installed transformer-lens's major version."""
+    import importlib.metadata
+
+    return int(importlib.metadata.version("transformer-lens").split(".")[0])
+
+
 def suite_child(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     import torch
@@ -181,16 +192,18 @@ def suite_child(args: argparse.Namespace) -> int:
     quiet()
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
+    # 3.x compares the bridge with its HookedTransformer too; 4.x's suite is the bridge's alone.
+    references = {"use_ht_reference": True} if tl_major() < 4 else {}
     t1 = time.perf_counter()
     results = run_benchmark_suite(
         NAME,
         device=args.device,
         dtype=torch.float32,
         use_hf_reference=True,
-        use_ht_reference=True,
         enable_compatibility_mode=True,
         verbose=False,
         phases=[1, 2, 3],
+        **references,
     )
     suite_s = time.perf_counter() - t1
     severities = [str(getattr(r, "severity", "")).split(".")[-1].upper() for r in results]
@@ -242,7 +255,7 @@ def run_suite(args: argparse.Namespace, out_dir: Path) -> dict:
             "cpu_s": usage.ru_utime + usage.ru_stime,
             "others_cores": others,
             "command": f"run_benchmark_suite('{NAME}', phases=[1, 2, 3], verbose=False) "
-            "in a child process",
+            f"in a child process (transformer-lens {tl_major()}.x)",
         }
     )
     return doc
@@ -390,9 +403,37 @@ PATCH_CLEAN = "When Mary and John went to the store, John gave a drink to"
 PATCH_CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
 
 
+def measure_tl4(args: argparse.Namespace) -> dict:
+    """transformer-lens 4.x: the patching sweep through its TransformerBridge."""
+    import importlib.metadata
+
+    import torch
+    import transformers
+    from transformer_lens.model_bridge import TransformerBridge
+
+    quiet()
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)
+    bridge = TransformerBridge.boot_transformers(NAME, device=args.device, dtype=torch.float32)
+    out = {
+        "versions": {
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "transformer_lens": importlib.metadata.version("transformer-lens"),
+        },
+        "threads": torch.get_num_threads(),
+        "device": args.device,
+    }
+    if not args.quick:
+        out["patching"] = patching_sweep(bridge)
+    return out
+
+
 def patching_sweep(ht) -> dict:
-    """TransformerLens 3.9.0's get_act_patch_resid_pre on tl-perf's prompt pair: one forward
-    pass per (layer, position), the metric the logit difference ' Mary' - ' John'."""
+    """TransformerLens's get_act_patch_resid_pre on tl-perf's prompt pair (`ht`: a
+    HookedTransformer, or 4.x's TransformerBridge): one forward pass per (layer, position), the
+    metric the logit difference ' Mary' - ' John'."""
     import torch
     from transformer_lens import patching
 
@@ -434,10 +475,11 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     doc: dict = {}
+    major = tl_major()
     if not args.skip_suite:
-        log("the TransformerLens 3.9.0 suite (phases 1-3, child process)")
+        log(f"the TransformerLens {major}.x suite (phases 1-3, child process)")
         doc["suite"] = run_suite(args, args.out.parent)
-    doc.update(measure(args))
+    doc.update(measure(args) if major < 4 else measure_tl4(args))
     doc["wall_s"] = time.perf_counter() - started
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
     log(f"wrote {args.out} ({doc['wall_s']:.0f} s)")

@@ -7,7 +7,10 @@
 //! 2. Builds bench-suite's binaries and runs `tl-perf measure` (forward, backward, generation,
 //!    load, and the suite as a separate `tl-bench` process).
 //! 3. With `--compare-python`, runs xtask/python/perf_python.py: TransformerLens 3.9.0's suite and
-//!    the same forward passes in Python, on the same checkpoint, in the same run.
+//!    the same forward passes in Python, on the same checkpoint, in the same run. With
+//!    `--compare-tl4`, the same script in a venv with transformer-lens 4.3.0
+//!    (`$TLRS_TL4_VENV`, default `<repo>/.venv-tl4`, made on first use): its suite and the
+//!    patching sweep through its TransformerBridge.
 //! 4. `tl-perf report` writes docs/performance.md and docs/performance.json
 //!    (docs/performance-cuda.{md,json} with `--device cuda`).
 //!
@@ -21,6 +24,7 @@ use crate::{cargo, libtorch, run};
 /// Options of `cargo xtask perf`.
 struct PerfArgs {
     compare_python: bool,
+    compare_tl4: bool,
     device: String,
     quick: bool,
     profile_suite: bool,
@@ -29,6 +33,7 @@ struct PerfArgs {
 fn parse(args: &[String]) -> Result<PerfArgs, String> {
     let mut parsed = PerfArgs {
         compare_python: false,
+        compare_tl4: false,
         device: "cpu".to_owned(),
         quick: false,
         profile_suite: false,
@@ -37,6 +42,7 @@ fn parse(args: &[String]) -> Result<PerfArgs, String> {
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--compare-python" => parsed.compare_python = true,
+            "--compare-tl4" => parsed.compare_tl4 = true,
             "--quick" => parsed.quick = true,
             "--profile-suite" => parsed.profile_suite = true,
             "--device" => {
@@ -51,7 +57,7 @@ fn parse(args: &[String]) -> Result<PerfArgs, String> {
                 } else {
                     return Err(format!(
                         "perf: unknown argument '{other}' \
-                         (use --compare-python, --device cpu|cuda, --quick, --profile-suite)"
+                         (use --compare-python, --compare-tl4, --device cpu|cuda, --quick, --profile-suite)"
                     ));
                 }
             }
@@ -114,6 +120,22 @@ pub fn perf(root: &Path, args: &[String]) -> Result<(), String> {
         run(&mut command)?;
     }
 
+    let tl4_json = work.join(format!("python-tl4-{}.json", file_tag(&args.device)));
+    if args.compare_tl4 {
+        let mut command = Command::new(tl4_python(root)?);
+        command
+            .arg(root.join("xtask/python/perf_python.py"))
+            .arg("--model")
+            .arg(&model)
+            .args(["--device", &args.device])
+            .arg("--out")
+            .arg(&tl4_json);
+        if args.quick {
+            command.arg("--quick");
+        }
+        run(&mut command)?;
+    }
+
     let (md, json) = if args.device == "cpu" {
         ("docs/performance.md", "docs/performance.json")
     } else {
@@ -132,9 +154,34 @@ pub fn perf(root: &Path, args: &[String]) -> Result<(), String> {
         report.push("--python".to_owned());
         report.push(path_str(&python_json)?);
     }
+    if args.compare_tl4 {
+        report.push("--tl4".to_owned());
+        report.push(path_str(&tl4_json)?);
+    }
     tl_perf(root, &report)?;
     println!("wrote {md} and {json}");
     Ok(())
+}
+
+/// transformer-lens 4.3.0's venv (`$TLRS_TL4_VENV`, default `<repo>/.venv-tl4`), installed on
+/// first use: what a user picking TransformerLens today gets.
+fn tl4_python(root: &Path) -> Result<std::path::PathBuf, String> {
+    let venv = std::env::var_os("TLRS_TL4_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join(".venv-tl4"));
+    let python = libtorch::ensure_venv(&venv)?;
+    let ready = Command::new(&python)
+        .args([
+            "-c",
+            "import importlib.metadata as m; assert m.version('transformer-lens') == '4.3.0'",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ready {
+        println!("installing transformer-lens 4.3.0 into {}", venv.display());
+        run(libtorch::pip_install(&python).arg("transformer-lens==4.3.0"))?;
+    }
+    Ok(python)
 }
 
 fn file_tag(device: &str) -> String {

@@ -98,6 +98,9 @@ struct ReportArgs {
     /// JSON printed by xtask/python/perf_python.py.
     #[arg(long)]
     python: Option<PathBuf>,
+    /// JSON printed by xtask/python/perf_python.py in transformer-lens 4.3.0's venv.
+    #[arg(long)]
+    tl4: Option<PathBuf>,
     /// The markdown page.
     #[arg(long)]
     md: PathBuf,
@@ -1507,10 +1510,15 @@ const ANCHOR_SUITE_RSS_MB: f64 = 4803.0;
 
 fn report(args: &ReportArgs) -> AnyResult<()> {
     let rust: Value = serde_json::from_str(&std::fs::read_to_string(&args.rust)?)?;
-    let python: Option<Value> = match &args.python {
-        Some(p) => Some(serde_json::from_str(&std::fs::read_to_string(p)?)?),
-        None => None,
+    let read = |path: &Option<PathBuf>| -> AnyResult<Option<Value>> {
+        Ok(match path {
+            Some(p) => Some(serde_json::from_str(&std::fs::read_to_string(p)?)?),
+            None => None,
+        })
     };
+    let python = read(&args.python)?;
+    let tl4 = read(&args.tl4)?;
+    let t4 = |path: &str| tl4.as_ref().and_then(|v| get(v, path));
     let r = |path: &str| get(&rust, path);
     let p = |path: &str| python.as_ref().and_then(|py| get(py, path));
 
@@ -1615,6 +1623,22 @@ fn report(args: &ReportArgs) -> AnyResult<()> {
         against,
     ));
 
+    if tl4.is_some() {
+        targets.push(target(
+            "suite_wall_tl4",
+            "Rust suite process wall time / TransformerLens 4.3.0's suite (bridge only) process wall time",
+            (ratio(r("suite.wall_s"), t4("suite.process_wall_s")), None),
+            Bound::Le(0.4),
+            "transformer-lens 4.3.0 measured in the same run",
+        ));
+        targets.push(target(
+            "suite_rss_tl4",
+            "Rust suite peak RSS / TransformerLens 4.3.0's suite process peak RSS",
+            (ratio(r("suite.peak_rss_mb"), t4("suite.peak_rss_mb")), None),
+            Bound::Le(0.75),
+            "transformer-lens 4.3.0 measured in the same run",
+        ));
+    }
     if r("patching.batched_s").is_some() {
         targets.push(target(
             "patching_batched",
@@ -1632,12 +1656,13 @@ fn report(args: &ReportArgs) -> AnyResult<()> {
         ));
     }
 
-    let md = render_markdown(&rust, python.as_ref(), &targets);
+    let md = render_markdown(&rust, python.as_ref(), tl4.as_ref(), &targets);
     std::fs::write(&args.md, md)?;
     let combined = json!({
         "machine": rust.get("machine"),
         "rust": rust,
         "python": python,
+        "tl4": tl4,
         "targets": targets,
     });
     std::fs::write(&args.json, serde_json::to_string_pretty(&combined)? + "\n")?;
@@ -1948,7 +1973,7 @@ fn contention_line(rust: Option<&Value>, python: Option<&Value>) -> String {
 /// The patching sweep's table, with its bound computed from the run: the patched copies'
 /// token-forwards cost what the same number of tokens costs in one-patch passes, less the weights
 /// each of those passes streams.
-fn render_patching(out: &mut String, rust: &Value, python: Option<&Value>) {
+fn render_patching(out: &mut String, rust: &Value, python: Option<&Value>, tl4: Option<&Value>) {
     let r = |path: &str| get(rust, path);
     let p = |path: &str| python.and_then(|py| get(py, path));
     let Some(batched) = r("patching.batched_s") else {
@@ -1987,6 +2012,13 @@ fn render_patching(out: &mut String, rust: &Value, python: Option<&Value>) {
     if tl.is_some() {
         row(out, "TransformerLens 3.9.0 `get_act_patch_resid_pre`", tl);
     }
+    if let Some(seconds) = tl4.and_then(|v| get(v, "patching.ht_s")) {
+        row(
+            out,
+            "TransformerLens 4.3.0 `get_act_patch_resid_pre` through its TransformerBridge",
+            Some(seconds),
+        );
+    }
     let forward_s = r("patching.forward_ms").map(|ms| ms / 1e3);
     let _ = writeln!(
         out,
@@ -2001,7 +2033,12 @@ fn render_patching(out: &mut String, rust: &Value, python: Option<&Value>) {
     );
 }
 
-fn render_markdown(rust: &Value, python: Option<&Value>, targets: &[Target]) -> String {
+fn render_markdown(
+    rust: &Value,
+    python: Option<&Value>,
+    tl4: Option<&Value>,
+    targets: &[Target],
+) -> String {
     let r = |path: &str| get(rust, path);
     let p = |path: &str| python.and_then(|py| get(py, path));
     let m = rust.get("machine").cloned().unwrap_or(Value::Null);
@@ -2278,7 +2315,7 @@ fn render_markdown(rust: &Value, python: Option<&Value>, targets: &[Target]) -> 
     );
 
     let _ = writeln!(out, "{}", contention_line(rust.get("backward"), None));
-    render_patching(&mut out, rust, python);
+    render_patching(&mut out, rust, python, tl4);
     let _ = writeln!(
         out,
         "\n## Greedy generation ({} new tokens from a {}-token prompt, batch 1)\n",
@@ -2400,10 +2437,29 @@ fn render_markdown(rust: &Value, python: Option<&Value>, targets: &[Target]) -> 
             "| Python, whole process (imports included) | {} | | | | | |",
             fmt_opt(p("suite.process_wall_s"), 1)
         );
+        if let Some(v) = tl4 {
+            let t = |path: &str| get(v, path);
+            let _ = writeln!(
+                out,
+                "| Python TransformerLens 4.3.0 `run_benchmark_suite`, bridge only (the call; torch {}) | {} | {} | {} | {} | {} | {} |",
+                v.pointer("/versions/torch").and_then(Value::as_str).unwrap_or("?"),
+                fmt_opt(t("suite.suite_s"), 1),
+                fmt_opt(t("suite.peak_rss_mb"), 0),
+                fmt_opt(t("suite.cpu_s"), 1),
+                fmt_opt(t("suite.results"), 0),
+                fmt_opt(t("suite.passed"), 0),
+                fmt_opt(t("suite.failed"), 0)
+            );
+            let _ = writeln!(
+                out,
+                "| TransformerLens 4.3.0, whole process (imports included) | {} | | | | | |",
+                fmt_opt(t("suite.process_wall_s"), 1)
+            );
+        }
     } else {
         let _ = writeln!(
             out,
-            "| Python anchor (anchor-numbers.md, not this run) | {ANCHOR_SUITE_S} | {ANCHOR_SUITE_RSS_MB} | | 39 | 39 | 0 |"
+            "| Python, earlier measurement (not this run) | {ANCHOR_SUITE_S} | {ANCHOR_SUITE_RSS_MB} | | 39 | 39 | 0 |"
         );
     }
     if let Some(other) = r("suite.other_run_wall_s") {
@@ -2482,7 +2538,7 @@ fn render_markdown(rust: &Value, python: Option<&Value>, targets: &[Target]) -> 
          `getrusage(RUSAGE_CHILDREN)` (the largest over the suite's runs; cross-checked by \
          polling VmHWM). The Python suite runs \
          the same way (`run_benchmark_suite(phases=[1, 2, 3])` in a child process, the model \
-         under the name `gpt2` in a local offline Hugging Face cache, as the anchors were \
+         under the name `gpt2` in a local offline Hugging Face cache, as the earlier figures were \
          measured). The machine may be shared: compare figures of one run, not across runs.",
         m.get("torch_threads").and_then(Value::as_i64).unwrap_or(0)
     );
