@@ -1,8 +1,9 @@
 //! Weights stacked over layers and the circuits of attention heads, for any [`LensModel`]
 //! (TransformerLens's `model.W_Q`, `model.QK`, `model.OV`, `all_composition_scores`).
 //!
-//! Stacked weights are copies, as TransformerLens's are: write through
-//! [`LensModel::tl_weight`] (a view of the live parameter on the bridge) to edit the model.
+//! Stacked weights are copies, as TransformerLens's are; [`Circuits::write_stacked_weight`]
+//! writes a stacked value back into the model (through [`LensModel::tl_weight`], a view of the
+//! live parameter on the bridge).
 
 use tch::{Kind, Tensor};
 
@@ -32,26 +33,9 @@ pub trait Circuits: LensModel {
     /// properties), and `_W_K`, `_W_V`, `_b_K`, `_b_V` are the grouped weights, one per
     /// key/value head.
     fn stacked_weight(&self, name: &str) -> ModelResult<Tensor> {
-        let global = match name {
-            "W_E" => Some("embed.W_E"),
-            "W_pos" => Some("pos_embed.W_pos"),
-            "W_U" => Some("unembed.W_U"),
-            "b_U" => Some("unembed.b_U"),
-            _ => None,
-        };
-        if let Some(tl) = global {
-            return self.tl_weight(tl).map(|t| t.copy());
-        }
-        let module = match name.trim_start_matches('_') {
-            "W_Q" | "W_K" | "W_V" | "W_O" | "b_Q" | "b_K" | "b_V" | "b_O" => "attn",
-            "W_in" | "W_gate" | "W_out" | "b_in" | "b_out" => "mlp",
-            _ => {
-                return Err(ModelError::InvalidInput(format!(
-                    "no stacked weight '{name}'; they are W_E, W_pos, W_U, b_U, W_Q, W_K, W_V, \
-                     W_O, b_Q, b_K, b_V, b_O, W_in, W_gate, W_out, b_in, b_out and the grouped \
-                     _W_K, _W_V, _b_K, _b_V"
-                )))
-            }
+        let module = match stacked_place(name)? {
+            Place::Global(tl) => return self.tl_weight(tl).map(|t| t.copy()),
+            Place::PerLayer(module) => module,
         };
         let names = self.tl_weight_names();
         let layers = (0..self.dims().n_layers)
@@ -73,6 +57,57 @@ pub trait Circuits: LensModel {
             })
             .collect::<ModelResult<Vec<Tensor>>>()?;
         Ok(Tensor::stack(&layers, 0))
+    }
+
+    /// Writes `value` into the model's weights under a stacked name (the layout
+    /// [`Circuits::stacked_weight`] returns), layer by layer through [`LensModel::tl_weight`],
+    /// so the model computes with it. The expanded `W_K` / `W_V` / `b_K` / `b_V` of grouped
+    /// key/value heads cannot be written (one grouped head serves several query heads): write
+    /// `_W_K` and the others instead.
+    ///
+    /// Errors: an unknown name, a shape other than the stacked weight's, an expanded grouped
+    /// weight.
+    fn write_stacked_weight(&self, name: &str, value: &Tensor) -> ModelResult<()> {
+        let current = self.stacked_weight(name)?;
+        if current.size() != value.size() {
+            return Err(ModelError::InvalidInput(format!(
+                "{name} is {:?}; the value written is {:?}",
+                current.size(),
+                value.size()
+            )));
+        }
+        let names = self.tl_weight_names();
+        let targets: Vec<String> = match stacked_place(name)? {
+            Place::Global(tl) => vec![tl.to_owned()],
+            Place::PerLayer(module) => (0..self.dims().n_layers)
+                .map(|l| format!("blocks.{l}.{module}.{name}"))
+                .collect(),
+        };
+        for target in &targets {
+            if !names.contains(target) {
+                return Err(ModelError::InvalidInput(format!(
+                    "{} has no weight {target} to write (with grouped key/value heads, write \
+                     the grouped _W_K / _W_V / _b_K / _b_V)",
+                    self.model_name()
+                )));
+            }
+            if self.tl_weight_is_constant(target) {
+                return Err(ModelError::InvalidInput(format!(
+                    "{target} is a constant zero the checkpoint has no parameter for; it cannot \
+                     be written"
+                )));
+            }
+        }
+        tch::no_grad(|| {
+            if targets.len() == 1 {
+                self.tl_weight(&targets[0])?.copy_(value);
+            } else {
+                for (l, target) in targets.iter().enumerate() {
+                    self.tl_weight(target)?.copy_(&value.get(l as i64));
+                }
+            }
+            Ok(())
+        })
     }
 
     /// Every head's QK circuit, `W_Q W_Kᵀ`, `[n_layers, n_heads, d_model, d_model]` factored
@@ -105,6 +140,34 @@ pub trait Circuits: LensModel {
 }
 
 impl<M: LensModel + ?Sized> Circuits for M {}
+
+/// Where a stacked weight lives: one TransformerLens weight, or one per layer in a block module.
+enum Place {
+    Global(&'static str),
+    PerLayer(&'static str),
+}
+
+fn stacked_place(name: &str) -> ModelResult<Place> {
+    Ok(match name {
+        "W_E" => Place::Global("embed.W_E"),
+        "W_pos" => Place::Global("pos_embed.W_pos"),
+        "W_U" => Place::Global("unembed.W_U"),
+        "b_U" => Place::Global("unembed.b_U"),
+        _ => match name.trim_start_matches('_') {
+            "W_Q" | "W_K" | "W_V" | "W_O" | "b_Q" | "b_K" | "b_V" | "b_O" => {
+                Place::PerLayer("attn")
+            }
+            "W_in" | "W_gate" | "W_out" | "b_in" | "b_out" => Place::PerLayer("mlp"),
+            _ => {
+                return Err(ModelError::InvalidInput(format!(
+                    "no stacked weight '{name}'; they are W_E, W_pos, W_U, b_U, W_Q, W_K, W_V, \
+                     W_O, b_Q, b_K, b_V, b_O, W_in, W_gate, W_out, b_in, b_out and the grouped \
+                     _W_K, _W_V, _b_K, _b_V"
+                )))
+            }
+        },
+    })
+}
 
 /// `‖L · R‖_F / (‖L‖_F ‖R‖_F)` for every pair of a left matrix `[n, h, d, d]` and a right
 /// one, masked to earlier-left / later-right layers: `[n, h, n, h]`. Computed one left layer at

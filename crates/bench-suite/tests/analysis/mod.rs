@@ -416,3 +416,54 @@ fn generation_streams_the_tokens_generate_returns(
         assert_eq!(streamed, continuation, "{model_name}, KV cache {cached}");
     }
 }
+
+/// A stacked weight written back changes both models alike; grouped `W_K` and absent biases
+/// are refused with a reason.
+#[test]
+fn stacked_weights_write_back_into_the_model() {
+    for model in models("dec-a") {
+        let who = model.model_name().to_owned();
+        let tokens = Tensor::from_slice(&[5i64, 9, 2, 7]).view([1, -1]);
+        let logits = || {
+            tch::no_grad(|| model.forward(&tokens, &ForwardOptions::default()))
+                .unwrap()
+                .logits
+                .unwrap()
+        };
+        let before = logits();
+        let w_q = model.stacked_weight("W_Q").unwrap();
+        model.write_stacked_weight("W_Q", &(&w_q * 2.0)).unwrap();
+        assert!(
+            model.stacked_weight("W_Q").unwrap().equal(&(&w_q * 2.0)),
+            "{who}"
+        );
+        assert!(
+            !logits().allclose(&before, 1e-6, 1e-6, false),
+            "{who}: the write took effect"
+        );
+        model.write_stacked_weight("W_Q", &w_q).unwrap();
+        assert!(
+            logits().equal(&before),
+            "{who}: writing the original back restores it"
+        );
+        let grouped = model.stacked_weight("W_K").unwrap();
+        let err = model
+            .write_stacked_weight("W_K", &grouped)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("grouped"), "{who}: {err}");
+        let wrong = model
+            .write_stacked_weight("W_O", &w_q)
+            .unwrap_err()
+            .to_string();
+        assert!(wrong.contains("the value written is"), "{who}: {wrong}");
+    }
+    // Mistral has no attention biases: the bridge serves zeros, which a write would not reach.
+    let bridge = TransformerBridge::boot("tiny-mistral", Device::Cpu, Kind::Float).unwrap();
+    let b_q = bridge.stacked_weight("b_Q").unwrap();
+    let err = bridge
+        .write_stacked_weight("b_Q", &b_q)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("constant zero"), "{err}");
+}
