@@ -104,36 +104,28 @@ pub fn perf(root: &Path, args: &[String]) -> Result<(), String> {
     }
     tl_perf(root, &measure)?;
 
+    // xtask/python/perf_python.py in one venv, writing `out`.
+    let python_side = |python: &Path, out: &Path| {
+        let mut command = Command::new(python);
+        command
+            .arg(root.join("xtask/python/perf_python.py"))
+            .arg("--model")
+            .arg(&model)
+            .args(["--device", &args.device])
+            .arg("--out")
+            .arg(out);
+        if args.quick {
+            command.arg("--quick");
+        }
+        run(&mut command)
+    };
     let python_json = work.join(format!("python-{}.json", file_tag(&args.device)));
     if args.compare_python {
-        let mut command = Command::new(&python);
-        command
-            .arg(root.join("xtask/python/perf_python.py"))
-            .arg("--model")
-            .arg(&model)
-            .args(["--device", &args.device])
-            .arg("--out")
-            .arg(&python_json);
-        if args.quick {
-            command.arg("--quick");
-        }
-        run(&mut command)?;
+        python_side(&python, &python_json)?;
     }
-
     let tl4_json = work.join(format!("python-tl4-{}.json", file_tag(&args.device)));
     if args.compare_tl4 {
-        let mut command = Command::new(tl4_python(root)?);
-        command
-            .arg(root.join("xtask/python/perf_python.py"))
-            .arg("--model")
-            .arg(&model)
-            .args(["--device", &args.device])
-            .arg("--out")
-            .arg(&tl4_json);
-        if args.quick {
-            command.arg("--quick");
-        }
-        run(&mut command)?;
+        python_side(&tl4_python(root)?, &tl4_json)?;
     }
 
     let (md, json) = if args.device == "cpu" {
