@@ -1,6 +1,7 @@
 //! Registering and removing hooks many times leaves nothing behind: neither hook entries nor
 //! native callbacks. In its own test binary, so the process-wide live count is ours alone.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use common::{input, sum, TinyModel};

@@ -1,13 +1,13 @@
 //! The examples build as part of this test crate and run on the embedded model; their results
 //! are checked, not just their exit.
 
-#[path = "../examples/activation_patching.rs"]
+#[path = "../../examples/activation_patching.rs"]
 #[allow(dead_code)]
 mod activation_patching;
-#[path = "../examples/ioi_analysis.rs"]
+#[path = "../../examples/ioi_analysis.rs"]
 #[allow(dead_code)]
 mod ioi_analysis;
-#[path = "../examples/logit_lens.rs"]
+#[path = "../../examples/logit_lens.rs"]
 #[allow(dead_code)]
 mod logit_lens;
 

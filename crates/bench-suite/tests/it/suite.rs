@@ -2,9 +2,6 @@
 //! (local HF directories without a tokenizer): every result must pass, none may be skipped. The
 //! Llama-family fixtures pass every phase, and phase 2 under every hook option.
 
-mod analysis;
-mod common;
-
 use std::path::Path;
 
 use bench_suite::benchmarks::{backward, hooks, GradientTarget, Inputs};
@@ -17,7 +14,7 @@ use lens_core::LoadOptions;
 use rstest::rstest;
 use tch::{Device, Kind, Tensor};
 
-use common::{edited_checkpoint, fixture_model};
+use crate::common::{edited_checkpoint, fixture_model};
 
 #[rstest]
 #[case::embedded(lens_core::DEFAULT_MODEL.to_owned())]

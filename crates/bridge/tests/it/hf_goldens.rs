@@ -2,10 +2,8 @@
 //! logits, losses, every hidden state, and greedy generation with and without a KV cache, for
 //! every prompt including the left-padded batch.
 
-mod common;
-
+use crate::common::*;
 use bridge::{Gpt2LMHeadModel, HfForward, HfOutput, KvCache, LlamaForCausalLM};
-use common::*;
 use lens_core::model::{GenerateOptions, ModelResult};
 use rstest::rstest;
 use tch::{Device, Kind, Tensor};

@@ -2,12 +2,10 @@
 //! known weights. Device-parametrised tests run on CUDA when a CUDA device is present and say
 //! that they skipped otherwise.
 
-mod common;
-
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 
-use common::{input, max_abs_diff, require_device, sum, TinyModel};
+use crate::common::{input, max_abs_diff, require_device, sum, TinyModel};
 use hookpoint::{backward, AddOptions, Direction, Hook, HookError, HookSpec, NamesFilter};
 use rstest::rstest;
 use tch::{Device, Kind, Tensor};

@@ -7,11 +7,9 @@
 //!   `blocks.{i}.ln2.hook_in`);
 //! * `blocks.{i}.attn.qkv.hook_in` / `hook_out` fire (Python: never).
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::*;
+use crate::common::*;
 use hookpoint::CacheOptions;
 use lens_core::model::{ForwardOptions, LensModel};
 use tch::Tensor;

@@ -2,13 +2,11 @@
 //! their registered names, unknown and gated names are errors, `reset_hooks` removes every hook,
 //! TransformerLens weight views write the model, compatibility mode, stop_at_layer, generation.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use crate::common::*;
 use bridge::{CompatibilityOptions, TransformerBridge};
-use common::*;
 use hookpoint::{Direction, Hook, HookError, HookSpec, NamesFilter};
 use lens_core::model::{ForwardOptions, GenerateOptions, LensModel, ModelError, ReturnType};
 use rstest::rstest;

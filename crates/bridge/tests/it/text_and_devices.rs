@@ -1,10 +1,8 @@
 //! The embedded `tiny-gpt2` through `TransformerBridge::boot` with its tokenizer, against
 //! HuggingFace's outputs (tests/fixtures/tiny-gpt2/hf_text.*); half precision; devices.
 
-mod common;
-
+use crate::common::*;
 use bridge::{CompatibilityOptions, Gpt2LMHeadModel, TransformerBridge};
-use common::*;
 use hookpoint::CacheOptions;
 use lens_core::model::{ForwardOptions, GenerateOptions, LensModel, ModelError, ReturnType};
 use tch::{Cuda, Device, Kind, Tensor};

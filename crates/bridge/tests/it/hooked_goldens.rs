@@ -11,12 +11,10 @@
 //! zeroes the positional embedding of padding while HuggingFace (and so the bridge) gives
 //! padding position 1.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::common::*;
 use bridge::{CompatibilityOptions, TransformerBridge};
-use common::*;
 use hookpoint::{ActivationCache, CacheOptions};
 use lens_core::model::{ForwardOptions, ForwardOutput, GenerateOptions, LensModel, ReturnType};
 use rstest::rstest;

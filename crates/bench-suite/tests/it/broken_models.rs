@@ -1,8 +1,6 @@
 //! Every benchmark fails on a deliberately broken model (and passes on the intact one), so no
 //! check is one that cannot fail.
 
-mod common;
-
 use bench_suite::benchmarks::{
     backward, cache, forward, generation, hooks, weights, GradientTarget, Inputs,
 };
@@ -17,7 +15,7 @@ use lens_core::model::{
 use lens_core::{Tokenizer, DEFAULT_MODEL};
 use tch::{Device, Kind, Tensor};
 
-use common::{edited_checkpoint, fixture_model};
+use crate::common::{edited_checkpoint, fixture_model};
 
 const TOL: f64 = 1e-5;
 

@@ -1,9 +1,7 @@
 //! The activation cache: filters, gradients, batch-dimension removal, position slices,
 //! devices and TransformerLens-style lookups.
 
-mod common;
-
-use common::{input, max_abs_diff, require_device, sum, TinyModel, HOOK_NAMES};
+use crate::common::{input, max_abs_diff, require_device, sum, TinyModel, HOOK_NAMES};
 use hookpoint::{backward, run_with_cache, ActKey, CacheOptions, HookError, NamesFilter, Slice};
 use rstest::rstest;
 use tch::{Device, Kind, Tensor};

@@ -1,0 +1,8 @@
+//! The hook system's integration tests, in one binary (one link against libtorch): hooks and the
+//! activation cache. `tests/leaks.rs` stays a binary of its own, as it counts process-wide live
+//! hooks.
+
+mod common;
+
+mod cache;
+mod hooks;
