@@ -449,7 +449,63 @@ def patching_sweep(ht) -> dict:
         start = time.perf_counter()
         result = patching.get_act_patch_resid_pre(ht, corrupted, cache, metric)
         seconds = time.perf_counter() - start
-    return {"ht_s": seconds, "patches": int(result.numel()), "prompt_tokens": int(clean.shape[1])}
+    out = {"ht_s": seconds, "patches": int(result.numel()), "prompt_tokens": int(clean.shape[1])}
+    try:
+        out["attribution_s"] = median([attribution(ht, clean, corrupted, metric) for _ in range(3)])
+    except Exception as e:  # another version's hook API: say so rather than fail the run
+        out["attribution_error"] = f"{type(e).__name__}: {e}"
+    out["cache_loop_s"] = median([cache_loop(ht) for _ in range(3)])
+    return out
+
+
+def attribution(model, clean, corrupted, metric) -> float:
+    """Attribution patching as TransformerLens's tutorial does it: a clean run_with_cache, then
+    the corrupted run with a forward and a backward caching hook on every hook point and a
+    backward pass from the metric; (clean - corrupted) * grad at every point. Seconds."""
+    import torch
+
+    start = time.perf_counter()
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(clean)
+    acts, grads = {}, {}
+
+    def fwd(t, hook):
+        acts[hook.name] = t.detach()
+
+    def bwd(g, hook):
+        grads[hook.name] = g.detach()
+
+    # Every hook point the clean run cached (the ones that fire: TransformerLens refuses hooks on
+    # points whose option is off).
+    fired = set(clean_cache.keys())
+    model.reset_hooks()
+    model.add_hook(lambda name: name in fired, fwd, "fwd")
+    model.add_hook(lambda name: name in fired, bwd, "bwd")
+    try:
+        metric(model(corrupted)).backward()
+    finally:
+        model.reset_hooks()
+    attributions = {
+        n: (clean_cache[n] - acts[n]) * g
+        for n, g in grads.items()
+        if n in clean_cache and n in acts and clean_cache[n].shape == g.shape
+    }
+    model.zero_grad(set_to_none=True)
+    assert attributions, "no attribution computed"
+    return time.perf_counter() - start
+
+
+def cache_loop(model) -> float:
+    """run_with_cache of every hook over 64 random 32-token prompts in batches of 8. Seconds."""
+    import torch
+
+    g = torch.Generator().manual_seed(100)
+    batches = [torch.randint(0, 50257, (8, 32), generator=g) for _ in range(8)]
+    start = time.perf_counter()
+    with torch.no_grad():
+        for batch in batches:
+            model.run_with_cache(batch)
+    return time.perf_counter() - start
 
 
 def log(msg: str) -> None:

@@ -1148,6 +1148,39 @@ fn measure_patching(
     }
     let patches = single.numel() as u64;
     let default_batch = PatchOptions::default();
+    let attribution_s = median_seconds(device, repeats, || {
+        let differentiable = |logits: &Tensor| {
+            let last = logits.get(0).get(-1);
+            Ok(last.get(mary) - last.get(john))
+        };
+        lens_core::patching::attribution_patch(
+            bridge,
+            &clean,
+            &corrupted,
+            &differentiable,
+            NamesFilter::All,
+        )?;
+        Ok(())
+    })?;
+    let prompts: Vec<Tensor> = (0..CACHE_LOOP_BATCHES)
+        .map(|i| {
+            random_tokens(
+                CACHE_LOOP_BATCH,
+                CACHE_LOOP_LEN,
+                bridge.config().vocab_size(),
+                device,
+                100 + i as u64,
+            )
+        })
+        .collect();
+    let cache_loop_s = median_seconds(device, repeats, || {
+        for batch in &prompts {
+            tch::no_grad(|| {
+                bridge.run_with_cache(batch, &ForwardOptions::default(), &CacheOptions::default())
+            })?;
+        }
+        Ok(())
+    })?;
     Ok(json!({
         "patches": patches,
         "prompt_tokens": corrupted.size()[1],
@@ -1157,7 +1190,33 @@ fn measure_patching(
         "memory_budget_bytes": default_batch.memory_budget_bytes,
         "forward_ms": median(&forward_samples),
         "batched_vs_one_at_a_time_max_abs_diff": max_diff,
+        "attribution_s": attribution_s,
+        "cache_loop_s": cache_loop_s,
+        "cache_loop": format!(
+            "{} prompts of {CACHE_LOOP_LEN} random tokens, run_with_cache of every hook in batches of {CACHE_LOOP_BATCH}",
+            CACHE_LOOP_BATCHES as i64 * CACHE_LOOP_BATCH
+        ),
     }))
+}
+
+/// The `run_with_cache` loop of the research workloads: 64 prompts in batches of 8.
+const CACHE_LOOP_BATCHES: usize = 8;
+const CACHE_LOOP_BATCH: i64 = 8;
+const CACHE_LOOP_LEN: i64 = 32;
+
+/// The median wall time of `repeats` runs of `f`, in seconds.
+fn median_seconds(
+    device: Device,
+    repeats: usize,
+    mut f: impl FnMut() -> AnyResult<()>,
+) -> AnyResult<f64> {
+    let mut samples = Vec::new();
+    for _ in 0..repeats.max(1) {
+        let (ms, result) = time_ms(device, &mut f);
+        result?;
+        samples.push(ms / 1e3);
+    }
+    Ok(median(&samples))
 }
 
 fn measure_generation(
@@ -2019,6 +2078,7 @@ fn render_patching(out: &mut String, rust: &Value, python: Option<&Value>, tl4: 
             Some(seconds),
         );
     }
+    render_workloads(out, rust, python, tl4);
     let forward_s = r("patching.forward_ms").map(|ms| ms / 1e3);
     let _ = writeln!(
         out,
@@ -2031,6 +2091,49 @@ fn render_patching(out: &mut String, rust: &Value, python: Option<&Value>, tl4: 
         fmt_opt(forward_s.map(|f| f * patches), 2),
         r("patching.prompt_tokens").unwrap_or(0.0)
     );
+}
+
+/// Attribution patching and the `run_with_cache` loop, ours and each TransformerLens's.
+fn render_workloads(out: &mut String, rust: &Value, python: Option<&Value>, tl4: Option<&Value>) {
+    let ours = |k: &str| get(rust, &format!("patching.{k}"));
+    let theirs = |v: Option<&Value>, k: &str| v.and_then(|v| get(v, &format!("patching.{k}")));
+    let _ = writeln!(
+        out,
+        "\n| workload (median seconds) | ours (bridge) | TransformerLens 3.9.0 (HookedTransformer) | \
+         TransformerLens 4.3.0 (TransformerBridge) | ours / 3.9.0 | ours / 4.3.0 |\n|---|---|---|---|---|---|"
+    );
+    for (label, key) in [
+        (
+            "attribution patching: clean run_with_cache, corrupted forward + backward caching every hook",
+            "attribution_s",
+        ),
+        (
+            "run_with_cache of every hook, 64 prompts of 32 tokens in batches of 8",
+            "cache_loop_s",
+        ),
+    ] {
+        let (a, b, c) = (ours(key), theirs(python, key), theirs(tl4, key));
+        let _ = writeln!(
+            out,
+            "| {label} | {} | {} | {} | {} | {} |",
+            fmt_opt(a, 2),
+            fmt_opt(b, 2),
+            fmt_opt(c, 2),
+            fmt_opt(ratio(a, b), 3),
+            fmt_opt(ratio(a, c), 3)
+        );
+    }
+    for (who, v) in [("3.9.0", python), ("4.3.0", tl4)] {
+        if let Some(error) = v
+            .and_then(|v| v.pointer("/patching/attribution_error"))
+            .and_then(Value::as_str)
+        {
+            let _ = writeln!(
+                out,
+                "\nTransformerLens {who}'s attribution patching failed: {error}"
+            );
+        }
+    }
 }
 
 fn render_markdown(
