@@ -32,32 +32,21 @@ pub fn release_freed_memory() -> bool {
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod imp {
-    use std::os::raw::c_int;
-
-    extern "C" {
-        fn mallopt(param: c_int, value: c_int) -> c_int;
-        fn malloc_trim(pad: usize) -> c_int;
-    }
+    /// glibc's largest allowed mmap threshold on 64-bit systems.
+    const MMAP_THRESHOLD: libc::c_int = 32 << 20;
+    /// As much as glibc takes (2 GiB - 1).
+    const TRIM_THRESHOLD: libc::c_int = libc::c_int::MAX;
 
     pub(super) fn release_freed_memory() -> bool {
         // SAFETY: malloc_trim only returns free heap memory to the kernel.
-        unsafe { malloc_trim(0) == 1 }
+        unsafe { libc::malloc_trim(0) == 1 }
     }
-
-    /// glibc's `M_TRIM_THRESHOLD`.
-    const M_TRIM_THRESHOLD: c_int = -1;
-    /// glibc's `M_MMAP_THRESHOLD`.
-    const M_MMAP_THRESHOLD: c_int = -3;
-    /// glibc's largest allowed mmap threshold on 64-bit systems.
-    const MMAP_THRESHOLD: c_int = 32 << 20;
-    /// As much as glibc takes (2 GiB - 1).
-    const TRIM_THRESHOLD: c_int = c_int::MAX;
 
     pub(super) fn keep_freed_memory() -> bool {
         // SAFETY: mallopt only changes allocator parameters; it is safe to call at any time.
         unsafe {
-            mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
-                && mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+                && libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
         }
     }
 }

@@ -368,37 +368,16 @@ fn status_mb(pid: Option<u32>, field: &str) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-#[repr(C)]
-#[derive(Default)]
-struct Timeval {
-    tv_sec: std::os::raw::c_long,
-    tv_usec: std::os::raw::c_long,
-}
-
-/// Linux's `struct rusage` (64-bit: every field a `long`).
-#[repr(C)]
-#[derive(Default)]
-struct Rusage {
-    ru_utime: Timeval,
-    ru_stime: Timeval,
-    ru_maxrss: std::os::raw::c_long,
-    rest: [std::os::raw::c_long; 13],
-}
-
-extern "C" {
-    fn getrusage(who: std::os::raw::c_int, usage: *mut Rusage) -> std::os::raw::c_int;
-}
-
 /// `getrusage(RUSAGE_CHILDREN)`: (max RSS in MB over the waited-for children, their CPU seconds).
 fn children_rusage() -> Option<(f64, f64)> {
-    const RUSAGE_CHILDREN: std::os::raw::c_int = -1;
-    let mut usage = Rusage::default();
-    // SAFETY: `usage` is a valid, writable `struct rusage` with Linux's layout for LP64 targets.
-    let rc = unsafe { getrusage(RUSAGE_CHILDREN, &mut usage) };
+    // SAFETY: an all-zero `rusage` is a valid value of the plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid, writable `struct rusage`.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
     if rc != 0 {
         return None;
     }
-    let secs = |t: &Timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    let secs = |t: &libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
     Some((
         usage.ru_maxrss as f64 / 1024.0,
         secs(&usage.ru_utime) + secs(&usage.ru_stime),
