@@ -169,7 +169,8 @@ pub fn tokens_to_residual_directions(
 /// of every row, `[b]`, as soon as it is chosen, with `options`' sampling and EOS rules (greedy:
 /// the tokens [`LensModel::generate`] returns). Each step runs the model over the whole sequence
 /// so far (no KV cache), so a stream costs what `use_past_kv_cache: false` costs; for the fastest
-/// generation of whole continuations use [`LensModel::generate`].
+/// generation of whole continuations use [`LensModel::generate`]. There is no padding mask: give
+/// one prompt, or prompts of one length.
 ///
 /// Errors (before the first token): as [`LensModel::generate`]'s checks of `tokens`; each item
 /// carries the model's errors.

@@ -361,6 +361,8 @@ fn select(
 /// attributions, as TransformerLens's tutorials do).
 ///
 /// `metric` maps the corrupted run's logits to a differentiable scalar (a logit difference, say).
+/// The parameter gradients that backward pass leaves are dropped afterwards (the model's
+/// `zero_grad`), so gradients accumulated before the call are gone too.
 ///
 /// Errors: the two token tensors differ in shape; the model's and the metric's errors.
 pub fn attribution_patch(
