@@ -1249,11 +1249,10 @@ def stage_bridge_names(root: Path, args) -> None:
             str(model_dir), device="cpu", dtype=torch.float32, tokenizer=tokenizer
         ).eval()
         shapes = {}
-        handles = []
         for name, point in bridge.hook_dict.items():
             def record(t, hook, key=id(point)):
                 shapes[key] = tuple(t.shape)
-            handles.append(point.add_hook(record))
+            point.add_hook(record)
         with torch.no_grad():
             bridge(torch.arange(11).unsqueeze(0))
         bridge.reset_hooks()

@@ -68,16 +68,9 @@ pub trait Circuits: LensModel {
     /// Errors: an unknown name, a shape other than the stacked weight's, an expanded grouped
     /// weight.
     fn write_stacked_weight(&self, name: &str, value: &Tensor) -> ModelResult<()> {
-        let current = self.stacked_weight(name)?;
-        if current.size() != value.size() {
-            return Err(ModelError::InvalidInput(format!(
-                "{name} is {:?}; the value written is {:?}",
-                current.size(),
-                value.size()
-            )));
-        }
         let names = self.tl_weight_names();
-        let targets: Vec<String> = match stacked_place(name)? {
+        let place = stacked_place(name)?;
+        let targets: Vec<String> = match place {
             Place::Global(tl) => vec![tl.to_owned()],
             Place::PerLayer(module) => (0..self.dims().n_layers)
                 .map(|l| format!("blocks.{l}.{module}.{name}"))
@@ -98,12 +91,27 @@ pub trait Circuits: LensModel {
                 )));
             }
         }
+        // The stacked shape from the live weights, without stacking a copy of them.
+        let one = self.tl_weight(&targets[0])?.size();
+        let shape = match place {
+            Place::Global(_) => one,
+            Place::PerLayer(_) => [vec![targets.len() as i64], one].concat(),
+        };
+        if shape != value.size() {
+            return Err(ModelError::InvalidInput(format!(
+                "{name} is {shape:?}; the value written is {:?}",
+                value.size()
+            )));
+        }
         tch::no_grad(|| {
-            if targets.len() == 1 {
-                self.tl_weight(&targets[0])?.copy_(value);
-            } else {
-                for (l, target) in targets.iter().enumerate() {
-                    self.tl_weight(target)?.copy_(&value.get(l as i64));
+            match place {
+                Place::Global(_) => {
+                    self.tl_weight(&targets[0])?.copy_(value);
+                }
+                Place::PerLayer(_) => {
+                    for (l, target) in targets.iter().enumerate() {
+                        self.tl_weight(target)?.copy_(&value.get(l as i64));
+                    }
                 }
             }
             Ok(())
@@ -133,7 +141,7 @@ pub trait Circuits: LensModel {
         let right = match mode {
             Composition::Q => self.qk()?,
             Composition::K => self.qk()?.transpose(),
-            Composition::V => self.ov()?,
+            Composition::V => left.clone(),
         };
         composition_scores(&left, &right)
     }
@@ -142,6 +150,7 @@ pub trait Circuits: LensModel {
 impl<M: LensModel + ?Sized> Circuits for M {}
 
 /// Where a stacked weight lives: one TransformerLens weight, or one per layer in a block module.
+#[derive(Clone, Copy)]
 enum Place {
     Global(&'static str),
     PerLayer(&'static str),

@@ -5,7 +5,6 @@
 
 use tch::{Kind, Tensor};
 
-use crate::circuits::Circuits;
 use crate::generation::Generation;
 use crate::model::{ForwardOptions, GenerateOptions, LensModel, ModelError, ModelResult};
 
@@ -150,7 +149,7 @@ pub fn tokens_to_residual_directions(
     model: &dyn LensModel,
     tokens: &Tensor,
 ) -> ModelResult<Tensor> {
-    let w_u = model.stacked_weight("W_U")?;
+    let w_u = model.tl_weight("unembed.W_U")?;
     let d_vocab = w_u.size()[1];
     let ids = tokens.to_kind(Kind::Int64).to_device(w_u.device());
     let (lo, hi) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));

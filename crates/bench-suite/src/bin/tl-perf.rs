@@ -1081,10 +1081,11 @@ fn measure_patching(
         bridge.to_single_token(" Mary")?,
         bridge.to_single_token(" John")?,
     );
-    let metric = move |logits: &Tensor| {
+    let logit_diff = move |logits: &Tensor| {
         let last = logits.get(0).get(-1);
-        Ok((last.get(mary) - last.get(john)).double_value(&[]))
+        last.get(mary) - last.get(john)
     };
+    let metric = |logits: &Tensor| Ok(logit_diff(logits).double_value(&[]));
     let cache_options = CacheOptions {
         names_filter: NamesFilter::predicate(|name| name.ends_with("hook_resid_pre")),
         ..CacheOptions::default()
@@ -1108,30 +1109,17 @@ fn measure_patching(
     };
     let (single_ms, single) = time_ms(device, || sweep(Some(1)));
     let single = single?;
-    let mut batched_samples = Vec::new();
-    let mut batched = None;
-    for _ in 0..repeats.max(1) {
-        let (ms, result) = time_ms(device, || sweep(None));
-        batched_samples.push(ms);
-        batched = Some(result?);
-    }
-    let batched = batched.ok_or("no batched sweep ran")?;
+    let (batched_samples, batched) = seconds_samples(device, repeats, || Ok(sweep(None)?))?;
     let max_diff = (&batched - &single).abs().max().double_value(&[]);
-    let mut forward_samples = Vec::new();
-    for _ in 0..7 {
-        let (ms, out) = time_ms(device, || {
-            tch::no_grad(|| bridge.forward(&corrupted, &ForwardOptions::default()))
-        });
-        out?;
-        forward_samples.push(ms);
-    }
+    let (forward_samples, _) = seconds_samples(device, 7, || {
+        Ok(tch::no_grad(|| {
+            bridge.forward(&corrupted, &ForwardOptions::default())
+        })?)
+    })?;
     let patches = single.numel() as u64;
     let default_batch = PatchOptions::default();
+    let differentiable = |logits: &Tensor| Ok(logit_diff(logits));
     let attribution_s = median_seconds(device, repeats, || {
-        let differentiable = |logits: &Tensor| {
-            let last = logits.get(0).get(-1);
-            Ok(last.get(mary) - last.get(john))
-        };
         lens_core::patching::attribution_patch(
             bridge,
             &clean,
@@ -1164,10 +1152,10 @@ fn measure_patching(
         "patches": patches,
         "prompt_tokens": corrupted.size()[1],
         "one_at_a_time_s": single_ms / 1e3,
-        "batched_s": median(&batched_samples) / 1e3,
-        "batched_min_s": batched_samples.iter().cloned().fold(f64::INFINITY, f64::min) / 1e3,
+        "batched_s": median(&batched_samples),
+        "batched_min_s": batched_samples.iter().cloned().fold(f64::INFINITY, f64::min),
         "memory_budget_bytes": default_batch.memory_budget_bytes,
-        "forward_ms": median(&forward_samples),
+        "forward_ms": median(&forward_samples) * 1e3,
         "batched_vs_one_at_a_time_max_abs_diff": max_diff,
         "attribution_s": attribution_s,
         "cache_loop_s": cache_loop_s,
@@ -1183,19 +1171,30 @@ const CACHE_LOOP_BATCHES: usize = 8;
 const CACHE_LOOP_BATCH: i64 = 8;
 const CACHE_LOOP_LEN: i64 = 32;
 
-/// The median wall time of `repeats` runs of `f`, in seconds.
+/// `repeats` (at least one) wall times of `f` in seconds, each taken again while other
+/// processes are busy ([`quiet_sample`]), and the last run's result.
+fn seconds_samples<T>(
+    device: Device,
+    repeats: usize,
+    mut f: impl FnMut() -> AnyResult<T>,
+) -> AnyResult<(Vec<f64>, T)> {
+    let (ms, _, _, mut last) = quiet_sample(device, RETRIES, &mut f)?;
+    let mut samples = vec![ms / 1e3];
+    for _ in 1..repeats.max(1) {
+        let (ms, _, _, out) = quiet_sample(device, RETRIES, &mut f)?;
+        samples.push(ms / 1e3);
+        last = out;
+    }
+    Ok((samples, last))
+}
+
+/// The median of [`seconds_samples`].
 fn median_seconds(
     device: Device,
     repeats: usize,
-    mut f: impl FnMut() -> AnyResult<()>,
+    f: impl FnMut() -> AnyResult<()>,
 ) -> AnyResult<f64> {
-    let mut samples = Vec::new();
-    for _ in 0..repeats.max(1) {
-        let (ms, result) = time_ms(device, &mut f);
-        result?;
-        samples.push(ms / 1e3);
-    }
-    Ok(median(&samples))
+    Ok(median(&seconds_samples(device, repeats, f)?.0))
 }
 
 fn measure_generation(
