@@ -326,6 +326,10 @@ impl LensModel for HookedTransformer {
         self.params().named().into_iter().map(|(n, _)| n).collect()
     }
 
+    fn tl_weight_stack(&self, name: &str) -> ModelResult<Option<Tensor>> {
+        Ok(self.layer_stack(name))
+    }
+
     fn tl_weight_grad(&self, name: &str) -> ModelResult<Option<Tensor>> {
         let grad = self.param(name)?.grad();
         Ok(grad.defined().then_some(grad))

@@ -1,6 +1,7 @@
 //! `HookedTransformer`: forward passes with every hook point, losses, hooks and caches.
 
 use hookpoint::{run_with_cache, ActivationCache, CacheOptions, HookRegistry, HookSpec};
+use lens_core::layer_stacks::LayerStacks;
 use lens_core::model::{
     lm_cross_entropy_loss, ForwardOptions, ForwardOutput as Output, ReturnType,
 };
@@ -18,9 +19,22 @@ use crate::params::Params;
 pub struct HookedTransformer {
     cfg: HookedTransformerConfig,
     params: Params,
+    /// The per-layer parameters' storage, stacked over layers (TransformerLens's `W_Q`, ... as
+    /// views of the live weights).
+    stacks: LayerStacks,
     registry: HookRegistry,
     pub(crate) hooks: ModelHooks,
     pub(crate) tokenizer: Option<Tokenizer>,
+}
+
+fn stack_layers(params: &Params) -> LayerStacks {
+    LayerStacks::alias(
+        params
+            .named()
+            .into_iter()
+            .map(|(name, t)| (name, t.shallow_clone()))
+            .collect(),
+    )
 }
 
 impl std::fmt::Debug for HookedTransformer {
@@ -37,13 +51,36 @@ impl HookedTransformer {
     pub fn from_params(cfg: HookedTransformerConfig, params: Params) -> Self {
         let mut registry = HookRegistry::new();
         let hooks = ModelHooks::register(&mut registry, &cfg);
+        let stacks = stack_layers(&params);
         HookedTransformer {
             cfg,
             params,
+            stacks,
             registry,
             hooks,
             tokenizer: None,
         }
+    }
+
+    /// Stacks the per-layer parameters again, after weight processing replaced them.
+    pub(crate) fn restack(&mut self) {
+        self.stacks = stack_layers(&self.params);
+    }
+
+    /// Every layer's parameter `blocks.{l}.{name}` as one `[n_layers, ...]` tensor sharing
+    /// their storage, when the parameters live in one stack.
+    pub(crate) fn layer_stack(&self, name: &str) -> Option<Tensor> {
+        let layers: Vec<Tensor> = (0..self.cfg.n_layers)
+            .map(|l| {
+                let full = format!("blocks.{l}.{name}");
+                self.params
+                    .named()
+                    .into_iter()
+                    .find(|(n, _)| *n == full)
+                    .map(|(_, t)| t.shallow_clone())
+            })
+            .collect::<Option<_>>()?;
+        self.stacks.get(&format!("blocks.*.{name}"), &layers)
     }
 
     /// Attaches a tokenizer (for text input and generation from text).

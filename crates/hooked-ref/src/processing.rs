@@ -33,6 +33,7 @@ impl HookedTransformer {
                 _ => NormType::LayerNormPre,
             };
         }
+        self.restack();
         Ok(())
     }
 }

@@ -1,9 +1,12 @@
 //! Weights stacked over layers and the circuits of attention heads, for any [`LensModel`]
 //! (TransformerLens's `model.W_Q`, `model.QK`, `model.OV`, `all_composition_scores`).
 //!
-//! Stacked weights are copies, as TransformerLens's are; [`Circuits::write_stacked_weight`]
-//! writes a stacked value back into the model (through [`LensModel::tl_weight`], a view of the
-//! live parameter on the bridge).
+//! Unlike TransformerLens's, whose `W_Q` is a fresh `torch.stack` of copies, stacked weights alias
+//! the live parameters on both of our models (which keep each per-layer parameter in a row of
+//! one stacked tensor, [`crate::layer_stacks`]): writing into `W_Q` changes the model. The
+//! exceptions are copies: the per-query-head expansion of grouped key/value weights, and the
+//! zeros served for biases a checkpoint does not have. [`Circuits::write_stacked_weight`] writes
+//! any stacked value back, and says why where it cannot.
 
 use tch::{Kind, Tensor};
 
@@ -32,12 +35,24 @@ pub trait Circuits: LensModel {
     /// `W_V`, `b_K` and `b_V` are expanded to one per query head (as TransformerLens's
     /// properties), and `_W_K`, `_W_V`, `_b_K`, `_b_V` are the grouped weights, one per
     /// key/value head.
+    ///
+    /// The result aliases the model's parameters where the model allows it (see the module
+    /// documentation): copy it before changing it unless the change is meant for the model.
     fn stacked_weight(&self, name: &str) -> ModelResult<Tensor> {
         let module = match stacked_place(name)? {
-            Place::Global(tl) => return self.tl_weight(tl).map(|t| t.copy()),
+            Place::Global(tl) => return self.tl_weight(tl),
             Place::PerLayer(module) => module,
         };
         let names = self.tl_weight_names();
+        let (own, grouped) = (format!("{module}.{name}"), format!("{module}._{name}"));
+        if names.contains(&format!("blocks.0.{own}")) {
+            if let Some(stack) = self.tl_weight_stack(&own)? {
+                return Ok(stack);
+            }
+        } else if let Some(stack) = self.tl_weight_stack(&grouped)? {
+            let groups = self.dims().n_heads / stack.size()[1];
+            return Ok(stack.repeat_interleave_self_int(groups, Some(1), None));
+        }
         let layers = (0..self.dims().n_layers)
             .map(|l| {
                 let own = format!("blocks.{l}.{module}.{name}");
@@ -190,7 +205,7 @@ fn composition_scores(left: &FactoredMatrix, right: &FactoredMatrix) -> ModelRes
         )));
     }
     let (collapsed_left, collapsed_right) = (left.collapse_l()?, right.collapse_r()?);
-    let norm = |t: &Tensor| t.frobenius_norm([-2i64, -1].as_slice(), false);
+    let norm = |t: &Tensor| t.linalg_norm_ord_str("fro", [-2i64, -1].as_slice(), false, None);
     let (left_norms, right_norms) = (norm(&collapsed_left), norm(&collapsed_right));
     let n_layers = ls[0];
     let rows = (0..n_layers)

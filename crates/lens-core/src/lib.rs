@@ -38,6 +38,7 @@ mod error;
 pub mod factored;
 pub mod generation;
 pub mod inspect;
+pub mod layer_stacks;
 pub mod model;
 pub mod patching;
 pub mod processing;

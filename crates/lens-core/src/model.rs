@@ -194,6 +194,14 @@ pub trait LensModel {
     fn tl_weight(&self, name: &str) -> ModelResult<Tensor>;
     /// The TransformerLens names [`LensModel::tl_weight`] accepts.
     fn tl_weight_names(&self) -> Vec<String>;
+    /// The per-layer weight `blocks.{l}.{name}` of every layer (`name` is `attn.W_Q`,
+    /// `mlp.W_in`, ...) as one `[n_layers, ...]` tensor that aliases the live parameters, so a
+    /// write into it changes the model — when the model keeps them stacked
+    /// ([`crate::layer_stacks`]). `None` otherwise (a weight served as a constant, say);
+    /// [`crate::circuits::Circuits::stacked_weight`] then stacks copies. `None` by default.
+    fn tl_weight_stack(&self, _name: &str) -> ModelResult<Option<Tensor>> {
+        Ok(None)
+    }
     /// The gradient accumulated on a weight, in TransformerLens's layout (`None` before any
     /// backward pass reached it).
     fn tl_weight_grad(&self, name: &str) -> ModelResult<Option<Tensor>>;

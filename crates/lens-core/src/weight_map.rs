@@ -71,30 +71,38 @@ pub enum View {
 }
 
 impl View {
-    /// The view of a HuggingFace parameter (or of its gradient), sharing its storage.
+    /// The view of a HuggingFace parameter (or of its gradient), sharing its storage. Leading
+    /// axes pass through, so the view of parameters stacked over layers (`[n_layers, ...]`) is
+    /// the TransformerLens weights stacked over layers.
     pub fn apply(self, t: &Tensor) -> Tensor {
+        let size = t.size();
+        let lead = |rank: usize| size[..size.len().saturating_sub(rank)].to_vec();
+        let shaped = |rank: usize, tail: &[i64]| [lead(rank), tail.to_vec()].concat();
+        let last = |k: usize| size[size.len() - k];
         match self {
             View::Same => t.shallow_clone(),
-            View::Rows(n) => t.narrow(0, 0, n.min(t.size()[0])),
-            View::Transpose => t.transpose(0, 1),
-            View::LinearHeads { heads, d_head } => {
-                let d = t.size()[1];
-                t.view([heads, d_head, d]).permute([0, 2, 1])
-            }
+            View::Rows(n) => t.narrow(-2, 0, n.min(last(2))),
+            View::Transpose => t.transpose(-2, -1),
+            View::LinearHeads { heads, d_head } => t
+                .view(shaped(2, &[heads, d_head, last(1)]).as_slice())
+                .transpose(-2, -1),
             View::LinearHeadsOut { heads, d_head } => {
-                let d = t.size()[0];
-                t.view([d, heads, d_head]).permute([1, 2, 0])
+                // [.., d, heads, d_head] -> [.., heads, d_head, d]
+                let lead = lead(2).len() as i64;
+                let order: Vec<i64> = (0..lead).chain([lead + 1, lead + 2, lead]).collect();
+                t.view(shaped(2, &[last(2), heads, d_head]).as_slice())
+                    .permute(order.as_slice())
             }
-            View::HeadBias { heads, d_head } => t.view([heads, d_head]),
+            View::HeadBias { heads, d_head } => t.view(shaped(1, &[heads, d_head]).as_slice()),
             View::FusedQkv {
                 part,
                 heads,
                 d_head,
             } => {
-                let (d, width) = (t.size()[0], heads * d_head);
-                t.narrow(1, part * width, width)
-                    .view([d, heads, d_head])
-                    .permute([1, 0, 2])
+                let width = heads * d_head;
+                t.narrow(-1, part * width, width)
+                    .view(shaped(2, &[last(2), heads, d_head]).as_slice())
+                    .transpose(-3, -2)
             }
             View::FusedQkvBias {
                 part,
@@ -102,11 +110,11 @@ impl View {
                 d_head,
             } => {
                 let width = heads * d_head;
-                t.narrow(0, part * width, width).view([heads, d_head])
+                t.narrow(-1, part * width, width)
+                    .view(shaped(1, &[heads, d_head]).as_slice())
             }
             View::ConvHeadsOut { heads, d_head } => {
-                let d = t.size()[1];
-                t.view([heads, d_head, d])
+                t.view(shaped(2, &[heads, d_head, last(1)]).as_slice())
             }
         }
     }

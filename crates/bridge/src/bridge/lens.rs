@@ -2,6 +2,7 @@
 //! ([`ResidualModel`]) for the bridge.
 
 use hookpoint::{HookError, HookRegistry, Normalization, ResidualModel};
+use lens_core::layer_stacks;
 use lens_core::model::{
     ForwardOptions, ForwardOutput, GenerateOptions, LensModel, ModelDims, ModelError, ModelResult,
 };
@@ -139,6 +140,37 @@ impl LensModel for TransformerBridge {
 
     fn tl_weight_names(&self) -> Vec<String> {
         self.weights.names().map(str::to_owned).collect()
+    }
+
+    /// The view of the stacked HuggingFace parameter when every layer's weight is the same view
+    /// of the same parameter pattern (`transformer.h.*.attn.c_attn.weight`).
+    fn tl_weight_stack(&self, name: &str) -> ModelResult<Option<Tensor>> {
+        let n_layers = self.dims().n_layers;
+        let mut pattern_and_view = None;
+        let mut layers = Vec::with_capacity(n_layers as usize);
+        for l in 0..n_layers {
+            let Some(source) = self.weights.get(&format!("blocks.{l}.{name}")) else {
+                return Ok(None);
+            };
+            let (Some((pattern, layer)), Some(parameter)) = (
+                layer_stacks::layer_pattern(&source.hf),
+                self.hf.parameter(&source.hf),
+            ) else {
+                return Ok(None);
+            };
+            let first = pattern_and_view.get_or_insert((pattern.clone(), source.view));
+            if layer != l || *first != (pattern, source.view) {
+                return Ok(None);
+            }
+            layers.push(parameter);
+        }
+        let Some((pattern, view)) = pattern_and_view else {
+            return Ok(None);
+        };
+        Ok(self
+            .stacks
+            .get(&pattern, &layers)
+            .map(|stack| view.apply(&stack)))
     }
 
     fn tl_weight_grad(&self, name: &str) -> ModelResult<Option<Tensor>> {

@@ -17,6 +17,7 @@ use crate::hf::model::gpt2_config;
 use crate::hf::{hf_position_ids, Gpt2LMHeadModel, HfModel, KvCache, LlamaForCausalLM};
 use crate::input;
 use crate::tap::TlPaths;
+use lens_core::layer_stacks::LayerStacks;
 use lens_core::model::LensModel;
 use lens_core::weight_map::{self, WeightMap};
 
@@ -44,6 +45,13 @@ pub struct TransformerBridge {
     paths: TlPaths,
     tokenizer: Option<Tokenizer>,
     compatibility: Option<CompatibilityOptions>,
+    /// The per-layer HuggingFace parameters' storage, stacked over layers (so TransformerLens's
+    /// stacked weights are views of the live ones).
+    stacks: LayerStacks,
+}
+
+fn stack_layers(hf: &HfModel) -> LayerStacks {
+    LayerStacks::alias(hf.named_parameters())
 }
 
 impl std::fmt::Debug for TransformerBridge {
@@ -132,8 +140,10 @@ impl TransformerBridge {
         let paths = TlPaths::default();
         let hooks = BridgeHooks::new(Layout::gpt2(hf.config().n_layer as usize), &paths);
         let weights = adapter.weight_map().clone();
+        let hf = HfModel::Gpt2(hf);
         TransformerBridge {
-            hf: HfModel::Gpt2(hf),
+            stacks: stack_layers(&hf),
+            hf,
             adapter: Some(adapter),
             weights,
             hooks,
@@ -161,8 +171,10 @@ impl TransformerBridge {
             &paths,
         );
         let weights = weight_map::llama(c);
+        let hf = HfModel::Llama(hf);
         TransformerBridge {
-            hf: HfModel::Llama(hf),
+            stacks: stack_layers(&hf),
+            hf,
             adapter: None,
             weights,
             hooks,
@@ -321,6 +333,8 @@ impl TransformerBridge {
                 ))
             }
         }
+        // Processing may add parameters (a bias fold_value_biases needs): stack them too.
+        self.stacks = stack_layers(&self.hf);
         self.compatibility = Some(options);
         Ok(())
     }

@@ -85,20 +85,22 @@ impl HfModel {
 
     /// Every parameter.
     pub fn parameters(&self) -> Vec<Tensor> {
-        match self {
-            HfModel::Gpt2(m) => m
-                .params()
-                .named()
-                .into_iter()
-                .map(|(_, t)| t.shallow_clone())
-                .collect(),
-            HfModel::Llama(m) => m
-                .params()
-                .named()
-                .into_iter()
-                .map(|(_, t)| t.shallow_clone())
-                .collect(),
-        }
+        self.named_parameters()
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect()
+    }
+
+    /// Every parameter with its HuggingFace name (`named_parameters()`).
+    pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let named = match self {
+            HfModel::Gpt2(m) => m.params().named(),
+            HfModel::Llama(m) => m.params().named(),
+        };
+        named
+            .into_iter()
+            .map(|(name, t)| (name, t.shallow_clone()))
+            .collect()
     }
 
     /// The components [`HfModel::run_component`] runs one at a time.

@@ -28,7 +28,7 @@ fn svd_norm_and_eigenvalues_come_from_the_factors() {
     let (_, dense_s, _) = dense.svd(true, false);
     let dense_s = dense_s.narrow(-1, 0, 4);
     assert!(close(&svd.s, &dense_s));
-    let frobenius = dense.frobenius_norm([-2i64, -1].as_slice(), false);
+    let frobenius = dense.linalg_norm_ord_str("fro", [-2i64, -1].as_slice(), false, None);
     assert!(close(&m.norm().unwrap(), &frobenius));
     // The product's non-zero eigenvalues are those of B A: their sum is the trace.
     let eig = m.eigenvalues().unwrap();

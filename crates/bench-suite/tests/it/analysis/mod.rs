@@ -417,6 +417,122 @@ fn generation_streams_the_tokens_generate_returns(
     }
 }
 
+/// Stacked weights are views of the live parameters on both models, for every family's layout
+/// (GPT-2's fused `c_attn`, the Llama family's separate projections, grouped key/value heads,
+/// biases): a write into one changes the model as writing the per-layer weights does, and the
+/// parameters keep their gradients.
+#[test]
+fn stacked_weights_alias_the_live_parameters() {
+    for model_name in ["small", "dec-a"] {
+        for model in models(model_name) {
+            let who = format!("{} on {model_name}", model.model_name());
+            let names = model.tl_weight_names();
+            let tokens = Tensor::from_slice(&[5i64, 9, 2, 7]).view([1, -1]);
+            let logits = || {
+                tch::no_grad(|| model.forward(&tokens, &ForwardOptions::default()))
+                    .unwrap()
+                    .logits
+                    .unwrap()
+            };
+            let before = logits();
+            let mut aliased = 0;
+            for stacked in [
+                "W_Q", "_W_K", "W_K", "W_V", "W_O", "b_Q", "W_in", "W_out", "b_out",
+            ] {
+                let per_layer = |l: i64| {
+                    let own = format!("blocks.{l}.{}.{stacked}", module_of(stacked));
+                    names.contains(&own).then_some(own)
+                };
+                let Some(first) = per_layer(0) else { continue };
+                if model.tl_weight_is_constant(&first) {
+                    continue;
+                }
+                let mut w = model.stacked_weight(stacked).unwrap();
+                let original = w.copy();
+                tch::no_grad(|| {
+                    let _ = w.get(1).get(0).fill_(0.5);
+                });
+                let last = model.dims().n_layers - 1;
+                let layer_1 = model.tl_weight(&per_layer(1.min(last)).unwrap()).unwrap();
+                assert!(
+                    layer_1.get(0).eq(0.5).all().int64_value(&[]) == 1,
+                    "{who}: a write into {stacked} reaches blocks.1"
+                );
+                assert!(
+                    !logits().allclose(&before, 1e-6, 1e-6, false),
+                    "{who}: a write into {stacked} changes the logits"
+                );
+                tch::no_grad(|| w.copy_(&original));
+                assert!(logits().equal(&before), "{who}: {stacked} restored");
+                aliased += 1;
+            }
+            assert!(
+                aliased >= 6,
+                "{who}: only {aliased} stacked weights checked"
+            );
+            // The grouped expansion is a copy (one key/value head serves several query heads).
+            if names.iter().any(|n| n.ends_with("attn._W_K")) {
+                let mut expanded = model.stacked_weight("W_K").unwrap();
+                tch::no_grad(|| {
+                    let _ = expanded.zero_();
+                });
+                assert!(logits().equal(&before), "{who}: W_K expanded is a copy");
+            }
+            // Gradients still reach the per-layer parameters.
+            let out = model.forward(&tokens, &ForwardOptions::default()).unwrap();
+            out.logits.unwrap().sum(Kind::Float).backward();
+            let grad = model.tl_weight_grad("blocks.0.attn.W_Q").unwrap();
+            assert!(
+                grad.is_some_and(|g| g.abs().sum(Kind::Float).double_value(&[]) > 0.0),
+                "{who}: W_Q of layer 0 has a gradient"
+            );
+            model.zero_grad();
+        }
+    }
+}
+
+/// After compatibility mode (which adds an `o_proj` bias to a model without one, to fold the
+/// value biases into) the bridge's stacked weights alias the processed parameters, the added
+/// ones included.
+#[test]
+fn stacked_weights_alias_the_processed_parameters() {
+    let dir = fixtures().join("dec-a").join("model");
+    let mut bridge =
+        TransformerBridge::boot(dir.to_str().unwrap(), Device::Cpu, Kind::Float).unwrap();
+    bridge
+        .enable_compatibility_mode(bridge::CompatibilityOptions::default())
+        .unwrap();
+    let tokens = Tensor::from_slice(&[5i64, 9, 2, 7]).view([1, -1]);
+    let logits = || {
+        tch::no_grad(|| bridge.forward(&tokens, &ForwardOptions::default()))
+            .unwrap()
+            .logits
+            .unwrap()
+    };
+    let before = logits();
+    for stacked in ["W_Q", "b_O", "W_in"] {
+        let mut w = bridge.stacked_weight(stacked).unwrap();
+        let original = w.copy();
+        tch::no_grad(|| {
+            let _ = w.g_add_scalar_(0.25);
+        });
+        assert!(
+            !logits().allclose(&before, 1e-6, 1e-6, false),
+            "a write into the processed {stacked} changes the logits"
+        );
+        tch::no_grad(|| w.copy_(&original));
+    }
+    assert!(logits().equal(&before));
+}
+
+fn module_of(stacked: &str) -> &'static str {
+    if stacked.trim_start_matches('_').contains("in") || stacked.contains("out") {
+        "mlp"
+    } else {
+        "attn"
+    }
+}
+
 /// A stacked weight written back changes both models alike; grouped `W_K` and absent biases
 /// are refused with a reason.
 #[test]
@@ -431,7 +547,7 @@ fn stacked_weights_write_back_into_the_model() {
                 .unwrap()
         };
         let before = logits();
-        let w_q = model.stacked_weight("W_Q").unwrap();
+        let w_q = model.stacked_weight("W_Q").unwrap().copy();
         model.write_stacked_weight("W_Q", &(&w_q * 2.0)).unwrap();
         assert!(
             model.stacked_weight("W_Q").unwrap().equal(&(&w_q * 2.0)),
