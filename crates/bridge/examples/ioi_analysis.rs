@@ -12,7 +12,7 @@
 use bridge::prelude::*;
 use lens_core::model::ModelResult;
 use lens_core::patching::{
-    activation_patch, attribution_patch, Activation, PatchAxes, PatchOptions,
+    activation_patch, attribution_patch, Activation, Metric, PatchAxes, PatchOptions,
 };
 
 const CLEAN: &str = "When Mary and John went to the store, John gave a drink to";
@@ -66,7 +66,7 @@ pub fn run(model_name: &str) -> ModelResult<Findings> {
         &clean_cache,
         Activation::Z,
         PatchAxes::LayerHead,
-        &metric,
+        &Metric::Logits(&metric),
         &PatchOptions::default(),
     )?;
     let corrupted_diff = tch::no_grad(|| model.forward(&corrupted, &ForwardOptions::default()))?

@@ -3,8 +3,8 @@
 //! each copy with its own patch, instead of one forward pass per patch.
 //!
 //! A sweep takes the corrupted tokens, a cache of the clean run (at least the patched hook
-//! points), what to patch ([`Activation`]) and over which axes ([`PatchAxes`]), and a metric of
-//! the logits. Its result has one entry per index, in TransformerLens's order and shape. The
+//! points), what to patch ([`Activation`]) and over which axes ([`PatchAxes`]), and a
+//! [`Metric`] of the logits (and, if it asks, of the patched run's activations). Its result has one entry per index, in TransformerLens's order and shape. The
 //! TransformerLens functions are these calls:
 //!
 //! | TransformerLens | [`Activation`] | [`PatchAxes`] | result |
@@ -21,7 +21,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use hookpoint::{ActivationCache, Hook, HookSpec};
+use hookpoint::{ActivationCache, CacheOptions, Hook, HookSpec, NamesFilter, Slice};
 use tch::{Kind, Tensor};
 
 use crate::model::{ForwardOptions, LensModel, ModelError, ModelResult};
@@ -109,9 +109,22 @@ impl Default for PatchOptions {
     }
 }
 
-/// The metric a sweep reports for each patch: a scalar of the patched run's logits
-/// `[b, p, d_vocab]` (the corrupted prompt's batch).
-pub type Metric<'a> = &'a dyn Fn(&Tensor) -> ModelResult<f64>;
+/// The metric a sweep reports for each patch, a scalar of the patched run (the corrupted
+/// prompt's batch, `b` rows, even when the sweep runs several patches in one batch).
+pub enum Metric<'a> {
+    /// A function of the logits `[b, p, d_vocab]` (TransformerLens's `patching_metric`).
+    Logits(&'a dyn Fn(&Tensor) -> ModelResult<f64>),
+    /// A function of the logits and of the patched run's activations at the hook points
+    /// `names` selects (`[b, ...]` each; the patched activation itself as patched): to score,
+    /// say, a head's attention to a position, or the residual stream's projection on a
+    /// direction.
+    LogitsAndCache {
+        /// The hook points to record in each patched run.
+        names: NamesFilter,
+        /// The metric.
+        metric: &'a dyn Fn(&Tensor, &ActivationCache) -> ModelResult<f64>,
+    },
+}
 
 /// One patch: its index (layer first) and its place in the result.
 struct Patch {
@@ -131,7 +144,7 @@ pub fn activation_patch(
     clean: &ActivationCache,
     activation: Activation,
     axes: PatchAxes,
-    metric: Metric<'_>,
+    metric: &Metric<'_>,
     options: &PatchOptions,
 ) -> ModelResult<Tensor> {
     let _no_grad = tch::no_grad_guard();
@@ -269,7 +282,7 @@ fn run_chunk(
     activation: Activation,
     axes: PatchAxes,
     chunk: &[Patch],
-    metric: Metric<'_>,
+    metric: &Metric<'_>,
 ) -> ModelResult<Vec<f64>> {
     let copies = chunk.len() as i64;
     let batch = corrupted.size()[0];
@@ -298,13 +311,38 @@ fn run_chunk(
             }),
         ));
     }
-    let logits = model
-        .run_with_hooks(&tokens, &ForwardOptions::default(), &hooks)?
-        .logits
-        .ok_or_else(|| ModelError::InvalidInput("the patched run returned no logits".into()))?;
-    (0..copies)
-        .map(|i| metric(&logits.narrow(0, i * batch, batch)))
-        .collect()
+    let no_logits = || ModelError::InvalidInput("the patched run returned no logits".into());
+    match metric {
+        Metric::Logits(metric) => {
+            let out = model.run_with_hooks(&tokens, &ForwardOptions::default(), &hooks)?;
+            let logits = out.logits.ok_or_else(no_logits)?;
+            (0..copies)
+                .map(|i| metric(&logits.narrow(0, i * batch, batch)))
+                .collect()
+        }
+        Metric::LogitsAndCache { names, metric } => {
+            let cache_options = CacheOptions {
+                names_filter: names.clone(),
+                ..CacheOptions::default()
+            };
+            // The patches go in first, so the cache records the patched activations.
+            let (out, cache) = model.hooks().with_hooks(&hooks, || {
+                model.run_with_cache(&tokens, &ForwardOptions::default(), &cache_options)
+            })??;
+            let logits = out.logits.ok_or_else(no_logits)?;
+            (0..copies)
+                .map(|i| {
+                    let rows = Slice::Range {
+                        start: Some(i * batch),
+                        stop: Some((i + 1) * batch),
+                        step: 1,
+                    };
+                    let copy = cache.apply_slice_to_batch_dim(&rows)?;
+                    metric(&logits.narrow(0, i * batch, batch), &copy)
+                })
+                .collect()
+        }
+    }
 }
 
 /// `act` `[copies * b, ...]` with, in each copy `i` of `rows`, the indexed slice replaced by

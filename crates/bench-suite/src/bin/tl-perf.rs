@@ -1072,7 +1072,7 @@ fn measure_patching(
     device: Device,
     repeats: usize,
 ) -> AnyResult<Value> {
-    use lens_core::patching::{activation_patch, Activation, PatchAxes, PatchOptions};
+    use lens_core::patching::{activation_patch, Activation, Metric, PatchAxes, PatchOptions};
     let tokens = |text: &str| -> AnyResult<Tensor> {
         Ok(bridge.to_tokens(&[text], None, None)?.ids.to_device(device))
     };
@@ -1103,7 +1103,7 @@ fn measure_patching(
             &clean_cache,
             Activation::ResidPre,
             PatchAxes::LayerPos,
-            &metric,
+            &Metric::Logits(&metric),
             &options,
         )
     };

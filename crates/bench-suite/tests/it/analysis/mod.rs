@@ -9,7 +9,7 @@ use hooked_ref::HookedTransformer;
 use hookpoint::CacheOptions;
 use lens_core::circuits::{Circuits, Composition};
 use lens_core::model::{ForwardOptions, LensModel};
-use lens_core::patching::{activation_patch, Activation, PatchAxes, PatchOptions};
+use lens_core::patching::{activation_patch, Activation, Metric, PatchAxes, PatchOptions};
 use rstest::rstest;
 use tch::{Device, Kind, Tensor};
 
@@ -213,7 +213,13 @@ fn patching_matches_transformer_lens_one_at_a_time_and_batched(
                     ..PatchOptions::default()
                 };
                 activation_patch(
-                    &*model, &corrupted, &cache, activation, axes, &metric, &options,
+                    &*model,
+                    &corrupted,
+                    &cache,
+                    activation,
+                    axes,
+                    &Metric::Logits(&metric),
+                    &options,
                 )
                 .unwrap()
             };
@@ -227,6 +233,64 @@ fn patching_matches_transformer_lens_one_at_a_time_and_batched(
                 let e = err(&batched, &single);
                 assert!(e <= 1e-6, "{who} {function}: batched differs by {e:.2e}");
             }
+        }
+    }
+}
+
+/// A metric over the patched run's cache sees each patch's own activations, as patched: the
+/// sum of `blocks.0.hook_resid_pre` is the corrupted one with position `p` swapped for the
+/// clean one when layer 0 is patched at `p`, and unchanged when a later layer is; batched and
+/// one at a time alike.
+#[test]
+fn patching_metrics_can_read_the_patched_runs_cache() {
+    let clean = Tensor::from_slice(&[3i64, 8, 1, 6, 2]).view([1, -1]);
+    let corrupted = Tensor::from_slice(&[3i64, 4, 1, 6, 9]).view([1, -1]);
+    for model in models("dec-a") {
+        let who = model.model_name().to_owned();
+        let record = |tokens: &Tensor| {
+            tch::no_grad(|| {
+                model.run_with_cache(tokens, &ForwardOptions::default(), &CacheOptions::default())
+            })
+            .unwrap()
+            .1
+        };
+        let (clean_cache, corrupted_cache) = (record(&clean), record(&corrupted));
+        let per_position = |cache: &hookpoint::ActivationCache| {
+            cache
+                .get("blocks.0.hook_resid_pre")
+                .unwrap()
+                .get(0)
+                .sum_dim_intlist(-1, false, Kind::Double)
+        };
+        let (clean_pos, corrupted_pos) =
+            (per_position(&clean_cache), per_position(&corrupted_cache));
+        let read = |_: &Tensor, cache: &hookpoint::ActivationCache| {
+            Ok(per_position(cache).sum(Kind::Double).double_value(&[]))
+        };
+        let metric = Metric::LogitsAndCache {
+            names: hookpoint::NamesFilter::Name("blocks.0.hook_resid_pre".into()),
+            metric: &read,
+        };
+        let n_layers = model.dims().n_layers;
+        let expected = corrupted_pos.sum(Kind::Double).repeat([n_layers, 5]);
+        let _ = expected.get(0).g_add_(&(&clean_pos - &corrupted_pos));
+        for batch_size in [Some(1), None] {
+            let options = PatchOptions {
+                batch_size,
+                ..PatchOptions::default()
+            };
+            let scores = activation_patch(
+                &*model,
+                &corrupted,
+                &clean_cache,
+                Activation::ResidPre,
+                PatchAxes::LayerPos,
+                &metric,
+                &options,
+            )
+            .unwrap();
+            let e = err(&scores, &expected);
+            assert!(e <= 1e-4, "{who} batch {batch_size:?}: err {e:.2e}");
         }
     }
 }
@@ -249,7 +313,7 @@ fn patching_refuses_what_transformer_lens_does_not_sweep() {
         &cache,
         Activation::ResidPre,
         PatchAxes::LayerHead,
-        &metric,
+        &Metric::Logits(&metric),
         &PatchOptions::default(),
     )
     .unwrap_err();
@@ -261,7 +325,7 @@ fn patching_refuses_what_transformer_lens_does_not_sweep() {
         &cache,
         Activation::ResidPre,
         PatchAxes::LayerPos,
-        &metric,
+        &Metric::Logits(&metric),
         &PatchOptions::default(),
     )
     .unwrap_err();
