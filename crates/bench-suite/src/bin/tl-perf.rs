@@ -1065,8 +1065,9 @@ const PATCH_CORRUPTED: &str = "When Mary and John went to the store, Mary gave a
 
 /// The `resid_pre` sweep (every layer x position, a logit difference at the last position): one
 /// patch per forward pass (as TransformerLens runs it) once, batched (the batch size chosen
-/// from memory) `repeats` times, and one unpatched forward pass of the corrupted prompt, the
-/// cost of streaming the weights once at this length.
+/// from memory) `repeats` times, one unpatched forward pass of the corrupted prompt (the cost
+/// of streaming the weights once at this length), and one unhooked forward pass of as many
+/// copies of it as there are patches (the arithmetic of the batched sweep's one pass).
 fn measure_patching(
     bridge: &TransformerBridge,
     device: Device,
@@ -1117,6 +1118,15 @@ fn measure_patching(
         })?)
     })?;
     let patches = single.numel() as u64;
+    // The pass the batched sweep makes, without its patches: every copy of the corrupted prompt
+    // in one unhooked forward.
+    let copies = corrupted.repeat([patches as i64, 1]);
+    let (batch_forward_samples, _) = seconds_samples(device, repeats, || {
+        Ok(tch::no_grad(|| {
+            bridge.forward(&copies, &ForwardOptions::default())
+        })?)
+    })?;
+    drop(copies);
     let default_batch = PatchOptions::default();
     let differentiable = |logits: &Tensor| Ok(logit_diff(logits));
     let attribution_s = median_seconds(device, repeats, || {
@@ -1156,6 +1166,7 @@ fn measure_patching(
         "batched_min_s": batched_samples.iter().cloned().fold(f64::INFINITY, f64::min),
         "memory_budget_bytes": default_batch.memory_budget_bytes,
         "forward_ms": median(&forward_samples) * 1e3,
+        "batch_forward_s": median(&batch_forward_samples),
         "batched_vs_one_at_a_time_max_abs_diff": max_diff,
         "attribution_s": attribution_s,
         "cache_loop_s": cache_loop_s,
@@ -1691,6 +1702,16 @@ fn report(args: &ReportArgs) -> AnyResult<()> {
                 "no Python run"
             },
         ));
+        targets.push(target(
+            "patching_batched_vs_its_pass",
+            "180-patch resid_pre sweep, batched / one unhooked forward of the 180 copies it runs",
+            (
+                ratio(r("patching.batched_s"), r("patching.batch_forward_s")),
+                ratio(r("patching.batched_min_s"), r("patching.batch_forward_s")),
+            ),
+            Bound::Le(1.5),
+            "both measured in this run",
+        ));
     }
 
     let md = render_markdown(&rust, python.as_ref(), tl4.as_ref(), &targets);
@@ -2058,16 +2079,22 @@ fn render_patching(out: &mut String, rust: &Value, python: Option<&Value>, tl4: 
     }
     render_workloads(out, rust, python, tl4);
     let forward_s = r("patching.forward_ms").map(|ms| ms / 1e3);
+    let batch_forward = r("patching.batch_forward_s");
     let _ = writeln!(
         out,
         "\nBatched and one-at-a-time results differ by at most {} (max abs). One unpatched \
          forward pass of the corrupted prompt takes {} ms, so {patches:.0} one-patch passes cost \
-         at least {} s, most of it streaming the 0.5 GB of weights once per pass; batched, they \
-         stream once and the sweep is bound by the arithmetic of {patches:.0} x {:.0} tokens.",
+         at least {} s, most of it streaming the 0.5 GB of weights once per pass. Batched, the \
+         sweep is one pass over {patches:.0} copies ({patches:.0} x {:.0} tokens), which streams \
+         the weights once and is bound by its arithmetic: the same pass without patches or \
+         metric takes {} s, so the batched sweep costs {}x the forward pass it makes (patching \
+         and metrics are the rest).",
         fmt_opt(r("patching.batched_vs_one_at_a_time_max_abs_diff"), 8),
         fmt_opt(r("patching.forward_ms"), 1),
         fmt_opt(forward_s.map(|f| f * patches), 2),
-        r("patching.prompt_tokens").unwrap_or(0.0)
+        r("patching.prompt_tokens").unwrap_or(0.0),
+        fmt_opt(batch_forward, 2),
+        fmt_opt(ratio(Some(batched), batch_forward), 2),
     );
 }
 
