@@ -139,7 +139,73 @@ DECODER_CONFIGS = [
             "rope_parameters": {"rope_type": "default", "rope_theta": 60.5},
         },
     },
+    # GPT-NeoX (Pythia). neox-a: parallel residual, a quarter of each head rotated, a rope base
+    # TL 3.9.0 never reads; neox-b: sequential, tied embeddings, linear rope scaling (which TL
+    # ignores for this family), half of each head rotated; neox-c: no attention biases (TL's
+    # converter and bridge both need them), every dimension rotated, gelu_new.
+    {
+        "name": "neox-a",
+        "class": "GPTNeoXForCausalLM",
+        "seed": 3101,
+        "hf": {
+            "vocab_size": VOCAB,
+            "hidden_size": 64,
+            "intermediate_size": 96,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 64,
+            "layer_norm_eps": 1e-5,
+            "tie_word_embeddings": False,
+            "use_parallel_residual": True,
+            "attention_bias": True,
+            "hidden_act": "gelu",
+            "rope_parameters": {"rope_type": "default", "rope_theta": 500.0,
+                                "partial_rotary_factor": 0.25},
+        },
+    },
+    {
+        "name": "neox-b",
+        "class": "GPTNeoXForCausalLM",
+        "seed": 3102,
+        "hf": {
+            "vocab_size": VOCAB,
+            "hidden_size": 48,
+            "intermediate_size": 80,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 64,
+            "layer_norm_eps": 1e-5,
+            "tie_word_embeddings": True,
+            "use_parallel_residual": False,
+            "attention_bias": True,
+            "hidden_act": "gelu",
+            "rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0,
+                                "partial_rotary_factor": 0.5},
+        },
+    },
+    {
+        "name": "neox-c",
+        "class": "GPTNeoXForCausalLM",
+        "seed": 3103,
+        "hf": {
+            "vocab_size": VOCAB,
+            "hidden_size": 64,
+            "intermediate_size": 112,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 64,
+            "layer_norm_eps": 1e-4,
+            "tie_word_embeddings": False,
+            "use_parallel_residual": True,
+            "attention_bias": False,
+            "hidden_act": "gelu_new",
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                "partial_rotary_factor": 1.0},
+        },
+    },
 ]
+
+LLAMA_CLASSES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
 
 
 def config_class(class_name: str):
@@ -159,7 +225,7 @@ def param_kind(name: str) -> str:
         return "bias"
     if name.endswith("norm.weight"):
         return "norm_weight"
-    if name.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight")):
+    if name.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "query_key_value.weight")):
         return "qkv"
     return "matrix"
 
@@ -188,7 +254,8 @@ def build_and_save(spec: dict, out_dir: Path) -> dict:
     torch.manual_seed(spec["seed"])
     model = model_class(spec["class"])(cfg).to(torch.float32).eval()
     kinds = randomize_(model, spec["seed"])
-    tied = model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    tied = (model.get_output_embeddings().weight.data_ptr()
+            == model.get_input_embeddings().weight.data_ptr())
     assert tied == spec["hf"]["tie_word_embeddings"], spec["name"]
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="tlrs-dec-") as td:
@@ -305,21 +372,31 @@ def tl_config_and_corrections(spec: dict, model_dir: Path):
             f"sqrt(d_head) follows)."
         )
         c["d_head"] = head_dim
-    # rotary_dim: HF rotates the whole head (partial_rotary_factor 1); TL sets rotary_dim =
-    # hidden_size // num_attention_heads for Llama/Qwen2 (Mistral: None -> d_head in __post_init__).
-    if c.get("rotary_dim") is not None and c["rotary_dim"] != head_dim:
+    # rotary_dim: the Llama family rotates the whole head (partial_rotary_factor 1); TL sets
+    # rotary_dim = hidden_size // num_attention_heads for Llama/Qwen2 (Mistral: None -> d_head in
+    # __post_init__). GPT-NeoX rotates int(head_dim * partial_rotary_factor), rounded up to pairs
+    # (HF's inv_freq has ceil(r / 2) entries); TL uses round(rotary_pct * d_head).
+    neox = spec["class"] == "GPTNeoXForCausalLM"
+    if neox:
+        truncated = int(head_dim * rope["partial_rotary_factor"])
+        rotary_dim = 2 * ((truncated + 1) // 2)
+    else:
+        rotary_dim = head_dim
+    if c.get("rotary_dim") is not None and c["rotary_dim"] != rotary_dim:
         corrections.append(
-            f"rotary_dim: TL derived {c['rotary_dim']} (= hidden_size // num_attention_heads); set "
-            f"to head_dim {head_dim} (HF rotates the whole head)."
+            f"rotary_dim: TL derived {c['rotary_dim']}; set to HF's {rotary_dim} (the dimensions "
+            "of each head HF rotates)."
         )
-        c["rotary_dim"] = head_dim
+        c["rotary_dim"] = rotary_dim
     # rotary_base: TL truncates rope_theta with int() for Qwen2 / Qwen3 (get_pretrained_model_config
     # restores it for Qwen2 only, and only when given hf_cfg; convert_hf_model_config does not).
     theta = rope["rope_theta"]
-    if float(c["rotary_base"]) != float(theta) or isinstance(c["rotary_base"], int) != isinstance(theta, int):
+    tl_base = c.get("rotary_base", 10000)
+    if float(tl_base) != float(theta) or (not neox and isinstance(tl_base, int) != isinstance(theta, int)):
+        why = ("TL 3.9.0's GPT-NeoX configuration never reads rope_theta / rotary_emb_base, so "
+               "the dataclass default applies" if neox else "int() of rope_theta")
         corrections.append(
-            f"rotary_base: TL derived {c['rotary_base']!r} (int() of rope_theta); set to HF "
-            f"rope_theta {theta!r}."
+            f"rotary_base: TL used {tl_base!r} ({why}); set to HF rope_theta {theta!r}."
         )
         c["rotary_base"] = theta
     rope_type = rope.get("rope_type", "default")
@@ -330,7 +407,7 @@ def tl_config_and_corrections(spec: dict, model_dir: Path):
         if c.get("rotary_scaling_factor", 1.0) != rope["factor"]:
             corrections.append(
                 f"rotary_scaling_factor: TL ignores rope_parameters rope_type 'linear' (factor "
-                f"{rope['factor']}) for LlamaForCausalLM and left it at 1.0; set to {rope['factor']} "
+                f"{rope['factor']}) for {spec['class']} and left it at 1.0; set to {rope['factor']} "
                 "(TL's own linear-scaling field: angles = pos / (freq * factor), i.e. HF's "
                 "inv_freq / factor)."
             )
@@ -359,8 +436,14 @@ def tl_config_and_corrections(spec: dict, model_dir: Path):
     if spec["class"] == "Qwen3ForCausalLM":
         assert c.get("use_qk_norm") is True
     # GQA: TL's Llama/Qwen3 branches set n_key_value_heads None when equal to n_heads (plain
-    # Attention); every config here has a ratio > 1.
-    assert c.get("n_key_value_heads") == hf_cfg.num_key_value_heads != n_heads
+    # Attention); every Llama-family config here has a ratio > 1.
+    if spec["class"] in LLAMA_CLASSES:
+        assert c.get("n_key_value_heads") == hf_cfg.num_key_value_heads != n_heads
+    else:
+        assert c.get("n_key_value_heads") is None
+    if neox:
+        assert c.get("parallel_attn_mlp") == hf_cfg.use_parallel_residual
+        assert c["rotary_adjacent_pairs"] is False
 
     c.update(
         device="cpu",
@@ -449,6 +532,29 @@ def tl_state_dict_corrections(hf_model, cfg, sd: dict) -> list:
     return out
 
 
+def hf_model_with_zero_attention_biases(spec: dict, hf_model):
+    """TL 3.9.0's GPT-NeoX converter reads query_key_value.bias and dense.bias unconditionally
+    (pretrained/weight_conversions/neox.py), so a checkpoint with attention_bias=False crashes it.
+    Returns (a copy of the HF model with zero biases there, the corrections list); the model
+    itself where nothing needs adding."""
+    import copy
+
+    import torch
+    import torch.nn as nn
+
+    if spec["class"] != "GPTNeoXForCausalLM" or hf_model.config.attention_bias:
+        return hf_model, []
+    source = copy.deepcopy(hf_model)
+    for layer in source.gpt_neox.layers:
+        for lin in (layer.attention.query_key_value, layer.attention.dense):
+            lin.bias = nn.Parameter(torch.zeros(lin.out_features, dtype=lin.weight.dtype))
+    return source, [
+        "attention_bias=False: TL's GPT-NeoX converter reads attention.query_key_value.bias and "
+        "attention.dense.bias unconditionally (it crashes without them); converted from a copy of "
+        "the HF model with zero biases there (the same function)."
+    ]
+
+
 def build_ht_decoder(spec: dict, hf_model, model_dir: Path, processed: bool):
     """Returns (model, TL's raw cfg dict, corrections)."""
     import torch
@@ -457,17 +563,20 @@ def build_ht_decoder(spec: dict, hf_model, model_dir: Path, processed: bool):
 
     c, raw, corrections = tl_config_and_corrections(spec, model_dir)
     cfg = HookedTransformerConfig(**c)
-    sd = get_pretrained_state_dict(str(model_dir), cfg, hf_model=hf_model)
+    source, bias_corrections = hf_model_with_zero_attention_biases(spec, hf_model)
+    corrections += bias_corrections
+    sd = get_pretrained_state_dict(str(model_dir), cfg, hf_model=source)
     sd = {k: v.detach().clone().to(torch.float32) for k, v in sd.items()}
     model = HookedTransformer(cfg)
-    mlp_bias = any(
-        getattr(layer.mlp, p).bias is not None
-        for layer in hf_model.model.layers
-        for p in ("gate_proj", "up_proj")
-    )
-    if mlp_bias:
-        patch_mlp_hf_biases(model)
-    corrections += tl_state_dict_corrections(hf_model, cfg, sd)
+    if spec["class"] in LLAMA_CLASSES:
+        mlp_bias = any(
+            getattr(layer.mlp, p).bias is not None
+            for layer in hf_model.model.layers
+            for p in ("gate_proj", "up_proj")
+        )
+        if mlp_bias:
+            patch_mlp_hf_biases(model)
+        corrections += tl_state_dict_corrections(hf_model, cfg, sd)
     model.load_and_process_state_dict(
         sd,
         fold_ln=processed,
@@ -490,6 +599,7 @@ def ht_dec_cfg_summary(cfg) -> dict:
         "NTK_original_ctx_len", "use_local_attn", "window_size", "attn_types", "use_qk_norm",
         "ungroup_grouped_query_attention", "original_architecture", "default_prepend_bos",
         "use_attn_result", "use_split_qkv_input", "use_hook_mlp_in", "use_attn_in", "use_hook_tokens",
+        "parallel_attn_mlp",
     ]
     out = {}
     for k in keys:
@@ -508,7 +618,7 @@ def rotary_vs_hf(model, hf_model, n_pos: int) -> dict:
     x = torch.zeros(1, n_pos, 1, dtype=torch.float32)
     pos = torch.arange(n_pos, dtype=torch.int64)[None]
     with torch.no_grad():
-        cos, sin = hf_model.model.rotary_emb(x, pos)
+        cos, sin = hf_model.base_model.rotary_emb(x, pos)
     attn = model.blocks[0].attn
     tl_cos, tl_sin = attn.rotary_cos[:n_pos], attn.rotary_sin[:n_pos]
     assert tl_cos.shape == cos[0].shape, (tl_cos.shape, cos.shape)
@@ -531,6 +641,23 @@ def weight_processing_record(unproc, proc) -> dict:
     added = sorted(k for k in pp if k not in pu)
     u_E, p_E = pu["embed.W_E"], pp["embed.W_E"]
     W_U = pp["unembed.W_U"]
+    if proc.cfg.normalization_type == "LNPre":
+        return {
+            "call": "load_and_process_state_dict(sd, fold_ln=True, center_writing_weights=True, "
+            "center_unembed=True, fold_value_biases=True, refactor_factored_attn_matrices=False)",
+            "steps": {
+                "fold_ln": "LayerNorm weights and biases folded into W_Q/W_K/W_V (b_Q/b_K/b_V) and "
+                "W_in (b_in) and W_U (b_U), those weights centred over d_model; ln1/ln2/ln_final "
+                "become LayerNormPre",
+                "center_writing_weights": "W_E, W_O, b_O, W_out, b_out centred over d_model",
+                "center_unembed": "W_U -= W_U.mean(vocab axis); b_U -= b_U.mean()",
+                "fold_value_biases": "b_O += sum_h b_V[h] @ W_O[h]; b_V set to 0",
+            },
+            "normalization_type_after": proc.cfg.normalization_type,
+            "changed_params": changed,
+            "removed_params": removed,
+            "added_params": added,
+        }
     steps = {
         "fold_ln": {
             "performed": proc.cfg.normalization_type == "RMSPre" and bool(removed),
@@ -796,7 +923,19 @@ def enable_compatibility_mode_recorded(bridge) -> dict:
 def bridge_decoder_goldens(spec: dict, fx: Path, prompts, tokenizer, hf_logits, ht_logits) -> dict:
     """Writes <fx>/bridge_hooks.json in the GPT-2 format (fixtures.bridge_goldens /
     fixtures.bridge_listing), plus `adapter` and `compatibility_mode_outcome`."""
-    bridge = boot_bridge_decoder(fx, tokenizer)
+    try:
+        bridge = boot_bridge_decoder(fx, tokenizer)
+    except Exception as e:  # TL 3.9.0's GPT-NeoX adapter asserts attention biases exist
+        doc = OrderedDict(
+            boot_failed=f"{type(e).__name__}: {e}",
+            description="TransformerLens 3.9.0's TransformerBridge.boot_transformers raised on "
+            "this checkpoint, so there is no hook listing for it; the listings of the other "
+            "configs of the family stand for its names.",
+            versions=fixtures.versions(),
+        )
+        fixtures.write_json(fx / "bridge_hooks.json", doc)
+        fixtures.log(f"decoders: {spec['name']} bridge boot raised {doc['boot_failed']}")
+        return doc
     adapter = type(bridge.adapter).__name__
     doc = OrderedDict()
     doc["boot"] = (

@@ -12,13 +12,16 @@ use tch::Tensor;
 
 use crate::error::{LensError, Result};
 
+mod gpt_neox;
 mod llama;
 
+pub use gpt_neox::GptNeoxConfig;
 pub use llama::{LlamaConfig, LlamaFamily, Rope, RopeScaling};
 
 /// The architectures [`HfConfig`] understands, as `model_type (HF class)`.
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
     "gpt2 (GPT2LMHeadModel)",
+    "gpt_neox (GPTNeoXForCausalLM)",
     "llama (LlamaForCausalLM)",
     "mistral (MistralForCausalLM)",
     "qwen2 (Qwen2ForCausalLM)",
@@ -33,6 +36,8 @@ pub enum HfConfig {
     Gpt2(Gpt2Config),
     /// `model_type` `llama`, `mistral`, `qwen2` or `qwen3` (see [`LlamaFamily`]).
     Llama(LlamaConfig),
+    /// `model_type: "gpt_neox"` (`GPTNeoXForCausalLM`: Pythia, GPT-NeoX-20B).
+    GptNeox(GptNeoxConfig),
 }
 
 impl HfConfig {
@@ -88,6 +93,17 @@ impl HfConfig {
                 Err(llama::ParseError::Invalid(e)) => Err(with_path(e)),
             };
         }
+        let is_neox = match model_type {
+            Some(t) => t == "gpt_neox",
+            None => architectures.contains(&"GPTNeoXForCausalLM"),
+        };
+        if is_neox {
+            return match GptNeoxConfig::parse(text) {
+                Ok(config) => Ok(HfConfig::GptNeox(config)),
+                Err(llama::ParseError::Json(e)) => Err(malformed(e.to_string())),
+                Err(llama::ParseError::Invalid(e)) => Err(with_path(e)),
+            };
+        }
         let is_gpt2 = match model_type {
             Some(t) => t == "gpt2",
             None => architectures
@@ -120,6 +136,7 @@ impl HfConfig {
         match self {
             HfConfig::Gpt2(_) => "GPT2LMHeadModel",
             HfConfig::Llama(c) => c.family.architecture(),
+            HfConfig::GptNeox(_) => "GPTNeoXForCausalLM",
         }
     }
 
@@ -137,6 +154,14 @@ impl HfConfig {
         }
     }
 
+    /// The GPT-NeoX config, when this is one.
+    pub fn as_gpt_neox(&self) -> Option<&GptNeoxConfig> {
+        match self {
+            HfConfig::GptNeox(c) => Some(c),
+            _ => None,
+        }
+    }
+
     /// The Llama-family config, when this is one.
     pub fn as_llama(&self) -> Option<&LlamaConfig> {
         match self {
@@ -150,6 +175,7 @@ impl HfConfig {
         match self {
             HfConfig::Gpt2(c) => c.n_ctx,
             HfConfig::Llama(c) => c.max_position_embeddings,
+            HfConfig::GptNeox(c) => c.max_position_embeddings,
         }
     }
 
@@ -158,15 +184,17 @@ impl HfConfig {
         match self {
             HfConfig::Gpt2(c) => c.vocab_size,
             HfConfig::Llama(c) => c.vocab_size,
+            HfConfig::GptNeox(c) => c.vocab_size,
         }
     }
 
     /// Whether text is tokenized with BOS prepended when a call does not say (TransformerLens's
-    /// `default_prepend_bos`: true, except for Qwen2 and Qwen3).
+    /// `default_prepend_bos`: true, except for Qwen2, Qwen3 and GPT-NeoX).
     pub fn default_prepend_bos(&self) -> bool {
         match self {
             HfConfig::Gpt2(_) => true,
             HfConfig::Llama(c) => c.family.default_prepend_bos(),
+            HfConfig::GptNeox(_) => false,
         }
     }
 
@@ -175,6 +203,7 @@ impl HfConfig {
         match self {
             HfConfig::Gpt2(c) => c.bos_token_id,
             HfConfig::Llama(c) => c.bos_token_id,
+            HfConfig::GptNeox(c) => c.bos_token_id,
         }
     }
 
@@ -183,6 +212,7 @@ impl HfConfig {
         match self {
             HfConfig::Gpt2(c) => c.eos_token_id,
             HfConfig::Llama(c) => c.eos_token_ids.first().copied(),
+            HfConfig::GptNeox(c) => c.eos_token_id,
         }
     }
 
@@ -191,6 +221,7 @@ impl HfConfig {
         match self {
             HfConfig::Gpt2(c) => c.pad_token_id,
             HfConfig::Llama(c) => c.pad_token_id,
+            HfConfig::GptNeox(c) => c.pad_token_id,
         }
     }
 }

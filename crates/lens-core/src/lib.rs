@@ -49,7 +49,7 @@ pub mod weight_map;
 pub mod weights;
 
 pub use config::{
-    Activation, Gpt2Config, HfConfig, LlamaConfig, LlamaFamily, Rope, RopeScaling,
+    Activation, Gpt2Config, GptNeoxConfig, HfConfig, LlamaConfig, LlamaFamily, Rope, RopeScaling,
     SUPPORTED_ARCHITECTURES,
 };
 pub use error::{LensError, Result};

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use tch::Tensor;
 
-use crate::config::LlamaConfig;
+use crate::config::{GptNeoxConfig, LlamaConfig};
 use crate::model::ModelDims;
 
 /// How a TransformerLens weight is laid out on its HuggingFace parameter.
@@ -54,6 +54,25 @@ pub enum View {
     },
     /// Part `part` of a fused `c_attn.bias` `[3 d]` as `[heads, d_head]`.
     FusedQkvBias {
+        /// 0, 1 or 2.
+        part: i64,
+        /// Heads.
+        heads: i64,
+        /// Head width.
+        d_head: i64,
+    },
+    /// Part `part` (q, k, v = 0, 1, 2) of GPT-NeoX's `query_key_value.weight` `[3 d, d]`, whose
+    /// rows are per head `[h0: q k v][h1: q k v]...`, as `[heads, d, d_head]`.
+    NeoxQkv {
+        /// 0, 1 or 2.
+        part: i64,
+        /// Heads.
+        heads: i64,
+        /// Head width.
+        d_head: i64,
+    },
+    /// Part `part` of GPT-NeoX's `query_key_value.bias` `[3 d]` as `[heads, d_head]`.
+    NeoxQkvBias {
         /// 0, 1 or 2.
         part: i64,
         /// Heads.
@@ -113,6 +132,21 @@ impl View {
                 t.narrow(-1, part * width, width)
                     .view(shaped(1, &[heads, d_head]).as_slice())
             }
+            View::NeoxQkv {
+                part,
+                heads,
+                d_head,
+            } => t
+                .view(shaped(2, &[heads, 3, d_head, last(1)]).as_slice())
+                .select(-3, part)
+                .transpose(-2, -1),
+            View::NeoxQkvBias {
+                part,
+                heads,
+                d_head,
+            } => t
+                .view(shaped(1, &[heads, 3, d_head]).as_slice())
+                .select(-2, part),
             View::ConvHeadsOut { heads, d_head } => {
                 t.view(shaped(2, &[heads, d_head, last(1)]).as_slice())
             }
@@ -277,6 +311,7 @@ pub fn gpt2(dims: &ModelDims, tie_word_embeddings: bool) -> WeightMap {
         &mut map,
         tie_word_embeddings,
         "transformer.wte.weight",
+        "lm_head",
         [v, d],
     );
     map
@@ -434,24 +469,123 @@ pub fn llama(cfg: &LlamaConfig) -> WeightMap {
         &mut map,
         cfg.tie_word_embeddings,
         "model.embed_tokens.weight",
+        "lm_head",
         [v, d],
     );
     map
 }
 
-/// `unembed.W_U` (`lm_head.weight` transposed, or the embedding while tied) and the optional
-/// `unembed.b_U` (`lm_head.bias`, zeros when absent), `[vocab, d]` in HuggingFace's layout.
-fn push_unembed(map: &mut WeightMap, tied: bool, embedding: &str, [v, d]: [i64; 2]) {
-    let unembed = if tied { embedding } else { "lm_head.weight" };
+/// GPT-NeoX's table (`GPTNeoXForCausalLM`): q, k and v interleaved per head in
+/// `query_key_value`, `nn.Linear` weights `[out, in]`, attention biases zero when
+/// `attention_bias` is off, the unembedding `embed_out` (`embed_in` while tied).
+pub fn gpt_neox(cfg: &GptNeoxConfig) -> WeightMap {
+    let (d, m, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+    let (h, dh) = (cfg.num_attention_heads, cfg.head_dim());
+    let mut map = WeightMap::default();
     map.push(
-        "unembed.W_U".into(),
-        unembed.into(),
+        "embed.W_E".into(),
+        "gpt_neox.embed_in.weight".into(),
         &[v, d],
-        View::Transpose,
+        View::Same,
     );
+    for l in 0..cfg.num_hidden_layers {
+        let tl = |s: &str| format!("blocks.{l}.{s}");
+        let hf = |s: &str| format!("gpt_neox.layers.{l}.{s}");
+        map.push(tl("ln1.w"), hf("input_layernorm.weight"), &[d], View::Same);
+        map.push(tl("ln1.b"), hf("input_layernorm.bias"), &[d], View::Same);
+        for (part, w) in ["W_Q", "W_K", "W_V"].into_iter().enumerate() {
+            let view = View::NeoxQkv {
+                part: part as i64,
+                heads: h,
+                d_head: dh,
+            };
+            let weight = hf("attention.query_key_value.weight");
+            map.push(tl(&format!("attn.{w}")), weight, &[3 * d, d], view);
+        }
+        for (part, b) in ["b_Q", "b_K", "b_V"].into_iter().enumerate() {
+            let view = View::NeoxQkvBias {
+                part: part as i64,
+                heads: h,
+                d_head: dh,
+            };
+            let bias = hf("attention.query_key_value.bias");
+            map.push_optional(tl(&format!("attn.{b}")), bias, &[3 * d], view, &[h, dh]);
+        }
+        let heads_out = View::LinearHeadsOut {
+            heads: h,
+            d_head: dh,
+        };
+        map.push(
+            tl("attn.W_O"),
+            hf("attention.dense.weight"),
+            &[d, d],
+            heads_out,
+        );
+        map.push_optional(
+            tl("attn.b_O"),
+            hf("attention.dense.bias"),
+            &[d],
+            View::Same,
+            &[d],
+        );
+        map.push(
+            tl("ln2.w"),
+            hf("post_attention_layernorm.weight"),
+            &[d],
+            View::Same,
+        );
+        map.push(
+            tl("ln2.b"),
+            hf("post_attention_layernorm.bias"),
+            &[d],
+            View::Same,
+        );
+        let mlp = |s: &str| hf(&format!("mlp.{s}"));
+        map.push(
+            tl("mlp.W_in"),
+            mlp("dense_h_to_4h.weight"),
+            &[m, d],
+            View::Transpose,
+        );
+        map.push(tl("mlp.b_in"), mlp("dense_h_to_4h.bias"), &[m], View::Same);
+        map.push(
+            tl("mlp.W_out"),
+            mlp("dense_4h_to_h.weight"),
+            &[d, m],
+            View::Transpose,
+        );
+        map.push(tl("mlp.b_out"), mlp("dense_4h_to_h.bias"), &[d], View::Same);
+    }
+    for (tl, hf) in [("w", "weight"), ("b", "bias")] {
+        map.push(
+            format!("ln_final.{tl}"),
+            format!("gpt_neox.final_layer_norm.{hf}"),
+            &[d],
+            View::Same,
+        );
+    }
+    push_unembed(
+        &mut map,
+        cfg.tie_word_embeddings,
+        "gpt_neox.embed_in.weight",
+        "embed_out",
+        [v, d],
+    );
+    map
+}
+
+/// `unembed.W_U` (`<head>.weight` transposed, or the embedding while tied) and the optional
+/// `unembed.b_U` (`<head>.bias`, zeros when absent), `[vocab, d]` in HuggingFace's layout.
+fn push_unembed(map: &mut WeightMap, tied: bool, embedding: &str, head: &str, [v, d]: [i64; 2]) {
+    let unembed = if tied {
+        embedding.to_owned()
+    } else {
+        format!("{head}.weight")
+    };
+    map.push("unembed.W_U".into(), unembed, &[v, d], View::Transpose);
     map.push_optional(
         "unembed.b_U".into(),
-        "lm_head.bias".into(),
+        format!("{head}.bias"),
         &[v],
         View::Same,
         &[v],

@@ -187,28 +187,43 @@ fn write(adapter: &Gpt2Adapter, p: &Gpt2Params, w: Params) -> ModelResult<()> {
 }
 
 impl TransformerBridge {
-    /// Compatibility mode for a Llama-family model, as TransformerLens processes an RMSNorm
-    /// model: `lm_head` untied from `embed_tokens`, each RMSNorm's weight folded into the weights
-    /// reading its output (the norms then have weight 1), no centring of writing weights (RMSNorm
-    /// does not remove the mean, so TransformerLens skips it), the unembedding centred, the value
-    /// biases folded into `o_proj`'s bias (added when the checkpoint has none, as Qwen2's).
-    pub(crate) fn process_llama(&mut self, options: &CompatibilityOptions) -> ModelResult<()> {
+    /// Compatibility mode for the families described by their weight table (the Llama family,
+    /// GPT-NeoX), as TransformerLens processes them: the unembedding untied from the embedding;
+    /// every norm folded into the weights reading its output (an RMSNorm's weight; a
+    /// LayerNorm's weight and bias), the norm left as the identity (weight 1, bias 0); writing
+    /// weights centred for LayerNorm models only (RMSNorm does not remove the mean, so
+    /// TransformerLens skips it); the unembedding centred; the value biases folded into the
+    /// attention output bias (added when the checkpoint has none, as Qwen2's `o_proj`).
+    pub(crate) fn process_by_table(&mut self, options: &CompatibilityOptions) -> ModelResult<()> {
         if options.no_processing {
             return Ok(());
         }
         let _guard = tch::no_grad_guard();
-        let HfModel::Llama(hf) = &mut self.hf else {
-            return Err(ModelError::Unsupported(
-                "process_llama on a model outside the Llama family".into(),
-            ));
+        self.weights = match &mut self.hf {
+            HfModel::Llama(hf) => {
+                let p = hf.params_mut();
+                if p.lm_head.is_none() {
+                    p.lm_head = Some(p.embed_tokens.detach().copy().set_requires_grad(true));
+                }
+                let mut untied = hf.config().clone();
+                untied.tie_word_embeddings = false;
+                weight_map::llama(&untied)
+            }
+            HfModel::GptNeox(hf) => {
+                let p = hf.params_mut();
+                if p.embed_out.is_none() {
+                    p.embed_out = Some(p.embed_in.detach().copy().set_requires_grad(true));
+                }
+                let mut untied = hf.config().clone();
+                untied.tie_word_embeddings = false;
+                weight_map::gpt_neox(&untied)
+            }
+            HfModel::Gpt2(_) => {
+                return Err(ModelError::Unsupported(
+                    "GPT-2 is processed through its adapter".into(),
+                ))
+            }
         };
-        let mut untied = hf.config().clone();
-        untied.tie_word_embeddings = false;
-        let p = hf.params_mut();
-        if p.lm_head.is_none() {
-            p.lm_head = Some(p.embed_tokens.detach().copy().set_requires_grad(true));
-        }
-        self.weights = weight_map::llama(&untied);
         let mut named = BTreeMap::new();
         for name in self.tl_weight_names() {
             let value = self.tl_weight(&name)?.detach();
@@ -230,34 +245,40 @@ impl TransformerBridge {
                 if i64::try_from(value.count_nonzero(None::<i64>)).is_ok_and(|n| n == 0) {
                     continue;
                 }
-                self.add_llama_bias(&name)?;
+                self.add_bias(&name)?;
             }
             let mut view = self.tl_weight(&name)?;
             view.f_copy_(&value.to_kind(view.kind()))?;
         }
-        // A folded RMSNorm stays in the HF model as the identity: weight 1.
+        // A folded norm stays in the HF model as the identity: weight 1 (and bias 0).
         let mut folded: Vec<String> = Vec::new();
         for (l, b) in w.blocks.iter().enumerate() {
             for (ln, norm) in [("ln1", &b.ln1), ("ln2", &b.ln2)] {
                 if norm.is_none() {
-                    folded.push(format!("blocks.{l}.{ln}.w"));
+                    folded.push(format!("blocks.{l}.{ln}"));
                 }
             }
         }
         if w.ln_final.is_none() {
-            folded.push("ln_final.w".into());
+            folded.push("ln_final".into());
         }
-        for name in folded {
-            let _ = self.tl_weight(&name)?.f_fill_(1.0)?;
+        let names = self.tl_weight_names();
+        for norm in folded {
+            let _ = self.tl_weight(&format!("{norm}.w"))?.f_fill_(1.0)?;
+            let bias = format!("{norm}.b");
+            if names.contains(&bias) {
+                let _ = self.tl_weight(&bias)?.f_fill_(0.0)?;
+            }
         }
         Ok(())
     }
 
-    /// Gives the Llama-family parameter behind TransformerLens weight `name` a zero bias.
-    fn add_llama_bias(&mut self, name: &str) -> ModelResult<()> {
+    /// Gives the parameter behind TransformerLens weight `name` a zero bias.
+    fn add_bias(&mut self, name: &str) -> ModelResult<()> {
         let hf_name = self.weight_source(name)?.hf.clone();
         let added = match &mut self.hf {
             HfModel::Llama(hf) => hf.params_mut().add_zero_bias(&hf_name),
+            HfModel::GptNeox(hf) => hf.params_mut().add_zero_bias(&hf_name),
             HfModel::Gpt2(_) => false,
         };
         if added {

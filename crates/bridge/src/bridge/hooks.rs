@@ -277,6 +277,59 @@ impl Layout {
     }
 }
 
+impl Layout {
+    /// GPT-NeoX's, under the names of TransformerLens 3.9.0's GPT-NeoX adapter
+    /// (tests/fixtures/neox-*/bridge_hooks.json): the fused `attn.qkv` with its q, k and v
+    /// slices, rotary sites, a plain MLP. A parallel block has no `hook_resid_mid` (nothing sits
+    /// between attention and MLP), as in the Python bridge. Declined as for the Llama family:
+    /// the rotary module's `hook_out` and its alias `hook_pos_embed` (they never fire there).
+    pub fn gpt_neox(n_layers: usize, parallel: bool) -> Self {
+        use BlockSite as B;
+        let (ln, lin) = (norm_sites, linear_sites);
+        let mut sites = vec![
+            Site::EmbedIn,
+            Site::EmbedOut,
+            Site::RotaryIn,
+            Site::RotaryCos,
+            Site::RotarySin,
+        ];
+        for l in 0..n_layers {
+            let mut block: Vec<BlockSite> = RESIDUAL_SITES
+                .into_iter()
+                .filter(|s| !(parallel && *s == B::ResidMid))
+                .collect();
+            block.extend(ln(B::Ln1));
+            block.extend(ln(B::Ln2));
+            block.extend(ATTENTION_SITES);
+            block.extend([B::RotK, B::RotQ, B::Cos, B::Sin]);
+            for f in [B::Q, B::K, B::V, B::Qkv, B::O] {
+                block.extend(lin(f));
+            }
+            block.extend([B::MlpCompIn, B::MlpCompOut]);
+            for f in [B::MlpFc, B::MlpProj] {
+                block.extend(lin(f));
+            }
+            sites.extend(block.into_iter().map(|s| Site::Block(l, s)));
+        }
+        sites.extend(norm_sites(Site::LnFinal));
+        sites.extend([Site::UnembedIn, Site::UnembedOut]);
+        let mut aliases = vec![
+            ("hook_embed".to_string(), Site::EmbedOut),
+            ("hook_unembed".to_string(), Site::UnembedOut),
+        ];
+        for l in 0..n_layers {
+            let mlp = [
+                ("mlp.hook_pre", B::MlpFc(LinSite::Out)),
+                ("mlp.hook_post", B::MlpProj(LinSite::In)),
+            ];
+            for (name, site) in BLOCK_ALIASES.into_iter().chain(mlp) {
+                aliases.push((format!("blocks.{l}.{name}"), Site::Block(l, site)));
+            }
+        }
+        Layout { sites, aliases }
+    }
+}
+
 /// The hook points of a bridge, by site, in a registry with the TransformerLens aliases.
 pub(crate) struct BridgeHooks {
     pub registry: HookRegistry,

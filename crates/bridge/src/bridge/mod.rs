@@ -14,7 +14,9 @@ use lens_core::{LoadOptions, Tokenizer, Weights};
 use tch::{Device, Kind, Tensor};
 
 use crate::hf::model::gpt2_config;
-use crate::hf::{hf_position_ids, Gpt2LMHeadModel, HfModel, KvCache, LlamaForCausalLM};
+use crate::hf::{
+    hf_position_ids, Gpt2LMHeadModel, GptNeoxForCausalLM, HfModel, KvCache, LlamaForCausalLM,
+};
 use crate::input;
 use crate::tap::TlPaths;
 use lens_core::layer_stacks::LayerStacks;
@@ -109,6 +111,10 @@ impl TransformerBridge {
                 let hf = LlamaForCausalLM::from_weights(llama, loaded.weights, device, dtype)?;
                 return Ok(Self::from_llama(hf, loaded.tokenizer));
             }
+            HfConfig::GptNeox(neox) => {
+                let hf = GptNeoxForCausalLM::from_weights(neox, loaded.weights, device, dtype)?;
+                return Ok(Self::from_gpt_neox(hf, loaded.tokenizer));
+            }
             other => gpt2_config(&other)?,
         };
         Self::from_parts(config, loaded.weights, loaded.tokenizer, device, dtype)
@@ -172,6 +178,36 @@ impl TransformerBridge {
         );
         let weights = weight_map::llama(c);
         let hf = HfModel::Llama(hf);
+        TransformerBridge {
+            stacks: stack_layers(&hf),
+            hf,
+            adapter: None,
+            weights,
+            hooks,
+            paths,
+            tokenizer,
+            compatibility: None,
+        }
+    }
+
+    /// A bridge over a GPT-NeoX model (Pythia), which it takes over, under the names of
+    /// TransformerLens 3.9.0's GPT-NeoX adapter. Like the GPT-2 bridge it adds a zero
+    /// unembedding bias (`unembed.b_U`).
+    pub fn from_gpt_neox(hf: GptNeoxForCausalLM, tokenizer: Option<Tokenizer>) -> Self {
+        let mut hf = hf;
+        let params = hf.params_mut();
+        if params.embed_out_bias.is_none() {
+            let e = &params.embed_in;
+            let (v, kind, device) = (e.size()[0], e.kind(), e.device());
+            params.embed_out_bias =
+                Some(Tensor::zeros([v], (kind, device)).set_requires_grad(true));
+        }
+        let c = hf.config();
+        let paths = TlPaths::default();
+        let layout = Layout::gpt_neox(c.num_hidden_layers as usize, c.use_parallel_residual);
+        let hooks = BridgeHooks::new(layout, &paths);
+        let weights = weight_map::gpt_neox(c);
+        let hf = HfModel::GptNeox(hf);
         TransformerBridge {
             stacks: stack_layers(&hf),
             hf,
@@ -326,7 +362,7 @@ impl TransformerBridge {
             (HfModel::Gpt2(hf), Some(adapter)) => {
                 compat::process(adapter, hf.params_mut(), &options)?
             }
-            (HfModel::Llama(_), _) => self.process_llama(&options)?,
+            (HfModel::Llama(_) | HfModel::GptNeox(_), _) => self.process_by_table(&options)?,
             (HfModel::Gpt2(_), None) => {
                 return Err(ModelError::Unsupported(
                     "compatibility mode for GPT-2 needs its adapter".into(),
@@ -363,6 +399,7 @@ impl TransformerBridge {
         match &self.hf {
             HfModel::Gpt2(hf) => hf.run_component_with(&self.tap(), name, input),
             HfModel::Llama(hf) => hf.run_component_with(&self.tap(), name, input),
+            HfModel::GptNeox(hf) => hf.run_component_with(&self.tap(), name, input),
         }
     }
 

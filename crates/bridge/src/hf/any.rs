@@ -6,6 +6,7 @@ use lens_core::HfConfig;
 use tch::{Device, Kind, Tensor};
 
 use crate::hf::forward::PassOutput;
+use crate::hf::gpt_neox::GptNeoxForCausalLM;
 use crate::hf::kv_cache::KvCache;
 use crate::hf::llama::LlamaForCausalLM;
 use crate::hf::model::{CheckedInputs, Gpt2LMHeadModel, HfForward, HfOutput};
@@ -18,6 +19,8 @@ pub enum HfModel {
     Gpt2(Gpt2LMHeadModel),
     /// `LlamaForCausalLM`, `MistralForCausalLM`, `Qwen2ForCausalLM`, `Qwen3ForCausalLM`.
     Llama(LlamaForCausalLM),
+    /// `GPTNeoXForCausalLM`.
+    GptNeox(GptNeoxForCausalLM),
 }
 
 impl HfModel {
@@ -26,6 +29,7 @@ impl HfModel {
         match self {
             HfModel::Gpt2(m) => m.forward(args),
             HfModel::Llama(m) => m.forward(args),
+            HfModel::GptNeox(m) => m.forward(args),
         }
     }
 
@@ -39,6 +43,7 @@ impl HfModel {
         match self {
             HfModel::Gpt2(m) => m.generate(input_ids, attention_mask, options),
             HfModel::Llama(m) => m.generate(input_ids, attention_mask, options),
+            HfModel::GptNeox(m) => m.generate(input_ids, attention_mask, options),
         }
     }
 
@@ -47,6 +52,7 @@ impl HfModel {
         match self {
             HfModel::Gpt2(m) => HfConfig::Gpt2(m.config().clone()),
             HfModel::Llama(m) => HfConfig::Llama(m.config().clone()),
+            HfModel::GptNeox(m) => HfConfig::GptNeox(m.config().clone()),
         }
     }
 
@@ -55,6 +61,7 @@ impl HfModel {
         match self {
             HfModel::Gpt2(m) => m.device(),
             HfModel::Llama(m) => m.device(),
+            HfModel::GptNeox(m) => m.device(),
         }
     }
 
@@ -63,6 +70,7 @@ impl HfModel {
         match self {
             HfModel::Gpt2(m) => m.kind(),
             HfModel::Llama(m) => m.kind(),
+            HfModel::GptNeox(m) => m.kind(),
         }
     }
 
@@ -70,7 +78,7 @@ impl HfModel {
     pub fn as_gpt2(&self) -> Option<&Gpt2LMHeadModel> {
         match self {
             HfModel::Gpt2(m) => Some(m),
-            HfModel::Llama(_) => None,
+            HfModel::Llama(_) | HfModel::GptNeox(_) => None,
         }
     }
 
@@ -80,6 +88,7 @@ impl HfModel {
         match self {
             HfModel::Gpt2(m) => m.parameter(name).ok(),
             HfModel::Llama(m) => m.params().get(name),
+            HfModel::GptNeox(m) => m.params().get(name),
         }
     }
 
@@ -96,6 +105,7 @@ impl HfModel {
         let named = match self {
             HfModel::Gpt2(m) => m.params().named(),
             HfModel::Llama(m) => m.params().named(),
+            HfModel::GptNeox(m) => m.params().named(),
         };
         named
             .into_iter()
@@ -108,6 +118,7 @@ impl HfModel {
         match self {
             HfModel::Gpt2(m) => m.component_names(),
             HfModel::Llama(m) => m.component_names(),
+            HfModel::GptNeox(m) => m.component_names(),
         }
     }
 
@@ -117,6 +128,7 @@ impl HfModel {
         match self {
             HfModel::Gpt2(m) => m.run_component(name, input),
             HfModel::Llama(m) => m.run_component(name, input),
+            HfModel::GptNeox(m) => m.run_component(name, input),
         }
     }
 
@@ -130,6 +142,9 @@ impl HfModel {
         match self {
             HfModel::Gpt2(m) => m.check_inputs(input_ids, attention_mask, position_ids, past_len),
             HfModel::Llama(m) => m.check_inputs(input_ids, attention_mask, position_ids, past_len),
+            HfModel::GptNeox(m) => {
+                m.check_inputs(input_ids, attention_mask, position_ids, past_len)
+            }
         }
     }
 
@@ -146,6 +161,9 @@ impl HfModel {
                 m.pass_checked(tap, inputs, cache, output_hidden_states, stop_at_layer)
             }
             HfModel::Llama(m) => {
+                m.pass_checked(tap, inputs, cache, output_hidden_states, stop_at_layer)
+            }
+            HfModel::GptNeox(m) => {
                 m.pass_checked(tap, inputs, cache, output_hidden_states, stop_at_layer)
             }
         }

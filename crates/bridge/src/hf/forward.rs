@@ -56,7 +56,7 @@ fn conv1d_parts(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Tensor {
 /// decomposed form (centre, `hook_scale(sqrt(mean(x^2) + eps))`, `hook_normalized(x / scale)`, in
 /// f32 for half-precision models, cast back). Hooks that only read see the decomposed values and
 /// leave the output exactly as with no hook at all.
-fn layer_norm<T: Tap>(
+pub(crate) fn layer_norm<T: Tap>(
     tap: &T,
     site: impl Fn(LnSite) -> Site,
     x: Tensor,

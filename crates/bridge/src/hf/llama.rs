@@ -27,7 +27,7 @@ pub struct LinearParams {
 }
 
 impl LinearParams {
-    fn apply(&self, x: &Tensor) -> Tensor {
+    pub(crate) fn apply(&self, x: &Tensor) -> Tensor {
         x.linear(&self.weight, self.bias.as_ref())
     }
 }
@@ -850,7 +850,7 @@ impl LlamaForCausalLM {
 }
 
 /// A cache must hold the batch the input has.
-fn check_cache_batch(cache: Option<&KvCache>, batch: i64) -> ModelResult<()> {
+pub(crate) fn check_cache_batch(cache: Option<&KvCache>, batch: i64) -> ModelResult<()> {
     match cache.and_then(|c| c.layer(0)) {
         Some((k, _)) if k.size()[0] != batch => Err(ModelError::InvalidInput(format!(
             "the KV cache holds a batch of {}, the input has {batch}",
@@ -927,14 +927,18 @@ fn inverse_frequencies(config: &LlamaConfig, device: Device) -> Tensor {
 
 /// `cos` and `sin` `[b, q, d_head]` for `positions` `[b, q]`, computed in f32 and cast to `kind`
 /// (the frequencies concatenated with themselves: half-split pairs).
-fn rotary_cos_sin(inv_freq: &Tensor, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
+pub(crate) fn rotary_cos_sin(
+    inv_freq: &Tensor,
+    positions: &Tensor,
+    kind: Kind,
+) -> (Tensor, Tensor) {
     let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * inv_freq.view([1, 1, -1]);
     let emb = Tensor::cat(&[&freqs, &freqs], -1);
     (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
 }
 
 /// `apply_rotary_pos_emb` for one of q, k `[b, h, q, d]`: `x * cos + rotate_half(x) * sin`.
-fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+pub(crate) fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
     let half = x.size()[3] / 2;
     let rotated = Tensor::cat(&[-x.narrow(3, half, half), x.narrow(3, 0, half)], -1);
     x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1)

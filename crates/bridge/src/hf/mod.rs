@@ -1,8 +1,10 @@
 //! The HF tier: HuggingFace's models with their parameter names, layouts and semantics, and no
-//! hooks: `GPT2LMHeadModel`, and the Llama family (`llama`: Llama, Mistral, Qwen2, Qwen3).
+//! hooks: `GPT2LMHeadModel`, the Llama family (`llama`: Llama, Mistral, Qwen2, Qwen3) and
+//! `GPTNeoXForCausalLM` (`gpt_neox`).
 
 pub(crate) mod any;
 pub(crate) mod forward;
+pub(crate) mod gpt_neox;
 pub(crate) mod kv_cache;
 pub(crate) mod llama;
 pub(crate) mod mask;
@@ -10,6 +12,7 @@ pub(crate) mod model;
 pub(crate) mod params;
 
 pub use any::HfModel;
+pub use gpt_neox::{GptNeoxForCausalLM, GptNeoxLayerParams, GptNeoxParams};
 pub use kv_cache::KvCache;
 pub use llama::{LinearParams, LlamaForCausalLM, LlamaLayerParams, LlamaParams};
 pub use mask::hf_position_ids;

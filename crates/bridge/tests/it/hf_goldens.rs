@@ -3,7 +3,7 @@
 //! every prompt including the left-padded batch.
 
 use crate::common::*;
-use bridge::{Gpt2LMHeadModel, HfForward, HfOutput, KvCache, LlamaForCausalLM};
+use bridge::{Gpt2LMHeadModel, GptNeoxForCausalLM, HfForward, HfOutput, KvCache, LlamaForCausalLM};
 use lens_core::model::{GenerateOptions, ModelResult};
 use rstest::rstest;
 use tch::{Device, Kind, Tensor};
@@ -38,6 +38,7 @@ macro_rules! hf_model_impl {
 }
 hf_model_impl!(Gpt2LMHeadModel);
 hf_model_impl!(LlamaForCausalLM);
+hf_model_impl!(GptNeoxForCausalLM);
 
 /// A Llama-family fixture's model (tests/fixtures/dec-*), on the CPU in f32.
 fn decoder(config: &str) -> LlamaForCausalLM {
@@ -156,6 +157,91 @@ fn llama_family_matches_transformers(
     let mut report = Report::default();
     compare_hf(config, &model, &mut report);
     report.assert_ok(&format!("HF {config}"));
+}
+
+/// GPT-NeoX: parallel residual with a quarter of each head rotated and rope base 500 (neox-a),
+/// sequential with tied embeddings, linear rope scaling and half of each head rotated (neox-b),
+/// no attention biases with every dimension rotated and gelu_new (neox-c).
+#[rstest]
+fn gpt_neox_matches_transformers(#[values("neox-a", "neox-b", "neox-c")] config: &str) {
+    let dir = fixtures().join(config).join("model");
+    let model = GptNeoxForCausalLM::from_pretrained(
+        dir.to_str().expect("utf-8 path"),
+        Device::Cpu,
+        Kind::Float,
+    )
+    .expect("fixture model loads");
+    let mut report = Report::default();
+    compare_hf(config, &model, &mut report);
+    report.assert_ok(&format!("HF {config}"));
+}
+
+/// A GPT-NeoX fixture's model with one knob of its config changed.
+fn neox_ignoring(
+    config: &str,
+    change: impl FnOnce(&mut lens_core::GptNeoxConfig),
+) -> GptNeoxForCausalLM {
+    let dir = fixtures().join(config).join("model");
+    let loaded = lens_core::load(
+        dir.to_str().expect("utf-8 path"),
+        &lens_core::LoadOptions::default(),
+    )
+    .expect("fixture loads");
+    let mut neox = loaded
+        .config
+        .as_gpt_neox()
+        .expect("a GPT-NeoX config")
+        .clone();
+    change(&mut neox);
+    GptNeoxForCausalLM::from_weights(neox, loaded.weights, Device::Cpu, Kind::Float)
+        .expect("model builds")
+}
+
+/// Each GPT-NeoX mechanism the fixtures exercise is one the goldens see.
+#[test]
+fn ignoring_any_gpt_neox_knob_fails_the_goldens() {
+    use lens_core::RopeScaling;
+    let cases: Vec<(&str, &str, GptNeoxForCausalLM)> = vec![
+        (
+            "neox-a",
+            "the parallel block run in sequence",
+            neox_ignoring("neox-a", |c| c.use_parallel_residual = false),
+        ),
+        (
+            "neox-b",
+            "the sequential block run in parallel",
+            neox_ignoring("neox-b", |c| c.use_parallel_residual = true),
+        ),
+        (
+            "neox-a",
+            "rotary on every dimension instead of a quarter",
+            neox_ignoring("neox-a", |c| c.partial_rotary_factor = 1.0),
+        ),
+        (
+            "neox-a",
+            "rope base 10000 instead of the checkpoint's (TransformerLens 3.9.0)",
+            neox_ignoring("neox-a", |c| c.rope.theta = 10000.0),
+        ),
+        (
+            "neox-b",
+            "linear rope scaling ignored",
+            neox_ignoring("neox-b", |c| c.rope.scaling = RopeScaling::None),
+        ),
+        (
+            "neox-c",
+            "exact gelu instead of gelu_new",
+            neox_ignoring("neox-c", |c| c.hidden_act = lens_core::Activation::Gelu),
+        ),
+    ];
+    for (config, what, model) in cases {
+        let mut report = Report::default();
+        compare_hf(config, &model, &mut report);
+        assert!(
+            report.failures.iter().any(|f| f.contains("logits")),
+            "{config} with {what} still matched: {:?}",
+            report.worst
+        );
+    }
 }
 
 /// A fixture's model built from its own weights but a config with one knob changed, as code that

@@ -229,7 +229,9 @@ struct RawLlama {
 
 /// A key that is present, `null` included (`Some(Value::Null)`); serde's `default` gives `None`
 /// for an absent one.
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Value>, D::Error> {
+pub(crate) fn present<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Value>, D::Error> {
     Value::deserialize(d).map(Some)
 }
 
@@ -284,7 +286,7 @@ fn defaults(family: LlamaFamily) -> FamilyDefaults {
     }
 }
 
-fn invalid(message: String) -> LensError {
+pub(crate) fn invalid(message: String) -> LensError {
     LensError::InvalidConfig {
         path: None,
         message,
@@ -292,7 +294,11 @@ fn invalid(message: String) -> LensError {
 }
 
 /// A token id key: an integer, `null`, or (for `eos_token_id`) a list of integers.
-fn token_ids(key: &str, value: Option<&Value>, default: Option<i64>) -> Result<Vec<i64>> {
+pub(crate) fn token_ids(
+    key: &str,
+    value: Option<&Value>,
+    default: Option<i64>,
+) -> Result<Vec<i64>> {
     match value {
         None => Ok(default.into_iter().collect()),
         Some(Value::Null) => Ok(Vec::new()),
@@ -349,11 +355,22 @@ fn rope(raw: &RawLlama) -> Result<Rope> {
             "rope_theta must be positive and finite, got {theta}"
         )));
     }
+    Ok(Rope {
+        theta,
+        scaling: rope_scaling(scaling)?,
+    })
+}
+
+/// The frequency scaling a `rope_parameters` / `rope_scaling` object names (`rope_type`, or
+/// `type` in earlier files; `default` when absent).
+pub(crate) fn rope_scaling(
+    scaling: Option<&serde_json::Map<String, Value>>,
+) -> Result<RopeScaling> {
     let kind = scaling
         .and_then(|s| s.get("rope_type").or_else(|| s.get("type")))
         .and_then(Value::as_str)
         .unwrap_or("default");
-    let scaling = match (kind, scaling) {
+    Ok(match (kind, scaling) {
         ("default", _) | (_, None) => RopeScaling::None,
         ("linear", Some(s)) => RopeScaling::Linear {
             factor: number(s, "factor", "linear rope scaling")?,
@@ -373,8 +390,7 @@ fn rope(raw: &RawLlama) -> Result<Rope> {
                 "rope type '{other}' is not supported (supported: default, linear, llama3)"
             )))
         }
-    };
-    Ok(Rope { theta, scaling })
+    })
 }
 
 /// Per layer, its sliding window: Mistral slides on every layer (when `sliding_window` is set);
