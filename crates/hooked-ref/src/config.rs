@@ -1,6 +1,6 @@
 //! `HookedTransformerConfig`: TransformerLens's model configuration, built from an HF config.
 
-use lens_core::config::{Activation, Gpt2Config, LlamaConfig, RopeScaling};
+use lens_core::config::{Activation, Gpt2Config, GptNeoxConfig, LlamaConfig, RopeScaling};
 
 /// How a block normalises its inputs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,6 +90,9 @@ pub struct HookedTransformerConfig {
     pub use_qk_norm: bool,
     /// Per block, its sliding attention window (`use_local_attn` / `window_size`), or `None`.
     pub windows: Vec<Option<i64>>,
+    /// Attention and MLP both read the block's input (`parallel_attn_mlp`: GPT-NeoX's parallel
+    /// residual); the block then has no `hook_resid_mid`.
+    pub parallel_attn_mlp: bool,
     /// The HF class the model was converted from.
     pub original_architecture: String,
 }
@@ -154,16 +157,18 @@ impl HookedTransformerConfig {
             gated_mlp: false,
             use_qk_norm: false,
             windows: vec![None; hf.n_layer.max(0) as usize],
+            parallel_attn_mlp: false,
             original_architecture: "GPT2LMHeadModel".to_owned(),
         }
     }
 
     /// TransformerLens's configuration of a checkpoint of any architecture this crate converts
-    /// (GPT-2, the Llama family); `None` for another.
+    /// (GPT-2, the Llama family, GPT-NeoX); `None` for another.
     pub fn from_hf(hf: &lens_core::HfConfig) -> Option<Self> {
         match hf {
             lens_core::HfConfig::Gpt2(c) => Some(Self::from_gpt2(c)),
             lens_core::HfConfig::Llama(c) => Some(Self::from_llama(c)),
+            lens_core::HfConfig::GptNeox(c) => Some(Self::from_gpt_neox(c)),
             _ => None,
         }
     }
@@ -209,7 +214,51 @@ impl HookedTransformerConfig {
             gated_mlp: true,
             use_qk_norm: hf.qk_norm,
             windows: hf.layer_windows.clone(),
+            parallel_attn_mlp: false,
             original_architecture: hf.family.architecture().to_owned(),
+        }
+    }
+
+    /// TransformerLens's GPT-NeoX conversion (Pythia), with HF's numbers where TransformerLens
+    /// 3.9.0 departs from them: the rotary base is the checkpoint's (TransformerLens never reads
+    /// `rope_theta` / `rotary_emb_base` for this family and uses 10000), the rotated width is
+    /// HF's `int(d_head * partial_rotary_factor)` rounded up to pairs (TransformerLens rounds
+    /// to the nearest integer, and fails on an odd one), and linear or llama3 rope scaling
+    /// applies (TransformerLens drops it).
+    pub fn from_gpt_neox(hf: &GptNeoxConfig) -> Self {
+        HookedTransformerConfig {
+            d_model: hf.hidden_size,
+            d_head: hf.head_dim(),
+            n_heads: hf.num_attention_heads,
+            d_mlp: hf.intermediate_size,
+            n_layers: hf.num_hidden_layers,
+            n_ctx: hf.max_position_embeddings,
+            d_vocab: hf.vocab_size,
+            act_fn: hf.hidden_act,
+            eps: hf.layer_norm_eps,
+            normalization_type: NormType::LayerNorm,
+            use_attn_scale: true,
+            scale_attn_by_inverse_layer_idx: false,
+            default_prepend_bos: false,
+            use_attn_result: false,
+            use_split_qkv_input: false,
+            use_attn_in: false,
+            use_hook_mlp_in: false,
+            use_hook_tokens: false,
+            bos_token_id: hf.bos_token_id.unwrap_or(hf.vocab_size - 1),
+            eos_token_id: hf.eos_token_id.unwrap_or(hf.vocab_size - 1),
+            n_key_value_heads: None,
+            rotary: Some(Rotary {
+                dim: hf.rotary_dim(),
+                base: hf.rope.theta,
+                adjacent_pairs: false,
+                scaling: hf.rope.scaling,
+            }),
+            gated_mlp: false,
+            use_qk_norm: false,
+            windows: vec![None; hf.num_hidden_layers.max(0) as usize],
+            parallel_attn_mlp: hf.use_parallel_residual,
+            original_architecture: "GPTNeoXForCausalLM".to_owned(),
         }
     }
 }

@@ -33,7 +33,8 @@ pub(crate) struct BlockHooks {
     pub attn_out: Arc<HookPoint>,
     pub mlp_out: Arc<HookPoint>,
     pub resid_pre: Arc<HookPoint>,
-    pub resid_mid: Arc<HookPoint>,
+    /// The residual between attention and MLP (`None` in a parallel block, which has none).
+    pub resid_mid: Option<Arc<HookPoint>>,
     pub resid_post: Arc<HookPoint>,
     /// Rotary attention: queries and keys after rotation.
     pub rot_q: Option<Arc<HookPoint>>,
@@ -123,7 +124,7 @@ impl ModelHooks {
             attn_out: reg("hook_attn_out"),
             mlp_out: reg("hook_mlp_out"),
             resid_pre: reg("hook_resid_pre"),
-            resid_mid: reg("hook_resid_mid"),
+            resid_mid: (!cfg.parallel_attn_mlp).then(|| reg("hook_resid_mid")),
             resid_post: reg("hook_resid_post"),
             rot_q: None,
             rot_k: None,

@@ -56,7 +56,8 @@ pub(crate) fn layer_norm(
     })
 }
 
-/// One block: `resid_pre -> attn -> resid_mid -> mlp -> resid_post`.
+/// One block: `resid_pre -> attn -> resid_mid -> mlp -> resid_post`, or with
+/// `parallel_attn_mlp` `resid_post = resid_pre + attn(ln1(resid_pre)) + mlp(ln2(resid_pre))`.
 pub(crate) fn block(
     cfg: &HookedTransformerConfig,
     layer: i64,
@@ -69,17 +70,26 @@ pub(crate) fn block(
     let resid_pre = hooks.resid_pre.run(resid)?;
     let attn_out = attention(cfg, layer, params, hooks, &resid_pre, mask, kv)?;
     let attn_out = hooks.attn_out.run(attn_out)?;
-    let resid_mid = hooks.resid_mid.run(&resid_pre + attn_out)?;
+    // The MLP reads the residual after attention, or in a parallel block the block's input.
+    let mlp_source = match &hooks.resid_mid {
+        Some(resid_mid) => resid_mid.run(&resid_pre + &attn_out)?,
+        None => resid_pre.shallow_clone(),
+    };
     let mlp_in = if cfg.use_hook_mlp_in {
-        hooks.mlp_in.run(resid_mid.copy())?
+        hooks.mlp_in.run(mlp_source.copy())?
     } else {
-        resid_mid.shallow_clone()
+        mlp_source.shallow_clone()
     };
     let normalized = layer_norm(cfg, &mlp_in, params.ln2.as_ref(), &hooks.ln2)?;
     let mlp_out = hooks
         .mlp_out
         .run(mlp(cfg, &params.mlp, hooks, &normalized)?)?;
-    Ok(hooks.resid_post.run(resid_mid + mlp_out)?)
+    let resid_post = if hooks.resid_mid.is_some() {
+        mlp_source + mlp_out
+    } else {
+        resid_pre + attn_out + mlp_out
+    };
+    Ok(hooks.resid_post.run(resid_post)?)
 }
 
 /// The MLP. Plain: `hook_post(act(hook_pre(x W_in + b_in))) W_out + b_out`. Gated:

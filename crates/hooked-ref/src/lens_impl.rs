@@ -13,7 +13,7 @@ use tch::{Device, Kind, Tensor};
 use crate::config::{HookedTransformerConfig, NormType};
 use crate::layers::LayerKv;
 use crate::model::HookedTransformer;
-use crate::params::{convert_gpt2, convert_llama};
+use crate::params::{convert_gpt2, convert_gpt_neox, convert_llama};
 use crate::processing::ProcessingOptions;
 
 impl HookedTransformer {
@@ -46,6 +46,23 @@ impl HookedTransformer {
                 let names: std::collections::BTreeSet<String> =
                     weights.names().map(str::to_owned).collect();
                 let params = convert_llama(
+                    hf,
+                    |name| names.contains(name),
+                    |name, shape, last| {
+                        Ok(if last {
+                            weights.take_shaped(name, shape)?
+                        } else {
+                            weights.get_shaped(name, shape)?
+                        })
+                    },
+                )?;
+                (cfg, params)
+            }
+            HfConfig::GptNeox(hf) => {
+                let cfg = HookedTransformerConfig::from_gpt_neox(hf);
+                let names: std::collections::BTreeSet<String> =
+                    weights.names().map(str::to_owned).collect();
+                let params = convert_gpt_neox(
                     hf,
                     |name| names.contains(name),
                     |name, shape, last| {

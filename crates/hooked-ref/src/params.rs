@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use lens_core::model::ModelDims;
 use lens_core::weight_map::{self, WeightMap};
-use lens_core::LlamaConfig;
+use lens_core::{GptNeoxConfig, LlamaConfig};
 use tch::{Kind, Tensor};
 
 pub use lens_core::tl_params::{AttentionParams, BlockParams, LayerNormParams, MlpParams, Params};
@@ -83,4 +83,15 @@ pub fn convert_llama(
     get: impl FnMut(&str, &[i64], bool) -> Result<Tensor>,
 ) -> Result<Params> {
     convert(&weight_map::llama(hf), has, get)
+}
+
+/// Converts HF GPT-NeoX weights (q, k and v interleaved per head in `query_key_value`,
+/// `nn.Linear` `[out, in]`) into TransformerLens's layout, zero attention biases where the
+/// checkpoint has none (`attention_bias: false`).
+pub fn convert_gpt_neox(
+    hf: &GptNeoxConfig,
+    has: impl Fn(&str) -> bool,
+    get: impl FnMut(&str, &[i64], bool) -> Result<Tensor>,
+) -> Result<Params> {
+    convert(&weight_map::gpt_neox(hf), has, get)
 }

@@ -66,6 +66,7 @@ fn config_from_golden(cfg: &serde_json::Value, flags: bool) -> HookedTransformer
         gated_mlp: false,
         use_qk_norm: false,
         windows: vec![None; int("n_layers") as usize],
+        parallel_attn_mlp: false,
         original_architecture: "GPT2LMHeadModel".to_owned(),
     }
 }
@@ -269,6 +270,19 @@ fn processed_llama_family_matches_transformer_lens(
     processed_weights_match(config, &model);
 }
 
+/// GPT-NeoX: parallel and sequential blocks, partial rotary (a quarter, half, all of each
+/// head), a rope base and linear scaling TransformerLens 3.9.0 would not read (its goldens
+/// correct them), no attention biases: every hook activation and gradient, unprocessed and
+/// processed, and the processed weights.
+#[rstest]
+fn gpt_neox_matches_transformer_lens(#[values("neox-a", "neox-b", "neox-c")] config: &str) {
+    let model = decoder(config, ProcessingOptions::none());
+    compare_with_golden(config, "hooked_unprocessed", &model, false);
+    let model = decoder(config, ProcessingOptions::default());
+    compare_with_golden(config, "hooked_processed", &model, true);
+    processed_weights_match(config, &model);
+}
+
 fn decoder(config: &str, processing: ProcessingOptions) -> HookedTransformer {
     let dir = fixtures().join(config).join("model");
     HookedTransformer::from_pretrained(
@@ -304,8 +318,20 @@ fn decoder_ignoring(
     if let Some(r) = c.rotary.as_mut() { r.adjacent_pairs = true }
 })]
 #[case::qk_norm_dropped("dec-e", |c: &mut HookedTransformerConfig| c.use_qk_norm = false)]
+#[case::parallel_block_in_sequence("neox-a", |c: &mut HookedTransformerConfig| {
+    c.parallel_attn_mlp = false
+})]
+#[case::rotary_on_every_dimension("neox-a", |c: &mut HookedTransformerConfig| {
+    if let Some(r) = c.rotary.as_mut() { r.dim = c.d_head }
+})]
+#[case::neox_rope_base_of_transformer_lens("neox-a", |c: &mut HookedTransformerConfig| {
+    if let Some(r) = c.rotary.as_mut() { r.base = 10000.0 }
+})]
+#[case::neox_linear_scaling_ignored("neox-b", |c: &mut HookedTransformerConfig| {
+    if let Some(r) = c.rotary.as_mut() { r.scaling = lens_core::RopeScaling::None }
+})]
 #[should_panic(expected = "mismatches")]
-fn a_llama_family_knob_ignored_fails_the_goldens(
+fn a_rotary_family_knob_ignored_fails_the_goldens(
     #[case] config: &str,
     #[case] change: fn(&mut HookedTransformerConfig),
 ) {
