@@ -20,6 +20,9 @@ use crate::common::{edited_checkpoint, fixture_model};
 #[case::embedded(lens_core::DEFAULT_MODEL.to_owned())]
 #[case::small(fixture_model("small"))]
 #[case::knobs(fixture_model("knobs"))]
+#[case::neox_parallel(fixture_model("neox-a"))]
+#[case::neox_sequential(fixture_model("neox-b"))]
+#[case::neox_without_attention_biases(fixture_model("neox-c"))]
 fn every_benchmark_passes(#[case] model: String) {
     let options = SuiteOptions {
         model: model.clone(),
@@ -123,7 +126,17 @@ fn llama_family_passes_every_phase(
 /// key/value heads as query heads), where `use_attn_in` applies.
 #[rstest]
 fn llama_family_hook_options_match_the_hooked_transformer(
-    #[values("dec-a", "dec-b", "dec-c", "dec-d", "dec-e", "dec-a-ungrouped")] config: &str,
+    #[values(
+        "dec-a",
+        "dec-b",
+        "dec-c",
+        "dec-d",
+        "dec-e",
+        "dec-a-ungrouped",
+        "neox-a",
+        "neox-b"
+    )]
+    config: &str,
 ) {
     let dir = tempfile::tempdir().unwrap();
     let model = if config == "dec-a-ungrouped" {
@@ -162,7 +175,7 @@ fn llama_family_hook_options_match_the_hooked_transformer(
     let flags: Vec<&str> = bridge.hook_flags().iter().map(|(f, _)| *f).collect();
     let reference_flags: Vec<&str> = reference.hook_flags().iter().map(|(f, _)| *f).collect();
     assert_eq!(flags, reference_flags, "{config}");
-    let expected: &[&str] = if config == "dec-a-ungrouped" {
+    let expected: &[&str] = if config == "dec-a-ungrouped" || config.starts_with("neox") {
         &[
             "use_attn_result",
             "use_split_qkv_input",
