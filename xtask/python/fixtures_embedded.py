@@ -1,7 +1,7 @@
-"""The `embedded` stage of fixtures.py: one small Llama-family model per family, with a real
+"""The `embedded` stage of fixtures.py: one small model per family (Llama, GPT-NeoX), with a real
 byte-level BPE tokenizer, under models-cache/, and the BOS goldens of each.
 
-models-cache/tiny-{llama,mistral,qwen2,qwen3}/ each hold a random-weight checkpoint written by
+models-cache/tiny-{llama,mistral,qwen2,qwen3,pythia}/ each hold a random-weight checkpoint written by
 transformers' save_pretrained (every parameter perturbed as for the decoder goldens), a
 tokenizer.json and tokenizer_config.json, and a TOKENIZER-LICENSE.md.
 
@@ -163,6 +163,33 @@ def family_specs() -> list[dict]:
                 "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
             },
         },
+        {
+            # Pythia's own tokenizer (GPT-NeoX-20B's) is on no registry this generator reaches:
+            # the cut Qwen3 vocabulary with GPT-NeoX's special tokens at its first ids, no BOS
+            # added by the tokenizer (TransformerLens prepends none by default either).
+            "name": "tiny-pythia",
+            "class": "GPTNeoXForCausalLM",
+            "seed": 4105,
+            "specials": ["<|endoftext|>", "<|padding|>"],
+            "specials_first": True,
+            "bos": "<|endoftext|>",
+            "eos": "<|endoftext|>",
+            "tokenizer_adds_bos": False,
+            "round_to": 128,
+            "hf": {
+                "hidden_size": 64,
+                "intermediate_size": 256,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "max_position_embeddings": 128,
+                "layer_norm_eps": 1e-5,
+                "tie_word_embeddings": False,
+                "use_parallel_residual": True,
+                "hidden_act": "gelu",
+                "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                    "partial_rotary_factor": 0.25},
+            },
+        },
     ]
 
 
@@ -275,7 +302,7 @@ file.
 
 Changes made: the BPE model keeps Qwen3's first {MERGES} merges and the tokens they make (ids
 renumbered in their original order); the special tokens are {", ".join(f"`{t}`" for t in spec["specials"])}
-{"with a post-processor that adds `" + spec["bos"] + "` as this model family's tokenizer does" if spec["tokenizer_adds_bos"] else "(Qwen's own, no BOS added)"};
+{"with a post-processor that adds `" + spec["bos"] + "` as this model family's tokenizer does" if spec["tokenizer_adds_bos"] else ("(Qwen's own, no BOS added)" if spec["specials"] == QWEN_SPECIALS else "(this model family's, no BOS added, as its tokenizer adds none)")};
 normalizer, pre-tokenizer and decoder are Qwen3's, unchanged.
 
 The model weights are random (seed {spec["seed"]}); the model is a test fixture, not a trained

@@ -23,6 +23,7 @@ use crate::common::{edited_checkpoint, fixture_model};
 #[case::neox_parallel(fixture_model("neox-a"))]
 #[case::neox_sequential(fixture_model("neox-b"))]
 #[case::neox_without_attention_biases(fixture_model("neox-c"))]
+#[case::embedded_pythia("tiny-pythia".to_owned())]
 fn every_benchmark_passes(#[case] model: String) {
     let options = SuiteOptions {
         model: model.clone(),

@@ -7,12 +7,12 @@ use hookpoint::CacheOptions;
 use lens_core::model::{ForwardOptions, GenerateOptions, LensModel, ModelError, ReturnType};
 use tch::{Cuda, Device, Kind, Tensor};
 
-/// Each embedded Llama-family model, booted by name: its tokenizer gives the ids
+/// Each embedded rotary model (the Llama family, Pythia), booted by name: its tokenizer gives the ids
 /// TransformerLens's HookedTransformer gives the suite's sentence, and the bridge's logits on them
 /// are transformers' (tests/fixtures/embedded/<model>.*).
 #[rstest::rstest]
 fn embedded_llama_family_text_matches_huggingface(
-    #[values("tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen3")] model: &str,
+    #[values("tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen3", "tiny-pythia")] model: &str,
 ) {
     let meta = read_json(&fixtures().join(format!("embedded/{model}.json")));
     let golden = read_tensors(&fixtures().join(format!("embedded/{model}.safetensors")));
