@@ -855,3 +855,62 @@ fn llama_family_forward_benchmarks_fail_when_rms_norm_runs_in_half_precision() {
         hooks::forward_hooks(&broken, &reference, &inputs, TOL),
     );
 }
+
+/// The forward checks fail on neox-a (parallel residual, a quarter of each head rotated, rope
+/// base 500) read through a config edited by `edit` or with tensors edited by `edit_tensor`.
+fn forward_checks_fail_on_edited_neox_a(
+    edit: impl Fn(&mut serde_json::Value),
+    edit_tensor: impl Fn(&str, Tensor) -> Tensor,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = edited_checkpoint(&fixture_model("neox-a"), dir.path(), edit, edit_tensor);
+    forward_checks_fail_on_broken_checkpoint("neox-a", &broken);
+}
+
+/// GPT-NeoX's parallel block run in sequence (the MLP reading the residual after attention).
+#[test]
+fn gpt_neox_forward_benchmarks_fail_when_the_parallel_block_runs_in_sequence() {
+    forward_checks_fail_on_edited_neox_a(|c| c["use_parallel_residual"] = false.into(), |_, t| t);
+}
+
+/// The rotary embedding on every dimension of each head instead of the first quarter.
+#[test]
+fn gpt_neox_forward_benchmarks_fail_when_rotary_turns_every_dimension() {
+    forward_checks_fail_on_edited_neox_a(
+        |c| c["rope_parameters"]["partial_rotary_factor"] = 1.0.into(),
+        |_, t| t,
+    );
+}
+
+/// The checkpoint's rope base ignored for 10000 (what TransformerLens 3.9.0's GPT-NeoX
+/// configuration does).
+#[test]
+fn gpt_neox_forward_benchmarks_fail_when_the_rope_base_is_ignored() {
+    forward_checks_fail_on_edited_neox_a(
+        |c| c["rope_parameters"]["rope_theta"] = 10000.0.into(),
+        |_, t| t,
+    );
+}
+
+/// The fused projection split as GPT-2's is (all queries, then all keys, then all values)
+/// where GPT-NeoX interleaves them per head. Built as a checkpoint whose `query_key_value` rows
+/// are reordered so that the per-head split meets exactly what the contiguous split reads from
+/// the intact weights.
+#[test]
+fn gpt_neox_forward_benchmarks_fail_when_qkv_is_split_contiguously() {
+    let (heads, head_dim) = (4i64, 16i64); // tests/fixtures/neox-a
+    forward_checks_fail_on_edited_neox_a(
+        |_| {},
+        |name, t| {
+            if !name.contains("query_key_value") {
+                return t;
+            }
+            // Rows [part, head, j] (the contiguous reading) moved to [head, part, j].
+            let mut shape = vec![3, heads, head_dim];
+            shape.extend(t.size().into_iter().skip(1));
+            t.view(shape.as_slice())
+                .transpose(0, 1)
+                .reshape(t.size().as_slice())
+        },
+    );
+}

@@ -12,7 +12,14 @@ use tch::{Cuda, Device, Kind, Tensor};
 /// are transformers' (tests/fixtures/embedded/<model>.*).
 #[rstest::rstest]
 fn embedded_llama_family_text_matches_huggingface(
-    #[values("tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen3", "tiny-pythia")] model: &str,
+    #[values(
+        "tiny-llama",
+        "tiny-mistral",
+        "tiny-qwen2",
+        "tiny-qwen3",
+        "tiny-pythia"
+    )]
+    model: &str,
 ) {
     let meta = read_json(&fixtures().join(format!("embedded/{model}.json")));
     let golden = read_tensors(&fixtures().join(format!("embedded/{model}.safetensors")));
