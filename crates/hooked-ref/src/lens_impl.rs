@@ -28,53 +28,32 @@ impl HookedTransformer {
         check_device(options.device)?;
         let mut loaded = load(model, options)?;
         let weights = &mut loaded.weights;
+        let names: std::collections::BTreeSet<String> =
+            weights.names().map(str::to_owned).collect();
+        let has = |name: &str| names.contains(name);
+        // One HF tensor, its shape checked (`-1`: any size), moved out on its last use.
+        let get = |name: &str, shape: &[i64], last: bool| {
+            Ok(match (shape.contains(&-1), last) {
+                (true, true) => weights.take(name)?,
+                (true, false) => weights.get(name)?,
+                (false, true) => weights.take_shaped(name, shape)?,
+                (false, false) => weights.get_shaped(name, shape)?,
+            })
+        };
         let (cfg, params) = match &loaded.config {
             HfConfig::Gpt2(hf) => {
                 let cfg = HookedTransformerConfig::from_gpt2(hf);
-                let params = convert_gpt2(&cfg, hf.tie_word_embeddings, |name, shape, last| {
-                    Ok(match (shape.contains(&-1), last) {
-                        (true, true) => weights.take(name)?,
-                        (true, false) => weights.get(name)?,
-                        (false, true) => weights.take_shaped(name, shape)?,
-                        (false, false) => weights.get_shaped(name, shape)?,
-                    })
-                })?;
+                let params = convert_gpt2(&cfg, hf.tie_word_embeddings, get)?;
                 (cfg, params)
             }
-            HfConfig::Llama(hf) => {
-                let cfg = HookedTransformerConfig::from_llama(hf);
-                let names: std::collections::BTreeSet<String> =
-                    weights.names().map(str::to_owned).collect();
-                let params = convert_llama(
-                    hf,
-                    |name| names.contains(name),
-                    |name, shape, last| {
-                        Ok(if last {
-                            weights.take_shaped(name, shape)?
-                        } else {
-                            weights.get_shaped(name, shape)?
-                        })
-                    },
-                )?;
-                (cfg, params)
-            }
-            HfConfig::GptNeox(hf) => {
-                let cfg = HookedTransformerConfig::from_gpt_neox(hf);
-                let names: std::collections::BTreeSet<String> =
-                    weights.names().map(str::to_owned).collect();
-                let params = convert_gpt_neox(
-                    hf,
-                    |name| names.contains(name),
-                    |name, shape, last| {
-                        Ok(if last {
-                            weights.take_shaped(name, shape)?
-                        } else {
-                            weights.get_shaped(name, shape)?
-                        })
-                    },
-                )?;
-                (cfg, params)
-            }
+            HfConfig::Llama(hf) => (
+                HookedTransformerConfig::from_llama(hf),
+                convert_llama(hf, has, get)?,
+            ),
+            HfConfig::GptNeox(hf) => (
+                HookedTransformerConfig::from_gpt_neox(hf),
+                convert_gpt_neox(hf, has, get)?,
+            ),
             other => {
                 return Err(ModelError::Unsupported(format!(
                     "HookedTransformer does not implement {}",

@@ -228,14 +228,7 @@ impl Layout {
     pub fn llama(n_layers: usize, qk_norm: bool) -> Self {
         use BlockSite as B;
         let (ln, lin) = (norm_sites, linear_sites);
-        let mut sites = vec![
-            Site::EmbedIn,
-            Site::EmbedOut,
-            Site::RotaryIn,
-            Site::RotaryCos,
-            Site::RotarySin,
-        ];
-        for l in 0..n_layers {
+        let block = |_| {
             let mut block = RESIDUAL_SITES.to_vec();
             block.extend(ln(B::Ln1));
             block.extend(ln(B::Ln2));
@@ -255,29 +248,16 @@ impl Layout {
             for f in [B::MlpGate, B::MlpFc, B::MlpProj] {
                 block.extend(lin(f));
             }
-            sites.extend(block.into_iter().map(|s| Site::Block(l, s)));
-        }
-        sites.extend(norm_sites(Site::LnFinal));
-        sites.extend([Site::UnembedIn, Site::UnembedOut]);
-        let mut aliases = vec![
-            ("hook_embed".to_string(), Site::EmbedOut),
-            ("hook_unembed".to_string(), Site::UnembedOut),
+            block
+        };
+        let mlp = [
+            ("mlp.hook_pre", B::MlpGate(LinSite::Out)),
+            ("mlp.hook_pre_linear", B::MlpFc(LinSite::Out)),
+            ("mlp.hook_post", B::MlpProj(LinSite::In)),
         ];
-        for l in 0..n_layers {
-            let mlp = [
-                ("mlp.hook_pre", B::MlpGate(LinSite::Out)),
-                ("mlp.hook_pre_linear", B::MlpFc(LinSite::Out)),
-                ("mlp.hook_post", B::MlpProj(LinSite::In)),
-            ];
-            for (name, site) in BLOCK_ALIASES.into_iter().chain(mlp) {
-                aliases.push((format!("blocks.{l}.{name}"), Site::Block(l, site)));
-            }
-        }
-        Layout { sites, aliases }
+        Self::rotary(n_layers, block, &mlp)
     }
-}
 
-impl Layout {
     /// GPT-NeoX's, under the names of TransformerLens 3.9.0's GPT-NeoX adapter
     /// (tests/fixtures/neox-*/bridge_hooks.json): the fused `attn.qkv` with its q, k and v
     /// slices, rotary sites, a plain MLP. A parallel block has no `hook_resid_mid` (nothing sits
@@ -286,14 +266,7 @@ impl Layout {
     pub fn gpt_neox(n_layers: usize, parallel: bool) -> Self {
         use BlockSite as B;
         let (ln, lin) = (norm_sites, linear_sites);
-        let mut sites = vec![
-            Site::EmbedIn,
-            Site::EmbedOut,
-            Site::RotaryIn,
-            Site::RotaryCos,
-            Site::RotarySin,
-        ];
-        for l in 0..n_layers {
+        let block = |_| {
             let mut block: Vec<BlockSite> = RESIDUAL_SITES
                 .into_iter()
                 .filter(|s| !(parallel && *s == B::ResidMid))
@@ -309,7 +282,32 @@ impl Layout {
             for f in [B::MlpFc, B::MlpProj] {
                 block.extend(lin(f));
             }
-            sites.extend(block.into_iter().map(|s| Site::Block(l, s)));
+            block
+        };
+        let mlp = [
+            ("mlp.hook_pre", B::MlpFc(LinSite::Out)),
+            ("mlp.hook_post", B::MlpProj(LinSite::In)),
+        ];
+        Self::rotary(n_layers, block, &mlp)
+    }
+
+    /// A rotary model's layout: the embedding and the rotary module's sites, `block(l)` for each
+    /// block, the final norm and the unembedding; the TransformerLens aliases every family
+    /// shares, then the MLP's (`mlp`).
+    fn rotary(
+        n_layers: usize,
+        block: impl Fn(usize) -> Vec<BlockSite>,
+        mlp: &[(&str, BlockSite)],
+    ) -> Self {
+        let mut sites = vec![
+            Site::EmbedIn,
+            Site::EmbedOut,
+            Site::RotaryIn,
+            Site::RotaryCos,
+            Site::RotarySin,
+        ];
+        for l in 0..n_layers {
+            sites.extend(block(l).into_iter().map(|s| Site::Block(l, s)));
         }
         sites.extend(norm_sites(Site::LnFinal));
         sites.extend([Site::UnembedIn, Site::UnembedOut]);
@@ -318,11 +316,7 @@ impl Layout {
             ("hook_unembed".to_string(), Site::UnembedOut),
         ];
         for l in 0..n_layers {
-            let mlp = [
-                ("mlp.hook_pre", B::MlpFc(LinSite::Out)),
-                ("mlp.hook_post", B::MlpProj(LinSite::In)),
-            ];
-            for (name, site) in BLOCK_ALIASES.into_iter().chain(mlp) {
+            for &(name, site) in BLOCK_ALIASES.iter().chain(mlp) {
                 aliases.push((format!("blocks.{l}.{name}"), Site::Block(l, site)));
             }
         }

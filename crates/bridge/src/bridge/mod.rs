@@ -13,6 +13,7 @@ use lens_core::{Gpt2Config, HfConfig};
 use lens_core::{LoadOptions, Tokenizer, Weights};
 use tch::{Device, Kind, Tensor};
 
+use crate::hf::decoder::RotaryDecoder;
 use crate::hf::model::gpt2_config;
 use crate::hf::{
     hf_position_ids, Gpt2LMHeadModel, GptNeoxForCausalLM, HfModel, KvCache, LlamaForCausalLM,
@@ -50,6 +51,13 @@ pub struct TransformerBridge {
     /// The per-layer HuggingFace parameters' storage, stacked over layers (so TransformerLens's
     /// stacked weights are views of the live ones).
     stacks: LayerStacks,
+}
+
+/// The zero unembedding bias `[vocab]` the bridge adds (TransformerLens's `b_U`), a leaf in the
+/// embedding's dtype and device.
+fn zero_unembed_bias(embedding: &Tensor) -> Tensor {
+    let (v, kind, device) = (embedding.size()[0], embedding.kind(), embedding.device());
+    Tensor::zeros([v], (kind, device)).set_requires_grad(true)
 }
 
 fn stack_layers(hf: &HfModel) -> LayerStacks {
@@ -138,25 +146,13 @@ impl TransformerBridge {
     pub fn from_hf(hf: Gpt2LMHeadModel, tokenizer: Option<Tokenizer>) -> Self {
         let mut hf = hf;
         let params = hf.params_mut();
-        if params.lm_head_bias.is_none() {
-            let (v, kind, device) = (params.wte.size()[0], params.kind(), params.device());
-            params.lm_head_bias = Some(Tensor::zeros([v], (kind, device)).set_requires_grad(true));
-        }
+        params
+            .lm_head_bias
+            .get_or_insert_with(|| zero_unembed_bias(&params.wte));
         let adapter = Gpt2Adapter::new(hf.config());
-        let paths = TlPaths::default();
-        let hooks = BridgeHooks::new(Layout::gpt2(hf.config().n_layer as usize), &paths);
+        let layout = Layout::gpt2(hf.config().n_layer as usize);
         let weights = adapter.weight_map().clone();
-        let hf = HfModel::Gpt2(hf);
-        TransformerBridge {
-            stacks: stack_layers(&hf),
-            hf,
-            adapter: Some(adapter),
-            weights,
-            hooks,
-            paths,
-            tokenizer,
-            compatibility: None,
-        }
+        Self::assemble(HfModel::Gpt2(hf), Some(adapter), layout, weights, tokenizer)
     }
 
     /// A bridge over a Llama-family model (Llama, Mistral, Qwen2, Qwen3), which it takes over,
@@ -165,29 +161,13 @@ impl TransformerBridge {
     pub fn from_llama(hf: LlamaForCausalLM, tokenizer: Option<Tokenizer>) -> Self {
         let mut hf = hf;
         let params = hf.params_mut();
-        if params.lm_head_bias.is_none() {
-            let e = &params.embed_tokens;
-            let (v, kind, device) = (e.size()[0], e.kind(), e.device());
-            params.lm_head_bias = Some(Tensor::zeros([v], (kind, device)).set_requires_grad(true));
-        }
+        params
+            .lm_head_bias
+            .get_or_insert_with(|| zero_unembed_bias(&params.embed_tokens));
         let c = hf.config();
-        let paths = TlPaths::default();
-        let hooks = BridgeHooks::new(
-            Layout::llama(c.num_hidden_layers as usize, c.qk_norm),
-            &paths,
-        );
+        let layout = Layout::llama(c.num_hidden_layers as usize, c.qk_norm);
         let weights = weight_map::llama(c);
-        let hf = HfModel::Llama(hf);
-        TransformerBridge {
-            stacks: stack_layers(&hf),
-            hf,
-            adapter: None,
-            weights,
-            hooks,
-            paths,
-            tokenizer,
-            compatibility: None,
-        }
+        Self::assemble(HfModel::Llama(hf), None, layout, weights, tokenizer)
     }
 
     /// A bridge over a GPT-NeoX model (Pythia), which it takes over, under the names of
@@ -196,24 +176,31 @@ impl TransformerBridge {
     pub fn from_gpt_neox(hf: GptNeoxForCausalLM, tokenizer: Option<Tokenizer>) -> Self {
         let mut hf = hf;
         let params = hf.params_mut();
-        if params.embed_out_bias.is_none() {
-            let e = &params.embed_in;
-            let (v, kind, device) = (e.size()[0], e.kind(), e.device());
-            params.embed_out_bias =
-                Some(Tensor::zeros([v], (kind, device)).set_requires_grad(true));
-        }
+        params
+            .embed_out_bias
+            .get_or_insert_with(|| zero_unembed_bias(&params.embed_in));
         let c = hf.config();
-        let paths = TlPaths::default();
         let layout = Layout::gpt_neox(c.num_hidden_layers as usize, c.use_parallel_residual);
-        let hooks = BridgeHooks::new(layout, &paths);
         let weights = weight_map::gpt_neox(c);
-        let hf = HfModel::GptNeox(hf);
+        Self::assemble(HfModel::GptNeox(hf), None, layout, weights, tokenizer)
+    }
+
+    /// The bridge over `hf` with the hook points of `layout` and TransformerLens weights
+    /// `weights`, its per-layer parameters stacked.
+    fn assemble(
+        hf: HfModel,
+        adapter: Option<Gpt2Adapter>,
+        layout: Layout,
+        weights: WeightMap,
+        tokenizer: Option<Tokenizer>,
+    ) -> Self {
+        let paths = TlPaths::default();
         TransformerBridge {
             stacks: stack_layers(&hf),
             hf,
-            adapter: None,
+            adapter,
             weights,
-            hooks,
+            hooks: BridgeHooks::new(layout, &paths),
             paths,
             tokenizer,
             compatibility: None,

@@ -5,17 +5,18 @@
 //! layer, Qwen3's per-head q/k RMSNorm, a SwiGLU MLP, tied or untied embeddings; HF's additive
 //! `finfo.min` masks, its position ids, loss, KV cache and `output_hidden_states`. No hooks.
 
-use lens_core::model::{GenerateOptions, ModelError, ModelResult};
+use lens_core::model::{ModelError, ModelResult};
 use lens_core::{HfConfig, LlamaConfig, Weights};
 use tch::{Device, Kind, Tensor};
 
+use crate::hf::decoder::{decoder_api, Part, RotaryDecoder};
 use crate::hf::forward::{self, PassOutput};
 use crate::hf::kv_cache::KvCache;
 use crate::hf::mask::{self, AttentionMask};
-use crate::hf::model::{generate_hf_style, CheckedInputs, HfForward, HfOutput};
+use crate::hf::model::CheckedInputs;
+use crate::hf::params::take_leaf;
 use crate::input;
-use crate::loss;
-use crate::tap::{BlockSite, LinSite, LnSite, MaskStyle, NoTap, Site, Tap};
+use crate::tap::{BlockSite, LinSite, LnSite, MaskStyle, Site, Tap};
 
 /// A `torch.nn.Linear`: `y = x W^T + b`, `weight` `[out, in]`.
 #[derive(Debug)]
@@ -94,13 +95,7 @@ impl LlamaParams {
             config.num_attention_heads * config.head_dim,
             config.num_key_value_heads * config.head_dim,
         );
-        let mut take = |name: &str, shape: &[i64]| -> ModelResult<Tensor> {
-            let t = weights.take_shaped(name, shape)?;
-            Ok(t.f_to_device(device)?
-                .f_to_kind(kind)?
-                .detach()
-                .set_requires_grad(true))
-        };
+        let mut take = |name: &str, shape: &[i64]| take_leaf(weights, name, shape, device, kind);
         let mut layers = Vec::with_capacity(config.num_hidden_layers as usize);
         for l in 0..config.num_hidden_layers {
             let p = |s: &str| format!("model.layers.{l}.{s}");
@@ -304,122 +299,6 @@ impl LlamaForCausalLM {
             params,
             inv_freq,
         })
-    }
-
-    /// The HuggingFace config.
-    pub fn config(&self) -> &LlamaConfig {
-        &self.config
-    }
-
-    /// The parameters, under their HuggingFace names.
-    pub fn params(&self) -> &LlamaParams {
-        &self.params
-    }
-
-    /// The parameters, to edit in place (the bridge adds its unembedding bias here).
-    pub fn params_mut(&mut self) -> &mut LlamaParams {
-        &mut self.params
-    }
-
-    /// Where the parameters live.
-    pub fn device(&self) -> Device {
-        self.params.embed_tokens.device()
-    }
-
-    /// The parameters' dtype.
-    pub fn kind(&self) -> Kind {
-        self.params.embed_tokens.kind()
-    }
-
-    /// HuggingFace's `forward`: logits, the loss when `labels` are given, hidden states on
-    /// request (`n_layers + 1`: the embeddings, each layer's output, and the final norm of the
-    /// last layer's output in place of that output).
-    pub fn forward(&self, args: HfForward<'_>) -> ModelResult<HfOutput> {
-        let ids = args
-            .input_ids
-            .ok_or_else(|| ModelError::InvalidInput("input_ids are required".into()))?;
-        let cache = args.past_key_values;
-        let past_len = cache.as_ref().map_or(0, |c| c.len());
-        let inputs = self.check_inputs(ids, args.attention_mask, args.position_ids, past_len)?;
-        check_cache_batch(cache.as_deref(), inputs.ids.size()[0])?;
-        let pass = self.pass_checked(&NoTap, &inputs, cache, args.output_hidden_states, None)?;
-        let logits = pass
-            .logits
-            .ok_or_else(|| ModelError::InvalidInput("the pass did not reach the logits".into()))?;
-        let loss = match args.labels {
-            Some(labels) if labels.size()[..] != logits.size()[..2] => {
-                return Err(ModelError::InvalidInput(format!(
-                    "labels have shape {:?}, expected {:?}",
-                    labels.size(),
-                    &logits.size()[..2]
-                )))
-            }
-            Some(labels) => Some(loss::hf_causal_lm_loss(&logits, labels)),
-            None => None,
-        };
-        Ok(HfOutput {
-            logits,
-            loss,
-            hidden_states: pass.hidden_states,
-        })
-    }
-
-    /// Checks a pass's inputs and brings them to the model's device: token ids, the attention
-    /// mask over cached and new positions, position ids (HuggingFace's default: `past_len..`).
-    /// Rotary positions have no table, so, as in HF, there is no length limit.
-    pub(crate) fn check_inputs(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: Option<&Tensor>,
-        position_ids: Option<&Tensor>,
-        past_len: i64,
-    ) -> ModelResult<CheckedInputs> {
-        let device = self.device();
-        let ids = input::tokens(
-            input_ids,
-            self.config.vocab_size,
-            i64::MAX,
-            past_len,
-            device,
-        )?;
-        let (batch, q_len) = (ids.size()[0], ids.size()[1]);
-        let mask = input::attention_mask(attention_mask, batch, past_len + q_len, device)?;
-        let positions = match position_ids {
-            Some(p) => input::position_ids(p, batch, q_len, i64::MAX, device)?,
-            None => mask::arange_positions(batch, q_len, past_len, device),
-        };
-        Ok(CheckedInputs {
-            ids,
-            mask,
-            positions,
-        })
-    }
-
-    /// HuggingFace's `generate` (greedy or sampled, see [`GenerateOptions`]), with position ids
-    /// `cumsum(mask) - 1` for left-padded batches; returns prompt and continuation.
-    pub fn generate(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: Option<&Tensor>,
-        options: &GenerateOptions,
-    ) -> ModelResult<Tensor> {
-        generate_hf_style(
-            |ids, mask, positions, cache| {
-                let out = self.forward(HfForward {
-                    input_ids: Some(ids),
-                    attention_mask: mask,
-                    position_ids: Some(positions),
-                    past_key_values: cache,
-                    ..HfForward::default()
-                })?;
-                Ok(out.logits)
-            },
-            input_ids,
-            attention_mask,
-            options,
-            self.config.eos_token_ids.first().copied(),
-            self.device(),
-        )
     }
 
     /// One pass over checked inputs with `tap` at every site, stopping before block
@@ -742,63 +621,67 @@ impl LlamaForCausalLM {
     }
 }
 
-/// Components one at a time, as the suite's `all_components` compares them with the bridge's.
-impl LlamaForCausalLM {
-    /// The names [`LlamaForCausalLM::run_component`] accepts: `embed`, for each layer
-    /// `blocks.{l}` and its `ln1`, `attn`, `ln2` and `mlp`, then `ln_final` and `unembed`.
-    pub fn component_names(&self) -> Vec<String> {
-        forward::component_names(self.params.layers.len(), false)
+decoder_api!(LlamaForCausalLM, LlamaConfig, LlamaParams, embed_tokens);
+
+impl RotaryDecoder for LlamaForCausalLM {
+    fn vocab_size(&self) -> i64 {
+        self.config.vocab_size
     }
 
-    /// Runs one component alone on `input`, HuggingFace's way: token ids for `embed`, hidden
-    /// states `[b, p, d]` for the others. `blocks.{l}` and `blocks.{l}.attn` start at the
-    /// residual, rotate positions `0..p` and mask causally (with the layer's sliding window).
-    pub fn run_component(&self, name: &str, input: &Tensor) -> ModelResult<Tensor> {
-        self.run_component_with(&NoTap, name, input)
+    fn device(&self) -> Device {
+        LlamaForCausalLM::device(self)
     }
 
-    pub(crate) fn run_component_with<T: Tap>(
+    fn eos_token_id(&self) -> Option<i64> {
+        self.config.eos_token_ids.first().copied()
+    }
+
+    fn pass<T: Tap>(
         &self,
         tap: &T,
-        name: &str,
-        x: &Tensor,
-    ) -> ModelResult<Tensor> {
-        let eps = self.config.rms_norm_eps;
-        match name {
-            "embed" => {
-                let ids = tap.at(Site::EmbedIn, x.shallow_clone())?;
-                tap.at(
-                    Site::EmbedOut,
-                    Tensor::embedding(&self.params.embed_tokens, &ids, -1, false, false),
-                )
-            }
-            "ln_final" => rms_norm(
+        inputs: &CheckedInputs,
+        cache: Option<&mut KvCache>,
+        output_hidden_states: bool,
+        stop_at_layer: Option<usize>,
+    ) -> ModelResult<PassOutput> {
+        self.pass_checked(tap, inputs, cache, output_hidden_states, stop_at_layer)
+    }
+
+    fn n_layers(&self) -> usize {
+        self.params.layers.len()
+    }
+
+    fn embedding(&self) -> &Tensor {
+        &self.params.embed_tokens
+    }
+
+    fn run_part<T: Tap>(&self, tap: &T, part: Part<'_>, x: &Tensor) -> Option<ModelResult<Tensor>> {
+        Some(match part {
+            Part::LnFinal => rms_norm(
                 tap,
                 Site::LnFinal,
                 x.shallow_clone(),
                 &self.params.norm,
-                eps,
+                self.config.rms_norm_eps,
             ),
-            "unembed" => {
-                let x = tap.at(Site::UnembedIn, x.shallow_clone())?;
-                tap.at(
-                    Site::UnembedOut,
-                    x.linear(self.params.unembedding(), self.params.lm_head_bias.as_ref()),
-                )
+            Part::Unembed => self.unembed_component(tap, x),
+            Part::Block(l, name) => {
+                let layer = self.params.layers.get(l)?;
+                return self.run_block_component(tap, l, layer, name, x);
             }
-            _ => {
-                let unknown = || {
-                    ModelError::InvalidInput(format!(
-                        "unknown component '{name}'; components are {:?}",
-                        self.component_names()
-                    ))
-                };
-                let (l, part) = forward::block_component(name).ok_or_else(unknown)?;
-                let params = self.params.layers.get(l).ok_or_else(unknown)?;
-                self.run_block_component(tap, l, params, part, x)
-                    .unwrap_or_else(|| Err(unknown()))
-            }
-        }
+        })
+    }
+}
+
+/// Components one at a time, as the suite's `all_components` compares them with the bridge's.
+impl LlamaForCausalLM {
+    /// `unembed` alone: the unembedding (with the bridge's bias) between its two sites.
+    fn unembed_component<T: Tap>(&self, tap: &T, x: &Tensor) -> ModelResult<Tensor> {
+        let x = tap.at(Site::UnembedIn, x.shallow_clone())?;
+        tap.at(
+            Site::UnembedOut,
+            x.linear(self.params.unembedding(), self.params.lm_head_bias.as_ref()),
+        )
     }
 
     /// One part of block `l` (`""` for the whole block), or `None` for an unknown part.
@@ -846,17 +729,6 @@ impl LlamaForCausalLM {
             "mlp" => self.mlp(tap, l, layer, x.shallow_clone()),
             _ => return None,
         })
-    }
-}
-
-/// A cache must hold the batch the input has.
-pub(crate) fn check_cache_batch(cache: Option<&KvCache>, batch: i64) -> ModelResult<()> {
-    match cache.and_then(|c| c.layer(0)) {
-        Some((k, _)) if k.size()[0] != batch => Err(ModelError::InvalidInput(format!(
-            "the KV cache holds a batch of {}, the input has {batch}",
-            k.size()[0]
-        ))),
-        _ => Ok(()),
     }
 }
 

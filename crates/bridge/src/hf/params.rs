@@ -8,6 +8,22 @@ use std::sync::Mutex;
 
 use tch::{Device, Kind, Tensor};
 
+/// Takes `name` out of `weights` (its shape checked), converted to `kind` on `device`, as a
+/// leaf that requires gradients: how every family loads its parameters.
+pub(crate) fn take_leaf(
+    weights: &mut Weights,
+    name: &str,
+    shape: &[i64],
+    device: Device,
+    kind: Kind,
+) -> ModelResult<Tensor> {
+    let t = weights.take_shaped(name, shape)?;
+    Ok(t.f_to_device(device)?
+        .f_to_kind(kind)?
+        .detach()
+        .set_requires_grad(true))
+}
+
 /// A LayerNorm's weight and bias, `[d]` each.
 #[derive(Debug)]
 pub struct LayerNormParams {
@@ -75,13 +91,7 @@ impl Gpt2Params {
         kind: Kind,
     ) -> ModelResult<Self> {
         let (d, m, v) = (config.n_embd, config.d_mlp(), config.vocab_size);
-        let mut take = |name: &str, shape: &[i64]| -> ModelResult<Tensor> {
-            let t = weights.take_shaped(name, shape)?;
-            Ok(t.f_to_device(device)?
-                .f_to_kind(kind)?
-                .detach()
-                .set_requires_grad(true))
-        };
+        let mut take = |name: &str, shape: &[i64]| take_leaf(weights, name, shape, device, kind);
         let wte = take("transformer.wte.weight", &[v, d])?;
         let wpe = take("transformer.wpe.weight", &[config.n_positions, d])?;
         let mut h = Vec::with_capacity(config.n_layer as usize);

@@ -438,3 +438,86 @@ fn the_decoder_fixtures_parse_as_written_by_transformers() {
     assert!(e.qk_norm);
     assert_eq!(e.eos_token_ids, vec![383]);
 }
+
+fn neox(json: &str) -> lens_core::GptNeoxConfig {
+    HfConfig::from_json(json)
+        .unwrap()
+        .as_gpt_neox()
+        .expect("a GPT-NeoX config")
+        .clone()
+}
+
+/// GPT-NeoX's defaults and its rotary keys as transformers 5.9.0 reads them: `rope_parameters`
+/// first, then the legacy top-level `rotary_emb_base` / `rotary_pct`; a non-empty legacy
+/// `rope_scaling` replaces `rope_parameters`; a top-level `rope_theta` is not read.
+#[test]
+fn gpt_neox_rotary_settings_follow_transformers() {
+    let defaults = neox(r#"{"model_type": "gpt_neox"}"#);
+    assert_eq!(
+        (
+            defaults.hidden_size,
+            defaults.num_hidden_layers,
+            defaults.intermediate_size
+        ),
+        (6144, 44, 24576)
+    );
+    assert_eq!(defaults.hidden_act, Activation::Gelu);
+    assert!(defaults.use_parallel_residual && defaults.attention_bias);
+    assert!(!defaults.tie_word_embeddings);
+    assert_eq!(
+        (defaults.rope.theta, defaults.partial_rotary_factor),
+        (10000.0, 0.25)
+    );
+    assert_eq!(
+        (defaults.bos_token_id, defaults.eos_token_id),
+        (Some(0), Some(2))
+    );
+    assert_eq!(defaults.rotary_dim(), 24); // int(96 * 0.25)
+    let legacy = neox(
+        r#"{"architectures": ["GPTNeoXForCausalLM"], "hidden_size": 64, "num_attention_heads": 4,
+            "rotary_pct": 0.3, "rotary_emb_base": 20000, "rope_theta": 5.0}"#,
+    );
+    assert_eq!(legacy.rope.theta, 20000.0);
+    // int(16 * 0.3) = 4 (TransformerLens 3.9.0 rounds to 5, an odd width it then fails on).
+    assert_eq!(legacy.rotary_dim(), 4);
+    let odd = neox(
+        r#"{"model_type": "gpt_neox", "hidden_size": 40, "num_attention_heads": 2, "rotary_pct": 0.25}"#,
+    );
+    assert_eq!(
+        odd.rotary_dim(),
+        6,
+        "int(20 * 0.25) = 5 dimensions: three frequencies"
+    );
+    let both = neox(
+        r#"{"model_type": "gpt_neox", "rotary_pct": 0.5,
+            "rope_parameters": {"rope_theta": 1e6, "partial_rotary_factor": 1.0}}"#,
+    );
+    assert_eq!((both.rope.theta, both.partial_rotary_factor), (1e6, 1.0));
+    let scaled = neox(
+        r#"{"model_type": "gpt_neox", "rotary_emb_base": 20000,
+            "rope_parameters": {"rope_theta": 1e6},
+            "rope_scaling": {"type": "linear", "factor": 2.0}}"#,
+    );
+    assert_eq!(
+        scaled.rope.theta, 20000.0,
+        "rope_scaling replaced rope_parameters"
+    );
+    assert_eq!(scaled.rope.scaling, RopeScaling::Linear { factor: 2.0 });
+    for (json, words) in [
+        (
+            r#"{"model_type": "gpt_neox", "hidden_size": 10, "num_attention_heads": 4}"#,
+            &["hidden_size (10)", "num_attention_heads (4)"][..],
+        ),
+        (
+            r#"{"model_type": "gpt_neox", "rotary_pct": 1.5}"#,
+            &["partial_rotary_factor", "1.5"][..],
+        ),
+        (
+            r#"{"model_type": "gpt_neox", "rope_scaling": {"type": "yarn", "factor": 2.0}}"#,
+            &["rope type 'yarn'"][..],
+        ),
+    ] {
+        let err = HfConfig::from_json(json).unwrap_err();
+        assert_message(&err, words);
+    }
+}
