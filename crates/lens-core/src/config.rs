@@ -14,14 +14,18 @@ use crate::error::{LensError, Result};
 
 mod gpt_neox;
 mod llama;
+mod parallel;
 
 pub use gpt_neox::GptNeoxConfig;
 pub use llama::{LlamaConfig, LlamaFamily, Rope, RopeScaling};
+pub use parallel::{ParallelConfig, ParallelFamily};
 
 /// The architectures [`HfConfig`] understands, as `model_type (HF class)`.
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
     "gpt2 (GPT2LMHeadModel)",
     "gpt_neox (GPTNeoXForCausalLM)",
+    "gptj (GPTJForCausalLM)",
+    "phi (PhiForCausalLM)",
     "llama (LlamaForCausalLM)",
     "mistral (MistralForCausalLM)",
     "qwen2 (Qwen2ForCausalLM)",
@@ -38,6 +42,8 @@ pub enum HfConfig {
     Llama(LlamaConfig),
     /// `model_type: "gpt_neox"` (`GPTNeoXForCausalLM`: Pythia, GPT-NeoX-20B).
     GptNeox(GptNeoxConfig),
+    /// `model_type` `gptj` or `phi` (see [`ParallelFamily`]).
+    Parallel(ParallelConfig),
 }
 
 impl HfConfig {
@@ -93,6 +99,19 @@ impl HfConfig {
                 Err(llama::ParseError::Invalid(e)) => Err(with_path(e)),
             };
         }
+        let parallel = match model_type {
+            Some(t) => ParallelFamily::from_name(t),
+            None => architectures
+                .iter()
+                .find_map(|a| ParallelFamily::from_name(a)),
+        };
+        if let Some(family) = parallel {
+            return match ParallelConfig::parse(family, text) {
+                Ok(config) => Ok(HfConfig::Parallel(config)),
+                Err(llama::ParseError::Json(e)) => Err(malformed(e.to_string())),
+                Err(llama::ParseError::Invalid(e)) => Err(with_path(e)),
+            };
+        }
         let is_neox = match model_type {
             Some(t) => t == "gpt_neox",
             None => architectures.contains(&"GPTNeoXForCausalLM"),
@@ -137,6 +156,7 @@ impl HfConfig {
             HfConfig::Gpt2(_) => "GPT2LMHeadModel",
             HfConfig::Llama(c) => c.family.architecture(),
             HfConfig::GptNeox(_) => "GPTNeoXForCausalLM",
+            HfConfig::Parallel(c) => c.family.architecture(),
         }
     }
 
@@ -162,6 +182,14 @@ impl HfConfig {
         }
     }
 
+    /// The GPT-J or Phi config, when this is one.
+    pub fn as_parallel(&self) -> Option<&ParallelConfig> {
+        match self {
+            HfConfig::Parallel(c) => Some(c),
+            _ => None,
+        }
+    }
+
     /// The Llama-family config, when this is one.
     pub fn as_llama(&self) -> Option<&LlamaConfig> {
         match self {
@@ -176,6 +204,7 @@ impl HfConfig {
             HfConfig::Gpt2(c) => c.n_ctx,
             HfConfig::Llama(c) => c.max_position_embeddings,
             HfConfig::GptNeox(c) => c.max_position_embeddings,
+            HfConfig::Parallel(c) => c.max_position_embeddings,
         }
     }
 
@@ -185,16 +214,18 @@ impl HfConfig {
             HfConfig::Gpt2(c) => c.vocab_size,
             HfConfig::Llama(c) => c.vocab_size,
             HfConfig::GptNeox(c) => c.vocab_size,
+            HfConfig::Parallel(c) => c.vocab_size,
         }
     }
 
     /// Whether text is tokenized with BOS prepended when a call does not say (TransformerLens's
-    /// `default_prepend_bos`: true, except for Qwen2, Qwen3 and GPT-NeoX).
+    /// `default_prepend_bos`: true, except for Qwen2, Qwen3, GPT-NeoX and Phi).
     pub fn default_prepend_bos(&self) -> bool {
         match self {
             HfConfig::Gpt2(_) => true,
             HfConfig::Llama(c) => c.family.default_prepend_bos(),
             HfConfig::GptNeox(_) => false,
+            HfConfig::Parallel(c) => c.family.default_prepend_bos(),
         }
     }
 
@@ -204,6 +235,7 @@ impl HfConfig {
             HfConfig::Gpt2(c) => c.bos_token_id,
             HfConfig::Llama(c) => c.bos_token_id,
             HfConfig::GptNeox(c) => c.bos_token_id,
+            HfConfig::Parallel(c) => c.bos_token_id,
         }
     }
 
@@ -213,6 +245,7 @@ impl HfConfig {
             HfConfig::Gpt2(c) => c.eos_token_id,
             HfConfig::Llama(c) => c.eos_token_ids.first().copied(),
             HfConfig::GptNeox(c) => c.eos_token_id,
+            HfConfig::Parallel(c) => c.eos_token_id,
         }
     }
 
@@ -222,6 +255,7 @@ impl HfConfig {
             HfConfig::Gpt2(c) => c.pad_token_id,
             HfConfig::Llama(c) => c.pad_token_id,
             HfConfig::GptNeox(c) => c.pad_token_id,
+            HfConfig::Parallel(c) => c.pad_token_id,
         }
     }
 }

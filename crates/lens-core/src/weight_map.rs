@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use tch::Tensor;
 
-use crate::config::{GptNeoxConfig, LlamaConfig};
+use crate::config::{GptNeoxConfig, LlamaConfig, ParallelConfig, ParallelFamily};
 use crate::model::ModelDims;
 
 /// How a TransformerLens weight is laid out on its HuggingFace parameter.
@@ -569,6 +569,151 @@ pub fn gpt_neox(cfg: &GptNeoxConfig) -> WeightMap {
         cfg.tie_word_embeddings,
         "gpt_neox.embed_in.weight",
         "embed_out",
+        [v, d],
+    );
+    map
+}
+
+/// The HuggingFace names of a parallel-block family's parameters.
+struct ParallelNames {
+    embedding: &'static str,
+    layers: &'static str,
+    norm: &'static str,
+    attn: &'static str,
+    out_proj: &'static str,
+    fc_in: &'static str,
+    fc_out: &'static str,
+    final_norm: &'static str,
+}
+
+fn parallel_names(family: ParallelFamily) -> ParallelNames {
+    match family {
+        ParallelFamily::GptJ => ParallelNames {
+            embedding: "transformer.wte.weight",
+            layers: "transformer.h",
+            norm: "ln_1",
+            attn: "attn",
+            out_proj: "out_proj",
+            fc_in: "mlp.fc_in",
+            fc_out: "mlp.fc_out",
+            final_norm: "transformer.ln_f",
+        },
+        ParallelFamily::Phi => ParallelNames {
+            embedding: "model.embed_tokens.weight",
+            layers: "model.layers",
+            norm: "input_layernorm",
+            attn: "self_attn",
+            out_proj: "dense",
+            fc_in: "mlp.fc1",
+            fc_out: "mlp.fc2",
+            final_norm: "model.final_layernorm",
+        },
+    }
+}
+
+/// GPT-J's and Phi's table: `nn.Linear` weights `[out, in]`; one LayerNorm per block, which is
+/// both TransformerLens's `ln1` and its `ln2` (TransformerLens's conversion copies it into both,
+/// so the HookedTransformer normalises each branch on its own; the bridge's `ln2` is a second
+/// view of the one parameter); attention biases zero where absent (GPT-J has none); grouped
+/// keys and values under `_W_K` / `_W_V` (Phi); the unembedding's own bias.
+pub fn parallel(cfg: &ParallelConfig) -> WeightMap {
+    let names = parallel_names(cfg.family);
+    let (d, m, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+    let (h, h_kv, dh) = (
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+    );
+    let kv = if h_kv != h { "_" } else { "" };
+    let mut map = WeightMap::default();
+    map.push(
+        "embed.W_E".into(),
+        names.embedding.into(),
+        &[v, d],
+        View::Same,
+    );
+    for l in 0..cfg.num_hidden_layers {
+        let tl = |s: &str| format!("blocks.{l}.{s}");
+        let hf = |s: &str| format!("{}.{l}.{s}", names.layers);
+        let attn = |s: &str| hf(&format!("{}.{s}", names.attn));
+        for ln in ["ln1", "ln2"] {
+            map.push(
+                tl(&format!("{ln}.w")),
+                hf(&format!("{}.weight", names.norm)),
+                &[d],
+                View::Same,
+            );
+            map.push(
+                tl(&format!("{ln}.b")),
+                hf(&format!("{}.bias", names.norm)),
+                &[d],
+                View::Same,
+            );
+        }
+        for (w, proj, n) in [
+            ("W_Q".to_string(), "q_proj", h),
+            (format!("{kv}W_K"), "k_proj", h_kv),
+            (format!("{kv}W_V"), "v_proj", h_kv),
+        ] {
+            let view = View::LinearHeads {
+                heads: n,
+                d_head: dh,
+            };
+            map.push(
+                tl(&format!("attn.{w}")),
+                attn(&format!("{proj}.weight")),
+                &[n * dh, d],
+                view,
+            );
+            let b = w.replace('W', "b");
+            let bias_view = View::HeadBias {
+                heads: n,
+                d_head: dh,
+            };
+            map.push_optional(
+                tl(&format!("attn.{b}")),
+                attn(&format!("{proj}.bias")),
+                &[n * dh],
+                bias_view,
+                &[n, dh],
+            );
+        }
+        let heads_out = View::LinearHeadsOut {
+            heads: h,
+            d_head: dh,
+        };
+        let out = |s: &str| attn(&format!("{}.{s}", names.out_proj));
+        map.push(tl("attn.W_O"), out("weight"), &[d, h * dh], heads_out);
+        map.push_optional(tl("attn.b_O"), out("bias"), &[d], View::Same, &[d]);
+        let fc = |layer: &str, s: &str| hf(&format!("{layer}.{s}"));
+        map.push(
+            tl("mlp.W_in"),
+            fc(names.fc_in, "weight"),
+            &[m, d],
+            View::Transpose,
+        );
+        map.push(tl("mlp.b_in"), fc(names.fc_in, "bias"), &[m], View::Same);
+        map.push(
+            tl("mlp.W_out"),
+            fc(names.fc_out, "weight"),
+            &[d, m],
+            View::Transpose,
+        );
+        map.push(tl("mlp.b_out"), fc(names.fc_out, "bias"), &[d], View::Same);
+    }
+    for (tl, hf) in [("w", "weight"), ("b", "bias")] {
+        map.push(
+            format!("ln_final.{tl}"),
+            format!("{}.{hf}", names.final_norm),
+            &[d],
+            View::Same,
+        );
+    }
+    push_unembed(
+        &mut map,
+        cfg.tie_word_embeddings,
+        names.embedding,
+        "lm_head",
         [v, d],
     );
     map

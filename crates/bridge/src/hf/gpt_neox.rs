@@ -11,6 +11,7 @@ use lens_core::model::{ModelError, ModelResult};
 use lens_core::{GptNeoxConfig, HfConfig, Weights};
 use tch::{Device, Kind, Tensor};
 
+use crate::hf::attention::{self, Scores};
 use crate::hf::decoder::{decoder_api, Part, RotaryDecoder};
 use crate::hf::forward::{self, layer_norm, PassOutput};
 use crate::hf::kv_cache::KvCache;
@@ -20,7 +21,7 @@ use crate::hf::model::CheckedInputs;
 use crate::hf::params::take_leaf;
 use crate::hf::params::LayerNormParams;
 use crate::input;
-use crate::tap::{BlockSite, LinSite, MaskStyle, Site, Tap};
+use crate::tap::{BlockSite, LinSite, Site, Tap};
 
 /// One `GPTNeoXLayer` (`gpt_neox.layers.{i}`).
 #[derive(Debug)]
@@ -493,8 +494,6 @@ impl GptNeoxForCausalLM {
     ) -> ModelResult<Tensor> {
         let s = |site: BlockSite| Site::Block(l, site);
         let c = &self.config;
-        let (h, dh) = (c.num_attention_heads, c.head_dim());
-        let (batch, q_len) = (resid_pre.size()[0], resid_pre.size()[1]);
         let [q, k, v] = self.qkv(tap, l, layer, resid_pre)?;
         let (cos, sin) = (
             tap.at(s(BlockSite::Cos), cos.shallow_clone())?,
@@ -511,42 +510,16 @@ impl GptNeoxForCausalLM {
             .at(s(BlockSite::RotK), k.transpose(1, 2))?
             .transpose(1, 2);
         let v = v.transpose(1, 2);
-        let (k, v) = match cache {
-            Some(cache) => cache.append(l, k, v),
-            None => (k, v),
-        };
-        let style = tap.mask_style();
-        let scores = q.matmul(&k.transpose(2, 3)) * (dh as f64).powf(-0.5);
-        let scores = tap.at(
-            s(BlockSite::AttnScores),
-            mask::apply(scores, mask, style, resid_pre.kind()),
-        )?;
-        let pattern = match style {
-            MaskStyle::HfAdditiveMin => scores.softmax(-1, Kind::Float).to_kind(q.kind()),
-            MaskStyle::NegInf => {
-                mask::softmax(&scores.to_kind(Kind::Float), mask, style).to_kind(q.kind())
-            }
-        };
-        let pattern = tap.at(s(BlockSite::Pattern), pattern)?;
-        let z = pattern.matmul(&v).transpose(1, 2).contiguous();
-        let z = tap.at(s(BlockSite::O(LinSite::In)), z)?;
-        let out = if tap.paths().use_attn_result {
-            // TransformerLens's per-head results: z [b, p, h, dh] . W_O [h, dh, d].
-            let d = layer.dense.weight.size()[0];
-            let w_o = layer.dense.weight.view([d, h, dh]).permute([1, 2, 0]);
-            let result = Tensor::einsum("bphk,hkd->bphd", &[&z, &w_o], None::<&[i64]>);
-            let result = tap.at(s(BlockSite::Result), result)?;
-            let summed = result.sum_dim_intlist([2i64].as_slice(), false, result.kind());
-            match &layer.dense.bias {
-                Some(b) => summed + b,
-                None => summed,
-            }
-        } else {
-            layer.dense.apply(&z.reshape([batch, q_len, h * dh]))
-        };
-        let out = tap.at(s(BlockSite::O(LinSite::Out)), out)?;
-        let out = tap.at(s(BlockSite::HiddenStates), out)?;
-        tap.at(s(BlockSite::AttnOut), out)
+        attention::attend(
+            tap,
+            l,
+            (q, k, v),
+            cache,
+            mask,
+            Scores::Scaled,
+            resid_pre.kind(),
+            &layer.dense,
+        )
     }
 
     /// `GPTNeoXMLP`: `dense_4h_to_h(act(dense_h_to_4h(x)))`.

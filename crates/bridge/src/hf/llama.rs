@@ -9,14 +9,15 @@ use lens_core::model::{ModelError, ModelResult};
 use lens_core::{HfConfig, LlamaConfig, Weights};
 use tch::{Device, Kind, Tensor};
 
+use crate::hf::attention::{self, Scores};
 use crate::hf::decoder::{decoder_api, Part, RotaryDecoder};
-use crate::hf::forward::{self, PassOutput};
+use crate::hf::forward::PassOutput;
 use crate::hf::kv_cache::KvCache;
 use crate::hf::mask::{self, AttentionMask};
 use crate::hf::model::CheckedInputs;
 use crate::hf::params::take_leaf;
 use crate::input;
-use crate::tap::{BlockSite, LinSite, LnSite, MaskStyle, Site, Tap};
+use crate::tap::{BlockSite, LinSite, LnSite, Site, Tap};
 
 /// A `torch.nn.Linear`: `y = x W^T + b`, `weight` `[out, in]`.
 #[derive(Debug)]
@@ -423,70 +424,22 @@ impl LlamaForCausalLM {
         layer: &LlamaLayerParams,
         resid_pre: &Tensor,
     ) -> ModelResult<[Tensor; 3]> {
-        let s = |site: BlockSite| Site::Block(l, site);
         let c = &self.config;
-        let (batch, q_len) = (resid_pre.size()[0], resid_pre.size()[1]);
         let ln1 = |x: Tensor| {
             rms_norm(
                 tap,
-                |site| s(BlockSite::Ln1(site)),
+                |site| Site::Block(l, BlockSite::Ln1(site)),
                 x,
                 &layer.input_layernorm,
                 c.rms_norm_eps,
             )
         };
-        let specs = [
-            (
-                BlockSite::Q as fn(LinSite) -> BlockSite,
-                &layer.q_proj,
-                c.num_attention_heads,
-                BlockSite::QInput,
-            ),
-            (
-                BlockSite::K,
-                &layer.k_proj,
-                c.num_key_value_heads,
-                BlockSite::KInput,
-            ),
-            (
-                BlockSite::V,
-                &layer.v_proj,
-                c.num_key_value_heads,
-                BlockSite::VInput,
-            ),
+        let projections = [
+            (&layer.q_proj, c.num_attention_heads),
+            (&layer.k_proj, c.num_key_value_heads),
+            (&layer.v_proj, c.num_key_value_heads),
         ];
-        let paths = tap.paths();
-        let mut out = Vec::with_capacity(3);
-        if paths.per_head_inputs() {
-            let per_head = |n: i64| resid_pre.unsqueeze(2).repeat([1, 1, n, 1]);
-            // `use_attn_in` shares one copy (one per query head; the bridge refuses it for
-            // grouped key/value heads), `use_split_qkv_input` gives each its own.
-            let shared = if paths.use_attn_in {
-                Some(tap.at(s(BlockSite::AttnInput), per_head(c.num_attention_heads))?)
-            } else {
-                None
-            };
-            for (lin, proj, n, input_site) in specs {
-                let src = match &shared {
-                    Some(shared) => shared.shallow_clone(),
-                    None => tap.at(s(input_site), per_head(n))?,
-                };
-                let x = tap.at(s(lin(LinSite::In)), ln1(src)?)?;
-                out.push(tap.at(
-                    s(lin(LinSite::Out)),
-                    project_linear_per_head(&x, proj, n, c.head_dim),
-                )?);
-            }
-        } else {
-            let x = tap.at(s(BlockSite::AttnIn), ln1(resid_pre.shallow_clone())?)?;
-            for (lin, proj, n, _) in specs {
-                let input = tap.at(s(lin(LinSite::In)), x.shallow_clone())?;
-                let h = proj.apply(&input).view([batch, q_len, n, c.head_dim]);
-                out.push(tap.at(s(lin(LinSite::Out)), h)?);
-            }
-        }
-        out.try_into()
-            .map_err(|_| ModelError::InvalidInput("three projections".into()))
+        attention::separate_qkv(tap, l, resid_pre, ln1, projections, c.head_dim)
     }
 
     /// Attention from the residual `resid_pre` `[b, q, d]` (its `input_layernorm` included):
@@ -505,7 +458,6 @@ impl LlamaForCausalLM {
     ) -> ModelResult<Tensor> {
         let s = |site: BlockSite| Site::Block(l, site);
         let c = &self.config;
-        let (batch, q_len) = (resid_pre.size()[0], resid_pre.size()[1]);
         let [q, k, v] = self.qkv(tap, l, layer, resid_pre)?;
         // Qwen3's q/k norms over each head's vector; their sites see `[b * p * heads, dh]`, as
         // TransformerLens's hooks do (the values are HF's: the norm is over the last axis).
@@ -548,44 +500,16 @@ impl LlamaForCausalLM {
             .at(s(BlockSite::RotK), k.transpose(1, 2))?
             .transpose(1, 2);
         let v = v.transpose(1, 2);
-        let (k, v) = match cache {
-            Some(cache) => cache.append(l, k, v),
-            None => (k, v),
-        };
-        let (k, v) = (repeat_kv(&k, c.gqa_ratio()), repeat_kv(&v, c.gqa_ratio()));
-        let style = tap.mask_style();
-        let scores = q.matmul(&k.transpose(2, 3)) * (c.head_dim as f64).powf(-0.5);
-        let scores = tap.at(
-            s(BlockSite::AttnScores),
-            mask::apply(scores, mask, style, resid_pre.kind()),
-        )?;
-        let pattern = match style {
-            MaskStyle::HfAdditiveMin => scores.softmax(-1, Kind::Float).to_kind(q.kind()),
-            MaskStyle::NegInf => {
-                mask::softmax(&scores.to_kind(Kind::Float), mask, style).to_kind(q.kind())
-            }
-        };
-        let pattern = tap.at(s(BlockSite::Pattern), pattern)?;
-        let z = pattern.matmul(&v).transpose(1, 2).contiguous();
-        let z = tap.at(s(BlockSite::O(LinSite::In)), z)?;
-        let (h, dh) = (c.num_attention_heads, c.head_dim);
-        let out = if tap.paths().use_attn_result {
-            // TransformerLens's per-head results: z [b, p, h, dh] . W_O [h, dh, d].
-            let d = layer.o_proj.weight.size()[0];
-            let w_o = layer.o_proj.weight.view([d, h, dh]).permute([1, 2, 0]);
-            let result = Tensor::einsum("bphk,hkd->bphd", &[&z, &w_o], None::<&[i64]>);
-            let result = tap.at(s(BlockSite::Result), result)?;
-            let summed = result.sum_dim_intlist([2i64].as_slice(), false, result.kind());
-            match &layer.o_proj.bias {
-                Some(b) => summed + b,
-                None => summed,
-            }
-        } else {
-            layer.o_proj.apply(&z.reshape([batch, q_len, h * dh]))
-        };
-        let out = tap.at(s(BlockSite::O(LinSite::Out)), out)?;
-        let out = tap.at(s(BlockSite::HiddenStates), out)?;
-        tap.at(s(BlockSite::AttnOut), out)
+        attention::attend(
+            tap,
+            l,
+            (q, k, v),
+            cache,
+            mask,
+            Scores::Scaled,
+            resid_pre.kind(),
+            &layer.o_proj,
+        )
     }
 
     /// The gated MLP, `down(act(gate(x)) * up(x))`, each projection's input and output at its
@@ -816,22 +740,3 @@ pub(crate) fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
     x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1)
 }
 
-/// `repeat_kv`: each key/value head repeated for the `groups` query heads that share it.
-fn repeat_kv(x: &Tensor, groups: i64) -> Tensor {
-    if groups == 1 {
-        return x.shallow_clone();
-    }
-    let (b, h, s, d) = x.size4().expect("[b, h, s, d]");
-    x.unsqueeze(2)
-        .expand([b, h, groups, s, d], false)
-        .reshape([b, h * groups, s, d])
-}
-
-/// `proj` applied per head: `x` `[b, p, n, d]` (one input per head) through each head's rows
-/// of the weight, to `[b, p, n, head_dim]`.
-fn project_linear_per_head(x: &Tensor, proj: &LinearParams, n: i64, head_dim: i64) -> Tensor {
-    let d = proj.weight.size()[1];
-    let w = proj.weight.view([n, head_dim, d]).permute([0, 2, 1]);
-    let b = proj.bias.as_ref().map(|b| b.view([n, head_dim]));
-    forward::project_per_head(x, &w, b.as_ref())
-}

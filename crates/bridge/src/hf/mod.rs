@@ -3,6 +3,7 @@
 //! `GPTNeoXForCausalLM` (`gpt_neox`).
 
 pub(crate) mod any;
+pub(crate) mod attention;
 pub(crate) mod decoder;
 pub(crate) mod forward;
 pub(crate) mod gpt_neox;
