@@ -203,6 +203,104 @@ DECODER_CONFIGS = [
                                 "partial_rotary_factor": 1.0},
         },
     },
+    # GPT-J and Phi: one LayerNorm feeding attention and the MLP in parallel. gptj-a: adjacent
+    # rotary pairs on half of each head, n_inner TL ignores; gptj-b: every dimension rotated,
+    # tied embeddings (the head keeps its bias), an epsilon TL ignores. phi-a: 6 of 16 dims
+    # rotated (TL reads the top-level partial_rotary_factor, 0.5, and rounds), rope base 500;
+    # phi-b: grouped key/value heads (TL's converter cannot load them: HF goldens only), tied;
+    # phi-c: qk_layernorm (TL ignores it, its bridge refuses it: HF goldens only).
+    {
+        "name": "gptj-a",
+        "class": "GPTJForCausalLM",
+        "seed": 3201,
+        "hf": {
+            "vocab_size": VOCAB,
+            "n_embd": 64,
+            "n_inner": 96,
+            "n_layer": 2,
+            "n_head": 4,
+            "n_positions": 64,
+            "rotary_dim": 8,
+            "layer_norm_epsilon": 1e-5,
+            "tie_word_embeddings": False,
+            "activation_function": "gelu_new",
+        },
+    },
+    {
+        "name": "gptj-b",
+        "class": "GPTJForCausalLM",
+        "seed": 3202,
+        "hf": {
+            "vocab_size": VOCAB,
+            "n_embd": 48,
+            "n_inner": None,
+            "n_layer": 2,
+            "n_head": 4,
+            "n_positions": 64,
+            "rotary_dim": 12,
+            "layer_norm_epsilon": 1e-4,
+            "tie_word_embeddings": True,
+            "activation_function": "gelu_new",
+        },
+    },
+    {
+        "name": "phi-a",
+        "class": "PhiForCausalLM",
+        "seed": 3301,
+        "hf": {
+            "vocab_size": VOCAB,
+            "hidden_size": 64,
+            "intermediate_size": 96,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 64,
+            "layer_norm_eps": 1e-5,
+            "tie_word_embeddings": False,
+            "hidden_act": "gelu_new",
+            "rope_parameters": {"rope_type": "default", "rope_theta": 500.0,
+                                "partial_rotary_factor": 0.4},
+        },
+    },
+    {
+        "name": "phi-b",
+        "class": "PhiForCausalLM",
+        "seed": 3302,
+        "tl_goldens": False,
+        "hf": {
+            "vocab_size": VOCAB,
+            "hidden_size": 48,
+            "intermediate_size": 80,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 64,
+            "layer_norm_eps": 1e-5,
+            "tie_word_embeddings": True,
+            "hidden_act": "gelu_new",
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                "partial_rotary_factor": 0.5},
+        },
+    },
+    {
+        "name": "phi-c",
+        "class": "PhiForCausalLM",
+        "seed": 3303,
+        "tl_goldens": False,
+        "hf": {
+            "vocab_size": VOCAB,
+            "hidden_size": 64,
+            "intermediate_size": 96,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 64,
+            "layer_norm_eps": 1e-5,
+            "tie_word_embeddings": False,
+            "hidden_act": "gelu_new",
+            "qk_layernorm": True,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                "partial_rotary_factor": 0.5},
+        },
+    },
 ]
 
 LLAMA_CLASSES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
@@ -223,7 +321,7 @@ def model_class(class_name: str):
 def param_kind(name: str) -> str:
     if name.endswith(".bias"):
         return "bias"
-    if name.endswith("norm.weight"):
+    if name.endswith(("norm.weight", "ln_1.weight", "ln_f.weight")):
         return "norm_weight"
     if name.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "query_key_value.weight")):
         return "qkv"
@@ -286,10 +384,11 @@ def stage_decoders(root: Path, only: list[str] | None = None) -> None:
                                    "eos_token_id": VOCAB - 1}, "seed": spec["seed"]}
         prompts = fixtures.make_prompts(spec_for_prompts)
         hf_logits = fixtures.hf_goldens(spec_for_prompts, model, prompts, fx)
-        _, ht_logits = ht_decoder_goldens(spec, model, fx / "model", prompts, fx, hf_logits)
-        with tempfile.TemporaryDirectory(prefix="tlrs-tok-") as td:
-            tokenizer = fixtures.load_dummy_tokenizer(spec_for_prompts, Path(td))
-            bridge_decoder_goldens(spec, fx, prompts, tokenizer, hf_logits, ht_logits)
+        if spec.get("tl_goldens", True):
+            _, ht_logits = ht_decoder_goldens(spec, model, fx / "model", prompts, fx, hf_logits)
+            with tempfile.TemporaryDirectory(prefix="tlrs-tok-") as td:
+                tokenizer = fixtures.load_dummy_tokenizer(spec_for_prompts, Path(td))
+                bridge_decoder_goldens(spec, fx, prompts, tokenizer, hf_logits, ht_logits)
         fixtures.write_json(
             fx / "config_spec.json",
             {
@@ -360,7 +459,9 @@ def tl_config_and_corrections(spec: dict, model_dir: Path):
     assert raw["original_architecture"] == spec["class"], (raw["original_architecture"], spec["class"])
     c = dict(raw)
     corrections = []
-    rope = dict(hf_cfg.rope_parameters)
+    gptj = spec["class"] == "GPTJForCausalLM"
+    # GPT-J has no rope parameters: its base is 10000 in the modelling code.
+    rope = {"rope_theta": 10000.0, "rope_type": "default"} if gptj else dict(hf_cfg.rope_parameters)
     n_heads = hf_cfg.num_attention_heads
     head_dim = getattr(hf_cfg, "head_dim", None) or hf_cfg.hidden_size // n_heads
 
@@ -380,6 +481,10 @@ def tl_config_and_corrections(spec: dict, model_dir: Path):
     if neox:
         truncated = int(head_dim * rope["partial_rotary_factor"])
         rotary_dim = 2 * ((truncated + 1) // 2)
+    elif gptj:
+        rotary_dim = hf_cfg.rotary_dim
+    elif spec["class"] == "PhiForCausalLM":
+        rotary_dim = int(head_dim * rope["partial_rotary_factor"])
     else:
         rotary_dim = head_dim
     if c.get("rotary_dim") is not None and c["rotary_dim"] != rotary_dim:
@@ -444,6 +549,23 @@ def tl_config_and_corrections(spec: dict, model_dir: Path):
     if neox:
         assert c.get("parallel_attn_mlp") == hf_cfg.use_parallel_residual
         assert c["rotary_adjacent_pairs"] is False
+    if gptj or spec["class"] == "PhiForCausalLM":
+        assert c.get("parallel_attn_mlp") is True
+        assert bool(c.get("rotary_adjacent_pairs")) is gptj
+    if gptj:
+        # TL 3.9.0's GPT-J configuration: d_mlp = 4 * n_embd and eps = 1e-5 whatever the file says.
+        if c["d_mlp"] != hf_cfg.n_inner and hf_cfg.n_inner is not None:
+            corrections.append(
+                f"d_mlp: TL used {c['d_mlp']} (4 * n_embd; its GPT-J configuration ignores "
+                f"n_inner); set to HF's n_inner {hf_cfg.n_inner}."
+            )
+            c["d_mlp"] = hf_cfg.n_inner
+        if c["eps"] != hf_cfg.layer_norm_epsilon:
+            corrections.append(
+                f"eps: TL used {c['eps']} (fixed in its GPT-J configuration); set to HF's "
+                f"layer_norm_epsilon {hf_cfg.layer_norm_epsilon}."
+            )
+            c["eps"] = hf_cfg.layer_norm_epsilon
 
     c.update(
         device="cpu",
@@ -615,6 +737,8 @@ def rotary_vs_hf(model, hf_model, n_pos: int) -> dict:
     """TL's rotary_cos/sin buffers (layer 0) vs HF's rotary_emb(position_ids = arange(n_pos))."""
     import torch
 
+    if not hasattr(hf_model.base_model, "rotary_emb"):
+        return {"note": "no rotary module (GPT-J's sines and cosines live in each attention)"}
     x = torch.zeros(1, n_pos, 1, dtype=torch.float32)
     pos = torch.arange(n_pos, dtype=torch.int64)[None]
     with torch.no_grad():

@@ -70,7 +70,8 @@ pub use bridge::{
 pub use hf::{
     hf_position_ids, BlockParams, Conv1dParams, Gpt2LMHeadModel, Gpt2Params, GptNeoxForCausalLM,
     GptNeoxLayerParams, GptNeoxParams, HfForward, HfModel, HfOutput, KvCache, LayerNormParams,
-    LinearParams, LlamaForCausalLM, LlamaLayerParams, LlamaParams,
+    LinearParams, LlamaForCausalLM, LlamaLayerParams, LlamaParams, ParallelForCausalLM,
+    ParallelLayerParams, ParallelParams,
 };
 pub use loss::IGNORE_INDEX;
 /// The tch version the bridge is built on (`bridge::tch::Device`, ...), so a dependent crate

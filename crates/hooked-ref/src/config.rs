@@ -1,6 +1,8 @@
 //! `HookedTransformerConfig`: TransformerLens's model configuration, built from an HF config.
 
-use lens_core::config::{Activation, Gpt2Config, GptNeoxConfig, LlamaConfig, RopeScaling};
+use lens_core::config::{
+    Activation, Gpt2Config, GptNeoxConfig, LlamaConfig, ParallelConfig, ParallelFamily, RopeScaling,
+};
 
 /// How a block normalises its inputs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,6 +171,7 @@ impl HookedTransformerConfig {
             lens_core::HfConfig::Gpt2(c) => Some(Self::from_gpt2(c)),
             lens_core::HfConfig::Llama(c) => Some(Self::from_llama(c)),
             lens_core::HfConfig::GptNeox(c) => Some(Self::from_gpt_neox(c)),
+            lens_core::HfConfig::Parallel(c) => Some(Self::from_parallel(c)),
             _ => None,
         }
     }
@@ -215,6 +218,51 @@ impl HookedTransformerConfig {
             use_qk_norm: hf.qk_norm,
             windows: hf.layer_windows.clone(),
             parallel_attn_mlp: false,
+            original_architecture: hf.family.architecture().to_owned(),
+        }
+    }
+
+    /// TransformerLens's GPT-J and Phi conversions: a parallel block whose one LayerNorm is
+    /// TransformerLens's `ln1` and `ln2` alike; GPT-J's adjacent rotary pairs, Phi's halves.
+    /// With HF's numbers where TransformerLens 3.9.0 departs from them: GPT-J's `n_inner` and
+    /// `layer_norm_epsilon` (TransformerLens uses `4 * n_embd` and 1e-5), Phi's rotary width
+    /// from its `rope_parameters` truncated as HF does (TransformerLens rounds the top-level
+    /// `partial_rotary_factor`), and Phi's grouped key/value heads (which TransformerLens's
+    /// converter cannot load).
+    pub fn from_parallel(hf: &ParallelConfig) -> Self {
+        let grouped = hf.num_key_value_heads != hf.num_attention_heads;
+        HookedTransformerConfig {
+            d_model: hf.hidden_size,
+            d_head: hf.head_dim,
+            n_heads: hf.num_attention_heads,
+            d_mlp: hf.intermediate_size,
+            n_layers: hf.num_hidden_layers,
+            n_ctx: hf.max_position_embeddings,
+            d_vocab: hf.vocab_size,
+            act_fn: hf.hidden_act,
+            eps: hf.layer_norm_eps,
+            normalization_type: NormType::LayerNorm,
+            use_attn_scale: true,
+            scale_attn_by_inverse_layer_idx: false,
+            default_prepend_bos: hf.family.default_prepend_bos(),
+            use_attn_result: false,
+            use_split_qkv_input: false,
+            use_attn_in: false,
+            use_hook_mlp_in: false,
+            use_hook_tokens: false,
+            bos_token_id: hf.bos_token_id.unwrap_or(hf.vocab_size - 1),
+            eos_token_id: hf.eos_token_id.unwrap_or(hf.vocab_size - 1),
+            n_key_value_heads: grouped.then_some(hf.num_key_value_heads),
+            rotary: Some(Rotary {
+                dim: hf.rotary_dim,
+                base: hf.rope.theta,
+                adjacent_pairs: hf.family == ParallelFamily::GptJ,
+                scaling: hf.rope.scaling,
+            }),
+            gated_mlp: false,
+            use_qk_norm: false,
+            windows: vec![None; hf.num_hidden_layers.max(0) as usize],
+            parallel_attn_mlp: true,
             original_architecture: hf.family.architecture().to_owned(),
         }
     }

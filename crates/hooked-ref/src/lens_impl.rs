@@ -13,7 +13,7 @@ use tch::{Device, Kind, Tensor};
 use crate::config::{HookedTransformerConfig, NormType};
 use crate::layers::LayerKv;
 use crate::model::HookedTransformer;
-use crate::params::{convert_gpt2, convert_gpt_neox, convert_llama};
+use crate::params::{convert_gpt2, convert_gpt_neox, convert_llama, convert_parallel};
 use crate::processing::ProcessingOptions;
 
 impl HookedTransformer {
@@ -49,6 +49,18 @@ impl HookedTransformer {
             HfConfig::Llama(hf) => (
                 HookedTransformerConfig::from_llama(hf),
                 convert_llama(hf, has, get)?,
+            ),
+            HfConfig::Parallel(hf) if hf.qk_layernorm => {
+                return Err(ModelError::Unsupported(format!(
+                    "{} with qk_layernorm: the HookedTransformer does not implement per-head \
+                     q/k LayerNorms yet (TransformerLens 3.9.0 ignores them, computing \
+                     another model)",
+                    hf.family.architecture()
+                )))
+            }
+            HfConfig::Parallel(hf) => (
+                HookedTransformerConfig::from_parallel(hf),
+                convert_parallel(hf, has, get)?,
             ),
             HfConfig::GptNeox(hf) => (
                 HookedTransformerConfig::from_gpt_neox(hf),

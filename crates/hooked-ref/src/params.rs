@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use lens_core::model::ModelDims;
 use lens_core::weight_map::{self, WeightMap};
-use lens_core::{GptNeoxConfig, LlamaConfig};
+use lens_core::{GptNeoxConfig, LlamaConfig, ParallelConfig};
 use tch::{Kind, Tensor};
 
 pub use lens_core::tl_params::{AttentionParams, BlockParams, LayerNormParams, MlpParams, Params};
@@ -94,4 +94,15 @@ pub fn convert_gpt_neox(
     get: impl FnMut(&str, &[i64], bool) -> Result<Tensor>,
 ) -> Result<Params> {
     convert(&weight_map::gpt_neox(hf), has, get)
+}
+
+/// Converts HF GPT-J or Phi weights (`nn.Linear` `[out, in]`) into TransformerLens's layout:
+/// the block's one LayerNorm copied into `ln1` and `ln2`, as TransformerLens's converters do,
+/// zero attention biases for GPT-J (which has none), the unembedding's own bias.
+pub fn convert_parallel(
+    hf: &ParallelConfig,
+    has: impl Fn(&str) -> bool,
+    get: impl FnMut(&str, &[i64], bool) -> Result<Tensor>,
+) -> Result<Params> {
+    convert(&weight_map::parallel(hf), has, get)
 }

@@ -24,6 +24,10 @@ use crate::common::{edited_checkpoint, fixture_model};
 #[case::neox_sequential(fixture_model("neox-b"))]
 #[case::neox_without_attention_biases(fixture_model("neox-c"))]
 #[case::embedded_pythia("tiny-pythia".to_owned())]
+#[case::gptj_partial_rotary(fixture_model("gptj-a"))]
+#[case::gptj_tied(fixture_model("gptj-b"))]
+#[case::phi(fixture_model("phi-a"))]
+#[case::phi_grouped_heads(fixture_model("phi-b"))]
 fn every_benchmark_passes(#[case] model: String) {
     let options = SuiteOptions {
         model: model.clone(),
@@ -135,7 +139,10 @@ fn llama_family_hook_options_match_the_hooked_transformer(
         "dec-e",
         "dec-a-ungrouped",
         "neox-a",
-        "neox-b"
+        "neox-b",
+        "gptj-a",
+        "phi-a",
+        "phi-b"
     )]
     config: &str,
 ) {
@@ -176,7 +183,8 @@ fn llama_family_hook_options_match_the_hooked_transformer(
     let flags: Vec<&str> = bridge.hook_flags().iter().map(|(f, _)| *f).collect();
     let reference_flags: Vec<&str> = reference.hook_flags().iter().map(|(f, _)| *f).collect();
     assert_eq!(flags, reference_flags, "{config}");
-    let expected: &[&str] = if config == "dec-a-ungrouped" || config.starts_with("neox") {
+    let ungrouped = ["dec-a-ungrouped", "neox-a", "neox-b", "gptj-a", "phi-a"];
+    let expected: &[&str] = if ungrouped.contains(&config) {
         &[
             "use_attn_result",
             "use_split_qkv_input",
@@ -184,7 +192,7 @@ fn llama_family_hook_options_match_the_hooked_transformer(
             "use_hook_mlp_in",
         ]
     } else {
-        // Every decoder fixture groups its key/value heads: no `use_attn_in`.
+        // The other fixtures group their key/value heads: no `use_attn_in`.
         &["use_attn_result", "use_split_qkv_input", "use_hook_mlp_in"]
     };
     assert_eq!(flags, expected, "{config}");

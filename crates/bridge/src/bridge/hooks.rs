@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use hookpoint::{HookPoint, HookRegistry};
-use lens_core::model::ModelResult;
+use lens_core::model::{ModelError, ModelResult};
 use tch::Tensor;
 
 use crate::tap::{BlockSite, LinSite, LnSite, MaskStyle, Passed, Site, Tap, TlPaths};
@@ -291,6 +291,54 @@ impl Layout {
         Self::rotary(n_layers, block, &mlp)
     }
 
+    /// GPT-J's and Phi's, under the names of TransformerLens 3.9.0's adapters for them
+    /// (tests/fixtures/gptj-*/, phi-*/bridge_hooks.json), plus `ln2`: the block's one
+    /// LayerNorm seen from the MLP's side, which the Python bridge does not have (its `ln1`
+    /// then carries both branches' gradients) and the HookedTransformer does. No
+    /// `hook_resid_mid` (a parallel block has none). Phi has a rotary module with sites;
+    /// GPT-J's sines and cosines come from a table inside each attention.
+    pub fn parallel(n_layers: usize, rotary_module: bool) -> Self {
+        use BlockSite as B;
+        let (ln, lin) = (norm_sites, linear_sites);
+        let block = |_| {
+            let mut block: Vec<BlockSite> = RESIDUAL_SITES
+                .into_iter()
+                .filter(|s| *s != B::ResidMid)
+                .collect();
+            block.extend(ln(B::Ln1));
+            block.extend(ln(B::Ln2));
+            block.extend(ATTENTION_SITES);
+            block.extend([B::RotK, B::RotQ, B::Cos, B::Sin]);
+            for f in [B::Q, B::K, B::V, B::O] {
+                block.extend(lin(f));
+            }
+            block.extend([B::MlpCompIn, B::MlpCompOut]);
+            for f in [B::MlpFc, B::MlpProj] {
+                block.extend(lin(f));
+            }
+            block
+        };
+        let mlp = [
+            ("mlp.hook_pre", B::MlpFc(LinSite::Out)),
+            ("mlp.hook_post", B::MlpProj(LinSite::In)),
+        ];
+        let mut layout = Self::rotary(n_layers, block, &mlp);
+        if !rotary_module {
+            layout.sites.retain(|s| {
+                // GPT-J's sines and cosines are a table lookup inside HF's attention, with
+                // no module and no hook of the Python bridge's.
+                !matches!(
+                    s,
+                    Site::RotaryIn
+                        | Site::RotaryCos
+                        | Site::RotarySin
+                        | Site::Block(_, BlockSite::Cos | BlockSite::Sin)
+                )
+            });
+        }
+        layout
+    }
+
     /// A rotary model's layout: the embedding and the rotary module's sites, `block(l)` for each
     /// block, the final norm and the unembedding; the TransformerLens aliases every family
     /// shares, then the MLP's (`mlp`).
@@ -388,8 +436,15 @@ impl BridgeHooks {
             .collect()
     }
 
-    fn point(&self, site: Site) -> &Arc<HookPoint> {
-        &self.points[&site]
+    /// The hook point of `site`; an error (not a panic) for a site this architecture's layout
+    /// does not have, which would be a defect of the layout.
+    fn point(&self, site: Site) -> ModelResult<&Arc<HookPoint>> {
+        self.points.get(&site).ok_or_else(|| {
+            ModelError::Unsupported(format!(
+                "internal: the pass reached {}, which this architecture's bridge does not register",
+                site_name(site)
+            ))
+        })
     }
 }
 
@@ -402,15 +457,15 @@ pub(crate) struct BridgeTap<'a> {
 
 impl Tap for BridgeTap<'_> {
     fn at(&self, site: Site, x: Tensor) -> ModelResult<Tensor> {
-        Ok(self.hooks.point(site).run(x)?)
+        Ok(self.hooks.point(site)?.run(x)?)
     }
 
     fn at_noting_edits(&self, site: Site, x: Tensor) -> ModelResult<Passed> {
-        Ok(self.hooks.point(site).run_noting_edits(x)?)
+        Ok(self.hooks.point(site)?.run_noting_edits(x)?)
     }
 
     fn hooked(&self, site: Site) -> bool {
-        self.hooks.point(site).has_hooks()
+        self.hooks.point(site).is_ok_and(|p| p.has_hooks())
     }
 
     fn mask_style(&self) -> MaskStyle {

@@ -17,6 +17,7 @@ use crate::hf::decoder::RotaryDecoder;
 use crate::hf::model::gpt2_config;
 use crate::hf::{
     hf_position_ids, Gpt2LMHeadModel, GptNeoxForCausalLM, HfModel, KvCache, LlamaForCausalLM,
+    ParallelForCausalLM,
 };
 use crate::input;
 use crate::tap::TlPaths;
@@ -119,6 +120,11 @@ impl TransformerBridge {
                 let hf = LlamaForCausalLM::from_weights(llama, loaded.weights, device, dtype)?;
                 return Ok(Self::from_llama(hf, loaded.tokenizer));
             }
+            HfConfig::Parallel(parallel) => {
+                let hf =
+                    ParallelForCausalLM::from_weights(parallel, loaded.weights, device, dtype)?;
+                return Self::from_parallel(hf, loaded.tokenizer);
+            }
             HfConfig::GptNeox(neox) => {
                 let hf = GptNeoxForCausalLM::from_weights(neox, loaded.weights, device, dtype)?;
                 return Ok(Self::from_gpt_neox(hf, loaded.tokenizer));
@@ -183,6 +189,38 @@ impl TransformerBridge {
         let layout = Layout::gpt_neox(c.num_hidden_layers as usize, c.use_parallel_residual);
         let weights = weight_map::gpt_neox(c);
         Self::assemble(HfModel::GptNeox(hf), None, layout, weights, tokenizer)
+    }
+
+    /// A bridge over a GPT-J or Phi model, which it takes over, under the names of
+    /// TransformerLens 3.9.0's adapters for them, with an `ln2` the Python bridge lacks (the
+    /// block's one LayerNorm seen from the MLP's side, as the HookedTransformer has it).
+    ///
+    /// Errors: Phi's `qk_layernorm`, which neither the HookedTransformer nor this bridge
+    /// implements yet (TransformerLens 3.9.0 ignores it; the HF tier computes it).
+    pub fn from_parallel(
+        hf: ParallelForCausalLM,
+        tokenizer: Option<Tokenizer>,
+    ) -> ModelResult<Self> {
+        let c = hf.config();
+        if c.qk_layernorm {
+            return Err(ModelError::Unsupported(format!(
+                "{} with qk_layernorm: the TransformerBridge does not implement per-head q/k \
+                 LayerNorms yet (ParallelForCausalLM, the HF model, does)",
+                c.family.architecture()
+            )));
+        }
+        let layout = Layout::parallel(
+            c.num_hidden_layers as usize,
+            c.family == lens_core::ParallelFamily::Phi,
+        );
+        let weights = weight_map::parallel(c);
+        Ok(Self::assemble(
+            HfModel::Parallel(hf),
+            None,
+            layout,
+            weights,
+            tokenizer,
+        ))
     }
 
     /// The bridge over `hf` with the hook points of `layout` and TransformerLens weights
@@ -302,24 +340,32 @@ impl TransformerBridge {
 
     /// Whether query heads share key/value heads (grouped-query attention).
     pub(crate) fn groups_key_value_heads(&self) -> bool {
-        matches!(&self.hf, HfModel::Llama(m) if m.config().gqa_ratio() > 1)
+        let ratio = match &self.hf {
+            HfModel::Llama(m) => m.config().gqa_ratio(),
+            HfModel::Parallel(m) => m.config().gqa_ratio(),
+            HfModel::Gpt2(_) | HfModel::GptNeox(_) => 1,
+        };
+        ratio > 1
     }
 
     /// `use_attn_in` gives q, k and v one input per query head, which grouped key/value heads
     /// cannot take (as in TransformerLens's HookedTransformer).
     fn attn_in_supported(&self, on: bool) -> ModelResult<()> {
-        match &self.hf {
-            HfModel::Llama(m) if on && self.groups_key_value_heads() => {
-                Err(ModelError::Unsupported(format!(
-                    "use_attn_in needs as many key/value heads as query heads; this {} model \
-                     has {} query and {} key/value heads (use use_split_qkv_input instead)",
-                    m.config().family.architecture(),
-                    m.config().num_attention_heads,
-                    m.config().num_key_value_heads
-                )))
-            }
-            _ => Ok(()),
+        if on && self.groups_key_value_heads() {
+            let dims = self.dims();
+            let kv_heads = match &self.hf {
+                HfModel::Llama(m) => m.config().num_key_value_heads,
+                HfModel::Parallel(m) => m.config().num_key_value_heads,
+                HfModel::Gpt2(_) | HfModel::GptNeox(_) => dims.n_heads,
+            };
+            return Err(ModelError::Unsupported(format!(
+                "use_attn_in needs as many key/value heads as query heads; this {} model has {} \
+                 query and {kv_heads} key/value heads (use use_split_qkv_input instead)",
+                self.hf.config().architecture(),
+                dims.n_heads,
+            )));
         }
+        Ok(())
     }
 
     /// `use_hook_mlp_in`: hook a copy of the residual before ln2 (`hook_mlp_in`).
@@ -349,7 +395,9 @@ impl TransformerBridge {
             (HfModel::Gpt2(hf), Some(adapter)) => {
                 compat::process(adapter, hf.params_mut(), &options)?
             }
-            (HfModel::Llama(_) | HfModel::GptNeox(_), _) => self.process_by_table(&options)?,
+            (HfModel::Llama(_) | HfModel::GptNeox(_) | HfModel::Parallel(_), _) => {
+                self.process_by_table(&options)?
+            }
             (HfModel::Gpt2(_), None) => {
                 return Err(ModelError::Unsupported(
                     "compatibility mode for GPT-2 needs its adapter".into(),
@@ -387,6 +435,7 @@ impl TransformerBridge {
             HfModel::Gpt2(hf) => hf.run_component_with(&self.tap(), name, input),
             HfModel::Llama(hf) => hf.run_component_with(&self.tap(), name, input),
             HfModel::GptNeox(hf) => hf.run_component_with(&self.tap(), name, input),
+            HfModel::Parallel(hf) => hf.run_component_with(&self.tap(), name, input),
         }
     }
 

@@ -10,6 +10,7 @@ use crate::hf::gpt_neox::GptNeoxForCausalLM;
 use crate::hf::kv_cache::KvCache;
 use crate::hf::llama::LlamaForCausalLM;
 use crate::hf::model::{CheckedInputs, Gpt2LMHeadModel, HfForward, HfOutput};
+use crate::hf::parallel::ParallelForCausalLM;
 use crate::tap::Tap;
 
 /// A raw HuggingFace model of one of the families the HF tier implements.
@@ -21,6 +22,8 @@ pub enum HfModel {
     Llama(LlamaForCausalLM),
     /// `GPTNeoXForCausalLM`.
     GptNeox(GptNeoxForCausalLM),
+    /// `GPTJForCausalLM`, `PhiForCausalLM`.
+    Parallel(ParallelForCausalLM),
 }
 
 impl HfModel {
@@ -30,6 +33,7 @@ impl HfModel {
             HfModel::Gpt2(m) => m.forward(args),
             HfModel::Llama(m) => m.forward(args),
             HfModel::GptNeox(m) => m.forward(args),
+            HfModel::Parallel(m) => m.forward(args),
         }
     }
 
@@ -44,6 +48,7 @@ impl HfModel {
             HfModel::Gpt2(m) => m.generate(input_ids, attention_mask, options),
             HfModel::Llama(m) => m.generate(input_ids, attention_mask, options),
             HfModel::GptNeox(m) => m.generate(input_ids, attention_mask, options),
+            HfModel::Parallel(m) => m.generate(input_ids, attention_mask, options),
         }
     }
 
@@ -53,6 +58,7 @@ impl HfModel {
             HfModel::Gpt2(m) => HfConfig::Gpt2(m.config().clone()),
             HfModel::Llama(m) => HfConfig::Llama(m.config().clone()),
             HfModel::GptNeox(m) => HfConfig::GptNeox(m.config().clone()),
+            HfModel::Parallel(m) => HfConfig::Parallel(m.config().clone()),
         }
     }
 
@@ -62,6 +68,7 @@ impl HfModel {
             HfModel::Gpt2(m) => m.device(),
             HfModel::Llama(m) => m.device(),
             HfModel::GptNeox(m) => m.device(),
+            HfModel::Parallel(m) => m.device(),
         }
     }
 
@@ -71,6 +78,7 @@ impl HfModel {
             HfModel::Gpt2(m) => m.kind(),
             HfModel::Llama(m) => m.kind(),
             HfModel::GptNeox(m) => m.kind(),
+            HfModel::Parallel(m) => m.kind(),
         }
     }
 
@@ -78,7 +86,7 @@ impl HfModel {
     pub fn as_gpt2(&self) -> Option<&Gpt2LMHeadModel> {
         match self {
             HfModel::Gpt2(m) => Some(m),
-            HfModel::Llama(_) | HfModel::GptNeox(_) => None,
+            HfModel::Llama(_) | HfModel::GptNeox(_) | HfModel::Parallel(_) => None,
         }
     }
 
@@ -89,6 +97,7 @@ impl HfModel {
             HfModel::Gpt2(m) => m.parameter(name).ok(),
             HfModel::Llama(m) => m.params().get(name),
             HfModel::GptNeox(m) => m.params().get(name),
+            HfModel::Parallel(m) => m.params().get(name),
         }
     }
 
@@ -106,6 +115,7 @@ impl HfModel {
             HfModel::Gpt2(m) => m.params().named(),
             HfModel::Llama(m) => m.params().named(),
             HfModel::GptNeox(m) => m.params().named(),
+            HfModel::Parallel(m) => m.params().named(),
         };
         named
             .into_iter()
@@ -119,6 +129,7 @@ impl HfModel {
             HfModel::Gpt2(m) => m.component_names(),
             HfModel::Llama(m) => m.component_names(),
             HfModel::GptNeox(m) => m.component_names(),
+            HfModel::Parallel(m) => m.component_names(),
         }
     }
 
@@ -129,6 +140,7 @@ impl HfModel {
             HfModel::Gpt2(m) => m.run_component(name, input),
             HfModel::Llama(m) => m.run_component(name, input),
             HfModel::GptNeox(m) => m.run_component(name, input),
+            HfModel::Parallel(m) => m.run_component(name, input),
         }
     }
 
@@ -143,6 +155,9 @@ impl HfModel {
             HfModel::Gpt2(m) => m.check_inputs(input_ids, attention_mask, position_ids, past_len),
             HfModel::Llama(m) => m.check_inputs(input_ids, attention_mask, position_ids, past_len),
             HfModel::GptNeox(m) => {
+                m.check_inputs(input_ids, attention_mask, position_ids, past_len)
+            }
+            HfModel::Parallel(m) => {
                 m.check_inputs(input_ids, attention_mask, position_ids, past_len)
             }
         }
@@ -164,6 +179,9 @@ impl HfModel {
                 m.pass_checked(tap, inputs, cache, output_hidden_states, stop_at_layer)
             }
             HfModel::GptNeox(m) => {
+                m.pass_checked(tap, inputs, cache, output_hidden_states, stop_at_layer)
+            }
+            HfModel::Parallel(m) => {
                 m.pass_checked(tap, inputs, cache, output_hidden_states, stop_at_layer)
             }
         }

@@ -44,6 +44,11 @@ pub(crate) trait RotaryDecoder {
         stop_at_layer: Option<usize>,
     ) -> ModelResult<PassOutput>;
 
+    /// The longest input (cached positions included) and the largest position id: no limit for
+    /// a rotary decoder, unless a table bounds it (GPT-J's).
+    fn max_positions(&self) -> i64 {
+        i64::MAX
+    }
     /// Blocks.
     fn n_layers(&self) -> usize;
     /// The token embedding matrix `[vocab, d]`.
@@ -95,11 +100,12 @@ pub(crate) trait RotaryDecoder {
         past_len: i64,
     ) -> ModelResult<CheckedInputs> {
         let device = self.device();
-        let ids = input::tokens(input_ids, self.vocab_size(), i64::MAX, past_len, device)?;
+        let limit = self.max_positions();
+        let ids = input::tokens(input_ids, self.vocab_size(), limit, past_len, device)?;
         let (batch, q_len) = (ids.size()[0], ids.size()[1]);
         let mask = input::attention_mask(attention_mask, batch, past_len + q_len, device)?;
         let positions = match position_ids {
-            Some(p) => input::position_ids(p, batch, q_len, i64::MAX, device)?,
+            Some(p) => input::position_ids(p, batch, q_len, limit, device)?,
             None => mask::arange_positions(batch, q_len, past_len, device),
         };
         Ok(CheckedInputs {

@@ -193,11 +193,7 @@ impl GptNeoxParams {
             "attention.dense.bias" => &mut layer.dense,
             _ => return false,
         };
-        if linear.bias.is_none() {
-            let w = &linear.weight;
-            let zeros = Tensor::zeros([w.size()[0]], (w.kind(), w.device()));
-            linear.bias = Some(zeros.set_requires_grad(true));
-        }
+        linear.add_zero_bias();
         true
     }
 

@@ -32,6 +32,16 @@ impl LinearParams {
     pub(crate) fn apply(&self, x: &Tensor) -> Tensor {
         x.linear(&self.weight, self.bias.as_ref())
     }
+
+    /// Gives the layer a zero bias that requires gradients, when it has none (weight processing
+    /// makes a missing bias non-zero).
+    pub(crate) fn add_zero_bias(&mut self) {
+        if self.bias.is_none() {
+            let w = &self.weight;
+            let zeros = Tensor::zeros([w.size()[0]], (w.kind(), w.device()));
+            self.bias = Some(zeros.set_requires_grad(true));
+        }
+    }
 }
 
 /// One decoder layer (`model.layers.{i}`).
@@ -233,11 +243,7 @@ impl LlamaParams {
             "mlp.down_proj.bias" => &mut layer.down_proj,
             _ => return false,
         };
-        if linear.bias.is_none() {
-            let w = &linear.weight;
-            let zeros = Tensor::zeros([w.size()[0]], (w.kind(), w.device()));
-            linear.bias = Some(zeros.set_requires_grad(true));
-        }
+        linear.add_zero_bias();
         true
     }
 
@@ -739,4 +745,3 @@ pub(crate) fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
     let rotated = Tensor::cat(&[-x.narrow(3, half, half), x.narrow(3, 0, half)], -1);
     x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1)
 }
-

@@ -1,6 +1,6 @@
 //! The HF tier: HuggingFace's models with their parameter names, layouts and semantics, and no
 //! hooks: `GPT2LMHeadModel`, the Llama family (`llama`: Llama, Mistral, Qwen2, Qwen3) and
-//! `GPTNeoXForCausalLM` (`gpt_neox`).
+//! `GPTNeoXForCausalLM` (`gpt_neox`), `GPTJForCausalLM` and `PhiForCausalLM` (`parallel`).
 
 pub(crate) mod any;
 pub(crate) mod attention;
@@ -11,6 +11,7 @@ pub(crate) mod kv_cache;
 pub(crate) mod llama;
 pub(crate) mod mask;
 pub(crate) mod model;
+pub(crate) mod parallel;
 pub(crate) mod params;
 
 pub use any::HfModel;
@@ -19,4 +20,5 @@ pub use kv_cache::KvCache;
 pub use llama::{LinearParams, LlamaForCausalLM, LlamaLayerParams, LlamaParams};
 pub use mask::hf_position_ids;
 pub use model::{Gpt2LMHeadModel, HfForward, HfOutput};
+pub use parallel::{ParallelForCausalLM, ParallelLayerParams, ParallelParams};
 pub use params::{BlockParams, Conv1dParams, Gpt2Params, LayerNormParams};

@@ -3,7 +3,10 @@
 //! every prompt including the left-padded batch.
 
 use crate::common::*;
-use bridge::{Gpt2LMHeadModel, GptNeoxForCausalLM, HfForward, HfOutput, KvCache, LlamaForCausalLM};
+use bridge::{
+    Gpt2LMHeadModel, GptNeoxForCausalLM, HfForward, HfOutput, KvCache, LlamaForCausalLM,
+    ParallelForCausalLM,
+};
 use lens_core::model::{GenerateOptions, ModelResult};
 use rstest::rstest;
 use tch::{Device, Kind, Tensor};
@@ -39,6 +42,7 @@ macro_rules! hf_model_impl {
 hf_model_impl!(Gpt2LMHeadModel);
 hf_model_impl!(LlamaForCausalLM);
 hf_model_impl!(GptNeoxForCausalLM);
+hf_model_impl!(ParallelForCausalLM);
 
 /// A Llama-family fixture's model (tests/fixtures/dec-*), on the CPU in f32.
 fn decoder(config: &str) -> LlamaForCausalLM {
@@ -174,6 +178,81 @@ fn gpt_neox_matches_transformers(#[values("neox-a", "neox-b", "neox-c")] config:
     let mut report = Report::default();
     compare_hf(config, &model, &mut report);
     report.assert_ok(&format!("HF {config}"));
+}
+
+/// GPT-J (adjacent rotary pairs on half of each head with an `n_inner`; every dimension
+/// rotated with tied embeddings) and Phi (6 of 16 dimensions rotated with rope base 500;
+/// grouped key/value heads; q/k LayerNorms).
+#[rstest]
+fn gptj_and_phi_match_transformers(
+    #[values("gptj-a", "gptj-b", "phi-a", "phi-b", "phi-c")] config: &str,
+) {
+    let model = parallel_ignoring(config, |_| {});
+    let mut report = Report::default();
+    compare_hf(config, &model, &mut report);
+    report.assert_ok(&format!("HF {config}"));
+}
+
+/// A GPT-J or Phi fixture's model with one knob of its config changed.
+fn parallel_ignoring(
+    config: &str,
+    change: impl FnOnce(&mut lens_core::ParallelConfig),
+) -> ParallelForCausalLM {
+    let dir = fixtures().join(config).join("model");
+    let loaded = lens_core::load(
+        dir.to_str().expect("utf-8 path"),
+        &lens_core::LoadOptions::default(),
+    )
+    .expect("fixture loads");
+    let mut parallel = loaded
+        .config
+        .as_parallel()
+        .expect("a GPT-J or Phi config")
+        .clone();
+    change(&mut parallel);
+    ParallelForCausalLM::from_weights(parallel, loaded.weights, Device::Cpu, Kind::Float)
+        .expect("model builds")
+}
+
+/// Each GPT-J and Phi mechanism the fixtures exercise is one the goldens see.
+#[test]
+fn ignoring_any_gptj_or_phi_knob_fails_the_goldens() {
+    let cases: Vec<(&str, &str, ParallelForCausalLM)> = vec![
+        (
+            "gptj-b",
+            "epsilon 1e-5 instead of the checkpoint's (TransformerLens 3.9.0)",
+            parallel_ignoring("gptj-b", |c| c.layer_norm_eps = 1e-5),
+        ),
+        (
+            "gptj-a",
+            "rotary on every dimension instead of half",
+            parallel_ignoring("gptj-a", |c| c.rotary_dim = c.head_dim),
+        ),
+        (
+            "phi-a",
+            "the rotary width TransformerLens rounds to (8 of 16)",
+            parallel_ignoring("phi-a", |c| c.rotary_dim = 8),
+        ),
+        (
+            "phi-a",
+            "rope base 10000 instead of 500",
+            parallel_ignoring("phi-a", |c| c.rope.theta = 10000.0),
+        ),
+        (
+            "phi-c",
+            "q/k LayerNorms left out",
+            parallel_ignoring("phi-c", |c| c.qk_layernorm = false),
+        ),
+    ];
+    for (config, what, model) in cases {
+        let mut report = Report::default();
+        compare_hf(config, &model, &mut report);
+        assert!(
+            report.failures.iter().any(|f| f.contains("logits")),
+            "{config} with {what} still matched: {:?}",
+            report.worst
+        );
+    }
 }
 
 /// A GPT-NeoX fixture's model with one knob of its config changed.
