@@ -21,6 +21,9 @@ pub(crate) enum Scores {
     UpcastDivided,
 }
 
+/// A projection's pair of sites (`BlockSite::Q` and the like).
+type LinearSites = fn(LinSite) -> BlockSite;
+
 /// q, k and v `[b, p, heads, dh]` from the residual `resid_pre` through three projections
 /// (`[heads * dh, d]` each, with their head counts), after their sites; `ln1` normalises the
 /// input. With TransformerLens's `use_split_qkv_input` each has its own per-head copy of the
@@ -37,7 +40,7 @@ pub(crate) fn separate_qkv<T: Tap>(
 ) -> ModelResult<[Tensor; 3]> {
     let s = |site: BlockSite| Site::Block(l, site);
     let (batch, q_len) = (resid_pre.size()[0], resid_pre.size()[1]);
-    let sites: [(fn(LinSite) -> BlockSite, BlockSite); 3] = [
+    let sites: [(LinearSites, BlockSite); 3] = [
         (BlockSite::Q, BlockSite::QInput),
         (BlockSite::K, BlockSite::KInput),
         (BlockSite::V, BlockSite::VInput),
