@@ -1,7 +1,7 @@
-"""The `embedded` stage of fixtures.py: one small model per family (Llama, GPT-NeoX), with a real
+"""The `embedded` stage of fixtures.py: one small model per family (Llama, GPT-NeoX, GPT-J, Phi), with a real
 byte-level BPE tokenizer, under models-cache/, and the BOS goldens of each.
 
-models-cache/tiny-{llama,mistral,qwen2,qwen3,pythia}/ each hold a random-weight checkpoint written by
+models-cache/tiny-{llama,mistral,qwen2,qwen3,pythia,gptj,phi}/ each hold a random-weight checkpoint written by
 transformers' save_pretrained (every parameter perturbed as for the decoder goldens), a
 tokenizer.json and tokenizer_config.json, and a TOKENIZER-LICENSE.md.
 
@@ -190,6 +190,54 @@ def family_specs() -> list[dict]:
                                     "partial_rotary_factor": 0.25},
             },
         },
+        {
+            # GPT-J's tokenizer is GPT-2's, Phi's CodeGen's (GPT-2's with more tokens): the cut
+            # Qwen3 vocabulary with their one special token, BOS = EOS = `<|endoftext|>`, none
+            # added by the tokenizer (TransformerLens prepends it by default for GPT-J).
+            "name": "tiny-gptj",
+            "class": "GPTJForCausalLM",
+            "seed": 4106,
+            "specials": ["<|endoftext|>"],
+            "specials_first": False,
+            "bos": "<|endoftext|>",
+            "eos": "<|endoftext|>",
+            "tokenizer_adds_bos": False,
+            "round_to": 64,
+            "hf": {
+                "n_embd": 64,
+                "n_inner": None,
+                "n_layer": 2,
+                "n_head": 4,
+                "n_positions": 128,
+                "rotary_dim": 8,
+                "layer_norm_epsilon": 1e-5,
+                "tie_word_embeddings": False,
+                "activation_function": "gelu_new",
+            },
+        },
+        {
+            "name": "tiny-phi",
+            "class": "PhiForCausalLM",
+            "seed": 4107,
+            "specials": ["<|endoftext|>"],
+            "specials_first": False,
+            "bos": "<|endoftext|>",
+            "eos": "<|endoftext|>",
+            "tokenizer_adds_bos": False,
+            "round_to": 64,
+            "hf": {
+                "hidden_size": 64,
+                "intermediate_size": 256,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "max_position_embeddings": 128,
+                "layer_norm_eps": 1e-5,
+                "tie_word_embeddings": False,
+                "hidden_act": "gelu_new",
+                "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                    "partial_rotary_factor": 0.5},
+            },
+        },
     ]
 
 
@@ -282,7 +330,7 @@ def tokenizer_config(spec: dict) -> dict:
         "bos_token": spec["bos"],
         "eos_token": spec["eos"],
         "clean_up_tokenization_spaces": False,
-        "model_max_length": spec["hf"]["max_position_embeddings"],
+        "model_max_length": spec["hf"].get("max_position_embeddings", spec["hf"].get("n_positions")),
         "tokenizer_class": "PreTrainedTokenizerFast",
     }
     if "<unk>" in spec["specials"]:

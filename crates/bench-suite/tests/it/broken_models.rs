@@ -914,3 +914,66 @@ fn gpt_neox_forward_benchmarks_fail_when_qkv_is_split_contiguously() {
         },
     );
 }
+
+/// The wrong rotary pairs for GPT-J: a model that rotates the halves of the rotated
+/// dimensions (`i`, `i + r / 2`, Llama's and NeoX's layout) where GPT-J rotates adjacent pairs
+/// (`2i`, `2i + 1`). Built as a checkpoint whose q and k features are reordered so that the
+/// adjacent-pair rotation meets exactly the pairs the bug rotates (scores do not depend on the
+/// order of features).
+#[test]
+fn gptj_forward_benchmarks_fail_when_rotary_pairs_are_halves() {
+    let (heads, head_dim, rotary_dim, d) = (4i64, 16i64, 8i64, 64i64); // tests/fixtures/gptj-a
+    let half = rotary_dim / 2;
+    let order: Vec<i64> = (0..half)
+        .flat_map(|i| [i, i + half])
+        .chain(rotary_dim..head_dim)
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let broken = edited_checkpoint(
+        &fixture_model("gptj-a"),
+        dir.path(),
+        |_| {},
+        |name, t| {
+            if name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight") {
+                permuted(&t, &[heads, head_dim, d], 1, &order)
+            } else {
+                t
+            }
+        },
+    );
+    forward_checks_fail_on_broken_checkpoint("gptj-a", &broken);
+}
+
+/// GPT-J's rotary on every dimension of each head instead of its `rotary_dim`, and Phi's at the
+/// width TransformerLens 3.9.0 rounds to (8 of 16 dimensions where HF truncates to 6).
+#[test]
+fn gptj_and_phi_forward_benchmarks_fail_when_the_rotary_width_is_wrong() {
+    for (config, edit) in [
+        (
+            "gptj-a",
+            (|c: &mut serde_json::Value| c["rotary_dim"] = 16.into()) as fn(&mut _),
+        ),
+        ("phi-a", |c| {
+            c["rope_parameters"]["partial_rotary_factor"] = 0.5.into()
+        }),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let broken = edited_checkpoint(&fixture_model(config), dir.path(), edit, |_, t| t);
+        forward_checks_fail_on_broken_checkpoint(config, &broken);
+    }
+}
+
+/// Phi's q/k LayerNorms are computed by the HF tier and refused, with the reason, by the
+/// HookedTransformer and the bridge, which do not implement them yet.
+#[test]
+fn phi_qk_layernorm_is_refused_where_it_is_not_implemented() {
+    let model = fixture_model("phi-c");
+    let err = TransformerBridge::boot(&model, Device::Cpu, Kind::Float)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("qk_layernorm"), "{err}");
+    let err = HookedTransformer::from_pretrained_no_processing(&model, &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("qk_layernorm"), "{err}");
+}

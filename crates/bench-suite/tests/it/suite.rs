@@ -28,6 +28,8 @@ use crate::common::{edited_checkpoint, fixture_model};
 #[case::gptj_tied(fixture_model("gptj-b"))]
 #[case::phi(fixture_model("phi-a"))]
 #[case::phi_grouped_heads(fixture_model("phi-b"))]
+#[case::embedded_gptj("tiny-gptj".to_owned())]
+#[case::embedded_phi("tiny-phi".to_owned())]
 fn every_benchmark_passes(#[case] model: String) {
     let options = SuiteOptions {
         model: model.clone(),

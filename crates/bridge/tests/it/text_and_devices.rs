@@ -7,17 +7,19 @@ use hookpoint::CacheOptions;
 use lens_core::model::{ForwardOptions, GenerateOptions, LensModel, ModelError, ReturnType};
 use tch::{Cuda, Device, Kind, Tensor};
 
-/// Each embedded rotary model (the Llama family, Pythia), booted by name: its tokenizer gives the ids
-/// TransformerLens's HookedTransformer gives the suite's sentence, and the bridge's logits on them
-/// are transformers' (tests/fixtures/embedded/<model>.*).
+/// Each embedded rotary model (the Llama family, Pythia, GPT-J, Phi), booted by name: its
+/// tokenizer gives the ids TransformerLens's HookedTransformer gives the suite's sentence, and
+/// the bridge's logits on them are transformers' (tests/fixtures/embedded/<model>.*).
 #[rstest::rstest]
-fn embedded_llama_family_text_matches_huggingface(
+fn embedded_rotary_model_text_matches_huggingface(
     #[values(
         "tiny-llama",
         "tiny-mistral",
         "tiny-qwen2",
         "tiny-qwen3",
-        "tiny-pythia"
+        "tiny-pythia",
+        "tiny-gptj",
+        "tiny-phi"
     )]
     model: &str,
 ) {
