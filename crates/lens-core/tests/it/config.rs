@@ -521,3 +521,82 @@ fn gpt_neox_rotary_settings_follow_transformers() {
         assert_message(&err, words);
     }
 }
+
+fn parallel(json: &str) -> lens_core::ParallelConfig {
+    HfConfig::from_json(json)
+        .unwrap()
+        .as_parallel()
+        .expect("a GPT-J or Phi config")
+        .clone()
+}
+
+/// GPT-J's keys (GPT-2-style names, `n_inner: null` for four times the width, a base fixed at
+/// 10000, `rotary_dim` required) and Phi's rotary resolution (`rope_parameters` first, then the
+/// top-level `rope_theta` and `partial_rotary_factor`, defaults 10000 and 0.5; the width
+/// truncated), as transformers 5.9.0 reads them.
+#[test]
+fn gptj_and_phi_configs_follow_transformers() {
+    use lens_core::ParallelFamily;
+    let gptj = parallel(r#"{"model_type": "gptj"}"#);
+    assert_eq!(gptj.family, ParallelFamily::GptJ);
+    assert_eq!(
+        (
+            gptj.hidden_size,
+            gptj.intermediate_size,
+            gptj.num_hidden_layers,
+            gptj.head_dim
+        ),
+        (4096, 16384, 28, 256)
+    );
+    assert_eq!((gptj.rotary_dim, gptj.rope.theta), (64, 10000.0));
+    assert_eq!(gptj.hidden_act, Activation::GeluNew);
+    assert_eq!(
+        (gptj.bos_token_id, gptj.eos_token_id),
+        (Some(50256), Some(50256))
+    );
+    let small = parallel(
+        r#"{"architectures": ["GPTJForCausalLM"], "n_embd": 64, "n_head": 4, "n_inner": null,
+            "rotary_dim": 8, "n_positions": 32, "layer_norm_epsilon": 1e-4}"#,
+    );
+    assert_eq!(
+        (
+            small.intermediate_size,
+            small.max_position_embeddings,
+            small.layer_norm_eps
+        ),
+        (256, 32, 1e-4)
+    );
+    let err = HfConfig::from_json(r#"{"model_type": "gptj", "rotary_dim": null}"#).unwrap_err();
+    assert_message(&err, &["rotary_dim", "null"]);
+    let phi = parallel(r#"{"model_type": "phi"}"#);
+    assert_eq!(
+        (phi.hidden_size, phi.intermediate_size, phi.head_dim),
+        (2048, 8192, 64)
+    );
+    assert_eq!((phi.rotary_dim, phi.rope.theta), (32, 10000.0));
+    let legacy = parallel(
+        r#"{"model_type": "phi", "hidden_size": 2560, "num_attention_heads": 32,
+            "partial_rotary_factor": 0.4, "rope_theta": 20000}"#,
+    );
+    assert_eq!((legacy.rotary_dim, legacy.rope.theta), (32, 20000.0));
+    let nested = parallel(
+        r#"{"model_type": "phi", "hidden_size": 64, "num_attention_heads": 4,
+            "partial_rotary_factor": 0.5,
+            "rope_parameters": {"rope_theta": 500.0, "partial_rotary_factor": 0.4}}"#,
+    );
+    assert_eq!(
+        (nested.rotary_dim, nested.rope.theta),
+        (6, 500.0),
+        "int(16 * 0.4)"
+    );
+    let grouped = parallel(
+        r#"{"model_type": "phi", "num_attention_heads": 4, "num_key_value_heads": 2,
+            "hidden_size": 64, "qk_layernorm": true}"#,
+    );
+    assert_eq!((grouped.gqa_ratio(), grouped.qk_layernorm), (2, true));
+    let odd = HfConfig::from_json(
+        r#"{"model_type": "phi", "hidden_size": 40, "num_attention_heads": 2, "partial_rotary_factor": 0.25}"#,
+    )
+    .unwrap_err();
+    assert_message(&odd, &["rotary width (5)", "even"]);
+}
