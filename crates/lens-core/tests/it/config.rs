@@ -144,8 +144,8 @@ fn knobs_fixture_config() {
 )]
 #[case::type_only(r#"{"model_type": "bert"}"#, "model_type 'bert'")]
 #[case::arch_only(
-    r#"{"architectures": ["GPTJForCausalLM"]}"#,
-    "architectures [GPTJForCausalLM]"
+    r#"{"architectures": ["BloomForCausalLM"]}"#,
+    "architectures [BloomForCausalLM]"
 )]
 #[case::nothing(r#"{"n_embd": 8}"#, "neither model_type nor architectures")]
 fn unsupported_architecture(#[case] json: &str, #[case] found: &str) {
