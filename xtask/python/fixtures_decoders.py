@@ -301,6 +301,45 @@ DECODER_CONFIGS = [
                                 "partial_rotary_factor": 0.5},
         },
     },
+    # GPT-Neo: learned positions, unscaled scores, global and local layers. neo-a: a window of 4
+    # keys (shorter than the prompts) on the second layer, tied; neo-b: local first with a window
+    # of 3, an intermediate_size TL ignores, untied, eps 1e-4.
+    {
+        "name": "neo-a",
+        "class": "GPTNeoForCausalLM",
+        "seed": 3401,
+        "hf": {
+            "vocab_size": VOCAB,
+            "hidden_size": 64,
+            "num_layers": 2,
+            "num_heads": 4,
+            "attention_types": [[["global", "local"], 1]],
+            "window_size": 4,
+            "intermediate_size": None,
+            "max_position_embeddings": 64,
+            "layer_norm_epsilon": 1e-5,
+            "activation_function": "gelu_new",
+            "tie_word_embeddings": True,
+        },
+    },
+    {
+        "name": "neo-b",
+        "class": "GPTNeoForCausalLM",
+        "seed": 3402,
+        "hf": {
+            "vocab_size": VOCAB,
+            "hidden_size": 48,
+            "num_layers": 2,
+            "num_heads": 4,
+            "attention_types": [[["local", "global"], 1]],
+            "window_size": 3,
+            "intermediate_size": 96,
+            "max_position_embeddings": 64,
+            "layer_norm_epsilon": 1e-4,
+            "activation_function": "gelu_new",
+            "tie_word_embeddings": False,
+        },
+    },
 ]
 
 LLAMA_CLASSES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
@@ -321,7 +360,7 @@ def model_class(class_name: str):
 def param_kind(name: str) -> str:
     if name.endswith(".bias"):
         return "bias"
-    if name.endswith(("norm.weight", "ln_1.weight", "ln_f.weight")):
+    if name.endswith(("norm.weight", "ln_1.weight", "ln_2.weight", "ln_f.weight")):
         return "norm_weight"
     if name.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "query_key_value.weight")):
         return "qkv"
@@ -431,6 +470,8 @@ HT_DEC_TOL = 1e-5
 
 def hf_attention_windows(hf_cfg) -> list:
     """HF's effective sliding window per layer (None = full causal attention)."""
+    if getattr(hf_cfg, "attention_layers", None) is not None:  # GPT-Neo
+        return [hf_cfg.window_size if t == "local" else None for t in hf_cfg.attention_layers]
     sw = getattr(hf_cfg, "sliding_window", None)
     layer_types = getattr(hf_cfg, "layer_types", None)
     n = hf_cfg.num_hidden_layers
@@ -460,8 +501,12 @@ def tl_config_and_corrections(spec: dict, model_dir: Path):
     c = dict(raw)
     corrections = []
     gptj = spec["class"] == "GPTJForCausalLM"
+    learned_positions = spec["class"] in ("GPTNeoForCausalLM", "OPTForCausalLM")
     # GPT-J has no rope parameters: its base is 10000 in the modelling code.
-    rope = {"rope_theta": 10000.0, "rope_type": "default"} if gptj else dict(hf_cfg.rope_parameters)
+    if gptj or learned_positions:
+        rope = {"rope_theta": 10000.0, "rope_type": "default"}
+    else:
+        rope = dict(hf_cfg.rope_parameters)
     n_heads = hf_cfg.num_attention_heads
     head_dim = getattr(hf_cfg, "head_dim", None) or hf_cfg.hidden_size // n_heads
 
@@ -487,7 +532,9 @@ def tl_config_and_corrections(spec: dict, model_dir: Path):
         rotary_dim = int(head_dim * rope["partial_rotary_factor"])
     else:
         rotary_dim = head_dim
-    if c.get("rotary_dim") is not None and c["rotary_dim"] != rotary_dim:
+    if learned_positions:
+        assert c.get("positional_embedding_type", "standard") == "standard"
+    elif c.get("rotary_dim") is not None and c["rotary_dim"] != rotary_dim:
         corrections.append(
             f"rotary_dim: TL derived {c['rotary_dim']}; set to HF's {rotary_dim} (the dimensions "
             "of each head HF rotates)."
@@ -496,7 +543,7 @@ def tl_config_and_corrections(spec: dict, model_dir: Path):
     # rotary_base: TL truncates rope_theta with int() for Qwen2 / Qwen3 (get_pretrained_model_config
     # restores it for Qwen2 only, and only when given hf_cfg; convert_hf_model_config does not).
     theta = rope["rope_theta"]
-    tl_base = c.get("rotary_base", 10000)
+    tl_base = 10000 if learned_positions else c.get("rotary_base", 10000)
     if float(tl_base) != float(theta) or (not neox and isinstance(tl_base, int) != isinstance(theta, int)):
         why = ("TL 3.9.0's GPT-NeoX configuration never reads rope_theta / rotary_emb_base, so "
                "the dataclass default applies" if neox else "int() of rope_theta")
@@ -552,6 +599,15 @@ def tl_config_and_corrections(spec: dict, model_dir: Path):
     if gptj or spec["class"] == "PhiForCausalLM":
         assert c.get("parallel_attn_mlp") is True
         assert bool(c.get("rotary_adjacent_pairs")) is gptj
+    if spec["class"] == "GPTNeoForCausalLM":
+        assert c["use_attn_scale"] is False and c["use_local_attn"] is True
+        # TL 3.9.0's GPT-Neo configuration: d_mlp = 4 * hidden_size whatever the file says.
+        if hf_cfg.intermediate_size is not None and c["d_mlp"] != hf_cfg.intermediate_size:
+            corrections.append(
+                f"d_mlp: TL used {c['d_mlp']} (4 * hidden_size; its GPT-Neo configuration ignores "
+                f"intermediate_size); set to HF's intermediate_size {hf_cfg.intermediate_size}."
+            )
+            c["d_mlp"] = hf_cfg.intermediate_size
     if gptj:
         # TL 3.9.0's GPT-J configuration: d_mlp = 4 * n_embd and eps = 1e-5 whatever the file says.
         if c["d_mlp"] != hf_cfg.n_inner and hf_cfg.n_inner is not None:

@@ -1,7 +1,8 @@
 //! `HookedTransformerConfig`: TransformerLens's model configuration, built from an HF config.
 
 use lens_core::config::{
-    Activation, Gpt2Config, GptNeoxConfig, LlamaConfig, ParallelConfig, ParallelFamily, RopeScaling,
+    Activation, Gpt2Config, GptNeoConfig, GptNeoxConfig, LlamaConfig, ParallelConfig,
+    ParallelFamily, RopeScaling,
 };
 
 /// How a block normalises its inputs.
@@ -172,6 +173,7 @@ impl HookedTransformerConfig {
             lens_core::HfConfig::Llama(c) => Some(Self::from_llama(c)),
             lens_core::HfConfig::GptNeox(c) => Some(Self::from_gpt_neox(c)),
             lens_core::HfConfig::Parallel(c) => Some(Self::from_parallel(c)),
+            lens_core::HfConfig::GptNeo(c) => Some(Self::from_gpt_neo(c)),
             _ => None,
         }
     }
@@ -219,6 +221,41 @@ impl HookedTransformerConfig {
             windows: hf.layer_windows.clone(),
             parallel_attn_mlp: false,
             original_architecture: hf.family.architecture().to_owned(),
+        }
+    }
+
+    /// TransformerLens's GPT-Neo conversion: learned positions, unscaled attention scores, the
+    /// local layers' windows, with HF's MLP width (TransformerLens 3.9.0 uses `4 * d_model`
+    /// whatever `intermediate_size` says).
+    pub fn from_gpt_neo(hf: &GptNeoConfig) -> Self {
+        HookedTransformerConfig {
+            d_model: hf.hidden_size,
+            d_head: hf.head_dim(),
+            n_heads: hf.num_heads,
+            d_mlp: hf.intermediate_size,
+            n_layers: hf.num_layers,
+            n_ctx: hf.max_position_embeddings,
+            d_vocab: hf.vocab_size,
+            act_fn: hf.activation_function,
+            eps: hf.layer_norm_epsilon,
+            normalization_type: NormType::LayerNorm,
+            use_attn_scale: false,
+            scale_attn_by_inverse_layer_idx: false,
+            default_prepend_bos: true,
+            use_attn_result: false,
+            use_split_qkv_input: false,
+            use_attn_in: false,
+            use_hook_mlp_in: false,
+            use_hook_tokens: false,
+            bos_token_id: hf.bos_token_id.unwrap_or(hf.vocab_size - 1),
+            eos_token_id: hf.eos_token_id.unwrap_or(hf.vocab_size - 1),
+            n_key_value_heads: None,
+            rotary: None,
+            gated_mlp: false,
+            use_qk_norm: false,
+            windows: hf.layer_windows.clone(),
+            parallel_attn_mlp: false,
+            original_architecture: "GPTNeoForCausalLM".to_owned(),
         }
     }
 

@@ -13,7 +13,9 @@ use tch::{Device, Kind, Tensor};
 use crate::config::{HookedTransformerConfig, NormType};
 use crate::layers::LayerKv;
 use crate::model::HookedTransformer;
-use crate::params::{convert_gpt2, convert_gpt_neox, convert_llama, convert_parallel};
+use crate::params::{
+    convert_gpt2, convert_gpt_neo, convert_gpt_neox, convert_llama, convert_parallel,
+};
 use crate::processing::ProcessingOptions;
 
 impl HookedTransformer {
@@ -61,6 +63,10 @@ impl HookedTransformer {
             HfConfig::Parallel(hf) => (
                 HookedTransformerConfig::from_parallel(hf),
                 convert_parallel(hf, has, get)?,
+            ),
+            HfConfig::GptNeo(hf) => (
+                HookedTransformerConfig::from_gpt_neo(hf),
+                convert_gpt_neo(hf, has, get)?,
             ),
             HfConfig::GptNeox(hf) => (
                 HookedTransformerConfig::from_gpt_neox(hf),

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use lens_core::model::ModelDims;
 use lens_core::weight_map::{self, WeightMap};
-use lens_core::{GptNeoxConfig, LlamaConfig, ParallelConfig};
+use lens_core::{GptNeoConfig, GptNeoxConfig, LlamaConfig, ParallelConfig};
 use tch::{Kind, Tensor};
 
 pub use lens_core::tl_params::{AttentionParams, BlockParams, LayerNormParams, MlpParams, Params};
@@ -105,4 +105,14 @@ pub fn convert_parallel(
     get: impl FnMut(&str, &[i64], bool) -> Result<Tensor>,
 ) -> Result<Params> {
     convert(&weight_map::parallel(hf), has, get)
+}
+
+/// Converts HF GPT-Neo weights (`nn.Linear` `[out, in]`, q/k/v without biases, which are zero
+/// here as in TransformerLens) into TransformerLens's layout.
+pub fn convert_gpt_neo(
+    hf: &GptNeoConfig,
+    has: impl Fn(&str) -> bool,
+    get: impl FnMut(&str, &[i64], bool) -> Result<Tensor>,
+) -> Result<Params> {
+    convert(&weight_map::gpt_neo(hf), has, get)
 }

@@ -12,10 +12,12 @@ use tch::Tensor;
 
 use crate::error::{LensError, Result};
 
+mod gpt_neo;
 mod gpt_neox;
 mod llama;
 mod parallel;
 
+pub use gpt_neo::GptNeoConfig;
 pub use gpt_neox::GptNeoxConfig;
 pub use llama::{LlamaConfig, LlamaFamily, Rope, RopeScaling};
 pub use parallel::{ParallelConfig, ParallelFamily};
@@ -25,6 +27,7 @@ pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
     "gpt2 (GPT2LMHeadModel)",
     "gpt_neox (GPTNeoXForCausalLM)",
     "gptj (GPTJForCausalLM)",
+    "gpt_neo (GPTNeoForCausalLM)",
     "phi (PhiForCausalLM)",
     "llama (LlamaForCausalLM)",
     "mistral (MistralForCausalLM)",
@@ -44,6 +47,8 @@ pub enum HfConfig {
     GptNeox(GptNeoxConfig),
     /// `model_type` `gptj` or `phi` (see [`ParallelFamily`]).
     Parallel(ParallelConfig),
+    /// `model_type: "gpt_neo"` (`GPTNeoForCausalLM`).
+    GptNeo(GptNeoConfig),
 }
 
 impl HfConfig {
@@ -112,6 +117,17 @@ impl HfConfig {
                 Err(llama::ParseError::Invalid(e)) => Err(with_path(e)),
             };
         }
+        let is_neo = match model_type {
+            Some(t) => t == "gpt_neo",
+            None => architectures.contains(&"GPTNeoForCausalLM"),
+        };
+        if is_neo {
+            return match GptNeoConfig::parse(text) {
+                Ok(config) => Ok(HfConfig::GptNeo(config)),
+                Err(llama::ParseError::Json(e)) => Err(malformed(e.to_string())),
+                Err(llama::ParseError::Invalid(e)) => Err(with_path(e)),
+            };
+        }
         let is_neox = match model_type {
             Some(t) => t == "gpt_neox",
             None => architectures.contains(&"GPTNeoXForCausalLM"),
@@ -157,6 +173,7 @@ impl HfConfig {
             HfConfig::Llama(c) => c.family.architecture(),
             HfConfig::GptNeox(_) => "GPTNeoXForCausalLM",
             HfConfig::Parallel(c) => c.family.architecture(),
+            HfConfig::GptNeo(_) => "GPTNeoForCausalLM",
         }
     }
 
@@ -178,6 +195,14 @@ impl HfConfig {
     pub fn as_gpt_neox(&self) -> Option<&GptNeoxConfig> {
         match self {
             HfConfig::GptNeox(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The GPT-Neo config, when this is one.
+    pub fn as_gpt_neo(&self) -> Option<&GptNeoConfig> {
+        match self {
+            HfConfig::GptNeo(c) => Some(c),
             _ => None,
         }
     }
@@ -205,6 +230,7 @@ impl HfConfig {
             HfConfig::Llama(c) => c.max_position_embeddings,
             HfConfig::GptNeox(c) => c.max_position_embeddings,
             HfConfig::Parallel(c) => c.max_position_embeddings,
+            HfConfig::GptNeo(c) => c.max_position_embeddings,
         }
     }
 
@@ -215,6 +241,7 @@ impl HfConfig {
             HfConfig::Llama(c) => c.vocab_size,
             HfConfig::GptNeox(c) => c.vocab_size,
             HfConfig::Parallel(c) => c.vocab_size,
+            HfConfig::GptNeo(c) => c.vocab_size,
         }
     }
 
@@ -226,6 +253,7 @@ impl HfConfig {
             HfConfig::Llama(c) => c.family.default_prepend_bos(),
             HfConfig::GptNeox(_) => false,
             HfConfig::Parallel(c) => c.family.default_prepend_bos(),
+            HfConfig::GptNeo(_) => true,
         }
     }
 
@@ -236,6 +264,7 @@ impl HfConfig {
             HfConfig::Llama(c) => c.bos_token_id,
             HfConfig::GptNeox(c) => c.bos_token_id,
             HfConfig::Parallel(c) => c.bos_token_id,
+            HfConfig::GptNeo(c) => c.bos_token_id,
         }
     }
 
@@ -246,6 +275,7 @@ impl HfConfig {
             HfConfig::Llama(c) => c.eos_token_ids.first().copied(),
             HfConfig::GptNeox(c) => c.eos_token_id,
             HfConfig::Parallel(c) => c.eos_token_id,
+            HfConfig::GptNeo(c) => c.eos_token_id,
         }
     }
 
@@ -256,6 +286,7 @@ impl HfConfig {
             HfConfig::Llama(c) => c.pad_token_id,
             HfConfig::GptNeox(c) => c.pad_token_id,
             HfConfig::Parallel(c) => c.pad_token_id,
+            HfConfig::GptNeo(c) => c.pad_token_id,
         }
     }
 }

@@ -49,8 +49,8 @@ pub mod weight_map;
 pub mod weights;
 
 pub use config::{
-    Activation, Gpt2Config, GptNeoxConfig, HfConfig, LlamaConfig, LlamaFamily, ParallelConfig,
-    ParallelFamily, Rope, RopeScaling, SUPPORTED_ARCHITECTURES,
+    Activation, Gpt2Config, GptNeoConfig, GptNeoxConfig, HfConfig, LlamaConfig, LlamaFamily,
+    ParallelConfig, ParallelFamily, Rope, RopeScaling, SUPPORTED_ARCHITECTURES,
 };
 pub use error::{LensError, Result};
 pub use source::{

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use tch::Tensor;
 
-use crate::config::{GptNeoxConfig, LlamaConfig, ParallelConfig, ParallelFamily};
+use crate::config::{GptNeoConfig, GptNeoxConfig, LlamaConfig, ParallelConfig, ParallelFamily};
 use crate::model::ModelDims;
 
 /// How a TransformerLens weight is laid out on its HuggingFace parameter.
@@ -569,6 +569,105 @@ pub fn gpt_neox(cfg: &GptNeoxConfig) -> WeightMap {
         cfg.tie_word_embeddings,
         "gpt_neox.embed_in.weight",
         "embed_out",
+        [v, d],
+    );
+    map
+}
+
+/// GPT-Neo's table (`GPTNeoForCausalLM`): `nn.Linear` weights `[out, in]`, q/k/v without biases
+/// (zero, as TransformerLens holds them), `W_pos` the first `n_ctx` rows of `wpe`, the
+/// unembedding `lm_head` (`wte` while tied) without a bias.
+pub fn gpt_neo(cfg: &GptNeoConfig) -> WeightMap {
+    let (d, m, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+    let (h, dh) = (cfg.num_heads, cfg.head_dim());
+    let mut map = WeightMap::default();
+    map.push(
+        "embed.W_E".into(),
+        "transformer.wte.weight".into(),
+        &[v, d],
+        View::Same,
+    );
+    map.push(
+        "pos_embed.W_pos".into(),
+        "transformer.wpe.weight".into(),
+        &[cfg.max_position_embeddings, d],
+        View::Same,
+    );
+    for l in 0..cfg.num_layers {
+        let tl = |s: &str| format!("blocks.{l}.{s}");
+        let hf = |s: &str| format!("transformer.h.{l}.{s}");
+        for (ln, name) in [("ln1", "ln_1"), ("ln2", "ln_2")] {
+            map.push(
+                tl(&format!("{ln}.w")),
+                hf(&format!("{name}.weight")),
+                &[d],
+                View::Same,
+            );
+            map.push(
+                tl(&format!("{ln}.b")),
+                hf(&format!("{name}.bias")),
+                &[d],
+                View::Same,
+            );
+        }
+        let attn = |s: &str| hf(&format!("attn.attention.{s}"));
+        for (w, proj) in [("Q", "q_proj"), ("K", "k_proj"), ("V", "v_proj")] {
+            let heads = View::LinearHeads {
+                heads: h,
+                d_head: dh,
+            };
+            map.push(
+                tl(&format!("attn.W_{w}")),
+                attn(&format!("{proj}.weight")),
+                &[d, d],
+                heads,
+            );
+            let bias = View::HeadBias {
+                heads: h,
+                d_head: dh,
+            };
+            map.push_optional(
+                tl(&format!("attn.b_{w}")),
+                attn(&format!("{proj}.bias")),
+                &[d],
+                bias,
+                &[h, dh],
+            );
+        }
+        let heads_out = View::LinearHeadsOut {
+            heads: h,
+            d_head: dh,
+        };
+        map.push(tl("attn.W_O"), attn("out_proj.weight"), &[d, d], heads_out);
+        map.push(tl("attn.b_O"), attn("out_proj.bias"), &[d], View::Same);
+        map.push(
+            tl("mlp.W_in"),
+            hf("mlp.c_fc.weight"),
+            &[m, d],
+            View::Transpose,
+        );
+        map.push(tl("mlp.b_in"), hf("mlp.c_fc.bias"), &[m], View::Same);
+        map.push(
+            tl("mlp.W_out"),
+            hf("mlp.c_proj.weight"),
+            &[d, m],
+            View::Transpose,
+        );
+        map.push(tl("mlp.b_out"), hf("mlp.c_proj.bias"), &[d], View::Same);
+    }
+    for (tl, hf) in [("w", "weight"), ("b", "bias")] {
+        map.push(
+            format!("ln_final.{tl}"),
+            format!("transformer.ln_f.{hf}"),
+            &[d],
+            View::Same,
+        );
+    }
+    push_unembed(
+        &mut map,
+        cfg.tie_word_embeddings,
+        "transformer.wte.weight",
+        "lm_head",
         [v, d],
     );
     map

@@ -29,6 +29,8 @@ use crate::common::{edited_checkpoint, fixture_model};
 #[case::phi(fixture_model("phi-a"))]
 #[case::phi_grouped_heads(fixture_model("phi-b"))]
 #[case::embedded_gptj("tiny-gptj".to_owned())]
+#[case::gpt_neo_tied(fixture_model("neo-a"))]
+#[case::gpt_neo_local_first(fixture_model("neo-b"))]
 #[case::embedded_phi("tiny-phi".to_owned())]
 fn every_benchmark_passes(#[case] model: String) {
     let options = SuiteOptions {

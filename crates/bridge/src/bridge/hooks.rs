@@ -339,6 +339,39 @@ impl Layout {
         layout
     }
 
+    /// GPT-Neo's, under the names of TransformerLens 3.9.0's GPT-Neo adapter
+    /// (tests/fixtures/neo-*/bridge_hooks.json): GPT-2's with separate q, k and v projections
+    /// and no fused `attn.qkv`; `hook_resid_mid` a point of its own (difference 1).
+    pub fn gpt_neo(n_layers: usize) -> Self {
+        use BlockSite as B;
+        let (ln, lin) = (norm_sites, linear_sites);
+        let mut sites = vec![
+            Site::EmbedIn,
+            Site::EmbedOut,
+            Site::PosEmbedIn,
+            Site::PosEmbedOut,
+        ];
+        for l in 0..n_layers {
+            let mut block = RESIDUAL_SITES.to_vec();
+            block.extend(ln(B::Ln1));
+            block.extend(ATTENTION_SITES);
+            for f in [B::Q, B::K, B::V, B::O] {
+                block.extend(lin(f));
+            }
+            block.extend(ln(B::Ln2));
+            block.extend([B::MlpCompIn, B::MlpCompOut]);
+            block.extend(lin(B::MlpFc));
+            block.extend(lin(B::MlpProj));
+            sites.extend(block.into_iter().map(|s| Site::Block(l, s)));
+        }
+        sites.extend(norm_sites(Site::LnFinal));
+        sites.extend([Site::UnembedIn, Site::UnembedOut]);
+        Layout {
+            sites,
+            aliases: aliases(n_layers),
+        }
+    }
+
     /// A rotary model's layout: the embedding and the rotary module's sites, `block(l)` for each
     /// block, the final norm and the unembedding; the TransformerLens aliases every family
     /// shares, then the MLP's (`mlp`).

@@ -88,6 +88,18 @@ impl LensModel for TransformerBridge {
                     n_ctx: c.max_position_embeddings,
                 }
             }
+            HfModel::GptNeo(m) => {
+                let c = m.config();
+                ModelDims {
+                    n_layers: c.num_layers,
+                    n_heads: c.num_heads,
+                    d_model: c.hidden_size,
+                    d_head: c.head_dim(),
+                    d_mlp: c.intermediate_size,
+                    d_vocab: c.vocab_size,
+                    n_ctx: c.max_position_embeddings,
+                }
+            }
             HfModel::Parallel(m) => {
                 let c = m.config();
                 ModelDims {
@@ -265,7 +277,7 @@ impl ResidualModel for TransformerBridge {
         // The bridge keeps its norms (with weight 1, and bias 0, after folding), as the Python
         // bridge does.
         match &self.hf {
-            HfModel::Gpt2(_) | HfModel::GptNeox(_) | HfModel::Parallel(_) => {
+            HfModel::Gpt2(_) | HfModel::GptNeox(_) | HfModel::Parallel(_) | HfModel::GptNeo(_) => {
                 Normalization::LayerNorm
             }
             HfModel::Llama(_) => Normalization::Rms,
@@ -334,6 +346,17 @@ impl ResidualModel for TransformerBridge {
                     Some(&ln.weight.detach()),
                     Some(&ln.bias.detach()),
                     hf.config().layer_norm_eps,
+                    true,
+                )?)
+            }
+            HfModel::GptNeo(hf) => {
+                let ln = &hf.params().ln_f;
+                let d = hf.config().hidden_size;
+                Ok(residual.f_layer_norm(
+                    [d],
+                    Some(&ln.weight.detach()),
+                    Some(&ln.bias.detach()),
+                    hf.config().layer_norm_epsilon,
                     true,
                 )?)
             }

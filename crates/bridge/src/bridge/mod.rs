@@ -16,8 +16,8 @@ use tch::{Device, Kind, Tensor};
 use crate::hf::decoder::RotaryDecoder;
 use crate::hf::model::gpt2_config;
 use crate::hf::{
-    hf_position_ids, Gpt2LMHeadModel, GptNeoxForCausalLM, HfModel, KvCache, LlamaForCausalLM,
-    ParallelForCausalLM,
+    hf_position_ids, Gpt2LMHeadModel, GptNeoForCausalLM, GptNeoxForCausalLM, HfModel, KvCache,
+    LlamaForCausalLM, ParallelForCausalLM,
 };
 use crate::input;
 use crate::tap::TlPaths;
@@ -120,6 +120,10 @@ impl TransformerBridge {
                 let hf = LlamaForCausalLM::from_weights(llama, loaded.weights, device, dtype)?;
                 return Ok(Self::from_llama(hf, loaded.tokenizer));
             }
+            HfConfig::GptNeo(neo) => {
+                let hf = GptNeoForCausalLM::from_weights(neo, loaded.weights, device, dtype)?;
+                return Ok(Self::from_gpt_neo(hf, loaded.tokenizer));
+            }
             HfConfig::Parallel(parallel) => {
                 let hf =
                     ParallelForCausalLM::from_weights(parallel, loaded.weights, device, dtype)?;
@@ -221,6 +225,21 @@ impl TransformerBridge {
             weights,
             tokenizer,
         ))
+    }
+
+    /// A bridge over a GPT-Neo model, which it takes over, under the names of TransformerLens
+    /// 3.9.0's GPT-Neo adapter. Like the GPT-2 bridge it adds a zero unembedding bias
+    /// (`unembed.b_U`).
+    pub fn from_gpt_neo(hf: GptNeoForCausalLM, tokenizer: Option<Tokenizer>) -> Self {
+        let mut hf = hf;
+        let params = hf.params_mut();
+        params
+            .lm_head_bias
+            .get_or_insert_with(|| zero_unembed_bias(&params.wte));
+        let c = hf.config();
+        let layout = Layout::gpt_neo(c.num_layers as usize);
+        let weights = weight_map::gpt_neo(c);
+        Self::assemble(HfModel::GptNeo(hf), None, layout, weights, tokenizer)
     }
 
     /// The bridge over `hf` with the hook points of `layout` and TransformerLens weights
@@ -343,7 +362,7 @@ impl TransformerBridge {
         let ratio = match &self.hf {
             HfModel::Llama(m) => m.config().gqa_ratio(),
             HfModel::Parallel(m) => m.config().gqa_ratio(),
-            HfModel::Gpt2(_) | HfModel::GptNeox(_) => 1,
+            HfModel::Gpt2(_) | HfModel::GptNeox(_) | HfModel::GptNeo(_) => 1,
         };
         ratio > 1
     }
@@ -356,7 +375,7 @@ impl TransformerBridge {
             let kv_heads = match &self.hf {
                 HfModel::Llama(m) => m.config().num_key_value_heads,
                 HfModel::Parallel(m) => m.config().num_key_value_heads,
-                HfModel::Gpt2(_) | HfModel::GptNeox(_) => dims.n_heads,
+                HfModel::Gpt2(_) | HfModel::GptNeox(_) | HfModel::GptNeo(_) => dims.n_heads,
             };
             return Err(ModelError::Unsupported(format!(
                 "use_attn_in needs as many key/value heads as query heads; this {} model has {} \
@@ -395,9 +414,10 @@ impl TransformerBridge {
             (HfModel::Gpt2(hf), Some(adapter)) => {
                 compat::process(adapter, hf.params_mut(), &options)?
             }
-            (HfModel::Llama(_) | HfModel::GptNeox(_) | HfModel::Parallel(_), _) => {
-                self.process_by_table(&options)?
-            }
+            (
+                HfModel::Llama(_) | HfModel::GptNeox(_) | HfModel::Parallel(_) | HfModel::GptNeo(_),
+                _,
+            ) => self.process_by_table(&options)?,
             (HfModel::Gpt2(_), None) => {
                 return Err(ModelError::Unsupported(
                     "compatibility mode for GPT-2 needs its adapter".into(),
@@ -436,6 +456,7 @@ impl TransformerBridge {
             HfModel::Llama(hf) => hf.run_component_with(&self.tap(), name, input),
             HfModel::GptNeox(hf) => hf.run_component_with(&self.tap(), name, input),
             HfModel::Parallel(hf) => hf.run_component_with(&self.tap(), name, input),
+            HfModel::GptNeo(hf) => hf.run_component_with(&self.tap(), name, input),
         }
     }
 

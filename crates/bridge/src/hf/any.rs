@@ -6,6 +6,7 @@ use lens_core::HfConfig;
 use tch::{Device, Kind, Tensor};
 
 use crate::hf::forward::PassOutput;
+use crate::hf::gpt_neo::GptNeoForCausalLM;
 use crate::hf::gpt_neox::GptNeoxForCausalLM;
 use crate::hf::kv_cache::KvCache;
 use crate::hf::llama::LlamaForCausalLM;
@@ -24,6 +25,8 @@ pub enum HfModel {
     GptNeox(GptNeoxForCausalLM),
     /// `GPTJForCausalLM`, `PhiForCausalLM`.
     Parallel(ParallelForCausalLM),
+    /// `GPTNeoForCausalLM`.
+    GptNeo(GptNeoForCausalLM),
 }
 
 impl HfModel {
@@ -34,6 +37,7 @@ impl HfModel {
             HfModel::Llama(m) => m.forward(args),
             HfModel::GptNeox(m) => m.forward(args),
             HfModel::Parallel(m) => m.forward(args),
+            HfModel::GptNeo(m) => m.forward(args),
         }
     }
 
@@ -49,6 +53,7 @@ impl HfModel {
             HfModel::Llama(m) => m.generate(input_ids, attention_mask, options),
             HfModel::GptNeox(m) => m.generate(input_ids, attention_mask, options),
             HfModel::Parallel(m) => m.generate(input_ids, attention_mask, options),
+            HfModel::GptNeo(m) => m.generate(input_ids, attention_mask, options),
         }
     }
 
@@ -59,6 +64,7 @@ impl HfModel {
             HfModel::Llama(m) => HfConfig::Llama(m.config().clone()),
             HfModel::GptNeox(m) => HfConfig::GptNeox(m.config().clone()),
             HfModel::Parallel(m) => HfConfig::Parallel(m.config().clone()),
+            HfModel::GptNeo(m) => HfConfig::GptNeo(m.config().clone()),
         }
     }
 
@@ -69,6 +75,7 @@ impl HfModel {
             HfModel::Llama(m) => m.device(),
             HfModel::GptNeox(m) => m.device(),
             HfModel::Parallel(m) => m.device(),
+            HfModel::GptNeo(m) => m.device(),
         }
     }
 
@@ -79,6 +86,7 @@ impl HfModel {
             HfModel::Llama(m) => m.kind(),
             HfModel::GptNeox(m) => m.kind(),
             HfModel::Parallel(m) => m.kind(),
+            HfModel::GptNeo(m) => m.kind(),
         }
     }
 
@@ -86,7 +94,9 @@ impl HfModel {
     pub fn as_gpt2(&self) -> Option<&Gpt2LMHeadModel> {
         match self {
             HfModel::Gpt2(m) => Some(m),
-            HfModel::Llama(_) | HfModel::GptNeox(_) | HfModel::Parallel(_) => None,
+            HfModel::Llama(_) | HfModel::GptNeox(_) | HfModel::Parallel(_) | HfModel::GptNeo(_) => {
+                None
+            }
         }
     }
 
@@ -98,6 +108,7 @@ impl HfModel {
             HfModel::Llama(m) => m.params().get(name),
             HfModel::GptNeox(m) => m.params().get(name),
             HfModel::Parallel(m) => m.params().get(name),
+            HfModel::GptNeo(m) => m.params().get(name),
         }
     }
 
@@ -116,6 +127,7 @@ impl HfModel {
             HfModel::Llama(m) => m.params().named(),
             HfModel::GptNeox(m) => m.params().named(),
             HfModel::Parallel(m) => m.params().named(),
+            HfModel::GptNeo(m) => m.params().named(),
         };
         named
             .into_iter()
@@ -130,6 +142,7 @@ impl HfModel {
             HfModel::Llama(m) => m.component_names(),
             HfModel::GptNeox(m) => m.component_names(),
             HfModel::Parallel(m) => m.component_names(),
+            HfModel::GptNeo(m) => m.component_names(),
         }
     }
 
@@ -141,6 +154,7 @@ impl HfModel {
             HfModel::Llama(m) => m.run_component(name, input),
             HfModel::GptNeox(m) => m.run_component(name, input),
             HfModel::Parallel(m) => m.run_component(name, input),
+            HfModel::GptNeo(m) => m.run_component(name, input),
         }
     }
 
@@ -160,6 +174,7 @@ impl HfModel {
             HfModel::Parallel(m) => {
                 m.check_inputs(input_ids, attention_mask, position_ids, past_len)
             }
+            HfModel::GptNeo(m) => m.check_inputs(input_ids, attention_mask, position_ids, past_len),
         }
     }
 
@@ -182,6 +197,9 @@ impl HfModel {
                 m.pass_checked(tap, inputs, cache, output_hidden_states, stop_at_layer)
             }
             HfModel::Parallel(m) => {
+                m.pass_checked(tap, inputs, cache, output_hidden_states, stop_at_layer)
+            }
+            HfModel::GptNeo(m) => {
                 m.pass_checked(tap, inputs, cache, output_hidden_states, stop_at_layer)
             }
         }

@@ -1,5 +1,5 @@
-//! The parts of eager attention the rotary decoders share (the Llama family, GPT-NeoX, GPT-J,
-//! Phi), each activation at its site: q, k and v from separate projections (with
+//! The parts of eager attention the decoders with separate projections share (the Llama family,
+//! GPT-NeoX, GPT-J, Phi, GPT-Neo), each activation at its site: q, k and v from separate projections (with
 //! TransformerLens's per-head inputs), and everything after the rotation, from the KV cache to
 //! the output projection.
 
@@ -19,6 +19,8 @@ pub(crate) enum Scores {
     Scaled,
     /// `(q.f32 @ k.f32ᵀ) / sqrt(d_head)`, in f32 whatever the model's dtype (GPT-J).
     UpcastDivided,
+    /// `q.f32 @ k.f32ᵀ`, unscaled, in f32 (GPT-Neo).
+    UpcastUnscaled,
 }
 
 /// A projection's pair of sites (`BlockSite::Q` and the like).
@@ -119,6 +121,9 @@ pub(crate) fn attend<T: Tap>(
                 .matmul(&k.to_kind(Kind::Float).transpose(2, 3))
                 / (dh as f64).sqrt()
         }
+        Scores::UpcastUnscaled => q
+            .to_kind(Kind::Float)
+            .matmul(&k.to_kind(Kind::Float).transpose(2, 3)),
     };
     let scores = tap.at(
         s(BlockSite::AttnScores),

@@ -53,14 +53,20 @@ pub(crate) trait RotaryDecoder {
     fn n_layers(&self) -> usize;
     /// The token embedding matrix `[vocab, d]`.
     fn embedding(&self) -> &Tensor;
+    /// The learned position table `[n_positions, d]`, for a family that has one (its
+    /// `pos_embed` component).
+    fn learned_positions(&self) -> Option<&Tensor> {
+        None
+    }
     /// Runs `part` alone on `x` with `tap` at its sites; `None` for a block part the family
     /// does not have.
     fn run_part<T: Tap>(&self, tap: &T, part: Part<'_>, x: &Tensor) -> Option<ModelResult<Tensor>>;
 
-    /// The components [`RotaryDecoder::run_component_with`] runs: `embed`, for each layer
-    /// `blocks.{l}` and its `ln1`, `attn`, `ln2` and `mlp`, then `ln_final` and `unembed`.
+    /// The components [`RotaryDecoder::run_component_with`] runs: `embed` (and `pos_embed`
+    /// where positions are learned), for each layer `blocks.{l}` and its `ln1`, `attn`, `ln2`
+    /// and `mlp`, then `ln_final` and `unembed`.
     fn component_names(&self) -> Vec<String> {
-        crate::hf::forward::component_names(self.n_layers(), false)
+        crate::hf::forward::component_names(self.n_layers(), self.learned_positions().is_some())
     }
 
     /// Runs one component alone on `x`, HuggingFace's way: token ids for `embed`, hidden
@@ -78,6 +84,14 @@ pub(crate) trait RotaryDecoder {
                 let ids = tap.at(Site::EmbedIn, x.shallow_clone())?;
                 let embedded = Tensor::embedding(self.embedding(), &ids, -1, false, false);
                 return tap.at(Site::EmbedOut, embedded);
+            }
+            "pos_embed" => {
+                let Some(table) = self.learned_positions() else {
+                    return Err(unknown());
+                };
+                let positions = tap.at(Site::PosEmbedIn, x.shallow_clone())?;
+                let embedded = Tensor::embedding(table, &positions, -1, false, false);
+                return tap.at(Site::PosEmbedOut, embedded);
             }
             "ln_final" => Part::LnFinal,
             "unembed" => Part::Unembed,

@@ -16,6 +16,11 @@ pub(crate) struct AttentionMask {
     /// `[b, 1, q, 1]`, true for a query with no allowed key (a left-padding position); `None`
     /// without a padding mask, where the causal mask always allows the query's own position.
     no_key: Option<Tensor>,
+    /// GPT-Neo's local layers: `[1, 1, q, k]`, the causal window its attention applies by
+    /// replacing scores (`where(window, s, finfo.min)`) before HuggingFace's additive causal and
+    /// padding mask (`additive`) is added, so that a query with no real key spreads over the
+    /// window's padding only, as HF's does.
+    structural: Option<(Tensor, Tensor)>,
 }
 
 impl AttentionMask {
@@ -64,6 +69,28 @@ impl AttentionMask {
             allowed,
             blocked,
             no_key,
+            structural: None,
+        }
+    }
+
+    /// GPT-Neo's attention: the causal mask (with a `window` of keys on its local layers)
+    /// applied by HuggingFace as a replacement of the scores outside it, then its causal and
+    /// padding mask added. Allowed keys (and TransformerLens's `-inf` style) are those of
+    /// [`AttentionMask::with_window`].
+    pub(crate) fn replacing(
+        q_len: i64,
+        k_len: i64,
+        past_len: i64,
+        attention_mask: Option<&Tensor>,
+        window: Option<i64>,
+        device: Device,
+    ) -> Self {
+        let full = Self::with_window(q_len, k_len, past_len, attention_mask, window, device);
+        let causal = Self::with_window(q_len, k_len, past_len, attention_mask, None, device);
+        let window_only = Self::with_window(q_len, k_len, past_len, None, window, device);
+        AttentionMask {
+            structural: Some((window_only.allowed, causal.allowed)),
+            ..full
         }
     }
 }
@@ -93,7 +120,17 @@ pub(crate) fn apply(
         MaskStyle::HfAdditiveMin => {
             let zero = Tensor::zeros([], (scores.kind(), scores.device()));
             let min = Tensor::full([], finfo_min(mask_kind), (scores.kind(), scores.device()));
-            scores + zero.where_self(&mask.allowed, &min)
+            match &mask.structural {
+                Some((window, additive)) => {
+                    let floor = Tensor::full(
+                        [],
+                        finfo_min(scores.kind()),
+                        (scores.kind(), scores.device()),
+                    );
+                    scores.where_self(window, &floor) + zero.where_self(additive, &min)
+                }
+                None => scores + zero.where_self(&mask.allowed, &min),
+            }
         }
         MaskStyle::NegInf => match &mask.blocked {
             Some(blocked) => {

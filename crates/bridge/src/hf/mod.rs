@@ -6,6 +6,7 @@ pub(crate) mod any;
 pub(crate) mod attention;
 pub(crate) mod decoder;
 pub(crate) mod forward;
+pub(crate) mod gpt_neo;
 pub(crate) mod gpt_neox;
 pub(crate) mod kv_cache;
 pub(crate) mod llama;
@@ -15,6 +16,7 @@ pub(crate) mod parallel;
 pub(crate) mod params;
 
 pub use any::HfModel;
+pub use gpt_neo::{GptNeoForCausalLM, GptNeoLayerParams, GptNeoParams};
 pub use gpt_neox::{GptNeoxForCausalLM, GptNeoxLayerParams, GptNeoxParams};
 pub use kv_cache::KvCache;
 pub use llama::{LinearParams, LlamaForCausalLM, LlamaLayerParams, LlamaParams};

@@ -4,8 +4,8 @@
 
 use crate::common::*;
 use bridge::{
-    Gpt2LMHeadModel, GptNeoxForCausalLM, HfForward, HfOutput, KvCache, LlamaForCausalLM,
-    ParallelForCausalLM,
+    Gpt2LMHeadModel, GptNeoForCausalLM, GptNeoxForCausalLM, HfForward, HfOutput, KvCache,
+    LlamaForCausalLM, ParallelForCausalLM,
 };
 use lens_core::model::{GenerateOptions, ModelResult};
 use rstest::rstest;
@@ -43,6 +43,7 @@ hf_model_impl!(Gpt2LMHeadModel);
 hf_model_impl!(LlamaForCausalLM);
 hf_model_impl!(GptNeoxForCausalLM);
 hf_model_impl!(ParallelForCausalLM);
+hf_model_impl!(GptNeoForCausalLM);
 
 /// A Llama-family fixture's model (tests/fixtures/dec-*), on the CPU in f32.
 fn decoder(config: &str) -> LlamaForCausalLM {
@@ -191,6 +192,68 @@ fn gptj_and_phi_match_transformers(
     let mut report = Report::default();
     compare_hf(config, &model, &mut report);
     report.assert_ok(&format!("HF {config}"));
+}
+
+/// A GPT-Neo fixture's model with one knob of its config changed.
+fn neo_ignoring(
+    config: &str,
+    change: impl FnOnce(&mut lens_core::GptNeoConfig),
+) -> GptNeoForCausalLM {
+    let dir = fixtures().join(config).join("model");
+    let loaded = lens_core::load(
+        dir.to_str().expect("utf-8 path"),
+        &lens_core::LoadOptions::default(),
+    )
+    .expect("fixture loads");
+    let mut neo = loaded
+        .config
+        .as_gpt_neo()
+        .expect("a GPT-Neo config")
+        .clone();
+    change(&mut neo);
+    GptNeoForCausalLM::from_weights(neo, loaded.weights, Device::Cpu, Kind::Float)
+        .expect("model builds")
+}
+
+/// GPT-Neo: a window of 4 keys on the second layer (tied), a window of 3 on the first with an
+/// `intermediate_size`; and each of its mechanisms is one the goldens see.
+#[rstest]
+fn gpt_neo_matches_transformers(#[values("neo-a", "neo-b")] config: &str) {
+    let mut report = Report::default();
+    compare_hf(config, &neo_ignoring(config, |_| {}), &mut report);
+    report.assert_ok(&format!("HF {config}"));
+}
+
+#[test]
+fn ignoring_any_gpt_neo_knob_fails_the_goldens() {
+    let cases: Vec<(&str, &str, GptNeoForCausalLM)> = vec![
+        (
+            "neo-a",
+            "the local window ignored",
+            neo_ignoring("neo-a", |c| {
+                c.layer_windows = vec![None; c.layer_windows.len()]
+            }),
+        ),
+        (
+            "neo-b",
+            "a window one key wider",
+            neo_ignoring("neo-b", |c| c.layer_windows[0] = Some(4)),
+        ),
+        (
+            "neo-a",
+            "the local and global layers swapped",
+            neo_ignoring("neo-a", |c| c.layer_windows.reverse()),
+        ),
+    ];
+    for (config, what, model) in cases {
+        let mut report = Report::default();
+        compare_hf(config, &model, &mut report);
+        assert!(
+            report.failures.iter().any(|f| f.contains("logits")),
+            "{config} with {what} still matched: {:?}",
+            report.worst
+        );
+    }
 }
 
 /// A GPT-J or Phi fixture's model with one knob of its config changed.

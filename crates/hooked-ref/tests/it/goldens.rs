@@ -277,7 +277,10 @@ fn processed_llama_family_matches_transformer_lens(
 /// hook activation and gradient, unprocessed and processed, and the processed weights.
 #[rstest]
 fn gpt_neox_gptj_and_phi_match_transformer_lens(
-    #[values("neox-a", "neox-b", "neox-c", "gptj-a", "gptj-b", "phi-a")] config: &str,
+    #[values(
+        "neox-a", "neox-b", "neox-c", "gptj-a", "gptj-b", "phi-a", "neo-a", "neo-b"
+    )]
+    config: &str,
 ) {
     let model = decoder(config, ProcessingOptions::none());
     compare_with_golden(config, "hooked_unprocessed", &model, false);
