@@ -340,6 +340,83 @@ DECODER_CONFIGS = [
             "tie_word_embeddings": False,
         },
     },
+    # OPT: learned positions offset by 2, counted from the mask. opt-a: pre-LN, tied, ReLU;
+    # opt-b: no biases (TL's converter needs them: zero ones on a copy), GELU, untied; opt-c:
+    # post-LN with projected word embeddings (OPT-350m's layout: TL cannot hold it, HF goldens
+    # only); opt-d: LayerNorms without weights (the same).
+    {
+        "name": "opt-a",
+        "class": "OPTForCausalLM",
+        "seed": 3501,
+        "hf": {
+            "vocab_size": VOCAB,
+            "hidden_size": 64,
+            "ffn_dim": 96,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 64,
+            "do_layer_norm_before": True,
+            "word_embed_proj_dim": 64,
+            "enable_bias": True,
+            "activation_function": "relu",
+            "tie_word_embeddings": True,
+        },
+    },
+    {
+        "name": "opt-b",
+        "class": "OPTForCausalLM",
+        "seed": 3502,
+        "hf": {
+            "vocab_size": VOCAB,
+            "hidden_size": 48,
+            "ffn_dim": 80,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 64,
+            "do_layer_norm_before": True,
+            "enable_bias": False,
+            "activation_function": "gelu",
+            "tie_word_embeddings": False,
+        },
+    },
+    {
+        "name": "opt-c",
+        "class": "OPTForCausalLM",
+        "seed": 3503,
+        "tl_goldens": False,
+        "hf": {
+            "vocab_size": VOCAB,
+            "hidden_size": 64,
+            "ffn_dim": 96,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 64,
+            "do_layer_norm_before": False,
+            "word_embed_proj_dim": 32,
+            "enable_bias": True,
+            "activation_function": "relu",
+            "tie_word_embeddings": True,
+        },
+    },
+    {
+        "name": "opt-d",
+        "class": "OPTForCausalLM",
+        "seed": 3504,
+        "tl_goldens": False,
+        "hf": {
+            "vocab_size": VOCAB,
+            "hidden_size": 64,
+            "ffn_dim": 96,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 64,
+            "do_layer_norm_before": True,
+            "layer_norm_elementwise_affine": False,
+            "enable_bias": True,
+            "activation_function": "relu",
+            "tie_word_embeddings": False,
+        },
+    },
 ]
 
 LLAMA_CLASSES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
@@ -720,6 +797,17 @@ def hf_model_with_zero_attention_biases(spec: dict, hf_model):
     import torch
     import torch.nn as nn
 
+    if spec["class"] == "OPTForCausalLM" and not hf_model.config.enable_bias:
+        source = copy.deepcopy(hf_model)
+        for layer in source.model.decoder.layers:
+            at = layer.self_attn
+            for lin in (at.q_proj, at.k_proj, at.v_proj, at.out_proj, layer.fc1, layer.fc2):
+                lin.bias = nn.Parameter(torch.zeros(lin.out_features, dtype=lin.weight.dtype))
+        return source, [
+            "enable_bias=False: TL's OPT converter reads every projection's bias unconditionally "
+            "(it crashes without them); converted from a copy of the HF model with zero biases "
+            "there (the same function)."
+        ]
     if spec["class"] != "GPTNeoXForCausalLM" or hf_model.config.attention_bias:
         return hf_model, []
     source = copy.deepcopy(hf_model)

@@ -71,7 +71,8 @@ pub use hf::{
     hf_position_ids, BlockParams, Conv1dParams, Gpt2LMHeadModel, Gpt2Params, GptNeoForCausalLM,
     GptNeoLayerParams, GptNeoParams, GptNeoxForCausalLM, GptNeoxLayerParams, GptNeoxParams,
     HfForward, HfModel, HfOutput, KvCache, LayerNormParams, LinearParams, LlamaForCausalLM,
-    LlamaLayerParams, LlamaParams, ParallelForCausalLM, ParallelLayerParams, ParallelParams,
+    LlamaLayerParams, LlamaParams, OptForCausalLM, OptLayerParams, OptParams, ParallelForCausalLM,
+    ParallelLayerParams, ParallelParams,
 };
 pub use loss::IGNORE_INDEX;
 /// The tch version the bridge is built on (`bridge::tch::Device`, ...), so a dependent crate

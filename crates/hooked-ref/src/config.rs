@@ -1,7 +1,7 @@
 //! `HookedTransformerConfig`: TransformerLens's model configuration, built from an HF config.
 
 use lens_core::config::{
-    Activation, Gpt2Config, GptNeoConfig, GptNeoxConfig, LlamaConfig, ParallelConfig,
+    Activation, Gpt2Config, GptNeoConfig, GptNeoxConfig, LlamaConfig, OptConfig, ParallelConfig,
     ParallelFamily, RopeScaling,
 };
 
@@ -174,6 +174,7 @@ impl HookedTransformerConfig {
             lens_core::HfConfig::GptNeox(c) => Some(Self::from_gpt_neox(c)),
             lens_core::HfConfig::Parallel(c) => Some(Self::from_parallel(c)),
             lens_core::HfConfig::GptNeo(c) => Some(Self::from_gpt_neo(c)),
+            lens_core::HfConfig::Opt(c) => Some(Self::from_opt(c)),
             _ => None,
         }
     }
@@ -256,6 +257,41 @@ impl HookedTransformerConfig {
             windows: hf.layer_windows.clone(),
             parallel_attn_mlp: false,
             original_architecture: "GPTNeoForCausalLM".to_owned(),
+        }
+    }
+
+    /// TransformerLens's OPT conversion (pre-LN checkpoints with unprojected embeddings, which
+    /// is what TransformerLens's layout holds): learned positions (the table after its offset of
+    /// 2), LayerNorm epsilon 1e-5 (HF's OPT has no other), ReLU.
+    pub fn from_opt(hf: &OptConfig) -> Self {
+        HookedTransformerConfig {
+            d_model: hf.hidden_size,
+            d_head: hf.head_dim(),
+            n_heads: hf.num_attention_heads,
+            d_mlp: hf.ffn_dim,
+            n_layers: hf.num_hidden_layers,
+            n_ctx: hf.max_position_embeddings,
+            d_vocab: hf.vocab_size,
+            act_fn: hf.activation_function,
+            eps: 1e-5,
+            normalization_type: NormType::LayerNorm,
+            use_attn_scale: true,
+            scale_attn_by_inverse_layer_idx: false,
+            default_prepend_bos: true,
+            use_attn_result: false,
+            use_split_qkv_input: false,
+            use_attn_in: false,
+            use_hook_mlp_in: false,
+            use_hook_tokens: false,
+            bos_token_id: hf.bos_token_id.unwrap_or(hf.vocab_size - 1),
+            eos_token_id: hf.eos_token_id.unwrap_or(hf.vocab_size - 1),
+            n_key_value_heads: None,
+            rotary: None,
+            gated_mlp: false,
+            use_qk_norm: false,
+            windows: vec![None; hf.num_hidden_layers.max(0) as usize],
+            parallel_attn_mlp: false,
+            original_architecture: "OPTForCausalLM".to_owned(),
         }
     }
 

@@ -14,7 +14,7 @@ use crate::config::{HookedTransformerConfig, NormType};
 use crate::layers::LayerKv;
 use crate::model::HookedTransformer;
 use crate::params::{
-    convert_gpt2, convert_gpt_neo, convert_gpt_neox, convert_llama, convert_parallel,
+    convert_gpt2, convert_gpt_neo, convert_gpt_neox, convert_llama, convert_opt, convert_parallel,
 };
 use crate::processing::ProcessingOptions;
 
@@ -64,6 +64,18 @@ impl HookedTransformer {
                 HookedTransformerConfig::from_parallel(hf),
                 convert_parallel(hf, has, get)?,
             ),
+            HfConfig::Opt(hf) => match hf.unsupported_by_lens() {
+                Some(why) => {
+                    return Err(ModelError::Unsupported(format!(
+                        "the HookedTransformer does not implement OPT with {why} yet \
+                         (TransformerLens 3.9.0 fails on these too)"
+                    )))
+                }
+                None => (
+                    HookedTransformerConfig::from_opt(hf),
+                    convert_opt(hf, has, get)?,
+                ),
+            },
             HfConfig::GptNeo(hf) => (
                 HookedTransformerConfig::from_gpt_neo(hf),
                 convert_gpt_neo(hf, has, get)?,

@@ -27,7 +27,7 @@ pub use layers::LayerKv;
 pub use lens_core::model::{ForwardOptions, ForwardOutput, LensModel, ReturnType};
 pub use model::HookedTransformer;
 pub use params::{
-    convert_gpt2, convert_gpt_neo, convert_gpt_neox, convert_llama, convert_parallel,
+    convert_gpt2, convert_gpt_neo, convert_gpt_neox, convert_llama, convert_opt, convert_parallel,
     AttentionParams, BlockParams, LayerNormParams, MlpParams, Params,
 };
 pub use processing::ProcessingOptions;

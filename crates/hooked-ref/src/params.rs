@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use lens_core::model::ModelDims;
 use lens_core::weight_map::{self, WeightMap};
-use lens_core::{GptNeoConfig, GptNeoxConfig, LlamaConfig, ParallelConfig};
+use lens_core::{GptNeoConfig, GptNeoxConfig, LlamaConfig, OptConfig, ParallelConfig};
 use tch::{Kind, Tensor};
 
 pub use lens_core::tl_params::{AttentionParams, BlockParams, LayerNormParams, MlpParams, Params};
@@ -115,4 +115,14 @@ pub fn convert_gpt_neo(
     get: impl FnMut(&str, &[i64], bool) -> Result<Tensor>,
 ) -> Result<Params> {
     convert(&weight_map::gpt_neo(hf), has, get)
+}
+
+/// Converts HF OPT weights (`W_pos` the table after its offset of 2, zero biases where
+/// `enable_bias` is off) into TransformerLens's layout.
+pub fn convert_opt(
+    hf: &OptConfig,
+    has: impl Fn(&str) -> bool,
+    get: impl FnMut(&str, &[i64], bool) -> Result<Tensor>,
+) -> Result<Params> {
+    convert(&weight_map::opt(hf), has, get)
 }

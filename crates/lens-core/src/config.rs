@@ -15,11 +15,13 @@ use crate::error::{LensError, Result};
 mod gpt_neo;
 mod gpt_neox;
 mod llama;
+mod opt;
 mod parallel;
 
 pub use gpt_neo::GptNeoConfig;
 pub use gpt_neox::GptNeoxConfig;
 pub use llama::{LlamaConfig, LlamaFamily, Rope, RopeScaling};
+pub use opt::{OptConfig, OPT_POSITION_OFFSET};
 pub use parallel::{ParallelConfig, ParallelFamily};
 
 /// The architectures [`HfConfig`] understands, as `model_type (HF class)`.
@@ -28,6 +30,7 @@ pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
     "gpt_neox (GPTNeoXForCausalLM)",
     "gptj (GPTJForCausalLM)",
     "gpt_neo (GPTNeoForCausalLM)",
+    "opt (OPTForCausalLM)",
     "phi (PhiForCausalLM)",
     "llama (LlamaForCausalLM)",
     "mistral (MistralForCausalLM)",
@@ -49,6 +52,8 @@ pub enum HfConfig {
     Parallel(ParallelConfig),
     /// `model_type: "gpt_neo"` (`GPTNeoForCausalLM`).
     GptNeo(GptNeoConfig),
+    /// `model_type: "opt"` (`OPTForCausalLM`).
+    Opt(OptConfig),
 }
 
 impl HfConfig {
@@ -117,6 +122,17 @@ impl HfConfig {
                 Err(llama::ParseError::Invalid(e)) => Err(with_path(e)),
             };
         }
+        let is_opt = match model_type {
+            Some(t) => t == "opt",
+            None => architectures.contains(&"OPTForCausalLM"),
+        };
+        if is_opt {
+            return match OptConfig::parse(text) {
+                Ok(config) => Ok(HfConfig::Opt(config)),
+                Err(llama::ParseError::Json(e)) => Err(malformed(e.to_string())),
+                Err(llama::ParseError::Invalid(e)) => Err(with_path(e)),
+            };
+        }
         let is_neo = match model_type {
             Some(t) => t == "gpt_neo",
             None => architectures.contains(&"GPTNeoForCausalLM"),
@@ -174,6 +190,7 @@ impl HfConfig {
             HfConfig::GptNeox(_) => "GPTNeoXForCausalLM",
             HfConfig::Parallel(c) => c.family.architecture(),
             HfConfig::GptNeo(_) => "GPTNeoForCausalLM",
+            HfConfig::Opt(_) => "OPTForCausalLM",
         }
     }
 
@@ -195,6 +212,14 @@ impl HfConfig {
     pub fn as_gpt_neox(&self) -> Option<&GptNeoxConfig> {
         match self {
             HfConfig::GptNeox(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The OPT config, when this is one.
+    pub fn as_opt(&self) -> Option<&OptConfig> {
+        match self {
+            HfConfig::Opt(c) => Some(c),
             _ => None,
         }
     }
@@ -231,6 +256,7 @@ impl HfConfig {
             HfConfig::GptNeox(c) => c.max_position_embeddings,
             HfConfig::Parallel(c) => c.max_position_embeddings,
             HfConfig::GptNeo(c) => c.max_position_embeddings,
+            HfConfig::Opt(c) => c.max_position_embeddings,
         }
     }
 
@@ -242,6 +268,7 @@ impl HfConfig {
             HfConfig::GptNeox(c) => c.vocab_size,
             HfConfig::Parallel(c) => c.vocab_size,
             HfConfig::GptNeo(c) => c.vocab_size,
+            HfConfig::Opt(c) => c.vocab_size,
         }
     }
 
@@ -253,7 +280,7 @@ impl HfConfig {
             HfConfig::Llama(c) => c.family.default_prepend_bos(),
             HfConfig::GptNeox(_) => false,
             HfConfig::Parallel(c) => c.family.default_prepend_bos(),
-            HfConfig::GptNeo(_) => true,
+            HfConfig::GptNeo(_) | HfConfig::Opt(_) => true,
         }
     }
 
@@ -265,6 +292,7 @@ impl HfConfig {
             HfConfig::GptNeox(c) => c.bos_token_id,
             HfConfig::Parallel(c) => c.bos_token_id,
             HfConfig::GptNeo(c) => c.bos_token_id,
+            HfConfig::Opt(c) => c.bos_token_id,
         }
     }
 
@@ -276,6 +304,7 @@ impl HfConfig {
             HfConfig::GptNeox(c) => c.eos_token_id,
             HfConfig::Parallel(c) => c.eos_token_id,
             HfConfig::GptNeo(c) => c.eos_token_id,
+            HfConfig::Opt(c) => c.eos_token_id,
         }
     }
 
@@ -287,6 +316,7 @@ impl HfConfig {
             HfConfig::GptNeox(c) => c.pad_token_id,
             HfConfig::Parallel(c) => c.pad_token_id,
             HfConfig::GptNeo(c) => c.pad_token_id,
+            HfConfig::Opt(c) => c.pad_token_id,
         }
     }
 }

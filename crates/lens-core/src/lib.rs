@@ -50,7 +50,8 @@ pub mod weights;
 
 pub use config::{
     Activation, Gpt2Config, GptNeoConfig, GptNeoxConfig, HfConfig, LlamaConfig, LlamaFamily,
-    ParallelConfig, ParallelFamily, Rope, RopeScaling, SUPPORTED_ARCHITECTURES,
+    OptConfig, ParallelConfig, ParallelFamily, Rope, RopeScaling, OPT_POSITION_OFFSET,
+    SUPPORTED_ARCHITECTURES,
 };
 pub use error::{LensError, Result};
 pub use source::{

@@ -8,7 +8,10 @@ use std::collections::BTreeMap;
 
 use tch::Tensor;
 
-use crate::config::{GptNeoConfig, GptNeoxConfig, LlamaConfig, ParallelConfig, ParallelFamily};
+use crate::config::{
+    GptNeoConfig, GptNeoxConfig, LlamaConfig, OptConfig, ParallelConfig, ParallelFamily,
+    OPT_POSITION_OFFSET,
+};
 use crate::model::ModelDims;
 
 /// How a TransformerLens weight is laid out on its HuggingFace parameter.
@@ -18,6 +21,8 @@ pub enum View {
     Same,
     /// The first `n` rows (GPT-2's `W_pos` is `wpe[:n_ctx]`).
     Rows(i64),
+    /// The rows after the first `n` (OPT's `W_pos` is `embed_positions[2:]`).
+    SkipRows(i64),
     /// The transpose (`W_U` is `lm_head.weight.T`; an `nn.Linear` weight `[out, in]` is TL's
     /// `[in, out]`).
     Transpose,
@@ -101,6 +106,7 @@ impl View {
         match self {
             View::Same => t.shallow_clone(),
             View::Rows(n) => t.narrow(-2, 0, n.min(last(2))),
+            View::SkipRows(n) => t.narrow(-2, n, last(2) - n),
             View::Transpose => t.transpose(-2, -1),
             View::LinearHeads { heads, d_head } => t
                 .view(shaped(2, &[heads, d_head, last(1)]).as_slice())
@@ -667,6 +673,98 @@ pub fn gpt_neo(cfg: &GptNeoConfig) -> WeightMap {
         &mut map,
         cfg.tie_word_embeddings,
         "transformer.wte.weight",
+        "lm_head",
+        [v, d],
+    );
+    map
+}
+
+/// OPT's table (`OPTForCausalLM`, pre-LN with unprojected embeddings, as TransformerLens holds
+/// it): `W_pos` the table's rows after its offset of 2, `nn.Linear` weights `[out, in]`, biases
+/// zero where `enable_bias` is off, `ln2` the layer's `final_layer_norm`, the unembedding
+/// `lm_head` (`embed_tokens` while tied) without a bias.
+pub fn opt(cfg: &OptConfig) -> WeightMap {
+    let (d, m, v) = (cfg.hidden_size, cfg.ffn_dim, cfg.vocab_size);
+    let (h, dh) = (cfg.num_attention_heads, cfg.head_dim());
+    let embedding = "model.decoder.embed_tokens.weight";
+    let mut map = WeightMap::default();
+    map.push("embed.W_E".into(), embedding.into(), &[v, d], View::Same);
+    map.push(
+        "pos_embed.W_pos".into(),
+        "model.decoder.embed_positions.weight".into(),
+        &[cfg.max_position_embeddings + OPT_POSITION_OFFSET, d],
+        View::SkipRows(OPT_POSITION_OFFSET),
+    );
+    for l in 0..cfg.num_hidden_layers {
+        let tl = |s: &str| format!("blocks.{l}.{s}");
+        let hf = |s: &str| format!("model.decoder.layers.{l}.{s}");
+        for (ln, name) in [("ln1", "self_attn_layer_norm"), ("ln2", "final_layer_norm")] {
+            map.push(
+                tl(&format!("{ln}.w")),
+                hf(&format!("{name}.weight")),
+                &[d],
+                View::Same,
+            );
+            map.push(
+                tl(&format!("{ln}.b")),
+                hf(&format!("{name}.bias")),
+                &[d],
+                View::Same,
+            );
+        }
+        let attn = |s: &str| hf(&format!("self_attn.{s}"));
+        for (w, proj) in [("Q", "q_proj"), ("K", "k_proj"), ("V", "v_proj")] {
+            let heads = View::LinearHeads {
+                heads: h,
+                d_head: dh,
+            };
+            map.push(
+                tl(&format!("attn.W_{w}")),
+                attn(&format!("{proj}.weight")),
+                &[d, d],
+                heads,
+            );
+            let bias = View::HeadBias {
+                heads: h,
+                d_head: dh,
+            };
+            map.push_optional(
+                tl(&format!("attn.b_{w}")),
+                attn(&format!("{proj}.bias")),
+                &[d],
+                bias,
+                &[h, dh],
+            );
+        }
+        let heads_out = View::LinearHeadsOut {
+            heads: h,
+            d_head: dh,
+        };
+        map.push(tl("attn.W_O"), attn("out_proj.weight"), &[d, d], heads_out);
+        map.push_optional(
+            tl("attn.b_O"),
+            attn("out_proj.bias"),
+            &[d],
+            View::Same,
+            &[d],
+        );
+        map.push(tl("mlp.W_in"), hf("fc1.weight"), &[m, d], View::Transpose);
+        map.push_optional(tl("mlp.b_in"), hf("fc1.bias"), &[m], View::Same, &[m]);
+        map.push(tl("mlp.W_out"), hf("fc2.weight"), &[d, m], View::Transpose);
+        map.push_optional(tl("mlp.b_out"), hf("fc2.bias"), &[d], View::Same, &[d]);
+    }
+    for (tl, hf) in [("w", "weight"), ("b", "bias")] {
+        map.push(
+            format!("ln_final.{tl}"),
+            format!("model.decoder.final_layer_norm.{hf}"),
+            &[d],
+            View::Same,
+        );
+    }
+    push_unembed(
+        &mut map,
+        cfg.tie_word_embeddings,
+        embedding,
         "lm_head",
         [v, d],
     );

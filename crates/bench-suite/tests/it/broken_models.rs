@@ -977,3 +977,60 @@ fn phi_qk_layernorm_is_refused_where_it_is_not_implemented() {
         .to_string();
     assert!(err.contains("qk_layernorm"), "{err}");
 }
+
+/// GPT-Neo's local window ignored: neo-a (a window of 4 keys on its second layer) read as if
+/// every layer attended to the whole prefix; the inputs are 11 tokens long.
+#[test]
+fn gpt_neo_forward_benchmarks_fail_when_the_local_window_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = edited_checkpoint(
+        &fixture_model("neo-a"),
+        dir.path(),
+        |c| c["attention_layers"] = serde_json::json!(["global", "global"]),
+        |_, t| t,
+    );
+    forward_checks_fail_on_broken_checkpoint("neo-a", &broken);
+}
+
+/// OPT's position offset forgotten: a model that looks position `p` up at row `p` where OPT
+/// reads row `p + 2`. Built as a checkpoint whose table is moved down two rows, so that the
+/// correct lookup meets exactly the rows the bug reads.
+#[test]
+fn opt_forward_benchmarks_fail_when_the_position_offset_is_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = edited_checkpoint(
+        &fixture_model("opt-a"),
+        dir.path(),
+        |_| {},
+        |name, t| {
+            if name.ends_with("embed_positions.weight") {
+                let rows = t.size()[0];
+                Tensor::cat(&[t.narrow(0, 0, 2), t.narrow(0, 0, rows - 2)], 0)
+            } else {
+                t
+            }
+        },
+    );
+    forward_checks_fail_on_broken_checkpoint("opt-a", &broken);
+}
+
+/// OPT checkpoints TransformerLens's layout cannot hold (post-LN with projected embeddings,
+/// LayerNorms without weights) are run by the HF tier and refused, with the reason, by the
+/// HookedTransformer and the bridge.
+#[test]
+fn opt_layouts_outside_transformer_lens_are_refused_with_the_reason() {
+    for (config, words) in [
+        ("opt-c", "do_layer_norm_before"),
+        ("opt-d", "layer_norm_elementwise_affine"),
+    ] {
+        let model = fixture_model(config);
+        let err = TransformerBridge::boot(&model, Device::Cpu, Kind::Float)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(words), "{config}: {err}");
+        let err = HookedTransformer::from_pretrained_no_processing(&model, &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(words), "{config}: {err}");
+    }
+}

@@ -218,6 +218,15 @@ impl TransformerBridge {
                 untied.tie_word_embeddings = false;
                 weight_map::gpt_neox(&untied)
             }
+            HfModel::Opt(hf) => {
+                let p = hf.params_mut();
+                if p.lm_head.is_none() {
+                    p.lm_head = Some(p.embed_tokens.detach().copy().set_requires_grad(true));
+                }
+                let mut untied = hf.config().clone();
+                untied.tie_word_embeddings = false;
+                weight_map::opt(&untied)
+            }
             HfModel::GptNeo(hf) => {
                 let p = hf.params_mut();
                 if p.lm_head.is_none() {
@@ -299,6 +308,7 @@ impl TransformerBridge {
             HfModel::GptNeox(hf) => hf.params_mut().add_zero_bias(&hf_name),
             HfModel::Parallel(hf) => hf.params_mut().add_zero_bias(&hf_name),
             HfModel::GptNeo(hf) => hf.params_mut().add_zero_bias(&hf_name),
+            HfModel::Opt(hf) => hf.params_mut().add_zero_bias(&hf_name),
             HfModel::Gpt2(_) => false,
         };
         if added {

@@ -372,6 +372,22 @@ impl Layout {
         }
     }
 
+    /// OPT's, under the names of TransformerLens 3.9.0's OPT adapter
+    /// (tests/fixtures/opt-*/bridge_hooks.json): GPT-Neo's sites, with `hook_mlp_out` on the
+    /// second projection's output (the adapter's MLP has no module of its own around them; the
+    /// values are the same).
+    pub fn opt(n_layers: usize) -> Self {
+        let mut layout = Self::gpt_neo(n_layers);
+        for (alias, site) in &mut layout.aliases {
+            if alias.ends_with(".hook_mlp_out") {
+                if let Site::Block(l, _) = *site {
+                    *site = Site::Block(l, BlockSite::MlpProj(LinSite::Out));
+                }
+            }
+        }
+        layout
+    }
+
     /// A rotary model's layout: the embedding and the rotary module's sites, `block(l)` for each
     /// block, the final norm and the unembedding; the TransformerLens aliases every family
     /// shares, then the MLP's (`mlp`).

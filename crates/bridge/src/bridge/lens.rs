@@ -88,6 +88,18 @@ impl LensModel for TransformerBridge {
                     n_ctx: c.max_position_embeddings,
                 }
             }
+            HfModel::Opt(m) => {
+                let c = m.config();
+                ModelDims {
+                    n_layers: c.num_hidden_layers,
+                    n_heads: c.num_attention_heads,
+                    d_model: c.hidden_size,
+                    d_head: c.head_dim(),
+                    d_mlp: c.ffn_dim,
+                    d_vocab: c.vocab_size,
+                    n_ctx: c.max_position_embeddings,
+                }
+            }
             HfModel::GptNeo(m) => {
                 let c = m.config();
                 ModelDims {
@@ -277,9 +289,11 @@ impl ResidualModel for TransformerBridge {
         // The bridge keeps its norms (with weight 1, and bias 0, after folding), as the Python
         // bridge does.
         match &self.hf {
-            HfModel::Gpt2(_) | HfModel::GptNeox(_) | HfModel::Parallel(_) | HfModel::GptNeo(_) => {
-                Normalization::LayerNorm
-            }
+            HfModel::Gpt2(_)
+            | HfModel::GptNeox(_)
+            | HfModel::Parallel(_)
+            | HfModel::GptNeo(_)
+            | HfModel::Opt(_) => Normalization::LayerNorm,
             HfModel::Llama(_) => Normalization::Rms,
         }
     }
@@ -346,6 +360,20 @@ impl ResidualModel for TransformerBridge {
                     Some(&ln.weight.detach()),
                     Some(&ln.bias.detach()),
                     hf.config().layer_norm_eps,
+                    true,
+                )?)
+            }
+            HfModel::Opt(hf) => {
+                // The bridge takes pre-LN OPT checkpoints only, which have the final norm.
+                let d = hf.config().hidden_size;
+                let ln = hf.params().final_layer_norm.as_ref().ok_or_else(|| {
+                    HookError::Cache("this OPT checkpoint has no final LayerNorm".into())
+                })?;
+                Ok(residual.f_layer_norm(
+                    [d],
+                    Some(&ln.weight.detach()),
+                    Some(&ln.bias.detach()),
+                    1e-5,
                     true,
                 )?)
             }

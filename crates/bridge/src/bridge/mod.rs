@@ -17,7 +17,7 @@ use crate::hf::decoder::RotaryDecoder;
 use crate::hf::model::gpt2_config;
 use crate::hf::{
     hf_position_ids, Gpt2LMHeadModel, GptNeoForCausalLM, GptNeoxForCausalLM, HfModel, KvCache,
-    LlamaForCausalLM, ParallelForCausalLM,
+    LlamaForCausalLM, OptForCausalLM, ParallelForCausalLM,
 };
 use crate::input;
 use crate::tap::TlPaths;
@@ -119,6 +119,10 @@ impl TransformerBridge {
             HfConfig::Llama(llama) => {
                 let hf = LlamaForCausalLM::from_weights(llama, loaded.weights, device, dtype)?;
                 return Ok(Self::from_llama(hf, loaded.tokenizer));
+            }
+            HfConfig::Opt(opt) => {
+                let hf = OptForCausalLM::from_weights(opt, loaded.weights, device, dtype)?;
+                return Self::from_opt(hf, loaded.tokenizer);
             }
             HfConfig::GptNeo(neo) => {
                 let hf = GptNeoForCausalLM::from_weights(neo, loaded.weights, device, dtype)?;
@@ -242,6 +246,37 @@ impl TransformerBridge {
         Self::assemble(HfModel::GptNeo(hf), None, layout, weights, tokenizer)
     }
 
+    /// A bridge over an OPT model, which it takes over, under the names of TransformerLens
+    /// 3.9.0's OPT adapter. Like the GPT-2 bridge it adds a zero unembedding bias
+    /// (`unembed.b_U`).
+    ///
+    /// Errors: checkpoints TransformerLens's layout cannot hold yet (LayerNorms after the
+    /// sublayers, as OPT-350m; projected word embeddings; LayerNorms without weights), which
+    /// [`crate::OptForCausalLM`], the HF model, runs.
+    pub fn from_opt(hf: OptForCausalLM, tokenizer: Option<Tokenizer>) -> ModelResult<Self> {
+        if let Some(why) = hf.config().unsupported_by_lens() {
+            return Err(ModelError::Unsupported(format!(
+                "the TransformerBridge does not implement OPT with {why} yet (OptForCausalLM, \
+                 the HF model, does)"
+            )));
+        }
+        let mut hf = hf;
+        let params = hf.params_mut();
+        params
+            .lm_head_bias
+            .get_or_insert_with(|| zero_unembed_bias(&params.embed_tokens));
+        let c = hf.config();
+        let layout = Layout::opt(c.num_hidden_layers as usize);
+        let weights = weight_map::opt(c);
+        Ok(Self::assemble(
+            HfModel::Opt(hf),
+            None,
+            layout,
+            weights,
+            tokenizer,
+        ))
+    }
+
     /// The bridge over `hf` with the hook points of `layout` and TransformerLens weights
     /// `weights`, its per-layer parameters stacked.
     fn assemble(
@@ -362,7 +397,7 @@ impl TransformerBridge {
         let ratio = match &self.hf {
             HfModel::Llama(m) => m.config().gqa_ratio(),
             HfModel::Parallel(m) => m.config().gqa_ratio(),
-            HfModel::Gpt2(_) | HfModel::GptNeox(_) | HfModel::GptNeo(_) => 1,
+            HfModel::Gpt2(_) | HfModel::GptNeox(_) | HfModel::GptNeo(_) | HfModel::Opt(_) => 1,
         };
         ratio > 1
     }
@@ -375,7 +410,9 @@ impl TransformerBridge {
             let kv_heads = match &self.hf {
                 HfModel::Llama(m) => m.config().num_key_value_heads,
                 HfModel::Parallel(m) => m.config().num_key_value_heads,
-                HfModel::Gpt2(_) | HfModel::GptNeox(_) | HfModel::GptNeo(_) => dims.n_heads,
+                HfModel::Gpt2(_) | HfModel::GptNeox(_) | HfModel::GptNeo(_) | HfModel::Opt(_) => {
+                    dims.n_heads
+                }
             };
             return Err(ModelError::Unsupported(format!(
                 "use_attn_in needs as many key/value heads as query heads; this {} model has {} \
@@ -415,7 +452,11 @@ impl TransformerBridge {
                 compat::process(adapter, hf.params_mut(), &options)?
             }
             (
-                HfModel::Llama(_) | HfModel::GptNeox(_) | HfModel::Parallel(_) | HfModel::GptNeo(_),
+                HfModel::Llama(_)
+                | HfModel::GptNeox(_)
+                | HfModel::Parallel(_)
+                | HfModel::GptNeo(_)
+                | HfModel::Opt(_),
                 _,
             ) => self.process_by_table(&options)?,
             (HfModel::Gpt2(_), None) => {
@@ -457,6 +498,7 @@ impl TransformerBridge {
             HfModel::GptNeox(hf) => hf.run_component_with(&self.tap(), name, input),
             HfModel::Parallel(hf) => hf.run_component_with(&self.tap(), name, input),
             HfModel::GptNeo(hf) => hf.run_component_with(&self.tap(), name, input),
+            HfModel::Opt(hf) => hf.run_component_with(&self.tap(), name, input),
         }
     }
 

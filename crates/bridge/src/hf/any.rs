@@ -11,6 +11,7 @@ use crate::hf::gpt_neox::GptNeoxForCausalLM;
 use crate::hf::kv_cache::KvCache;
 use crate::hf::llama::LlamaForCausalLM;
 use crate::hf::model::{CheckedInputs, Gpt2LMHeadModel, HfForward, HfOutput};
+use crate::hf::opt::OptForCausalLM;
 use crate::hf::parallel::ParallelForCausalLM;
 use crate::tap::Tap;
 
@@ -27,6 +28,8 @@ pub enum HfModel {
     Parallel(ParallelForCausalLM),
     /// `GPTNeoForCausalLM`.
     GptNeo(GptNeoForCausalLM),
+    /// `OPTForCausalLM`.
+    Opt(OptForCausalLM),
 }
 
 impl HfModel {
@@ -38,6 +41,7 @@ impl HfModel {
             HfModel::GptNeox(m) => m.forward(args),
             HfModel::Parallel(m) => m.forward(args),
             HfModel::GptNeo(m) => m.forward(args),
+            HfModel::Opt(m) => m.forward(args),
         }
     }
 
@@ -54,6 +58,7 @@ impl HfModel {
             HfModel::GptNeox(m) => m.generate(input_ids, attention_mask, options),
             HfModel::Parallel(m) => m.generate(input_ids, attention_mask, options),
             HfModel::GptNeo(m) => m.generate(input_ids, attention_mask, options),
+            HfModel::Opt(m) => m.generate(input_ids, attention_mask, options),
         }
     }
 
@@ -65,6 +70,7 @@ impl HfModel {
             HfModel::GptNeox(m) => HfConfig::GptNeox(m.config().clone()),
             HfModel::Parallel(m) => HfConfig::Parallel(m.config().clone()),
             HfModel::GptNeo(m) => HfConfig::GptNeo(m.config().clone()),
+            HfModel::Opt(m) => HfConfig::Opt(m.config().clone()),
         }
     }
 
@@ -76,6 +82,7 @@ impl HfModel {
             HfModel::GptNeox(m) => m.device(),
             HfModel::Parallel(m) => m.device(),
             HfModel::GptNeo(m) => m.device(),
+            HfModel::Opt(m) => m.device(),
         }
     }
 
@@ -87,6 +94,7 @@ impl HfModel {
             HfModel::GptNeox(m) => m.kind(),
             HfModel::Parallel(m) => m.kind(),
             HfModel::GptNeo(m) => m.kind(),
+            HfModel::Opt(m) => m.kind(),
         }
     }
 
@@ -94,9 +102,11 @@ impl HfModel {
     pub fn as_gpt2(&self) -> Option<&Gpt2LMHeadModel> {
         match self {
             HfModel::Gpt2(m) => Some(m),
-            HfModel::Llama(_) | HfModel::GptNeox(_) | HfModel::Parallel(_) | HfModel::GptNeo(_) => {
-                None
-            }
+            HfModel::Llama(_)
+            | HfModel::GptNeox(_)
+            | HfModel::Parallel(_)
+            | HfModel::GptNeo(_)
+            | HfModel::Opt(_) => None,
         }
     }
 
@@ -109,6 +119,7 @@ impl HfModel {
             HfModel::GptNeox(m) => m.params().get(name),
             HfModel::Parallel(m) => m.params().get(name),
             HfModel::GptNeo(m) => m.params().get(name),
+            HfModel::Opt(m) => m.params().get(name),
         }
     }
 
@@ -128,6 +139,7 @@ impl HfModel {
             HfModel::GptNeox(m) => m.params().named(),
             HfModel::Parallel(m) => m.params().named(),
             HfModel::GptNeo(m) => m.params().named(),
+            HfModel::Opt(m) => m.params().named(),
         };
         named
             .into_iter()
@@ -143,6 +155,7 @@ impl HfModel {
             HfModel::GptNeox(m) => m.component_names(),
             HfModel::Parallel(m) => m.component_names(),
             HfModel::GptNeo(m) => m.component_names(),
+            HfModel::Opt(m) => m.component_names(),
         }
     }
 
@@ -155,6 +168,7 @@ impl HfModel {
             HfModel::GptNeox(m) => m.run_component(name, input),
             HfModel::Parallel(m) => m.run_component(name, input),
             HfModel::GptNeo(m) => m.run_component(name, input),
+            HfModel::Opt(m) => m.run_component(name, input),
         }
     }
 
@@ -175,6 +189,7 @@ impl HfModel {
                 m.check_inputs(input_ids, attention_mask, position_ids, past_len)
             }
             HfModel::GptNeo(m) => m.check_inputs(input_ids, attention_mask, position_ids, past_len),
+            HfModel::Opt(m) => m.check_inputs(input_ids, attention_mask, position_ids, past_len),
         }
     }
 
@@ -200,6 +215,9 @@ impl HfModel {
                 m.pass_checked(tap, inputs, cache, output_hidden_states, stop_at_layer)
             }
             HfModel::GptNeo(m) => {
+                m.pass_checked(tap, inputs, cache, output_hidden_states, stop_at_layer)
+            }
+            HfModel::Opt(m) => {
                 m.pass_checked(tap, inputs, cache, output_hidden_states, stop_at_layer)
             }
         }

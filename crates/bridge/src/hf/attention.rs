@@ -21,6 +21,9 @@ pub(crate) enum Scores {
     UpcastDivided,
     /// `q.f32 @ k.f32ᵀ`, unscaled, in f32 (GPT-Neo).
     UpcastUnscaled,
+    /// `(q * d_head^-0.5) @ kᵀ`: the queries scaled before the product, in the model's dtype
+    /// (OPT, whose projection output is scaled).
+    QueryScaled,
 }
 
 /// A projection's pair of sites (`BlockSite::Q` and the like).
@@ -124,6 +127,7 @@ pub(crate) fn attend<T: Tap>(
         Scores::UpcastUnscaled => q
             .to_kind(Kind::Float)
             .matmul(&k.to_kind(Kind::Float).transpose(2, 3)),
+        Scores::QueryScaled => (&q * (dh as f64).powf(-0.5)).matmul(&k.transpose(2, 3)),
     };
     let scores = tap.at(
         s(BlockSite::AttnScores),

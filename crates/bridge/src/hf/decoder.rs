@@ -58,6 +58,10 @@ pub(crate) trait RotaryDecoder {
     fn learned_positions(&self) -> Option<&Tensor> {
         None
     }
+    /// The row of the position table that position 0 is at (OPT's 2).
+    fn position_offset(&self) -> i64 {
+        0
+    }
     /// Runs `part` alone on `x` with `tap` at its sites; `None` for a block part the family
     /// does not have.
     fn run_part<T: Tap>(&self, tap: &T, part: Part<'_>, x: &Tensor) -> Option<ModelResult<Tensor>>;
@@ -90,7 +94,8 @@ pub(crate) trait RotaryDecoder {
                     return Err(unknown());
                 };
                 let positions = tap.at(Site::PosEmbedIn, x.shallow_clone())?;
-                let embedded = Tensor::embedding(table, &positions, -1, false, false);
+                let rows = &positions + self.position_offset();
+                let embedded = Tensor::embedding(table, &rows, -1, false, false);
                 return tap.at(Site::PosEmbedOut, embedded);
             }
             "ln_final" => Part::LnFinal,

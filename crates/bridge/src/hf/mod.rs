@@ -12,6 +12,7 @@ pub(crate) mod kv_cache;
 pub(crate) mod llama;
 pub(crate) mod mask;
 pub(crate) mod model;
+pub(crate) mod opt;
 pub(crate) mod parallel;
 pub(crate) mod params;
 
@@ -22,5 +23,6 @@ pub use kv_cache::KvCache;
 pub use llama::{LinearParams, LlamaForCausalLM, LlamaLayerParams, LlamaParams};
 pub use mask::hf_position_ids;
 pub use model::{Gpt2LMHeadModel, HfForward, HfOutput};
+pub use opt::{OptForCausalLM, OptLayerParams, OptParams};
 pub use parallel::{ParallelForCausalLM, ParallelLayerParams, ParallelParams};
 pub use params::{BlockParams, Conv1dParams, Gpt2Params, LayerNormParams};

@@ -5,7 +5,7 @@
 use crate::common::*;
 use bridge::{
     Gpt2LMHeadModel, GptNeoForCausalLM, GptNeoxForCausalLM, HfForward, HfOutput, KvCache,
-    LlamaForCausalLM, ParallelForCausalLM,
+    LlamaForCausalLM, OptForCausalLM, ParallelForCausalLM,
 };
 use lens_core::model::{GenerateOptions, ModelResult};
 use rstest::rstest;
@@ -44,6 +44,7 @@ hf_model_impl!(LlamaForCausalLM);
 hf_model_impl!(GptNeoxForCausalLM);
 hf_model_impl!(ParallelForCausalLM);
 hf_model_impl!(GptNeoForCausalLM);
+hf_model_impl!(OptForCausalLM);
 
 /// A Llama-family fixture's model (tests/fixtures/dec-*), on the CPU in f32.
 fn decoder(config: &str) -> LlamaForCausalLM {
@@ -243,6 +244,59 @@ fn ignoring_any_gpt_neo_knob_fails_the_goldens() {
             "neo-a",
             "the local and global layers swapped",
             neo_ignoring("neo-a", |c| c.layer_windows.reverse()),
+        ),
+    ];
+    for (config, what, model) in cases {
+        let mut report = Report::default();
+        compare_hf(config, &model, &mut report);
+        assert!(
+            report.failures.iter().any(|f| f.contains("logits")),
+            "{config} with {what} still matched: {:?}",
+            report.worst
+        );
+    }
+}
+
+/// An OPT fixture's model with one knob of its config changed.
+fn opt_ignoring(config: &str, change: impl FnOnce(&mut lens_core::OptConfig)) -> OptForCausalLM {
+    let dir = fixtures().join(config).join("model");
+    let loaded = lens_core::load(
+        dir.to_str().expect("utf-8 path"),
+        &lens_core::LoadOptions::default(),
+    )
+    .expect("fixture loads");
+    let mut opt = loaded.config.as_opt().expect("an OPT config").clone();
+    change(&mut opt);
+    OptForCausalLM::from_weights(opt, loaded.weights, Device::Cpu, Kind::Float)
+        .expect("model builds")
+}
+
+/// OPT: pre-LN and tied; without biases; post-LN with projected word embeddings (OPT-350m's
+/// layout); LayerNorms without weights. Positions come from the mask, offset by 2.
+#[rstest]
+fn opt_matches_transformers(#[values("opt-a", "opt-b", "opt-c", "opt-d")] config: &str) {
+    let mut report = Report::default();
+    compare_hf(config, &opt_ignoring(config, |_| {}), &mut report);
+    report.assert_ok(&format!("HF {config}"));
+}
+
+#[test]
+fn ignoring_any_opt_knob_fails_the_goldens() {
+    let cases: Vec<(&str, &str, OptForCausalLM)> = vec![
+        (
+            "opt-c",
+            "post-LN read as pre-LN",
+            opt_ignoring("opt-c", |c| {
+                c.do_layer_norm_before = true;
+                c.remove_final_layer_norm = true;
+            }),
+        ),
+        (
+            "opt-a",
+            "pre-LN read as post-LN",
+            opt_ignoring("opt-a", |c| {
+                c.do_layer_norm_before = false;
+            }),
         ),
     ];
     for (config, what, model) in cases {

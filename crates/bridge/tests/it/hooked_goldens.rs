@@ -599,7 +599,7 @@ fn decoder_bridge(dir: &std::path::Path) -> TransformerBridge {
 fn rotary_family_bridge_matches_hooked_transformer(
     #[values(
         "dec-a", "dec-b", "dec-c", "dec-d", "dec-e", "neox-a", "neox-b", "neox-c", "gptj-a",
-        "gptj-b", "phi-a", "neo-a", "neo-b"
+        "gptj-b", "phi-a", "neo-a", "neo-b", "opt-a", "opt-b"
     )]
     config: &str,
     #[values(false, true)] processed: bool,
@@ -731,7 +731,7 @@ fn rotary_family_bridge_matches_hooked_transformer(
 fn rotary_family_bridge_has_the_python_bridges_names(
     #[values(
         "dec-a", "dec-b", "dec-c", "dec-d", "dec-e", "neox-a", "neox-b", "gptj-a", "gptj-b",
-        "phi-a", "neo-a", "neo-b"
+        "phi-a", "neo-a", "neo-b", "opt-a", "opt-b"
     )]
     config: &str,
 ) {

@@ -276,9 +276,10 @@ fn processed_llama_family_matches_transformer_lens(
 /// `n_inner` and an epsilon TransformerLens ignores) and Phi (6 of 16 dimensions rotated): every
 /// hook activation and gradient, unprocessed and processed, and the processed weights.
 #[rstest]
-fn gpt_neox_gptj_and_phi_match_transformer_lens(
+fn classic_families_match_transformer_lens(
     #[values(
-        "neox-a", "neox-b", "neox-c", "gptj-a", "gptj-b", "phi-a", "neo-a", "neo-b"
+        "neox-a", "neox-b", "neox-c", "gptj-a", "gptj-b", "phi-a", "neo-a", "neo-b", "opt-a",
+        "opt-b"
     )]
     config: &str,
 ) {
