@@ -1,7 +1,7 @@
-"""The `embedded` stage of fixtures.py: one small model per family (Llama, GPT-NeoX, GPT-J, Phi), with a real
+"""The `embedded` stage of fixtures.py: one small model per family (Llama, GPT-NeoX, GPT-J, Phi, GPT-Neo, OPT), with a real
 byte-level BPE tokenizer, under models-cache/, and the BOS goldens of each.
 
-models-cache/tiny-{llama,mistral,qwen2,qwen3,pythia,gptj,phi}/ each hold a random-weight checkpoint written by
+models-cache/tiny-{llama,mistral,qwen2,qwen3,pythia,gptj,phi,neo,opt}/ each hold a random-weight checkpoint written by
 transformers' save_pretrained (every parameter perturbed as for the decoder goldens), a
 tokenizer.json and tokenizer_config.json, and a TOKENIZER-LICENSE.md.
 
@@ -236,6 +236,53 @@ def family_specs() -> list[dict]:
                 "hidden_act": "gelu_new",
                 "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
                                     "partial_rotary_factor": 0.5},
+            },
+        },
+        {
+            # GPT-Neo's tokenizer is GPT-2's: one special token, none added.
+            "name": "tiny-neo",
+            "class": "GPTNeoForCausalLM",
+            "seed": 4108,
+            "specials": ["<|endoftext|>"],
+            "specials_first": False,
+            "bos": "<|endoftext|>",
+            "eos": "<|endoftext|>",
+            "tokenizer_adds_bos": False,
+            "round_to": 64,
+            "hf": {
+                "hidden_size": 64,
+                "num_layers": 2,
+                "num_heads": 4,
+                "attention_types": [[["global", "local"], 1]],
+                "window_size": 8,
+                "intermediate_size": None,
+                "max_position_embeddings": 128,
+                "layer_norm_epsilon": 1e-5,
+                "activation_function": "gelu_new",
+                "tie_word_embeddings": True,
+            },
+        },
+        {
+            # OPT's tokenizer is GPT-2's BPE with `<s>` `<pad>` `</s>` `<unk>` at ids 0-3 and
+            # `</s>` added as BOS at the start of every text.
+            "name": "tiny-opt",
+            "class": "OPTForCausalLM",
+            "seed": 4109,
+            "specials": ["<s>", "<pad>", "</s>", "<unk>"],
+            "specials_first": True,
+            "bos": "</s>",
+            "eos": "</s>",
+            "tokenizer_adds_bos": True,
+            "round_to": 64,
+            "hf": {
+                "hidden_size": 64,
+                "ffn_dim": 256,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "max_position_embeddings": 128,
+                "do_layer_norm_before": True,
+                "activation_function": "relu",
+                "tie_word_embeddings": True,
             },
         },
     ]

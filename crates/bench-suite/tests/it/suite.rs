@@ -33,6 +33,8 @@ use crate::common::{edited_checkpoint, fixture_model};
 #[case::gpt_neo_local_first(fixture_model("neo-b"))]
 #[case::opt_tied(fixture_model("opt-a"))]
 #[case::opt_without_biases(fixture_model("opt-b"))]
+#[case::embedded_neo("tiny-neo".to_owned())]
+#[case::embedded_opt("tiny-opt".to_owned())]
 #[case::embedded_phi("tiny-phi".to_owned())]
 fn every_benchmark_passes(#[case] model: String) {
     let options = SuiteOptions {

@@ -7,11 +7,12 @@ use hookpoint::CacheOptions;
 use lens_core::model::{ForwardOptions, GenerateOptions, LensModel, ModelError, ReturnType};
 use tch::{Cuda, Device, Kind, Tensor};
 
-/// Each embedded rotary model (the Llama family, Pythia, GPT-J, Phi), booted by name: its
+/// Each embedded model of the families after GPT-2 (the Llama family, Pythia, GPT-J, Phi,
+/// GPT-Neo, OPT), booted by name: its
 /// tokenizer gives the ids TransformerLens's HookedTransformer gives the suite's sentence, and
 /// the bridge's logits on them are transformers' (tests/fixtures/embedded/<model>.*).
 #[rstest::rstest]
-fn embedded_rotary_model_text_matches_huggingface(
+fn embedded_model_text_matches_huggingface(
     #[values(
         "tiny-llama",
         "tiny-mistral",
@@ -19,7 +20,9 @@ fn embedded_rotary_model_text_matches_huggingface(
         "tiny-qwen3",
         "tiny-pythia",
         "tiny-gptj",
-        "tiny-phi"
+        "tiny-phi",
+        "tiny-neo",
+        "tiny-opt"
     )]
     model: &str,
 ) {

@@ -434,7 +434,7 @@ fn tokens_move_to_cuda() {
     assert_eq!(mask.device(), Device::Cuda(0));
 }
 
-/// The embedded rotary models (models-cache/tiny-{llama,mistral,qwen2,qwen3,pythia,gptj,phi}), loaded as a
+/// The embedded models of every family (models-cache/tiny-{llama,mistral,qwen2,qwen3,pythia,gptj,phi,neo,opt}), loaded as a
 /// user loads them, tokenize as TransformerLens 3.9.0's HookedTransformer and TransformerBridge
 /// do (tests/fixtures/embedded/<model>.json): BOS by default or not (Qwen2, Qwen3, Pythia, Phi not), the
 /// BOS a tokenizer adds itself neither doubled nor kept with `prepend_bos = false`, Qwen3's BOS
@@ -447,6 +447,8 @@ fn tokens_move_to_cuda() {
 #[case("tiny-pythia")]
 #[case("tiny-gptj")]
 #[case("tiny-phi")]
+#[case("tiny-neo")]
+#[case("tiny-opt")]
 fn embedded_models_tokenize_as_transformer_lens(#[case] model: &str) {
     let golden_path = workspace().join(format!("tests/fixtures/embedded/{model}.json"));
     let golden: serde_json::Value =
