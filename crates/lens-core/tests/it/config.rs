@@ -600,3 +600,75 @@ fn gptj_and_phi_configs_follow_transformers() {
     .unwrap_err();
     assert_message(&odd, &["rotary width (5)", "even"]);
 }
+
+/// GPT-Neo's per-layer attention types (`attention_layers` when written, else `attention_types`
+/// expanded) and OPT's defaults and layouts, as transformers 5.9.0 reads them.
+#[test]
+fn gpt_neo_and_opt_configs_follow_transformers() {
+    let neo = |json: &str| {
+        HfConfig::from_json(json)
+            .unwrap()
+            .as_gpt_neo()
+            .expect("a GPT-Neo config")
+            .clone()
+    };
+    let defaults = neo(r#"{"model_type": "gpt_neo"}"#);
+    assert_eq!(defaults.layer_windows.len(), 24);
+    assert_eq!(&defaults.layer_windows[..2], &[None, Some(256)]);
+    assert_eq!(defaults.intermediate_size, 4 * 2048);
+    assert!(defaults.tie_word_embeddings);
+    let explicit = neo(
+        r#"{"model_type": "gpt_neo", "num_layers": 2, "window_size": 5,
+            "attention_types": [[["global", "local"], 1]], "attention_layers": ["local", "local"]}"#,
+    );
+    assert_eq!(
+        explicit.layer_windows,
+        vec![Some(5), Some(5)],
+        "attention_layers wins"
+    );
+    let err = HfConfig::from_json(
+        r#"{"model_type": "gpt_neo", "num_layers": 3, "attention_types": [[["global", "local"], 1]]}"#,
+    )
+    .unwrap_err();
+    assert_message(&err, &["2 layers", "num_layers is 3"]);
+    let err = HfConfig::from_json(
+        r#"{"model_type": "gpt_neo", "num_layers": 1, "attention_layers": ["sparse"]}"#,
+    )
+    .unwrap_err();
+    assert_message(&err, &["'sparse'"]);
+    let opt = |json: &str| {
+        HfConfig::from_json(json)
+            .unwrap()
+            .as_opt()
+            .expect("an OPT config")
+            .clone()
+    };
+    let defaults = opt(r#"{"model_type": "opt"}"#);
+    assert_eq!(
+        (
+            defaults.hidden_size,
+            defaults.ffn_dim,
+            defaults.word_embed_proj_dim
+        ),
+        (768, 3072, 768)
+    );
+    assert_eq!(defaults.activation_function, Activation::Relu);
+    assert_eq!(
+        (
+            defaults.bos_token_id,
+            defaults.eos_token_id,
+            defaults.pad_token_id
+        ),
+        (Some(2), Some(2), Some(1))
+    );
+    assert!(defaults.has_final_layer_norm() && defaults.unsupported_by_lens().is_none());
+    let opt_350m = opt(
+        r#"{"model_type": "opt", "hidden_size": 1024, "num_attention_heads": 16, "word_embed_proj_dim": 512,
+            "do_layer_norm_before": false}"#,
+    );
+    assert!(opt_350m.projects() && !opt_350m.has_final_layer_norm());
+    let why = opt_350m
+        .unsupported_by_lens()
+        .expect("not TransformerLens's layout");
+    assert!(why.contains("do_layer_norm_before") && why.contains("word_embed_proj_dim"));
+}
