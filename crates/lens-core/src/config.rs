@@ -12,6 +12,7 @@ use tch::Tensor;
 
 use crate::error::{LensError, Result};
 
+mod checks;
 mod gpt_neo;
 mod gpt_neox;
 mod llama;

@@ -195,6 +195,49 @@ pub(crate) trait RotaryDecoder {
     }
 }
 
+/// The blocks and the head of a pass, the same for every decoder: `block(l, x)` for each block
+/// before `stop_at_layer` (HuggingFace's hidden states collected on request: each block's
+/// input, then the final norm's output in place of the last block's), then `final_norm` and the
+/// unembedding between its sites; or the residual when the pass stops early.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn blocks_then_head<T: Tap>(
+    tap: &T,
+    mut x: Tensor,
+    n_layers: usize,
+    stop_at_layer: Option<usize>,
+    output_hidden_states: bool,
+    mut block: impl FnMut(usize, Tensor) -> ModelResult<Tensor>,
+    final_norm: impl FnOnce(Tensor) -> ModelResult<Tensor>,
+    unembed: impl FnOnce(&Tensor) -> Tensor,
+) -> ModelResult<PassOutput> {
+    let stop = stop_at_layer.unwrap_or(n_layers).min(n_layers);
+    let mut hidden_states = Vec::new();
+    for l in 0..stop {
+        if output_hidden_states {
+            hidden_states.push(x.shallow_clone());
+        }
+        x = block(l, x)?;
+    }
+    if stop < n_layers {
+        return Ok(PassOutput {
+            logits: None,
+            residual: Some(x),
+            hidden_states,
+        });
+    }
+    let x = final_norm(x)?;
+    if output_hidden_states {
+        hidden_states.push(x.shallow_clone());
+    }
+    let x = tap.at(Site::UnembedIn, x)?;
+    let logits = tap.at(Site::UnembedOut, unembed(&x))?;
+    Ok(PassOutput {
+        logits: Some(logits),
+        residual: None,
+        hidden_states,
+    })
+}
+
 /// A cache must hold the batch the input has.
 pub(crate) fn check_cache_batch(cache: Option<&KvCache>, batch: i64) -> ModelResult<()> {
     match cache.and_then(|c| c.layer(0)) {
@@ -206,13 +249,28 @@ pub(crate) fn check_cache_batch(cache: Option<&KvCache>, batch: i64) -> ModelRes
     }
 }
 
-/// The public methods every rotary decoder offers, the same for each family: its config and
-/// parameters, their device and dtype, and HuggingFace's `forward` and `generate` (through
-/// [`RotaryDecoder`]). `$embedding` is the parameter field whose device and dtype are the
-/// model's.
+/// The public methods every rotary decoder offers, the same for each family: loading, its
+/// config and parameters, their device and dtype, and HuggingFace's `forward` and `generate`
+/// (through [`RotaryDecoder`]). `$embedding` is the parameter field whose device and dtype are
+/// the model's; `$config_of` takes the family's config out of an [`lens_core::HfConfig`].
 macro_rules! decoder_api {
-    ($model:ty, $config:ty, $params:ty, $embedding:ident) => {
+    ($model:ty, $config:ty, $params:ty, $embedding:ident, $config_of:ident) => {
         impl $model {
+            /// Loads a model by name (local directory, embedded model or HF hub id) on `device`
+            /// in `kind`. Errors: [`lens_core::model::ModelError::DeviceUnavailable`],
+            /// [`lens_core::model::ModelError::Load`] for the files,
+            /// [`lens_core::model::ModelError::Unsupported`] for a config of another
+            /// architecture.
+            pub fn from_pretrained(
+                model: &str,
+                device: tch::Device,
+                kind: tch::Kind,
+            ) -> lens_core::model::ModelResult<Self> {
+                let loaded = crate::input::load_checked(model, device, kind)?;
+                let config = $config_of(&loaded.config)?;
+                Self::from_weights(config, loaded.weights, device, kind)
+            }
+
             /// The HuggingFace config.
             pub fn config(&self) -> &$config {
                 &self.config

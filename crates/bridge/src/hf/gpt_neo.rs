@@ -10,7 +10,7 @@ use lens_core::{GptNeoConfig, HfConfig, Weights};
 use tch::{Device, Kind, Tensor};
 
 use crate::hf::attention::{self, Scores};
-use crate::hf::decoder::{decoder_api, Part, RotaryDecoder};
+use crate::hf::decoder::{blocks_then_head, decoder_api, Part, RotaryDecoder};
 use crate::hf::forward::{layer_norm, PassOutput};
 use crate::hf::kv_cache::KvCache;
 use crate::hf::llama::LinearParams;
@@ -233,15 +233,6 @@ impl std::fmt::Debug for GptNeoForCausalLM {
 }
 
 impl GptNeoForCausalLM {
-    /// Loads a model by name (local directory, embedded model or HF hub id) on `device` in
-    /// `kind`. Errors: [`ModelError::DeviceUnavailable`], [`ModelError::Load`] for the files,
-    /// [`ModelError::Unsupported`] for a config of another architecture.
-    pub fn from_pretrained(model: &str, device: Device, kind: Kind) -> ModelResult<Self> {
-        let loaded = input::load_checked(model, device, kind)?;
-        let config = gpt_neo_config(&loaded.config)?;
-        Self::from_weights(config, loaded.weights, device, kind)
-    }
-
     /// A model from a parsed config and its checkpoint's tensors (HuggingFace names).
     pub fn from_weights(
         config: GptNeoConfig,
@@ -278,40 +269,29 @@ impl GptNeoForCausalLM {
             Site::PosEmbedOut,
             Tensor::embedding(&self.params.wpe, &positions, -1, false, false),
         )?;
-        let mut x = embeds + pos_embeds;
+        let x = embeds + pos_embeds;
         let n_layers = self.params.h.len();
-        let stop = stop_at_layer.unwrap_or(n_layers).min(n_layers);
-        let mut hidden_states = Vec::new();
-        for (l, layer) in self.params.h.iter().enumerate().take(stop) {
-            if output_hidden_states {
-                hidden_states.push(x.shallow_clone());
-            }
+        let block = |l: usize, x: Tensor| {
+            let layer = &self.params.h[l];
             let mask = &masks
                 .iter()
                 .find(|(w, _)| *w == self.config.layer_windows[l])
                 .ok_or_else(|| ModelError::InvalidInput(format!("no mask for layer {l}")))?
                 .1;
-            x = self.block(tap, l, layer, x, mask, cache.as_deref_mut())?;
-        }
-        if stop < n_layers {
-            return Ok(PassOutput {
-                logits: None,
-                residual: Some(x),
-                hidden_states,
-            });
-        }
+            self.block(tap, l, layer, x, mask, cache.as_deref_mut())
+        };
         let eps = self.config.layer_norm_epsilon;
-        let x = layer_norm(tap, Site::LnFinal, x, &self.params.ln_f, eps)?;
-        if output_hidden_states {
-            hidden_states.push(x.shallow_clone());
-        }
-        let x = tap.at(Site::UnembedIn, x)?;
-        let logits = tap.at(Site::UnembedOut, self.unembed(&x))?;
-        Ok(PassOutput {
-            logits: Some(logits),
-            residual: None,
-            hidden_states,
-        })
+        let final_norm = |x: Tensor| layer_norm(tap, Site::LnFinal, x, &self.params.ln_f, eps);
+        blocks_then_head(
+            tap,
+            x,
+            n_layers,
+            stop_at_layer,
+            output_hidden_states,
+            block,
+            final_norm,
+            |x| self.unembed(x),
+        )
     }
 
     /// One mask per distinct window (global layers and local ones).
@@ -436,7 +416,13 @@ impl GptNeoForCausalLM {
     }
 }
 
-decoder_api!(GptNeoForCausalLM, GptNeoConfig, GptNeoParams, wte);
+decoder_api!(
+    GptNeoForCausalLM,
+    GptNeoConfig,
+    GptNeoParams,
+    wte,
+    gpt_neo_config
+);
 
 impl RotaryDecoder for GptNeoForCausalLM {
     fn vocab_size(&self) -> i64 {

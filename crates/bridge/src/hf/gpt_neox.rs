@@ -12,7 +12,7 @@ use lens_core::{GptNeoxConfig, HfConfig, Weights};
 use tch::{Device, Kind, Tensor};
 
 use crate::hf::attention::{self, Scores};
-use crate::hf::decoder::{decoder_api, Part, RotaryDecoder};
+use crate::hf::decoder::{blocks_then_head, decoder_api, Part, RotaryDecoder};
 use crate::hf::forward::{self, layer_norm, PassOutput};
 use crate::hf::kv_cache::KvCache;
 use crate::hf::llama::{rotary_cos_sin, rotate, LinearParams};
@@ -231,15 +231,6 @@ impl std::fmt::Debug for GptNeoxForCausalLM {
 }
 
 impl GptNeoxForCausalLM {
-    /// Loads a model by name (local directory, embedded model or HF hub id) on `device` in
-    /// `kind`. Errors: [`ModelError::DeviceUnavailable`], [`ModelError::Load`] for the files,
-    /// [`ModelError::Unsupported`] for a config of another architecture.
-    pub fn from_pretrained(model: &str, device: Device, kind: Kind) -> ModelResult<Self> {
-        let loaded = input::load_checked(model, device, kind)?;
-        let config = gpt_neox_config(&loaded.config)?;
-        Self::from_weights(config, loaded.weights, device, kind)
-    }
-
     /// A model from a parsed config and its checkpoint's tensors (HuggingFace names).
     pub fn from_weights(
         config: GptNeoxConfig,
@@ -282,7 +273,7 @@ impl GptNeoxForCausalLM {
             self.device(),
         );
         let ids = tap.at(Site::EmbedIn, inputs.ids.shallow_clone())?;
-        let mut x = tap.at(
+        let x = tap.at(
             Site::EmbedOut,
             Tensor::embedding(&self.params.embed_in, &ids, -1, false, false),
         )?;
@@ -290,33 +281,23 @@ impl GptNeoxForCausalLM {
         let (cos, sin) = rotary_cos_sin(&self.inv_freq, &inputs.positions, rotary_in.kind());
         let (cos, sin) = (tap.at(Site::RotaryCos, cos)?, tap.at(Site::RotarySin, sin)?);
         let n_layers = self.params.layers.len();
-        let stop = stop_at_layer.unwrap_or(n_layers).min(n_layers);
-        let mut hidden_states = Vec::new();
-        for (l, layer) in self.params.layers.iter().enumerate().take(stop) {
-            if output_hidden_states {
-                hidden_states.push(x.shallow_clone());
-            }
-            x = self.block(tap, l, layer, x, (&cos, &sin), &mask, cache.as_deref_mut())?;
-        }
-        if stop < n_layers {
-            return Ok(PassOutput {
-                logits: None,
-                residual: Some(x),
-                hidden_states,
-            });
-        }
+        let block = |l: usize, x: Tensor| {
+            let layer = &self.params.layers[l];
+            self.block(tap, l, layer, x, (&cos, &sin), &mask, cache.as_deref_mut())
+        };
         let eps = self.config.layer_norm_eps;
-        let x = layer_norm(tap, Site::LnFinal, x, &self.params.final_layer_norm, eps)?;
-        if output_hidden_states {
-            hidden_states.push(x.shallow_clone());
-        }
-        let x = tap.at(Site::UnembedIn, x)?;
-        let logits = tap.at(Site::UnembedOut, self.unembed(&x))?;
-        Ok(PassOutput {
-            logits: Some(logits),
-            residual: None,
-            hidden_states,
-        })
+        let final_norm =
+            |x: Tensor| layer_norm(tap, Site::LnFinal, x, &self.params.final_layer_norm, eps);
+        blocks_then_head(
+            tap,
+            x,
+            n_layers,
+            stop_at_layer,
+            output_hidden_states,
+            block,
+            final_norm,
+            |x| self.unembed(x),
+        )
     }
 
     fn unembed(&self, x: &Tensor) -> Tensor {
@@ -545,7 +526,13 @@ impl GptNeoxForCausalLM {
     }
 }
 
-decoder_api!(GptNeoxForCausalLM, GptNeoxConfig, GptNeoxParams, embed_in);
+decoder_api!(
+    GptNeoxForCausalLM,
+    GptNeoxConfig,
+    GptNeoxParams,
+    embed_in,
+    gpt_neox_config
+);
 
 impl RotaryDecoder for GptNeoxForCausalLM {
     fn vocab_size(&self) -> i64 {

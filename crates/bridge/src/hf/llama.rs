@@ -10,7 +10,7 @@ use lens_core::{HfConfig, LlamaConfig, Weights};
 use tch::{Device, Kind, Tensor};
 
 use crate::hf::attention::{self, Scores};
-use crate::hf::decoder::{decoder_api, Part, RotaryDecoder};
+use crate::hf::decoder::{blocks_then_head, decoder_api, Part, RotaryDecoder};
 use crate::hf::forward::PassOutput;
 use crate::hf::kv_cache::KvCache;
 use crate::hf::mask::{self, AttentionMask};
@@ -281,15 +281,6 @@ impl std::fmt::Debug for LlamaForCausalLM {
 }
 
 impl LlamaForCausalLM {
-    /// Loads a model by name (local directory, embedded model or HF hub id) on `device` in
-    /// `kind`. Errors: [`ModelError::DeviceUnavailable`], [`ModelError::Load`] for the files,
-    /// [`ModelError::Unsupported`] for a config of another architecture.
-    pub fn from_pretrained(model: &str, device: Device, kind: Kind) -> ModelResult<Self> {
-        let loaded = input::load_checked(model, device, kind)?;
-        let config = llama_config(&loaded.config)?;
-        Self::from_weights(config, loaded.weights, device, kind)
-    }
-
     /// A model from a parsed config and its checkpoint's tensors (HuggingFace names).
     pub fn from_weights(
         config: LlamaConfig,
@@ -339,49 +330,34 @@ impl LlamaForCausalLM {
             })
             .collect();
         let ids = tap.at(Site::EmbedIn, inputs.ids.shallow_clone())?;
-        let mut x = tap.at(
+        let x = tap.at(
             Site::EmbedOut,
             Tensor::embedding(&self.params.embed_tokens, &ids, -1, false, false),
         )?;
         let rotary_in = tap.at(Site::RotaryIn, x.shallow_clone())?;
         let (cos, sin) = rotary_cos_sin(&self.inv_freq, &inputs.positions, rotary_in.kind());
         let (cos, sin) = (tap.at(Site::RotaryCos, cos)?, tap.at(Site::RotarySin, sin)?);
-        let n_layers = self.params.layers.len();
-        let stop = stop_at_layer.unwrap_or(n_layers).min(n_layers);
-        let mut hidden_states = Vec::new();
-        for (l, layer) in self.params.layers.iter().enumerate().take(stop) {
-            if output_hidden_states {
-                hidden_states.push(x.shallow_clone());
-            }
-            let window = c.layer_windows[l];
+        let block = |l: usize, x: Tensor| {
             let mask = &masks
                 .iter()
-                .find(|(w, _)| *w == window)
+                .find(|(w, _)| *w == c.layer_windows[l])
                 .ok_or_else(|| ModelError::InvalidInput(format!("no mask for layer {l}")))?
                 .1;
-            x = self.block(tap, l, layer, x, (&cos, &sin), mask, cache.as_deref_mut())?;
-        }
-        if stop < n_layers {
-            return Ok(PassOutput {
-                logits: None,
-                residual: Some(x),
-                hidden_states,
-            });
-        }
-        let x = rms_norm(tap, Site::LnFinal, x, &self.params.norm, c.rms_norm_eps)?;
-        if output_hidden_states {
-            hidden_states.push(x.shallow_clone());
-        }
-        let x = tap.at(Site::UnembedIn, x)?;
-        let logits = tap.at(
-            Site::UnembedOut,
-            x.linear(self.params.unembedding(), self.params.lm_head_bias.as_ref()),
-        )?;
-        Ok(PassOutput {
-            logits: Some(logits),
-            residual: None,
-            hidden_states,
-        })
+            let layer = &self.params.layers[l];
+            self.block(tap, l, layer, x, (&cos, &sin), mask, cache.as_deref_mut())
+        };
+        let final_norm =
+            |x: Tensor| rms_norm(tap, Site::LnFinal, x, &self.params.norm, c.rms_norm_eps);
+        blocks_then_head(
+            tap,
+            x,
+            self.params.layers.len(),
+            stop_at_layer,
+            output_hidden_states,
+            block,
+            final_norm,
+            |x| x.linear(self.params.unembedding(), self.params.lm_head_bias.as_ref()),
+        )
     }
 
     /// One decoder layer: `x + attn(input_layernorm(x))`, then
@@ -551,7 +527,13 @@ impl LlamaForCausalLM {
     }
 }
 
-decoder_api!(LlamaForCausalLM, LlamaConfig, LlamaParams, embed_tokens);
+decoder_api!(
+    LlamaForCausalLM,
+    LlamaConfig,
+    LlamaParams,
+    embed_tokens,
+    llama_config
+);
 
 impl RotaryDecoder for LlamaForCausalLM {
     fn vocab_size(&self) -> i64 {

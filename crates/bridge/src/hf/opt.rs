@@ -11,7 +11,7 @@ use lens_core::{HfConfig, OptConfig, Weights, OPT_POSITION_OFFSET};
 use tch::{Device, Kind, Tensor};
 
 use crate::hf::attention::{self, Scores};
-use crate::hf::decoder::{decoder_api, Part, RotaryDecoder};
+use crate::hf::decoder::{blocks_then_head, decoder_api, Part, RotaryDecoder};
 use crate::hf::forward::{layer_norm, PassOutput};
 use crate::hf::kv_cache::KvCache;
 use crate::hf::llama::LinearParams;
@@ -312,15 +312,6 @@ impl std::fmt::Debug for OptForCausalLM {
 }
 
 impl OptForCausalLM {
-    /// Loads a model by name (local directory, embedded model or HF hub id) on `device` in
-    /// `kind`. Errors: [`ModelError::DeviceUnavailable`], [`ModelError::Load`] for the files,
-    /// [`ModelError::Unsupported`] for a config of another architecture.
-    pub fn from_pretrained(model: &str, device: Device, kind: Kind) -> ModelResult<Self> {
-        let loaded = input::load_checked(model, device, kind)?;
-        let config = opt_config(&loaded.config)?;
-        Self::from_weights(config, loaded.weights, device, kind)
-    }
-
     /// A model from a parsed config and its checkpoint's tensors (HuggingFace names).
     pub fn from_weights(
         config: OptConfig,
@@ -364,34 +355,23 @@ impl OptForCausalLM {
         };
         let positions = tap.at(Site::PosEmbedIn, inputs.positions.shallow_clone())?;
         let pos_embeds = tap.at(Site::PosEmbedOut, self.position_embeddings(&positions))?;
-        let mut x = embeds + pos_embeds;
+        let x = embeds + pos_embeds;
         let n_layers = self.params.layers.len();
-        let stop = stop_at_layer.unwrap_or(n_layers).min(n_layers);
-        let mut hidden_states = Vec::new();
-        for (l, layer) in self.params.layers.iter().enumerate().take(stop) {
-            if output_hidden_states {
-                hidden_states.push(x.shallow_clone());
-            }
-            x = self.block(tap, l, layer, x, &mask, cache.as_deref_mut())?;
-        }
-        if stop < n_layers {
-            return Ok(PassOutput {
-                logits: None,
-                residual: Some(x),
-                hidden_states,
-            });
-        }
-        let x = self.final_norm_and_projection(tap, x)?;
-        if output_hidden_states {
-            hidden_states.push(x.shallow_clone());
-        }
-        let x = tap.at(Site::UnembedIn, x)?;
-        let logits = tap.at(Site::UnembedOut, self.unembed(&x))?;
-        Ok(PassOutput {
-            logits: Some(logits),
-            residual: None,
-            hidden_states,
-        })
+        let block = |l: usize, x: Tensor| {
+            let layer = &self.params.layers[l];
+            self.block(tap, l, layer, x, &mask, cache.as_deref_mut())
+        };
+        let final_norm = |x: Tensor| self.final_norm_and_projection(tap, x);
+        blocks_then_head(
+            tap,
+            x,
+            n_layers,
+            stop_at_layer,
+            output_hidden_states,
+            block,
+            final_norm,
+            |x| self.unembed(x),
+        )
     }
 
     /// The learned position embeddings of `positions` (`-1` for padding), looked up at
@@ -538,7 +518,13 @@ impl OptForCausalLM {
     }
 }
 
-decoder_api!(OptForCausalLM, OptConfig, OptParams, embed_tokens);
+decoder_api!(
+    OptForCausalLM,
+    OptConfig,
+    OptParams,
+    embed_tokens,
+    opt_config
+);
 
 impl RotaryDecoder for OptForCausalLM {
     fn vocab_size(&self) -> i64 {

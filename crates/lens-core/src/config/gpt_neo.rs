@@ -9,6 +9,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::checks;
 use super::llama::{invalid, present, token_ids};
 use crate::config::Activation;
 use crate::error::Result;
@@ -174,46 +175,27 @@ impl GptNeoConfig {
     /// Checks sizes and ids: positive sizes and window, the hidden size a multiple of the
     /// heads, a positive epsilon, special ids inside the vocabulary.
     pub fn validate(&self) -> Result<()> {
-        for (name, value) in [
+        checks::positive(&[
             ("vocab_size", self.vocab_size),
             ("max_position_embeddings", self.max_position_embeddings),
             ("hidden_size", self.hidden_size),
             ("num_layers", self.num_layers),
             ("num_heads", self.num_heads),
             ("intermediate_size", self.intermediate_size),
-        ] {
-            if value <= 0 {
-                return Err(invalid(format!("{name} must be positive, got {value}")));
-            }
-        }
+        ])?;
         if let Some(w) = self.layer_windows.iter().flatten().find(|w| **w <= 0) {
             return Err(invalid(format!("window_size must be positive, got {w}")));
         }
-        if self.hidden_size % self.num_heads != 0 {
-            return Err(invalid(format!(
-                "hidden_size ({}) must be a multiple of num_heads ({})",
-                self.hidden_size, self.num_heads
-            )));
-        }
-        if !(self.layer_norm_epsilon.is_finite() && self.layer_norm_epsilon > 0.0) {
-            return Err(invalid(format!(
-                "layer_norm_epsilon must be positive and finite, got {}",
-                self.layer_norm_epsilon
-            )));
-        }
-        let ids = [
-            ("bos_token_id", self.bos_token_id),
-            ("eos_token_id", self.eos_token_id),
-            ("pad_token_id", self.pad_token_id),
-        ];
-        for (name, id) in ids {
-            if let Some(id) = id.filter(|&id| id < 0 || id >= self.vocab_size) {
-                return Err(invalid(format!(
-                    "{name} ({id}) is outside the vocabulary (vocab_size {})",
-                    self.vocab_size
-                )));
-            }
-        }
+        checks::multiple_of("hidden_size", self.hidden_size, "num_heads", self.num_heads)?;
+        checks::positive_finite("layer_norm_epsilon", self.layer_norm_epsilon)?;
+        checks::ids_in_vocabulary(
+            self.vocab_size,
+            &[
+                ("bos_token_id", self.bos_token_id),
+                ("eos_token_id", self.eos_token_id),
+                ("pad_token_id", self.pad_token_id),
+            ],
+        )?;
         Ok(())
     }
 

@@ -11,6 +11,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::checks;
 use super::llama::{invalid, present, rope_scaling, token_ids};
 use crate::config::{Activation, Rope};
 use crate::error::Result;
@@ -155,24 +156,20 @@ impl GptNeoxConfig {
     /// Checks sizes and ids: positive sizes, `hidden_size` a multiple of the heads, a rotary
     /// width that fits the head, a positive epsilon and base, special ids inside the vocabulary.
     pub fn validate(&self) -> Result<()> {
-        for (name, value) in [
+        checks::positive(&[
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
             ("num_hidden_layers", self.num_hidden_layers),
             ("num_attention_heads", self.num_attention_heads),
             ("intermediate_size", self.intermediate_size),
             ("max_position_embeddings", self.max_position_embeddings),
-        ] {
-            if value <= 0 {
-                return Err(invalid(format!("{name} must be positive, got {value}")));
-            }
-        }
-        if self.hidden_size % self.num_attention_heads != 0 {
-            return Err(invalid(format!(
-                "hidden_size ({}) must be a multiple of num_attention_heads ({})",
-                self.hidden_size, self.num_attention_heads
-            )));
-        }
+        ])?;
+        checks::multiple_of(
+            "hidden_size",
+            self.hidden_size,
+            "num_attention_heads",
+            self.num_attention_heads,
+        )?;
         if !(0.0..=1.0).contains(&self.partial_rotary_factor) {
             return Err(invalid(format!(
                 "partial_rotary_factor (rotary_pct) must be in [0, 1], got {}",
@@ -188,31 +185,16 @@ impl GptNeoxConfig {
                 self.head_dim()
             )));
         }
-        if !(self.rope.theta.is_finite() && self.rope.theta > 0.0) {
-            return Err(invalid(format!(
-                "rope_theta (rotary_emb_base) must be positive and finite, got {}",
-                self.rope.theta
-            )));
-        }
-        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
-            return Err(invalid(format!(
-                "layer_norm_eps must be positive and finite, got {}",
-                self.layer_norm_eps
-            )));
-        }
-        let ids = [
-            ("bos_token_id", self.bos_token_id),
-            ("eos_token_id", self.eos_token_id),
-            ("pad_token_id", self.pad_token_id),
-        ];
-        for (name, id) in ids {
-            if let Some(id) = id.filter(|&id| id < 0 || id >= self.vocab_size) {
-                return Err(invalid(format!(
-                    "{name} ({id}) is outside the vocabulary (vocab_size {})",
-                    self.vocab_size
-                )));
-            }
-        }
+        checks::positive_finite("rope_theta (rotary_emb_base)", self.rope.theta)?;
+        checks::positive_finite("layer_norm_eps", self.layer_norm_eps)?;
+        checks::ids_in_vocabulary(
+            self.vocab_size,
+            &[
+                ("bos_token_id", self.bos_token_id),
+                ("eos_token_id", self.eos_token_id),
+                ("pad_token_id", self.pad_token_id),
+            ],
+        )?;
         Ok(())
     }
 

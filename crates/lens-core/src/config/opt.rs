@@ -5,6 +5,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::checks;
 use super::llama::{invalid, present, token_ids};
 use crate::config::Activation;
 use crate::error::Result;
@@ -131,7 +132,7 @@ impl OptConfig {
     /// Checks sizes and ids: positive sizes, the hidden size a multiple of the heads, special
     /// ids inside the vocabulary.
     pub fn validate(&self) -> Result<()> {
-        for (name, value) in [
+        checks::positive(&[
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
             ("num_hidden_layers", self.num_hidden_layers),
@@ -139,30 +140,21 @@ impl OptConfig {
             ("num_attention_heads", self.num_attention_heads),
             ("max_position_embeddings", self.max_position_embeddings),
             ("word_embed_proj_dim", self.word_embed_proj_dim),
-        ] {
-            if value <= 0 {
-                return Err(invalid(format!("{name} must be positive, got {value}")));
-            }
-        }
-        if self.hidden_size % self.num_attention_heads != 0 {
-            return Err(invalid(format!(
-                "hidden_size ({}) must be a multiple of num_attention_heads ({})",
-                self.hidden_size, self.num_attention_heads
-            )));
-        }
-        let ids = [
-            ("bos_token_id", self.bos_token_id),
-            ("eos_token_id", self.eos_token_id),
-            ("pad_token_id", self.pad_token_id),
-        ];
-        for (name, id) in ids {
-            if let Some(id) = id.filter(|&id| id < 0 || id >= self.vocab_size) {
-                return Err(invalid(format!(
-                    "{name} ({id}) is outside the vocabulary (vocab_size {})",
-                    self.vocab_size
-                )));
-            }
-        }
+        ])?;
+        checks::multiple_of(
+            "hidden_size",
+            self.hidden_size,
+            "num_attention_heads",
+            self.num_attention_heads,
+        )?;
+        checks::ids_in_vocabulary(
+            self.vocab_size,
+            &[
+                ("bos_token_id", self.bos_token_id),
+                ("eos_token_id", self.eos_token_id),
+                ("pad_token_id", self.pad_token_id),
+            ],
+        )?;
         Ok(())
     }
 

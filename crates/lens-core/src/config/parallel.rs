@@ -13,6 +13,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::checks;
 use super::llama::{invalid, present, rope_scaling, token_ids};
 use crate::config::{Activation, Rope, RopeScaling};
 use crate::error::Result;
@@ -271,7 +272,7 @@ impl ParallelConfig {
     /// head (an odd one fails in transformers too), a positive epsilon, special ids inside the
     /// vocabulary.
     pub fn validate(&self) -> Result<()> {
-        for (name, value) in [
+        checks::positive(&[
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
             ("intermediate_size", self.intermediate_size),
@@ -279,54 +280,37 @@ impl ParallelConfig {
             ("num_key_value_heads", self.num_key_value_heads),
             ("head_dim", self.head_dim),
             ("max_position_embeddings", self.max_position_embeddings),
-        ] {
-            if value <= 0 {
-                return Err(invalid(format!("{name} must be positive, got {value}")));
-            }
+        ])?;
+        if self.family == ParallelFamily::GptJ {
+            checks::multiple_of(
+                "n_embd",
+                self.hidden_size,
+                "n_head",
+                self.num_attention_heads,
+            )?;
         }
-        if self.family == ParallelFamily::GptJ && self.hidden_size % self.num_attention_heads != 0 {
-            return Err(invalid(format!(
-                "n_embd ({}) must be a multiple of n_head ({})",
-                self.hidden_size, self.num_attention_heads
-            )));
-        }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
-            return Err(invalid(format!(
-                "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
-                self.num_attention_heads, self.num_key_value_heads
-            )));
-        }
+        checks::multiple_of(
+            "num_attention_heads",
+            self.num_attention_heads,
+            "num_key_value_heads",
+            self.num_key_value_heads,
+        )?;
         if self.rotary_dim < 0 || self.rotary_dim % 2 != 0 || self.rotary_dim > self.head_dim {
             return Err(invalid(format!(
                 "the rotary width ({}) must be even and at most head_dim ({})",
                 self.rotary_dim, self.head_dim
             )));
         }
-        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
-            return Err(invalid(format!(
-                "layer_norm_eps must be positive and finite, got {}",
-                self.layer_norm_eps
-            )));
-        }
-        if !(self.rope.theta.is_finite() && self.rope.theta > 0.0) {
-            return Err(invalid(format!(
-                "rope_theta must be positive and finite, got {}",
-                self.rope.theta
-            )));
-        }
-        let ids = [
-            ("bos_token_id", self.bos_token_id),
-            ("eos_token_id", self.eos_token_id),
-            ("pad_token_id", self.pad_token_id),
-        ];
-        for (name, id) in ids {
-            if let Some(id) = id.filter(|&id| id < 0 || id >= self.vocab_size) {
-                return Err(invalid(format!(
-                    "{name} ({id}) is outside the vocabulary (vocab_size {})",
-                    self.vocab_size
-                )));
-            }
-        }
+        checks::positive_finite("layer_norm_eps", self.layer_norm_eps)?;
+        checks::positive_finite("rope_theta", self.rope.theta)?;
+        checks::ids_in_vocabulary(
+            self.vocab_size,
+            &[
+                ("bos_token_id", self.bos_token_id),
+                ("eos_token_id", self.eos_token_id),
+                ("pad_token_id", self.pad_token_id),
+            ],
+        )?;
         Ok(())
     }
 
