@@ -5,6 +5,7 @@ use lens_core::model::{GenerateOptions, ModelResult};
 use lens_core::HfConfig;
 use tch::{Device, Kind, Tensor};
 
+use crate::hf::decoder::RotaryDecoder;
 use crate::hf::forward::PassOutput;
 use crate::hf::gpt_neo::GptNeoForCausalLM;
 use crate::hf::gpt_neox::GptNeoxForCausalLM;
@@ -205,21 +206,11 @@ impl HfModel {
             HfModel::Gpt2(m) => {
                 m.pass_checked(tap, inputs, cache, output_hidden_states, stop_at_layer)
             }
-            HfModel::Llama(m) => {
-                m.pass_checked(tap, inputs, cache, output_hidden_states, stop_at_layer)
-            }
-            HfModel::GptNeox(m) => {
-                m.pass_checked(tap, inputs, cache, output_hidden_states, stop_at_layer)
-            }
-            HfModel::Parallel(m) => {
-                m.pass_checked(tap, inputs, cache, output_hidden_states, stop_at_layer)
-            }
-            HfModel::GptNeo(m) => {
-                m.pass_checked(tap, inputs, cache, output_hidden_states, stop_at_layer)
-            }
-            HfModel::Opt(m) => {
-                m.pass_checked(tap, inputs, cache, output_hidden_states, stop_at_layer)
-            }
+            HfModel::Llama(m) => m.pass(tap, inputs, cache, output_hidden_states, stop_at_layer),
+            HfModel::GptNeox(m) => m.pass(tap, inputs, cache, output_hidden_states, stop_at_layer),
+            HfModel::Parallel(m) => m.pass(tap, inputs, cache, output_hidden_states, stop_at_layer),
+            HfModel::GptNeo(m) => m.pass(tap, inputs, cache, output_hidden_states, stop_at_layer),
+            HfModel::Opt(m) => m.pass(tap, inputs, cache, output_hidden_states, stop_at_layer),
         }
     }
 }

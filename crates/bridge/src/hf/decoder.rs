@@ -19,8 +19,6 @@ use crate::tap::{NoTap, Site, Tap};
 pub(crate) enum Part<'a> {
     /// `ln_final`.
     LnFinal,
-    /// `unembed`.
-    Unembed,
     /// `blocks.{l}` (`""`) or one of its parts (`ln1`, `attn`, `ln2`, `mlp`).
     Block(usize, &'a str),
 }
@@ -53,6 +51,8 @@ pub(crate) trait RotaryDecoder {
     fn n_layers(&self) -> usize;
     /// The token embedding matrix `[vocab, d]`.
     fn embedding(&self) -> &Tensor;
+    /// The unembedding, with the bridge's bias where it added one: logits of `x`.
+    fn unembed(&self, x: &Tensor) -> Tensor;
     /// The learned position table `[n_positions, d]`, for a family that has one (its
     /// `pos_embed` component).
     fn learned_positions(&self) -> Option<&Tensor> {
@@ -99,7 +99,10 @@ pub(crate) trait RotaryDecoder {
                 return tap.at(Site::PosEmbedOut, embedded);
             }
             "ln_final" => Part::LnFinal,
-            "unembed" => Part::Unembed,
+            "unembed" => {
+                let x = tap.at(Site::UnembedIn, x.shallow_clone())?;
+                return tap.at(Site::UnembedOut, self.unembed(&x));
+            }
             _ => match crate::hf::forward::block_component(name) {
                 Some((l, part)) if l < self.n_layers() => Part::Block(l, part),
                 _ => return Err(unknown()),

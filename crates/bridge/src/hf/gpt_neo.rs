@@ -246,54 +246,6 @@ impl GptNeoForCausalLM {
         Ok(GptNeoForCausalLM { config, params })
     }
 
-    /// One pass over checked inputs with `tap` at every site, stopping before block
-    /// `stop_at_layer`: logits `[b, q, vocab]` (or the residual) and, on request, hidden states.
-    pub(crate) fn pass_checked<T: Tap>(
-        &self,
-        tap: &T,
-        inputs: &CheckedInputs,
-        mut cache: Option<&mut KvCache>,
-        output_hidden_states: bool,
-        stop_at_layer: Option<usize>,
-    ) -> ModelResult<PassOutput> {
-        let past_len = cache.as_ref().map_or(0, |c| c.len());
-        let q_len = inputs.ids.size()[1];
-        let masks = self.masks(q_len, past_len, inputs.mask.as_ref());
-        let ids = tap.at(Site::EmbedIn, inputs.ids.shallow_clone())?;
-        let embeds = tap.at(
-            Site::EmbedOut,
-            Tensor::embedding(&self.params.wte, &ids, -1, false, false),
-        )?;
-        let positions = tap.at(Site::PosEmbedIn, inputs.positions.shallow_clone())?;
-        let pos_embeds = tap.at(
-            Site::PosEmbedOut,
-            Tensor::embedding(&self.params.wpe, &positions, -1, false, false),
-        )?;
-        let x = embeds + pos_embeds;
-        let n_layers = self.params.h.len();
-        let block = |l: usize, x: Tensor| {
-            let layer = &self.params.h[l];
-            let mask = &masks
-                .iter()
-                .find(|(w, _)| *w == self.config.layer_windows[l])
-                .ok_or_else(|| ModelError::InvalidInput(format!("no mask for layer {l}")))?
-                .1;
-            self.block(tap, l, layer, x, mask, cache.as_deref_mut())
-        };
-        let eps = self.config.layer_norm_epsilon;
-        let final_norm = |x: Tensor| layer_norm(tap, Site::LnFinal, x, &self.params.ln_f, eps);
-        blocks_then_head(
-            tap,
-            x,
-            n_layers,
-            stop_at_layer,
-            output_hidden_states,
-            block,
-            final_norm,
-            |x| self.unembed(x),
-        )
-    }
-
     /// One mask per distinct window (global layers and local ones).
     fn masks(
         &self,
@@ -321,10 +273,6 @@ impl GptNeoForCausalLM {
                 (w, mask)
             })
             .collect()
-    }
-
-    fn unembed(&self, x: &Tensor) -> Tensor {
-        x.linear(self.params.unembedding(), self.params.lm_head_bias.as_ref())
     }
 
     /// One `GPTNeoBlock`: `x + attn(ln_1(x))`, then `+ mlp(ln_2(.))`.
@@ -446,11 +394,46 @@ impl RotaryDecoder for GptNeoForCausalLM {
         &self,
         tap: &T,
         inputs: &CheckedInputs,
-        cache: Option<&mut KvCache>,
+        mut cache: Option<&mut KvCache>,
         output_hidden_states: bool,
         stop_at_layer: Option<usize>,
     ) -> ModelResult<PassOutput> {
-        self.pass_checked(tap, inputs, cache, output_hidden_states, stop_at_layer)
+        let past_len = cache.as_ref().map_or(0, |c| c.len());
+        let q_len = inputs.ids.size()[1];
+        let masks = self.masks(q_len, past_len, inputs.mask.as_ref());
+        let ids = tap.at(Site::EmbedIn, inputs.ids.shallow_clone())?;
+        let embeds = tap.at(
+            Site::EmbedOut,
+            Tensor::embedding(&self.params.wte, &ids, -1, false, false),
+        )?;
+        let positions = tap.at(Site::PosEmbedIn, inputs.positions.shallow_clone())?;
+        let pos_embeds = tap.at(
+            Site::PosEmbedOut,
+            Tensor::embedding(&self.params.wpe, &positions, -1, false, false),
+        )?;
+        let x = embeds + pos_embeds;
+        let n_layers = self.params.h.len();
+        let block = |l: usize, x: Tensor| {
+            let layer = &self.params.h[l];
+            let mask = &masks
+                .iter()
+                .find(|(w, _)| *w == self.config.layer_windows[l])
+                .ok_or_else(|| ModelError::InvalidInput(format!("no mask for layer {l}")))?
+                .1;
+            self.block(tap, l, layer, x, mask, cache.as_deref_mut())
+        };
+        let eps = self.config.layer_norm_epsilon;
+        let final_norm = |x: Tensor| layer_norm(tap, Site::LnFinal, x, &self.params.ln_f, eps);
+        blocks_then_head(
+            tap,
+            x,
+            n_layers,
+            stop_at_layer,
+            output_hidden_states,
+            block,
+            final_norm,
+            |x| self.unembed(x),
+        )
     }
 
     fn n_layers(&self) -> usize {
@@ -465,6 +448,10 @@ impl RotaryDecoder for GptNeoForCausalLM {
         &self.params.wte
     }
 
+    fn unembed(&self, x: &Tensor) -> Tensor {
+        x.linear(self.params.unembedding(), self.params.lm_head_bias.as_ref())
+    }
+
     fn run_part<T: Tap>(&self, tap: &T, part: Part<'_>, x: &Tensor) -> Option<ModelResult<Tensor>> {
         Some(match part {
             Part::LnFinal => layer_norm(
@@ -474,7 +461,6 @@ impl RotaryDecoder for GptNeoForCausalLM {
                 &self.params.ln_f,
                 self.config.layer_norm_epsilon,
             ),
-            Part::Unembed => self.unembed_component(tap, x),
             Part::Block(l, name) => {
                 let layer = self.params.h.get(l)?;
                 return self.run_block_component(tap, l, layer, name, x);
@@ -485,12 +471,6 @@ impl RotaryDecoder for GptNeoForCausalLM {
 
 /// Components one at a time, as the suite's `all_components` compares them with the bridge's.
 impl GptNeoForCausalLM {
-    /// `unembed` alone: the unembedding (with the bridge's bias) between its two sites.
-    fn unembed_component<T: Tap>(&self, tap: &T, x: &Tensor) -> ModelResult<Tensor> {
-        let x = tap.at(Site::UnembedIn, x.shallow_clone())?;
-        tap.at(Site::UnembedOut, self.unembed(&x))
-    }
-
     /// One part of block `l` (`""` for the whole block), or `None` for an unknown part.
     fn run_block_component<T: Tap>(
         &self,

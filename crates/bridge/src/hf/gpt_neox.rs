@@ -253,60 +253,6 @@ impl GptNeoxForCausalLM {
         })
     }
 
-    /// One pass over checked inputs with `tap` at every site, stopping before block
-    /// `stop_at_layer`: logits `[b, q, vocab]` (or the residual) and, on request, hidden states.
-    pub(crate) fn pass_checked<T: Tap>(
-        &self,
-        tap: &T,
-        inputs: &CheckedInputs,
-        mut cache: Option<&mut KvCache>,
-        output_hidden_states: bool,
-        stop_at_layer: Option<usize>,
-    ) -> ModelResult<PassOutput> {
-        let past_len = cache.as_ref().map_or(0, |c| c.len());
-        let q_len = inputs.ids.size()[1];
-        let mask = AttentionMask::new(
-            q_len,
-            past_len + q_len,
-            past_len,
-            inputs.mask.as_ref(),
-            self.device(),
-        );
-        let ids = tap.at(Site::EmbedIn, inputs.ids.shallow_clone())?;
-        let x = tap.at(
-            Site::EmbedOut,
-            Tensor::embedding(&self.params.embed_in, &ids, -1, false, false),
-        )?;
-        let rotary_in = tap.at(Site::RotaryIn, x.shallow_clone())?;
-        let (cos, sin) = rotary_cos_sin(&self.inv_freq, &inputs.positions, rotary_in.kind());
-        let (cos, sin) = (tap.at(Site::RotaryCos, cos)?, tap.at(Site::RotarySin, sin)?);
-        let n_layers = self.params.layers.len();
-        let block = |l: usize, x: Tensor| {
-            let layer = &self.params.layers[l];
-            self.block(tap, l, layer, x, (&cos, &sin), &mask, cache.as_deref_mut())
-        };
-        let eps = self.config.layer_norm_eps;
-        let final_norm =
-            |x: Tensor| layer_norm(tap, Site::LnFinal, x, &self.params.final_layer_norm, eps);
-        blocks_then_head(
-            tap,
-            x,
-            n_layers,
-            stop_at_layer,
-            output_hidden_states,
-            block,
-            final_norm,
-            |x| self.unembed(x),
-        )
-    }
-
-    fn unembed(&self, x: &Tensor) -> Tensor {
-        x.linear(
-            self.params.unembedding(),
-            self.params.embed_out_bias.as_ref(),
-        )
-    }
-
     /// One `GPTNeoXLayer`. Parallel: `mlp(post_attention_layernorm(x)) + attn(input_layernorm(x))
     /// + x`; sequential: `h = attn(input_layernorm(x)) + x`, then `mlp(post_attention_layernorm(h))
     /// + h`. (A parallel block has no `hook_resid_mid`: no residual exists between the two.)
@@ -551,11 +497,45 @@ impl RotaryDecoder for GptNeoxForCausalLM {
         &self,
         tap: &T,
         inputs: &CheckedInputs,
-        cache: Option<&mut KvCache>,
+        mut cache: Option<&mut KvCache>,
         output_hidden_states: bool,
         stop_at_layer: Option<usize>,
     ) -> ModelResult<PassOutput> {
-        self.pass_checked(tap, inputs, cache, output_hidden_states, stop_at_layer)
+        let past_len = cache.as_ref().map_or(0, |c| c.len());
+        let q_len = inputs.ids.size()[1];
+        let mask = AttentionMask::new(
+            q_len,
+            past_len + q_len,
+            past_len,
+            inputs.mask.as_ref(),
+            self.device(),
+        );
+        let ids = tap.at(Site::EmbedIn, inputs.ids.shallow_clone())?;
+        let x = tap.at(
+            Site::EmbedOut,
+            Tensor::embedding(&self.params.embed_in, &ids, -1, false, false),
+        )?;
+        let rotary_in = tap.at(Site::RotaryIn, x.shallow_clone())?;
+        let (cos, sin) = rotary_cos_sin(&self.inv_freq, &inputs.positions, rotary_in.kind());
+        let (cos, sin) = (tap.at(Site::RotaryCos, cos)?, tap.at(Site::RotarySin, sin)?);
+        let n_layers = self.params.layers.len();
+        let block = |l: usize, x: Tensor| {
+            let layer = &self.params.layers[l];
+            self.block(tap, l, layer, x, (&cos, &sin), &mask, cache.as_deref_mut())
+        };
+        let eps = self.config.layer_norm_eps;
+        let final_norm =
+            |x: Tensor| layer_norm(tap, Site::LnFinal, x, &self.params.final_layer_norm, eps);
+        blocks_then_head(
+            tap,
+            x,
+            n_layers,
+            stop_at_layer,
+            output_hidden_states,
+            block,
+            final_norm,
+            |x| self.unembed(x),
+        )
     }
 
     fn n_layers(&self) -> usize {
@@ -564,6 +544,13 @@ impl RotaryDecoder for GptNeoxForCausalLM {
 
     fn embedding(&self) -> &Tensor {
         &self.params.embed_in
+    }
+
+    fn unembed(&self, x: &Tensor) -> Tensor {
+        x.linear(
+            self.params.unembedding(),
+            self.params.embed_out_bias.as_ref(),
+        )
     }
 
     fn run_part<T: Tap>(&self, tap: &T, part: Part<'_>, x: &Tensor) -> Option<ModelResult<Tensor>> {
@@ -575,7 +562,6 @@ impl RotaryDecoder for GptNeoxForCausalLM {
                 &self.params.final_layer_norm,
                 self.config.layer_norm_eps,
             ),
-            Part::Unembed => self.unembed_component(tap, x),
             Part::Block(l, name) => {
                 let layer = self.params.layers.get(l)?;
                 return self.run_block_component(tap, l, layer, name, x);
@@ -586,12 +572,6 @@ impl RotaryDecoder for GptNeoxForCausalLM {
 
 /// Components one at a time, as the suite's `all_components` compares them with the bridge's.
 impl GptNeoxForCausalLM {
-    /// `unembed` alone: the unembedding (with the bridge's bias) between its two sites.
-    fn unembed_component<T: Tap>(&self, tap: &T, x: &Tensor) -> ModelResult<Tensor> {
-        let x = tap.at(Site::UnembedIn, x.shallow_clone())?;
-        tap.at(Site::UnembedOut, self.unembed(&x))
-    }
-
     /// One part of block `l` (`""` for the whole block), or `None` for an unknown part.
     fn run_block_component<T: Tap>(
         &self,

@@ -299,67 +299,6 @@ impl LlamaForCausalLM {
         })
     }
 
-    /// One pass over checked inputs with `tap` at every site, stopping before block
-    /// `stop_at_layer`: logits `[b, q, vocab]` (or the residual) and, on request, hidden states.
-    pub(crate) fn pass_checked<T: Tap>(
-        &self,
-        tap: &T,
-        inputs: &CheckedInputs,
-        mut cache: Option<&mut KvCache>,
-        output_hidden_states: bool,
-        stop_at_layer: Option<usize>,
-    ) -> ModelResult<PassOutput> {
-        let c = &self.config;
-        let past_len = cache.as_ref().map_or(0, |c| c.len());
-        let q_len = inputs.ids.size()[1];
-        let k_len = past_len + q_len;
-        let device = self.device();
-        // One mask per distinct window (global, and the sliding one where layers slide).
-        let masks: Vec<(Option<i64>, AttentionMask)> = distinct(&c.layer_windows)
-            .into_iter()
-            .map(|w| {
-                let m = AttentionMask::with_window(
-                    q_len,
-                    k_len,
-                    past_len,
-                    inputs.mask.as_ref(),
-                    w,
-                    device,
-                );
-                (w, m)
-            })
-            .collect();
-        let ids = tap.at(Site::EmbedIn, inputs.ids.shallow_clone())?;
-        let x = tap.at(
-            Site::EmbedOut,
-            Tensor::embedding(&self.params.embed_tokens, &ids, -1, false, false),
-        )?;
-        let rotary_in = tap.at(Site::RotaryIn, x.shallow_clone())?;
-        let (cos, sin) = rotary_cos_sin(&self.inv_freq, &inputs.positions, rotary_in.kind());
-        let (cos, sin) = (tap.at(Site::RotaryCos, cos)?, tap.at(Site::RotarySin, sin)?);
-        let block = |l: usize, x: Tensor| {
-            let mask = &masks
-                .iter()
-                .find(|(w, _)| *w == c.layer_windows[l])
-                .ok_or_else(|| ModelError::InvalidInput(format!("no mask for layer {l}")))?
-                .1;
-            let layer = &self.params.layers[l];
-            self.block(tap, l, layer, x, (&cos, &sin), mask, cache.as_deref_mut())
-        };
-        let final_norm =
-            |x: Tensor| rms_norm(tap, Site::LnFinal, x, &self.params.norm, c.rms_norm_eps);
-        blocks_then_head(
-            tap,
-            x,
-            self.params.layers.len(),
-            stop_at_layer,
-            output_hidden_states,
-            block,
-            final_norm,
-            |x| x.linear(self.params.unembedding(), self.params.lm_head_bias.as_ref()),
-        )
-    }
-
     /// One decoder layer: `x + attn(input_layernorm(x))`, then
     /// `+ mlp(post_attention_layernorm(.))`.
     #[allow(clippy::too_many_arguments)]
@@ -552,11 +491,59 @@ impl RotaryDecoder for LlamaForCausalLM {
         &self,
         tap: &T,
         inputs: &CheckedInputs,
-        cache: Option<&mut KvCache>,
+        mut cache: Option<&mut KvCache>,
         output_hidden_states: bool,
         stop_at_layer: Option<usize>,
     ) -> ModelResult<PassOutput> {
-        self.pass_checked(tap, inputs, cache, output_hidden_states, stop_at_layer)
+        let c = &self.config;
+        let past_len = cache.as_ref().map_or(0, |c| c.len());
+        let q_len = inputs.ids.size()[1];
+        let k_len = past_len + q_len;
+        let device = self.device();
+        // One mask per distinct window (global, and the sliding one where layers slide).
+        let masks: Vec<(Option<i64>, AttentionMask)> = distinct(&c.layer_windows)
+            .into_iter()
+            .map(|w| {
+                let m = AttentionMask::with_window(
+                    q_len,
+                    k_len,
+                    past_len,
+                    inputs.mask.as_ref(),
+                    w,
+                    device,
+                );
+                (w, m)
+            })
+            .collect();
+        let ids = tap.at(Site::EmbedIn, inputs.ids.shallow_clone())?;
+        let x = tap.at(
+            Site::EmbedOut,
+            Tensor::embedding(&self.params.embed_tokens, &ids, -1, false, false),
+        )?;
+        let rotary_in = tap.at(Site::RotaryIn, x.shallow_clone())?;
+        let (cos, sin) = rotary_cos_sin(&self.inv_freq, &inputs.positions, rotary_in.kind());
+        let (cos, sin) = (tap.at(Site::RotaryCos, cos)?, tap.at(Site::RotarySin, sin)?);
+        let block = |l: usize, x: Tensor| {
+            let mask = &masks
+                .iter()
+                .find(|(w, _)| *w == c.layer_windows[l])
+                .ok_or_else(|| ModelError::InvalidInput(format!("no mask for layer {l}")))?
+                .1;
+            let layer = &self.params.layers[l];
+            self.block(tap, l, layer, x, (&cos, &sin), mask, cache.as_deref_mut())
+        };
+        let final_norm =
+            |x: Tensor| rms_norm(tap, Site::LnFinal, x, &self.params.norm, c.rms_norm_eps);
+        blocks_then_head(
+            tap,
+            x,
+            self.params.layers.len(),
+            stop_at_layer,
+            output_hidden_states,
+            block,
+            final_norm,
+            |x| self.unembed(x),
+        )
     }
 
     fn n_layers(&self) -> usize {
@@ -565,6 +552,10 @@ impl RotaryDecoder for LlamaForCausalLM {
 
     fn embedding(&self) -> &Tensor {
         &self.params.embed_tokens
+    }
+
+    fn unembed(&self, x: &Tensor) -> Tensor {
+        x.linear(self.params.unembedding(), self.params.lm_head_bias.as_ref())
     }
 
     fn run_part<T: Tap>(&self, tap: &T, part: Part<'_>, x: &Tensor) -> Option<ModelResult<Tensor>> {
@@ -576,7 +567,6 @@ impl RotaryDecoder for LlamaForCausalLM {
                 &self.params.norm,
                 self.config.rms_norm_eps,
             ),
-            Part::Unembed => self.unembed_component(tap, x),
             Part::Block(l, name) => {
                 let layer = self.params.layers.get(l)?;
                 return self.run_block_component(tap, l, layer, name, x);
@@ -587,15 +577,6 @@ impl RotaryDecoder for LlamaForCausalLM {
 
 /// Components one at a time, as the suite's `all_components` compares them with the bridge's.
 impl LlamaForCausalLM {
-    /// `unembed` alone: the unembedding (with the bridge's bias) between its two sites.
-    fn unembed_component<T: Tap>(&self, tap: &T, x: &Tensor) -> ModelResult<Tensor> {
-        let x = tap.at(Site::UnembedIn, x.shallow_clone())?;
-        tap.at(
-            Site::UnembedOut,
-            x.linear(self.params.unembedding(), self.params.lm_head_bias.as_ref()),
-        )
-    }
-
     /// One part of block `l` (`""` for the whole block), or `None` for an unknown part.
     fn run_block_component<T: Tap>(
         &self,

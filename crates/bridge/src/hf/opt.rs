@@ -325,55 +325,6 @@ impl OptForCausalLM {
         Ok(OptForCausalLM { config, params })
     }
 
-    /// One pass over checked inputs with `tap` at every site, stopping before block
-    /// `stop_at_layer`: logits `[b, q, vocab]` (or the residual) and, on request, hidden states.
-    pub(crate) fn pass_checked<T: Tap>(
-        &self,
-        tap: &T,
-        inputs: &CheckedInputs,
-        mut cache: Option<&mut KvCache>,
-        output_hidden_states: bool,
-        stop_at_layer: Option<usize>,
-    ) -> ModelResult<PassOutput> {
-        let past_len = cache.as_ref().map_or(0, |c| c.len());
-        let q_len = inputs.ids.size()[1];
-        let mask = AttentionMask::new(
-            q_len,
-            past_len + q_len,
-            past_len,
-            inputs.mask.as_ref(),
-            self.device(),
-        );
-        let ids = tap.at(Site::EmbedIn, inputs.ids.shallow_clone())?;
-        let embeds = tap.at(
-            Site::EmbedOut,
-            Tensor::embedding(&self.params.embed_tokens, &ids, -1, false, false),
-        )?;
-        let embeds = match &self.params.project_in {
-            Some(w) => embeds.linear(w, None::<&Tensor>),
-            None => embeds,
-        };
-        let positions = tap.at(Site::PosEmbedIn, inputs.positions.shallow_clone())?;
-        let pos_embeds = tap.at(Site::PosEmbedOut, self.position_embeddings(&positions))?;
-        let x = embeds + pos_embeds;
-        let n_layers = self.params.layers.len();
-        let block = |l: usize, x: Tensor| {
-            let layer = &self.params.layers[l];
-            self.block(tap, l, layer, x, &mask, cache.as_deref_mut())
-        };
-        let final_norm = |x: Tensor| self.final_norm_and_projection(tap, x);
-        blocks_then_head(
-            tap,
-            x,
-            n_layers,
-            stop_at_layer,
-            output_hidden_states,
-            block,
-            final_norm,
-            |x| self.unembed(x),
-        )
-    }
-
     /// The learned position embeddings of `positions` (`-1` for padding), looked up at
     /// `position + 2`.
     fn position_embeddings(&self, positions: &Tensor) -> Tensor {
@@ -396,10 +347,6 @@ impl OptForCausalLM {
             Some(w) => x.linear(w, None::<&Tensor>),
             None => x,
         })
-    }
-
-    fn unembed(&self, x: &Tensor) -> Tensor {
-        x.linear(self.params.unembedding(), self.params.lm_head_bias.as_ref())
     }
 
     /// One `OPTDecoderLayer`. Pre-LN: `h = x + attn(ln1(x))`, `h + mlp(ln2(h))`; post-LN:
@@ -577,11 +524,47 @@ impl RotaryDecoder for OptForCausalLM {
         &self,
         tap: &T,
         inputs: &CheckedInputs,
-        cache: Option<&mut KvCache>,
+        mut cache: Option<&mut KvCache>,
         output_hidden_states: bool,
         stop_at_layer: Option<usize>,
     ) -> ModelResult<PassOutput> {
-        self.pass_checked(tap, inputs, cache, output_hidden_states, stop_at_layer)
+        let past_len = cache.as_ref().map_or(0, |c| c.len());
+        let q_len = inputs.ids.size()[1];
+        let mask = AttentionMask::new(
+            q_len,
+            past_len + q_len,
+            past_len,
+            inputs.mask.as_ref(),
+            self.device(),
+        );
+        let ids = tap.at(Site::EmbedIn, inputs.ids.shallow_clone())?;
+        let embeds = tap.at(
+            Site::EmbedOut,
+            Tensor::embedding(&self.params.embed_tokens, &ids, -1, false, false),
+        )?;
+        let embeds = match &self.params.project_in {
+            Some(w) => embeds.linear(w, None::<&Tensor>),
+            None => embeds,
+        };
+        let positions = tap.at(Site::PosEmbedIn, inputs.positions.shallow_clone())?;
+        let pos_embeds = tap.at(Site::PosEmbedOut, self.position_embeddings(&positions))?;
+        let x = embeds + pos_embeds;
+        let n_layers = self.params.layers.len();
+        let block = |l: usize, x: Tensor| {
+            let layer = &self.params.layers[l];
+            self.block(tap, l, layer, x, &mask, cache.as_deref_mut())
+        };
+        let final_norm = |x: Tensor| self.final_norm_and_projection(tap, x);
+        blocks_then_head(
+            tap,
+            x,
+            n_layers,
+            stop_at_layer,
+            output_hidden_states,
+            block,
+            final_norm,
+            |x| self.unembed(x),
+        )
     }
 
     fn n_layers(&self) -> usize {
@@ -601,13 +584,16 @@ impl RotaryDecoder for OptForCausalLM {
         &self.params.embed_tokens
     }
 
+    fn unembed(&self, x: &Tensor) -> Tensor {
+        x.linear(self.params.unembedding(), self.params.lm_head_bias.as_ref())
+    }
+
     fn run_part<T: Tap>(&self, tap: &T, part: Part<'_>, x: &Tensor) -> Option<ModelResult<Tensor>> {
         Some(match part {
             Part::LnFinal => match &self.params.final_layer_norm {
                 Some(ln) => layer_norm(tap, Site::LnFinal, x.shallow_clone(), ln, 1e-5),
                 None => return None,
             },
-            Part::Unembed => self.unembed_component(tap, x),
             Part::Block(l, name) => {
                 let layer = self.params.layers.get(l)?;
                 return self.run_block_component(tap, l, layer, name, x);
@@ -618,12 +604,6 @@ impl RotaryDecoder for OptForCausalLM {
 
 /// Components one at a time, as the suite's `all_components` compares them with the bridge's.
 impl OptForCausalLM {
-    /// `unembed` alone: the unembedding (with the bridge's bias) between its two sites.
-    fn unembed_component<T: Tap>(&self, tap: &T, x: &Tensor) -> ModelResult<Tensor> {
-        let x = tap.at(Site::UnembedIn, x.shallow_clone())?;
-        tap.at(Site::UnembedOut, self.unembed(&x))
-    }
-
     /// One part of block `l` (`""` for the whole block), or `None` for an unknown part.
     fn run_block_component<T: Tap>(
         &self,

@@ -345,51 +345,6 @@ impl ParallelForCausalLM {
         }
     }
 
-    /// One pass over checked inputs with `tap` at every site, stopping before block
-    /// `stop_at_layer`: logits `[b, q, vocab]` (or the residual) and, on request, hidden states.
-    pub(crate) fn pass_checked<T: Tap>(
-        &self,
-        tap: &T,
-        inputs: &CheckedInputs,
-        mut cache: Option<&mut KvCache>,
-        output_hidden_states: bool,
-        stop_at_layer: Option<usize>,
-    ) -> ModelResult<PassOutput> {
-        let past_len = cache.as_ref().map_or(0, |c| c.len());
-        let q_len = inputs.ids.size()[1];
-        let mask = AttentionMask::new(
-            q_len,
-            past_len + q_len,
-            past_len,
-            inputs.mask.as_ref(),
-            self.device(),
-        );
-        let ids = tap.at(Site::EmbedIn, inputs.ids.shallow_clone())?;
-        let x = tap.at(
-            Site::EmbedOut,
-            Tensor::embedding(&self.params.embedding, &ids, -1, false, false),
-        )?;
-        let (cos, sin) = self.rotary_sites(tap, &x, &inputs.positions)?;
-        let n_layers = self.params.layers.len();
-        let block = |l: usize, x: Tensor| {
-            let layer = &self.params.layers[l];
-            self.block(tap, l, layer, x, (&cos, &sin), &mask, cache.as_deref_mut())
-        };
-        let eps = self.config.layer_norm_eps;
-        let final_norm =
-            |x: Tensor| layer_norm(tap, Site::LnFinal, x, &self.params.final_norm, eps);
-        blocks_then_head(
-            tap,
-            x,
-            n_layers,
-            stop_at_layer,
-            output_hidden_states,
-            block,
-            final_norm,
-            |x| self.unembed(x),
-        )
-    }
-
     /// The rotary cosines and sines of `positions`: Phi's rotary module has sites (it takes the
     /// embeddings, for their dtype); GPT-J's table does not.
     fn rotary_sites<T: Tap>(
@@ -406,10 +361,6 @@ impl ParallelForCausalLM {
                 Ok((tap.at(Site::RotaryCos, cos)?, tap.at(Site::RotarySin, sin)?))
             }
         }
-    }
-
-    fn unembed(&self, x: &Tensor) -> Tensor {
-        x.linear(self.params.unembedding(), Some(&self.params.lm_head_bias))
     }
 
     /// One block: `(attn(ln(x)) + mlp(ln(x))) + x`, HF's order. The bridge's `ln1` (attention's
@@ -597,11 +548,43 @@ impl RotaryDecoder for ParallelForCausalLM {
         &self,
         tap: &T,
         inputs: &CheckedInputs,
-        cache: Option<&mut KvCache>,
+        mut cache: Option<&mut KvCache>,
         output_hidden_states: bool,
         stop_at_layer: Option<usize>,
     ) -> ModelResult<PassOutput> {
-        self.pass_checked(tap, inputs, cache, output_hidden_states, stop_at_layer)
+        let past_len = cache.as_ref().map_or(0, |c| c.len());
+        let q_len = inputs.ids.size()[1];
+        let mask = AttentionMask::new(
+            q_len,
+            past_len + q_len,
+            past_len,
+            inputs.mask.as_ref(),
+            self.device(),
+        );
+        let ids = tap.at(Site::EmbedIn, inputs.ids.shallow_clone())?;
+        let x = tap.at(
+            Site::EmbedOut,
+            Tensor::embedding(&self.params.embedding, &ids, -1, false, false),
+        )?;
+        let (cos, sin) = self.rotary_sites(tap, &x, &inputs.positions)?;
+        let n_layers = self.params.layers.len();
+        let block = |l: usize, x: Tensor| {
+            let layer = &self.params.layers[l];
+            self.block(tap, l, layer, x, (&cos, &sin), &mask, cache.as_deref_mut())
+        };
+        let eps = self.config.layer_norm_eps;
+        let final_norm =
+            |x: Tensor| layer_norm(tap, Site::LnFinal, x, &self.params.final_norm, eps);
+        blocks_then_head(
+            tap,
+            x,
+            n_layers,
+            stop_at_layer,
+            output_hidden_states,
+            block,
+            final_norm,
+            |x| self.unembed(x),
+        )
     }
 
     fn n_layers(&self) -> usize {
@@ -610,6 +593,10 @@ impl RotaryDecoder for ParallelForCausalLM {
 
     fn embedding(&self) -> &Tensor {
         &self.params.embedding
+    }
+
+    fn unembed(&self, x: &Tensor) -> Tensor {
+        x.linear(self.params.unembedding(), Some(&self.params.lm_head_bias))
     }
 
     fn run_part<T: Tap>(&self, tap: &T, part: Part<'_>, x: &Tensor) -> Option<ModelResult<Tensor>> {
@@ -621,7 +608,6 @@ impl RotaryDecoder for ParallelForCausalLM {
                 &self.params.final_norm,
                 self.config.layer_norm_eps,
             ),
-            Part::Unembed => self.unembed_component(tap, x),
             Part::Block(l, name) => {
                 let layer = self.params.layers.get(l)?;
                 return self.run_block_component(tap, l, layer, name, x);
@@ -632,12 +618,6 @@ impl RotaryDecoder for ParallelForCausalLM {
 
 /// Components one at a time, as the suite's `all_components` compares them with the bridge's.
 impl ParallelForCausalLM {
-    /// `unembed` alone: the unembedding and its bias between its two sites.
-    fn unembed_component<T: Tap>(&self, tap: &T, x: &Tensor) -> ModelResult<Tensor> {
-        let x = tap.at(Site::UnembedIn, x.shallow_clone())?;
-        tap.at(Site::UnembedOut, self.unembed(&x))
-    }
-
     /// One part of block `l` (`""` for the whole block), or `None` for an unknown part.
     fn run_block_component<T: Tap>(
         &self,
