@@ -16,7 +16,7 @@ use crate::hf::kv_cache::KvCache;
 use crate::hf::llama::LinearParams;
 use crate::hf::mask::AttentionMask;
 use crate::hf::model::CheckedInputs;
-use crate::hf::params::{take_leaf, LayerNormParams};
+use crate::hf::params::{find_parameter, layer_part, take_leaf, LayerNormParams};
 use crate::input;
 use crate::tap::{BlockSite, LinSite, LnSite, Site, Tap};
 
@@ -183,13 +183,10 @@ impl GptNeoParams {
     /// ...) a zero bias that requires gradients; `false` for any other name. Weight processing
     /// uses this where folding the LayerNorm's bias makes them non-zero.
     pub fn add_zero_bias(&mut self, name: &str) -> bool {
-        let Some((layer, rest)) = name
-            .strip_prefix("transformer.h.")
-            .and_then(|r| r.split_once('.'))
-        else {
+        let Some((layer, rest)) = layer_part(name, "transformer.h") else {
             return false;
         };
-        let Some(layer) = layer.parse::<usize>().ok().and_then(|l| self.h.get_mut(l)) else {
+        let Some(layer) = self.h.get_mut(layer) else {
             return false;
         };
         let linear = match rest {
@@ -205,13 +202,7 @@ impl GptNeoParams {
     /// A parameter by its HuggingFace name, sharing storage (`lm_head.weight` is `wte` while
     /// tied). `None` for a name the model does not have.
     pub fn get(&self, name: &str) -> Option<Tensor> {
-        if name == "lm_head.weight" {
-            return Some(self.unembedding().shallow_clone());
-        }
-        self.named()
-            .into_iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, t)| t.shallow_clone())
+        find_parameter(self.named(), name, "lm_head.weight", self.unembedding())
     }
 }
 

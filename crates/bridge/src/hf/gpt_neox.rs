@@ -18,8 +18,8 @@ use crate::hf::kv_cache::KvCache;
 use crate::hf::llama::{rotary_cos_sin, rotate, LinearParams};
 use crate::hf::mask::{self, AttentionMask};
 use crate::hf::model::CheckedInputs;
-use crate::hf::params::take_leaf;
 use crate::hf::params::LayerNormParams;
+use crate::hf::params::{find_parameter, layer_part, take_leaf};
 use crate::input;
 use crate::tap::{BlockSite, LinSite, Site, Tap};
 
@@ -175,17 +175,10 @@ impl GptNeoxParams {
     /// `...query_key_value.bias`) a zero bias that requires gradients, when it has none; `false`
     /// for any other name. Weight processing uses this where it makes a missing bias non-zero.
     pub fn add_zero_bias(&mut self, name: &str) -> bool {
-        let Some((layer, linear)) = name
-            .strip_prefix("gpt_neox.layers.")
-            .and_then(|rest| rest.split_once('.'))
-        else {
+        let Some((layer, linear)) = layer_part(name, "gpt_neox.layers") else {
             return false;
         };
-        let Some(layer) = layer
-            .parse::<usize>()
-            .ok()
-            .and_then(|l| self.layers.get_mut(l))
-        else {
+        let Some(layer) = self.layers.get_mut(layer) else {
             return false;
         };
         let linear = match linear {
@@ -200,13 +193,7 @@ impl GptNeoxParams {
     /// A parameter by its HuggingFace name, sharing storage (`embed_out.weight` is `embed_in`
     /// while tied). `None` for a name the model does not have.
     pub fn get(&self, name: &str) -> Option<Tensor> {
-        if name == "embed_out.weight" {
-            return Some(self.unembedding().shallow_clone());
-        }
-        self.named()
-            .into_iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, t)| t.shallow_clone())
+        find_parameter(self.named(), name, "embed_out.weight", self.unembedding())
     }
 }
 

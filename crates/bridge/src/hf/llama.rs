@@ -15,7 +15,7 @@ use crate::hf::forward::PassOutput;
 use crate::hf::kv_cache::KvCache;
 use crate::hf::mask::{self, AttentionMask};
 use crate::hf::model::CheckedInputs;
-use crate::hf::params::take_leaf;
+use crate::hf::params::{find_parameter, layer_part, take_leaf};
 use crate::input;
 use crate::tap::{BlockSite, LinSite, LnSite, Site, Tap};
 
@@ -220,17 +220,10 @@ impl LlamaParams {
     /// layer's bias. Weight processing uses this where it makes a missing bias non-zero
     /// (fold_value_biases moves Qwen2's value biases into `o_proj`, which has none).
     pub fn add_zero_bias(&mut self, name: &str) -> bool {
-        let Some(rest) = name.strip_prefix("model.layers.") else {
+        let Some((layer, linear)) = layer_part(name, "model.layers") else {
             return false;
         };
-        let Some((layer, linear)) = rest.split_once('.') else {
-            return false;
-        };
-        let Some(layer) = layer
-            .parse::<usize>()
-            .ok()
-            .and_then(|l| self.layers.get_mut(l))
-        else {
+        let Some(layer) = self.layers.get_mut(layer) else {
             return false;
         };
         let linear = match linear {
@@ -250,13 +243,7 @@ impl LlamaParams {
     /// A parameter by its HuggingFace name, sharing storage (`lm_head.weight` is
     /// `embed_tokens` while tied). `None` for a name the model does not have.
     pub fn get(&self, name: &str) -> Option<Tensor> {
-        if name == "lm_head.weight" {
-            return Some(self.unembedding().shallow_clone());
-        }
-        self.named()
-            .into_iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, t)| t.shallow_clone())
+        find_parameter(self.named(), name, "lm_head.weight", self.unembedding())
     }
 }
 

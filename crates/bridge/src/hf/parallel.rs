@@ -19,7 +19,7 @@ use crate::hf::kv_cache::KvCache;
 use crate::hf::llama::{rotary_cos_sin, rotate, LinearParams};
 use crate::hf::mask::{self, AttentionMask};
 use crate::hf::model::CheckedInputs;
-use crate::hf::params::{take_leaf, LayerNormParams};
+use crate::hf::params::{find_parameter, layer_part, take_leaf, LayerNormParams};
 use crate::input;
 use crate::tap::{BlockSite, LinSite, LnSite, Site, Tap};
 
@@ -243,17 +243,10 @@ impl ParallelParams {
     /// LayerNorm bias into the queries, keys and values).
     pub fn add_zero_bias(&mut self, name: &str) -> bool {
         let n = names(self.family);
-        let Some((layer, rest)) = name
-            .strip_prefix(&format!("{}.", n.layers))
-            .and_then(|rest| rest.split_once('.'))
-        else {
+        let Some((layer, rest)) = layer_part(name, n.layers) else {
             return false;
         };
-        let Some(layer) = layer
-            .parse::<usize>()
-            .ok()
-            .and_then(|l| self.layers.get_mut(l))
-        else {
+        let Some(layer) = self.layers.get_mut(layer) else {
             return false;
         };
         let Some(projection) = rest
@@ -276,13 +269,7 @@ impl ParallelParams {
     /// A parameter by its HuggingFace name, sharing storage (`lm_head.weight` is the embedding
     /// while tied). `None` for a name the model does not have.
     pub fn get(&self, name: &str) -> Option<Tensor> {
-        if name == "lm_head.weight" {
-            return Some(self.unembedding().shallow_clone());
-        }
-        self.named()
-            .into_iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, t)| t.shallow_clone())
+        find_parameter(self.named(), name, "lm_head.weight", self.unembedding())
     }
 }
 

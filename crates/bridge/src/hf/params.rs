@@ -24,6 +24,32 @@ pub(crate) fn take_leaf(
         .set_requires_grad(true))
 }
 
+/// The parameter called `name` among `named` (a family's `named()`), sharing storage; the
+/// unembedding `unembedding` for `lm_head_name` (the embedding itself while tied). `None` for a
+/// name the model does not have.
+pub(crate) fn find_parameter(
+    named: Vec<(String, &Tensor)>,
+    name: &str,
+    lm_head_name: &str,
+    unembedding: &Tensor,
+) -> Option<Tensor> {
+    if name == lm_head_name {
+        return Some(unembedding.shallow_clone());
+    }
+    named
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, t)| t.shallow_clone())
+}
+
+/// `name` under `prefix` (`model.layers`) as its layer index and the rest
+/// (`model.layers.3.self_attn.q_proj.bias` is `(3, "self_attn.q_proj.bias")`).
+pub(crate) fn layer_part<'a>(name: &'a str, prefix: &str) -> Option<(usize, &'a str)> {
+    let rest = name.strip_prefix(prefix)?.strip_prefix('.')?;
+    let (layer, part) = rest.split_once('.')?;
+    Some((layer.parse().ok()?, part))
+}
+
 /// A LayerNorm's weight and bias, `[d]` each.
 #[derive(Debug)]
 pub struct LayerNormParams {
