@@ -19,22 +19,20 @@ use crate::params::Params;
 pub struct HookedTransformer {
     cfg: HookedTransformerConfig,
     params: Params,
-    /// The per-layer parameters' storage, stacked over layers (TransformerLens's `W_Q`, ... as
-    /// views of the live weights).
+    /// The per-layer parameters' storage, stacked over layers when a stacked weight is first
+    /// asked for (TransformerLens's `W_Q`, ... as views of the live weights).
     stacks: LayerStacks,
     registry: HookRegistry,
     pub(crate) hooks: ModelHooks,
     pub(crate) tokenizer: Option<Tokenizer>,
 }
 
-fn stack_layers(params: &Params) -> LayerStacks {
-    LayerStacks::alias(
-        params
-            .named()
-            .into_iter()
-            .map(|(name, t)| (name, t.shallow_clone()))
-            .collect(),
-    )
+fn named_clones(params: &Params) -> Vec<(String, Tensor)> {
+    params
+        .named()
+        .into_iter()
+        .map(|(name, t)| (name, t.shallow_clone()))
+        .collect()
 }
 
 impl std::fmt::Debug for HookedTransformer {
@@ -51,20 +49,19 @@ impl HookedTransformer {
     pub fn from_params(cfg: HookedTransformerConfig, params: Params) -> Self {
         let mut registry = HookRegistry::new();
         let hooks = ModelHooks::register(&mut registry, &cfg);
-        let stacks = stack_layers(&params);
         HookedTransformer {
             cfg,
             params,
-            stacks,
+            stacks: LayerStacks::default(),
             registry,
             hooks,
             tokenizer: None,
         }
     }
 
-    /// Stacks the per-layer parameters again, after weight processing replaced them.
+    /// Forgets the stacks of the per-layer parameters, after weight processing replaced them.
     pub(crate) fn restack(&mut self) {
-        self.stacks = stack_layers(&self.params);
+        self.stacks.reset();
     }
 
     /// Every layer's parameter `blocks.{l}.{name}` as one `[n_layers, ...]` tensor sharing
@@ -80,7 +77,10 @@ impl HookedTransformer {
                     .map(|(_, t)| t.shallow_clone())
             })
             .collect::<Option<_>>()?;
-        self.stacks.get(&format!("blocks.*.{name}"), &layers)
+        self.stacks
+            .get_or_stack(&format!("blocks.*.{name}"), &layers, || {
+                named_clones(&self.params)
+            })
     }
 
     /// Attaches a tokenizer (for text input and generation from text).

@@ -2,8 +2,9 @@
 //! (TransformerLens's `model.W_Q`, `model.QK`, `model.OV`, `all_composition_scores`).
 //!
 //! Unlike TransformerLens's, whose `W_Q` is a fresh `torch.stack` of copies, stacked weights alias
-//! the live parameters on both of our models (which keep each per-layer parameter in a row of
-//! one stacked tensor, [`crate::layer_stacks`]): writing into `W_Q` changes the model. The
+//! the live parameters on both of our models (which, from the first stacked weight asked for,
+//! keep each per-layer parameter in a row of one stacked tensor, [`crate::layer_stacks`]):
+//! writing into `W_Q` changes the model. The
 //! exceptions are copies: the per-query-head expansion of grouped key/value weights, and the
 //! zeros served for biases a checkpoint does not have. [`Circuits::write_stacked_weight`] writes
 //! any stacked value back, and says why where it cannot.

@@ -217,7 +217,7 @@ impl LensModel for TransformerBridge {
         };
         Ok(self
             .stacks
-            .get(&pattern, &layers)
+            .get_or_stack(&pattern, &layers, || self.hf.named_parameters())
             .map(|stack| view.apply(&stack)))
     }
 

@@ -49,8 +49,8 @@ pub struct TransformerBridge {
     paths: TlPaths,
     tokenizer: Option<Tokenizer>,
     compatibility: Option<CompatibilityOptions>,
-    /// The per-layer HuggingFace parameters' storage, stacked over layers (so TransformerLens's
-    /// stacked weights are views of the live ones).
+    /// The per-layer HuggingFace parameters' storage, stacked over layers when a stacked weight
+    /// is first asked for (so TransformerLens's stacked weights are views of the live ones).
     stacks: LayerStacks,
 }
 
@@ -59,10 +59,6 @@ pub struct TransformerBridge {
 fn zero_unembed_bias(embedding: &Tensor) -> Tensor {
     let (v, kind, device) = (embedding.size()[0], embedding.kind(), embedding.device());
     Tensor::zeros([v], (kind, device)).set_requires_grad(true)
-}
-
-fn stack_layers(hf: &HfModel) -> LayerStacks {
-    LayerStacks::alias(hf.named_parameters())
 }
 
 impl std::fmt::Debug for TransformerBridge {
@@ -288,7 +284,7 @@ impl TransformerBridge {
     ) -> Self {
         let paths = TlPaths::default();
         TransformerBridge {
-            stacks: stack_layers(&hf),
+            stacks: LayerStacks::default(),
             hf,
             adapter,
             weights,
@@ -465,8 +461,8 @@ impl TransformerBridge {
                 ))
             }
         }
-        // Processing may add parameters (a bias fold_value_biases needs): stack them too.
-        self.stacks = stack_layers(&self.hf);
+        // Processing may add parameters (a bias fold_value_biases needs): stack them anew.
+        self.stacks.reset();
         self.compatibility = Some(options);
         Ok(())
     }
