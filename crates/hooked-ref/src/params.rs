@@ -40,7 +40,15 @@ pub fn convert(
                 });
                 let hf = get(&source.hf, &source.shape, left == 0)?;
                 like.get_or_insert((hf.kind(), hf.device()));
-                source.view.apply(&hf).contiguous()
+                // A parameter read again later (GPT-J's and Phi's one LayerNorm, as `ln1` and
+                // `ln2`; a tied embedding) gets storage of its own here, as TransformerLens
+                // copies it: an edit of one must not reach the other.
+                let view = source.view.apply(&hf);
+                if left > 0 {
+                    view.copy()
+                } else {
+                    view.contiguous()
+                }
             }
         };
         named.insert(tl.to_owned(), tensor);

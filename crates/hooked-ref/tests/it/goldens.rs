@@ -615,3 +615,28 @@ fn hook_flags_work_with_grouped_heads() {
     let refused = shared.set_use_attn_in(true).unwrap_err().to_string();
     assert!(refused.contains("use_split_qkv_input"), "{refused}");
 }
+
+/// GPT-J's and Phi's one LayerNorm becomes two parameters, `ln1` and `ln2`, with storage of
+/// their own (as TransformerLens copies it): an edit of one leaves the other alone.
+#[rstest]
+fn a_shared_layer_norm_becomes_two_independent_parameters(
+    #[values("gptj-a", "phi-a")] config: &str,
+) {
+    let model = decoder(config, ProcessingOptions::none());
+    let weight = |name: &str| {
+        model
+            .params()
+            .named()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.shallow_clone())
+            .unwrap()
+    };
+    let (ln1, ln2) = (weight("blocks.0.ln1.w"), weight("blocks.0.ln2.w"));
+    assert!(ln1.equal(&ln2), "{config}: the same values");
+    let before = ln2.copy();
+    tch::no_grad(|| {
+        let _ = ln1.shallow_clone().fill_(3.0);
+    });
+    assert!(ln2.equal(&before), "{config}: ln2 kept its values");
+}
