@@ -417,14 +417,152 @@ DECODER_CONFIGS = [
             "tie_word_embeddings": False,
         },
     },
+    # Gemma 1-3, Phi-3, OLMo-2 (issue 13). Prompts are 7-12 tokens: every sliding window here
+    # (4) is shorter, and the soft caps are small enough to bind on these weights.
+    # gemma-a: MQA, head_dim 24 on hidden 64, tied, tanh-GELU, attention biases.
+    {
+        "name": "gemma-a",
+        "class": "GemmaForCausalLM",
+        "seed": 3601,
+        "hf": {
+            "vocab_size": VOCAB,
+            "hidden_size": 64,
+            "intermediate_size": 96,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 1,
+            "head_dim": 24,
+            "hidden_act": "gelu_pytorch_tanh",
+            "max_position_embeddings": 64,
+            "rms_norm_eps": 1e-6,
+            "attention_bias": True,
+            "tie_word_embeddings": True,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000.0},
+        },
+    },
+    # gemma2-a: sliding (layer 0) and global (1), query_pre_attn_scalar 24 != head_dim 16, both
+    # soft caps binding, tied.
+    {
+        "name": "gemma2-a",
+        "class": "Gemma2ForCausalLM",
+        "seed": 3602,
+        "hf": {
+            "vocab_size": VOCAB,
+            "hidden_size": 64,
+            "intermediate_size": 96,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "hidden_activation": "gelu_pytorch_tanh",
+            "max_position_embeddings": 64,
+            "rms_norm_eps": 1e-6,
+            "tie_word_embeddings": True,
+            "query_pre_attn_scalar": 24,
+            "sliding_window": 4,
+            "attn_logit_softcapping": 1.5,
+            "final_logit_softcapping": 2.5,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+        },
+    },
+    # gemma3-a: three layers, pattern 2 (sliding, global, sliding), the two rotary bases, the
+    # global one linearly scaled, q/k norms, a final soft cap, untied.
+    {
+        "name": "gemma3-a",
+        "class": "Gemma3ForCausalLM",
+        "seed": 3603,
+        "hf": {
+            "vocab_size": VOCAB,
+            "hidden_size": 64,
+            "intermediate_size": 96,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "hidden_activation": "gelu_pytorch_tanh",
+            "max_position_embeddings": 64,
+            "rms_norm_eps": 1e-6,
+            "tie_word_embeddings": False,
+            "query_pre_attn_scalar": 20,
+            "sliding_window": 4,
+            "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
+            "final_logit_softcapping": 2.5,
+            "rope_parameters": {
+                "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000000.0},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+            },
+        },
+    },
+    # phi3-a: fused qkv and gate/up, GQA, half of each head rotated, a window on every layer.
+    {
+        "name": "phi3-a",
+        "class": "Phi3ForCausalLM",
+        "seed": 3604,
+        "hf": {
+            "vocab_size": VOCAB,
+            "hidden_size": 64,
+            "intermediate_size": 96,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 64,
+            "original_max_position_embeddings": 64,
+            "rms_norm_eps": 1e-5,
+            "tie_word_embeddings": False,
+            "sliding_window": 4,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 500.0,
+                                "partial_rotary_factor": 0.5},
+        },
+    },
+    # olmo2-a: post-sublayer norms only, q/k norms over the whole projection (multi-head: TL
+    # 3.9.0's converter handles no other).
+    {
+        "name": "olmo2-a",
+        "class": "Olmo2ForCausalLM",
+        "seed": 3605,
+        "hf": {
+            "vocab_size": VOCAB,
+            "hidden_size": 64,
+            "intermediate_size": 96,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 64,
+            "rms_norm_eps": 1e-6,
+            "tie_word_embeddings": False,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 5000.0},
+        },
+    },
+    # olmo2-b: grouped KV heads, tied (HF only: TL 3.9.0's OLMo-2 converter is multi-head only).
+    {
+        "name": "olmo2-b",
+        "class": "Olmo2ForCausalLM",
+        "seed": 3606,
+        "tl_goldens": False,
+        "hf": {
+            "vocab_size": VOCAB,
+            "hidden_size": 64,
+            "intermediate_size": 80,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 64,
+            "rms_norm_eps": 1e-5,
+            "tie_word_embeddings": True,
+            "attention_bias": True,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+        },
+    },
 ]
 
 LLAMA_CLASSES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
+GEMMA_CLASSES = ("GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM")
 
 
 def config_class(class_name: str):
     import transformers
 
+    if class_name == "Gemma3ForCausalLM":
+        return transformers.Gemma3TextConfig
     return getattr(transformers, class_name.replace("ForCausalLM", "Config"))
 
 
@@ -439,7 +577,8 @@ def param_kind(name: str) -> str:
         return "bias"
     if name.endswith(("norm.weight", "ln_1.weight", "ln_2.weight", "ln_f.weight")):
         return "norm_weight"
-    if name.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "query_key_value.weight")):
+    if name.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "query_key_value.weight",
+                      "qkv_proj.weight")):
         return "qkv"
     return "matrix"
 
@@ -449,12 +588,14 @@ def randomize_(model, seed: int) -> dict:
 
     g = torch.Generator().manual_seed(seed)
     kinds = {}
+    # Gemma's RMSNorms multiply by 1 + w: their weights are offsets from 1, drawn around 0.
+    norm_centre = 0.0 if type(model).__name__ in GEMMA_CLASSES else 1.0
     with torch.no_grad():
         for name, p in model.named_parameters():  # a tied lm_head is embed_tokens itself
             noise = torch.randn(tuple(p.shape), generator=g, dtype=torch.float32)
             kind = param_kind(name)
             scale = {"bias": 0.05, "norm_weight": 0.1, "qkv": 0.2, "matrix": 0.1}[kind]
-            p.copy_((1.0 if kind == "norm_weight" else 0.0) + scale * noise)
+            p.copy_((norm_centre if kind == "norm_weight" else 0.0) + scale * noise)
             kinds[name] = kind
     return kinds
 

@@ -47,6 +47,11 @@ pub enum BlockSite {
     Ln1(LnSite),
     /// The second LayerNorm.
     Ln2(LnSite),
+    /// Gemma 2's and 3's norm of the attention output (`ln1_post`, HF's
+    /// `post_attention_layernorm`).
+    Ln1Post(LnSite),
+    /// Gemma 2's and 3's norm of the MLP output (`ln2_post`, `post_feedforward_layernorm`).
+    Ln2Post(LnSite),
     /// The attention's input, ln1's output (`attn.hook_in`).
     AttnIn,
     /// The attention's output (`attn.hook_out` = `hook_attn_out`).

@@ -21,7 +21,7 @@ mod parallel;
 
 pub use gpt_neo::GptNeoConfig;
 pub use gpt_neox::GptNeoxConfig;
-pub use llama::{LlamaConfig, LlamaFamily, Rope, RopeScaling};
+pub use llama::{LlamaConfig, LlamaFamily, NormPlacement, QkNorm, RmsScale, Rope, RopeScaling};
 pub use opt::{OptConfig, OPT_POSITION_OFFSET};
 pub use parallel::{ParallelConfig, ParallelFamily};
 
@@ -37,6 +37,11 @@ pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
     "mistral (MistralForCausalLM)",
     "qwen2 (Qwen2ForCausalLM)",
     "qwen3 (Qwen3ForCausalLM)",
+    "gemma (GemmaForCausalLM)",
+    "gemma2 (Gemma2ForCausalLM)",
+    "gemma3_text (Gemma3ForCausalLM)",
+    "phi3 (Phi3ForCausalLM)",
+    "olmo2 (Olmo2ForCausalLM)",
 ];
 
 /// A parsed `config.json`, one variant per supported architecture.
@@ -45,7 +50,8 @@ pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
 pub enum HfConfig {
     /// `model_type: "gpt2"` (`GPT2LMHeadModel`).
     Gpt2(Gpt2Config),
-    /// `model_type` `llama`, `mistral`, `qwen2` or `qwen3` (see [`LlamaFamily`]).
+    /// `model_type` `llama`, `mistral`, `qwen2`, `qwen3`, `gemma`, `gemma2`, `gemma3_text`,
+    /// `phi3` or `olmo2` (see [`LlamaFamily`]).
     Llama(LlamaConfig),
     /// `model_type: "gpt_neox"` (`GPTNeoXForCausalLM`: Pythia, GPT-NeoX-20B).
     GptNeox(GptNeoxConfig),

@@ -85,6 +85,24 @@ pub enum View {
         /// Head width.
         d_head: i64,
     },
+    /// Rows `offset..offset + heads * d_head` of a fused `nn.Linear` projection (Phi-3's
+    /// `qkv_proj`) as `[heads, d, d_head]`.
+    LinearHeadsAt {
+        /// The first row.
+        offset: i64,
+        /// Heads.
+        heads: i64,
+        /// Head width.
+        d_head: i64,
+    },
+    /// Rows `offset..offset + rows` of a fused `nn.Linear` weight (Phi-3's `gate_up_proj`),
+    /// transposed to `[in, rows]`.
+    LinearRowsTransposed {
+        /// The first row.
+        offset: i64,
+        /// How many rows.
+        rows: i64,
+    },
     /// A `Conv1D` output projection `[heads * d_head, d]` as `[heads, d_head, d]`.
     ConvHeadsOut {
         /// Heads.
@@ -153,9 +171,60 @@ impl View {
             } => t
                 .view(shaped(1, &[heads, 3, d_head]).as_slice())
                 .select(-2, part),
+            View::LinearHeadsAt {
+                offset,
+                heads,
+                d_head,
+            } => View::LinearHeads { heads, d_head }.apply(&t.narrow(-2, offset, heads * d_head)),
+            View::LinearRowsTransposed { offset, rows } => {
+                t.narrow(-2, offset, rows).transpose(-2, -1)
+            }
             View::ConvHeadsOut { heads, d_head } => {
                 t.view(shaped(2, &[heads, d_head, last(1)]).as_slice())
             }
+        }
+    }
+}
+
+/// How a TransformerLens weight's values relate to its HuggingFace parameter's (after the
+/// view). Where they differ, the TransformerLens weight is a copy: a write goes back through
+/// [`Value::to_hf`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Value {
+    /// The same values: the TransformerLens weight is a view, writes reach the model.
+    Same,
+    /// One more, computed in f32: Gemma's RMSNorms multiply by `1 + w` and store `w`;
+    /// TransformerLens stores the factor.
+    PlusOne,
+    /// Times a factor in the parameter's dtype: Gemma scales its embeddings by `sqrt(d_model)`
+    /// at run time; TransformerLens folds the scale into `W_E`.
+    Scaled(f64),
+}
+
+impl Value {
+    /// The TransformerLens weight from the (viewed) HuggingFace parameter.
+    pub fn to_tl(self, t: &Tensor) -> Tensor {
+        match self {
+            Value::Same => t.shallow_clone(),
+            Value::PlusOne => (t.to_kind(tch::Kind::Float) + 1.0).to_kind(t.kind()),
+            Value::Scaled(factor) => t * Tensor::from(factor).to_kind(t.kind()),
+        }
+    }
+
+    /// The HuggingFace parameter's values from a TransformerLens weight.
+    pub fn to_hf(self, t: &Tensor) -> Tensor {
+        match self {
+            Value::Same => t.shallow_clone(),
+            Value::PlusOne => (t.to_kind(tch::Kind::Float) - 1.0).to_kind(t.kind()),
+            Value::Scaled(factor) => t / Tensor::from(factor).to_kind(t.kind()),
+        }
+    }
+
+    /// The gradient with respect to the TransformerLens weight from the parameter's.
+    pub fn grad_to_tl(self, grad: &Tensor) -> Tensor {
+        match self {
+            Value::Same | Value::PlusOne => grad.shallow_clone(),
+            Value::Scaled(factor) => grad / factor,
         }
     }
 }
@@ -169,6 +238,8 @@ pub struct Source {
     pub shape: Vec<i64>,
     /// How it is laid out as the TransformerLens weight.
     pub view: View,
+    /// How the values relate (after the view).
+    pub value: Value,
     /// The TransformerLens weight is zero when the checkpoint has no such parameter (a bias the
     /// configuration leaves out; TransformerLens's layout always has its biases). Its shape then.
     pub zeros_if_absent: Option<Vec<i64>>,
@@ -188,9 +259,17 @@ impl WeightMap {
                 hf,
                 shape: shape.to_vec(),
                 view,
+                value: Value::Same,
                 zeros_if_absent: None,
             },
         ));
+    }
+
+    /// Marks the last entry's values as related to its parameter's by `value`.
+    fn with_value(&mut self, value: Value) {
+        if let Some((_, source)) = self.entries.last_mut() {
+            source.value = value;
+        }
     }
 
     fn push_optional(
@@ -323,10 +402,16 @@ pub fn gpt2(dims: &ModelDims, tie_word_embeddings: bool) -> WeightMap {
     map
 }
 
-/// The Llama family's table (Llama, Mistral, Qwen2, Qwen3): `nn.Linear` weights `[out, in]`,
-/// grouped keys and values under TransformerLens's `_W_K` / `_W_V` / `_b_K` / `_b_V`, every
-/// bias the configuration may leave out zero when absent, Qwen3's q/k norm weights, the gate.
+/// The Llama family's table (Llama, Mistral, Qwen2, Qwen3, Gemma 1-3, Phi-3, OLMo-2):
+/// `nn.Linear` weights `[out, in]` (Phi-3's q, k, v and gate, up rows of its fused
+/// projections), grouped keys and values under TransformerLens's `_W_K` / `_W_V` / `_b_K` /
+/// `_b_V`, every bias the configuration may leave out zero when absent, the q/k norm weights,
+/// the gate. TransformerLens's norm names follow where the norms sit: `ln1` / `ln2` before the
+/// sublayers, Gemma 2's and 3's `ln1_post` / `ln2_post` after them, and OLMo-2's post-sublayer
+/// norms as `ln1` / `ln2` (TransformerLens 3.9.0's converter). Gemma's norm weights are `1 + w`
+/// and its `W_E` holds the embedding scale, as TransformerLens converts them.
 pub fn llama(cfg: &LlamaConfig) -> WeightMap {
+    use crate::config::{NormPlacement, QkNorm, RmsScale};
     let (d, m, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
     let (h, h_kv, dh) = (
         cfg.num_attention_heads,
@@ -334,6 +419,10 @@ pub fn llama(cfg: &LlamaConfig) -> WeightMap {
         cfg.head_dim,
     );
     let kv = if h_kv != h { "_" } else { "" };
+    let norm_value = match cfg.rms_scale {
+        RmsScale::OnePlusWeight => Value::PlusOne,
+        RmsScale::Weight | RmsScale::WeightInF32 => Value::Same,
+    };
     let mut map = WeightMap::default();
     map.push(
         "embed.W_E".into(),
@@ -341,36 +430,75 @@ pub fn llama(cfg: &LlamaConfig) -> WeightMap {
         &[v, d],
         View::Same,
     );
+    if let Some(scale) = cfg.embed_scale {
+        map.with_value(Value::Scaled(scale));
+    }
+    let norm = |map: &mut WeightMap, tl: String, hf: String, width: i64| {
+        map.push(tl, hf, &[width], View::Same);
+        map.with_value(norm_value);
+    };
     for l in 0..cfg.num_hidden_layers {
         let tl = |s: &str| format!("blocks.{l}.{s}");
         let hf = |s: &str| format!("model.layers.{l}.{s}");
-        let heads = |n| View::LinearHeads {
-            heads: n,
-            d_head: dh,
-        };
         let bias = |n| View::HeadBias {
             heads: n,
             d_head: dh,
         };
-        map.push(tl("ln1.w"), hf("input_layernorm.weight"), &[d], View::Same);
-        map.push(
-            tl("attn.W_Q"),
-            hf("self_attn.q_proj.weight"),
-            &[h * dh, d],
-            heads(h),
-        );
-        map.push(
-            tl(&format!("attn.{kv}W_K")),
-            hf("self_attn.k_proj.weight"),
-            &[h_kv * dh, d],
-            heads(h_kv),
-        );
-        map.push(
-            tl(&format!("attn.{kv}W_V")),
-            hf("self_attn.v_proj.weight"),
-            &[h_kv * dh, d],
-            heads(h_kv),
-        );
+        let (pre_attn, post_attn, pre_mlp, post_mlp) = match cfg.norm_placement {
+            NormPlacement::Before => (
+                Some("input_layernorm"),
+                None,
+                Some("post_attention_layernorm"),
+                None,
+            ),
+            NormPlacement::BeforeAndAfter => (
+                Some("input_layernorm"),
+                Some(("ln1_post", "post_attention_layernorm")),
+                Some("pre_feedforward_layernorm"),
+                Some(("ln2_post", "post_feedforward_layernorm")),
+            ),
+            NormPlacement::After => (
+                None,
+                Some(("ln1", "post_attention_layernorm")),
+                None,
+                Some(("ln2", "post_feedforward_layernorm")),
+            ),
+        };
+        if let Some(name) = pre_attn {
+            norm(&mut map, tl("ln1.w"), hf(&format!("{name}.weight")), d);
+        }
+        let projections = if cfg.fused_projections {
+            let fused = hf("self_attn.qkv_proj.weight");
+            let rows = (h + 2 * h_kv) * dh;
+            let at = |offset, heads| View::LinearHeadsAt {
+                offset,
+                heads,
+                d_head: dh,
+            };
+            [
+                (fused.clone(), rows, at(0, h)),
+                (fused.clone(), rows, at(h * dh, h_kv)),
+                (fused, rows, at((h + h_kv) * dh, h_kv)),
+            ]
+        } else {
+            let heads = |n| View::LinearHeads {
+                heads: n,
+                d_head: dh,
+            };
+            [
+                (hf("self_attn.q_proj.weight"), h * dh, heads(h)),
+                (hf("self_attn.k_proj.weight"), h_kv * dh, heads(h_kv)),
+                (hf("self_attn.v_proj.weight"), h_kv * dh, heads(h_kv)),
+            ]
+        };
+        let names = [
+            "attn.W_Q".to_string(),
+            format!("attn.{kv}W_K"),
+            format!("attn.{kv}W_V"),
+        ];
+        for (name, (param, rows, view)) in names.into_iter().zip(projections) {
+            map.push(tl(&name), param, &[rows, d], view);
+        }
         let heads_out = View::LinearHeadsOut {
             heads: h,
             d_head: dh,
@@ -381,27 +509,19 @@ pub fn llama(cfg: &LlamaConfig) -> WeightMap {
             &[d, h * dh],
             heads_out,
         );
-        map.push_optional(
-            tl("attn.b_Q"),
-            hf("self_attn.q_proj.bias"),
-            &[h * dh],
-            bias(h),
-            &[h, dh],
-        );
-        map.push_optional(
-            tl(&format!("attn.{kv}b_K")),
-            hf("self_attn.k_proj.bias"),
-            &[h_kv * dh],
-            bias(h_kv),
-            &[h_kv, dh],
-        );
-        map.push_optional(
-            tl(&format!("attn.{kv}b_V")),
-            hf("self_attn.v_proj.bias"),
-            &[h_kv * dh],
-            bias(h_kv),
-            &[h_kv, dh],
-        );
+        for (name, hf_name, n) in [
+            ("attn.b_Q".to_string(), "q_proj", h),
+            (format!("attn.{kv}b_K"), "k_proj", h_kv),
+            (format!("attn.{kv}b_V"), "v_proj", h_kv),
+        ] {
+            map.push_optional(
+                tl(&name),
+                hf(&format!("self_attn.{hf_name}.bias")),
+                &[n * dh],
+                bias(n),
+                &[n, dh],
+            );
+        }
         map.push_optional(
             tl("attn.b_O"),
             hf("self_attn.o_proj.bias"),
@@ -409,41 +529,63 @@ pub fn llama(cfg: &LlamaConfig) -> WeightMap {
             View::Same,
             &[d],
         );
-        if cfg.qk_norm {
-            map.push(
+        let qk_widths = match cfg.qk_norm {
+            QkNorm::None => None,
+            QkNorm::PerHead => Some((dh, dh)),
+            QkNorm::Projection => Some((h * dh, h_kv * dh)),
+        };
+        if let Some((q_width, k_width)) = qk_widths {
+            norm(
+                &mut map,
                 tl("attn.q_norm.w"),
                 hf("self_attn.q_norm.weight"),
-                &[dh],
-                View::Same,
+                q_width,
             );
-            map.push(
+            norm(
+                &mut map,
                 tl("attn.k_norm.w"),
                 hf("self_attn.k_norm.weight"),
-                &[dh],
-                View::Same,
+                k_width,
             );
         }
-        map.push(
-            tl("ln2.w"),
-            hf("post_attention_layernorm.weight"),
-            &[d],
-            View::Same,
-        );
-        map.push(
-            tl("mlp.W_gate"),
-            hf("mlp.gate_proj.weight"),
-            &[m, d],
-            View::Transpose,
-        );
-        if cfg.mlp_bias {
-            map.push(tl("mlp.b_gate"), hf("mlp.gate_proj.bias"), &[m], View::Same);
+        if let Some((tl_name, hf_name)) = post_attn {
+            norm(
+                &mut map,
+                tl(&format!("{tl_name}.w")),
+                hf(&format!("{hf_name}.weight")),
+                d,
+            );
         }
-        map.push(
-            tl("mlp.W_in"),
-            hf("mlp.up_proj.weight"),
-            &[m, d],
-            View::Transpose,
-        );
+        if let Some(name) = pre_mlp {
+            norm(&mut map, tl("ln2.w"), hf(&format!("{name}.weight")), d);
+        }
+        if cfg.fused_projections {
+            let fused = hf("mlp.gate_up_proj.weight");
+            for (name, offset) in [("mlp.W_gate", 0), ("mlp.W_in", m)] {
+                map.push(
+                    tl(name),
+                    fused.clone(),
+                    &[2 * m, d],
+                    View::LinearRowsTransposed { offset, rows: m },
+                );
+            }
+        } else {
+            map.push(
+                tl("mlp.W_gate"),
+                hf("mlp.gate_proj.weight"),
+                &[m, d],
+                View::Transpose,
+            );
+            if cfg.mlp_bias {
+                map.push(tl("mlp.b_gate"), hf("mlp.gate_proj.bias"), &[m], View::Same);
+            }
+            map.push(
+                tl("mlp.W_in"),
+                hf("mlp.up_proj.weight"),
+                &[m, d],
+                View::Transpose,
+            );
+        }
         map.push_optional(
             tl("mlp.b_in"),
             hf("mlp.up_proj.bias"),
@@ -464,13 +606,16 @@ pub fn llama(cfg: &LlamaConfig) -> WeightMap {
             View::Same,
             &[d],
         );
+        if let Some((tl_name, hf_name)) = post_mlp {
+            norm(
+                &mut map,
+                tl(&format!("{tl_name}.w")),
+                hf(&format!("{hf_name}.weight")),
+                d,
+            );
+        }
     }
-    map.push(
-        "ln_final.w".into(),
-        "model.norm.weight".into(),
-        &[d],
-        View::Same,
-    );
+    norm(&mut map, "ln_final.w".into(), "model.norm.weight".into(), d);
     push_unembed(
         &mut map,
         cfg.tie_word_embeddings,

@@ -48,6 +48,8 @@ pub(crate) fn site_name(site: Site) -> String {
                 BlockSite::ResidMid => "hook_resid_mid".to_string(),
                 BlockSite::Ln1(s) => format!("ln1.{}", ln_suffix(s)),
                 BlockSite::Ln2(s) => format!("ln2.{}", ln_suffix(s)),
+                BlockSite::Ln1Post(s) => format!("ln1_post.{}", ln_suffix(s)),
+                BlockSite::Ln2Post(s) => format!("ln2_post.{}", ln_suffix(s)),
                 BlockSite::AttnIn => "attn.hook_in".to_string(),
                 BlockSite::AttnOut => "attn.hook_out".to_string(),
                 BlockSite::AttnScores => "attn.hook_attn_scores".to_string(),
@@ -225,13 +227,22 @@ impl Layout {
     /// `hook_resid_mid` is a point of its own; and the rotary module's `hook_out`, which never
     /// fires there (and its alias `hook_pos_embed`), is not registered, as a rotary
     /// HookedTransformer has no `hook_pos_embed`.
-    pub fn llama(n_layers: usize, qk_norm: bool) -> Self {
+    pub fn llama(cfg: &lens_core::LlamaConfig) -> Self {
+        use lens_core::config::{NormPlacement, QkNorm};
         use BlockSite as B;
         let (ln, lin) = (norm_sites, linear_sites);
+        let qk_norm = cfg.qk_norm != QkNorm::None;
+        let placement = cfg.norm_placement;
         let block = |_| {
             let mut block = RESIDUAL_SITES.to_vec();
             block.extend(ln(B::Ln1));
+            if placement == NormPlacement::BeforeAndAfter {
+                block.extend(ln(B::Ln1Post));
+            }
             block.extend(ln(B::Ln2));
+            if placement == NormPlacement::BeforeAndAfter {
+                block.extend(ln(B::Ln2Post));
+            }
             block.extend(ATTENTION_SITES);
             block.extend([B::RotK, B::RotQ, B::Cos, B::Sin]);
             if qk_norm {
@@ -255,7 +266,24 @@ impl Layout {
             ("mlp.hook_pre_linear", B::MlpFc(LinSite::Out)),
             ("mlp.hook_post", B::MlpProj(LinSite::In)),
         ];
-        Self::rotary(n_layers, block, &mlp)
+        let mut layout = Self::rotary(cfg.num_hidden_layers as usize, block, &mlp);
+        // Where a norm follows a sublayer, TransformerLens's `hook_attn_out` / `hook_mlp_out`
+        // are that norm's output: what joins the residual stream.
+        let (attn_out, mlp_out) = match placement {
+            NormPlacement::Before => (B::AttnOut, B::MlpCompOut),
+            NormPlacement::BeforeAndAfter => (B::Ln1Post(LnSite::Out), B::Ln2Post(LnSite::Out)),
+            NormPlacement::After => (B::Ln1(LnSite::Out), B::Ln2(LnSite::Out)),
+        };
+        for (alias, site) in &mut layout.aliases {
+            if let Site::Block(l, _) = *site {
+                if alias.ends_with(".hook_attn_out") {
+                    *site = Site::Block(l, attn_out);
+                } else if alias.ends_with(".hook_mlp_out") {
+                    *site = Site::Block(l, mlp_out);
+                }
+            }
+        }
+        layout
     }
 
     /// GPT-NeoX's, under the names of TransformerLens 3.9.0's GPT-NeoX adapter

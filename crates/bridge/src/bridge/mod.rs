@@ -175,7 +175,7 @@ impl TransformerBridge {
             .lm_head_bias
             .get_or_insert_with(|| zero_unembed_bias(&params.embed_tokens));
         let c = hf.config();
-        let layout = Layout::llama(c.num_hidden_layers as usize, c.qk_norm);
+        let layout = Layout::llama(c);
         let weights = weight_map::llama(c);
         Self::assemble(HfModel::Llama(hf), None, layout, weights, tokenizer)
     }

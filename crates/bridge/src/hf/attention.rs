@@ -13,10 +13,19 @@ use crate::hf::mask::{self, AttentionMask};
 use crate::tap::{BlockSite, LinSite, MaskStyle, Site, Tap};
 
 /// How a family turns queries and keys into scores.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum Scores {
-    /// `(q @ kᵀ) * d_head^-0.5` in the model's dtype (Llama, GPT-NeoX, Phi).
+    /// `(q @ kᵀ) * d_head^-0.5` in the model's dtype (GPT-NeoX, Phi).
     Scaled,
+    /// `(q @ kᵀ) * scale` in the model's dtype, then soft-capped as `cap * tanh(s / cap)`
+    /// when a cap is set (the Llama family: Gemma 2's `query_pre_attn_scalar^-0.5` and
+    /// `attn_logit_softcapping`).
+    ScaledCapped {
+        /// The factor.
+        scale: f64,
+        /// The soft cap.
+        softcap: Option<f64>,
+    },
     /// `(q.f32 @ k.f32ᵀ) / sqrt(d_head)`, in f32 whatever the model's dtype (GPT-J).
     UpcastDivided,
     /// `q.f32 @ k.f32ᵀ`, unscaled, in f32 (GPT-Neo).
@@ -84,6 +93,56 @@ pub(crate) fn separate_qkv<T: Tap>(
         .map_err(|_| ModelError::InvalidInput("three projections".into()))
 }
 
+/// [`separate_qkv`] for a fused projection whose rows are q's, k's and v's (`parts`, views of
+/// `fused`): one product of `fused`, split, while nothing edits the three inputs (HF's
+/// computation); else each part's own product.
+pub(crate) fn fused_qkv<T: Tap>(
+    tap: &T,
+    l: usize,
+    resid_pre: &Tensor,
+    ln1: impl Fn(Tensor) -> ModelResult<Tensor>,
+    fused: &LinearParams,
+    parts: [(&LinearParams, i64); 3],
+    head_dim: i64,
+) -> ModelResult<[Tensor; 3]> {
+    if tap.paths().per_head_inputs() {
+        return separate_qkv(tap, l, resid_pre, ln1, parts, head_dim);
+    }
+    let s = |site: BlockSite| Site::Block(l, site);
+    let (batch, q_len) = (resid_pre.size()[0], resid_pre.size()[1]);
+    let x = tap.at(s(BlockSite::AttnIn), ln1(resid_pre.shallow_clone())?)?;
+    let sites: [LinearSites; 3] = [BlockSite::Q, BlockSite::K, BlockSite::V];
+    let inputs = sites
+        .iter()
+        .map(|lin| tap.at_noting_edits(s(lin(LinSite::In)), x.shallow_clone()))
+        .collect::<ModelResult<Vec<_>>>()?;
+    let outputs: Vec<Tensor> = if inputs.iter().all(|i| i.untouched) {
+        let all = fused.apply(&x);
+        let mut offset = 0;
+        parts
+            .iter()
+            .map(|(_, n)| {
+                let part = all.narrow(-1, offset, n * head_dim);
+                offset += n * head_dim;
+                part
+            })
+            .collect()
+    } else {
+        inputs
+            .iter()
+            .zip(parts)
+            .map(|(input, (proj, _))| proj.apply(&input.activation))
+            .collect()
+    };
+    let mut out = Vec::with_capacity(3);
+    for ((lin, (_, n)), h) in sites.into_iter().zip(parts).zip(outputs) {
+        let h = h.reshape([batch, q_len, n, head_dim]);
+        out.push(tap.at(s(lin(LinSite::Out)), h)?);
+    }
+    out.try_into()
+        .map_err(|_| ModelError::InvalidInput("three projections".into()))
+}
+
 /// `proj` applied per head: `x` `[b, p, n, d]` (one input per head) through each head's rows
 /// of the weight, to `[b, p, n, head_dim]`.
 fn project_linear_per_head(x: &Tensor, proj: &LinearParams, n: i64, head_dim: i64) -> Tensor {
@@ -119,6 +178,13 @@ pub(crate) fn attend<T: Tap>(
     let style = tap.mask_style();
     let raw = match scores {
         Scores::Scaled => q.matmul(&k.transpose(2, 3)) * (dh as f64).powf(-0.5),
+        Scores::ScaledCapped { scale, softcap } => {
+            let scores = q.matmul(&k.transpose(2, 3)) * scale;
+            match softcap {
+                Some(cap) => (scores / cap).tanh() * cap,
+                None => scores,
+            }
+        }
         Scores::UpcastDivided => {
             q.to_kind(Kind::Float)
                 .matmul(&k.to_kind(Kind::Float).transpose(2, 3))

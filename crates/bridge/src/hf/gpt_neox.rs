@@ -608,7 +608,7 @@ impl GptNeoxForCausalLM {
 
 /// `apply_rotary_pos_emb` on the first `rotary_dim` dimensions of q or k `[b, h, p, dh]`,
 /// the rest passed through: `cat(x_rot * cos + rotate_half(x_rot) * sin, x_pass)`.
-fn rotate_leading(x: &Tensor, cos: &Tensor, sin: &Tensor, rotary_dim: i64) -> Tensor {
+pub(crate) fn rotate_leading(x: &Tensor, cos: &Tensor, sin: &Tensor, rotary_dim: i64) -> Tensor {
     let dh = x.size()[3];
     if rotary_dim == 0 {
         return x.shallow_clone();

@@ -5,6 +5,7 @@
 //! layer, Qwen3's per-head q/k RMSNorm, a SwiGLU MLP, tied or untied embeddings; HF's additive
 //! `finfo.min` masks, its position ids, loss, KV cache and `output_hidden_states`. No hooks.
 
+use lens_core::config::{NormPlacement, QkNorm, RmsScale};
 use lens_core::model::{ModelError, ModelResult};
 use lens_core::{HfConfig, LlamaConfig, Weights};
 use tch::{Device, Kind, Tensor};
@@ -12,6 +13,7 @@ use tch::{Device, Kind, Tensor};
 use crate::hf::attention::{self, Scores};
 use crate::hf::decoder::{blocks_then_head, decoder_api, Part, RotaryDecoder};
 use crate::hf::forward::PassOutput;
+use crate::hf::gpt_neox::rotate_leading;
 use crate::hf::kv_cache::KvCache;
 use crate::hf::mask::{self, AttentionMask};
 use crate::hf::model::CheckedInputs;
@@ -44,31 +46,127 @@ impl LinearParams {
     }
 }
 
+/// The attention's input projections.
+#[derive(Debug)]
+pub enum QkvProjections {
+    /// `self_attn.q_proj` `[n_heads * d_head, d]`, `k_proj` and `v_proj`
+    /// `[n_kv_heads * d_head, d]`.
+    Separate {
+        /// `q_proj`.
+        q_proj: LinearParams,
+        /// `k_proj`.
+        k_proj: LinearParams,
+        /// `v_proj`.
+        v_proj: LinearParams,
+    },
+    /// Phi-3's `self_attn.qkv_proj`, `[(n_heads + 2 n_kv_heads) * d_head, d]`: the rows of q,
+    /// then k, then v.
+    Fused(LinearParams),
+}
+
+/// The MLP's gate and up projections.
+#[derive(Debug)]
+pub enum GateUpProjections {
+    /// `mlp.gate_proj` and `mlp.up_proj`, `[d_mlp, d]` each.
+    Separate {
+        /// `gate_proj`.
+        gate_proj: LinearParams,
+        /// `up_proj`.
+        up_proj: LinearParams,
+    },
+    /// Phi-3's `mlp.gate_up_proj`, `[2 d_mlp, d]`: the gate's rows, then up's.
+    Fused(LinearParams),
+}
+
 /// One decoder layer (`model.layers.{i}`).
 #[derive(Debug)]
 pub struct LlamaLayerParams {
-    /// `input_layernorm.weight`, `[d]`.
-    pub input_layernorm: Tensor,
-    /// `self_attn.q_proj`, `[n_heads * d_head, d]`.
-    pub q_proj: LinearParams,
-    /// `self_attn.k_proj`, `[n_kv_heads * d_head, d]`.
-    pub k_proj: LinearParams,
-    /// `self_attn.v_proj`, `[n_kv_heads * d_head, d]`.
-    pub v_proj: LinearParams,
+    /// `input_layernorm.weight`, `[d]` (OLMo-2 has none: its norms follow the sublayers).
+    pub input_layernorm: Option<Tensor>,
+    /// q, k and v.
+    pub qkv: QkvProjections,
     /// `self_attn.o_proj`, `[d, n_heads * d_head]`.
     pub o_proj: LinearParams,
-    /// Qwen3's `self_attn.q_norm.weight`, `[d_head]`.
+    /// `self_attn.q_norm.weight`: `[d_head]` (Qwen3, Gemma 3) or `[n_heads * d_head]`
+    /// (OLMo-2).
     pub q_norm: Option<Tensor>,
-    /// Qwen3's `self_attn.k_norm.weight`, `[d_head]`.
+    /// `self_attn.k_norm.weight`: `[d_head]` or `[n_kv_heads * d_head]`.
     pub k_norm: Option<Tensor>,
-    /// `post_attention_layernorm.weight`, `[d]`.
+    /// `post_attention_layernorm.weight`, `[d]`: the norm before the MLP (Llama, Gemma 1,
+    /// Phi-3), or of the attention's output (Gemma 2 and 3, OLMo-2).
     pub post_attention_layernorm: Tensor,
-    /// `mlp.gate_proj`, `[d_mlp, d]`.
-    pub gate_proj: LinearParams,
-    /// `mlp.up_proj`, `[d_mlp, d]`.
-    pub up_proj: LinearParams,
+    /// Gemma 2's and 3's `pre_feedforward_layernorm.weight`, `[d]`.
+    pub pre_feedforward_layernorm: Option<Tensor>,
+    /// `post_feedforward_layernorm.weight`, `[d]`, of the MLP's output (Gemma 2 and 3,
+    /// OLMo-2).
+    pub post_feedforward_layernorm: Option<Tensor>,
+    /// The gate and up projections.
+    pub gate_up: GateUpProjections,
     /// `mlp.down_proj`, `[d, d_mlp]`.
     pub down_proj: LinearParams,
+}
+
+impl LlamaLayerParams {
+    /// The norm before the MLP: `post_attention_layernorm` where norms come before the
+    /// sublayers, Gemma 2's and 3's `pre_feedforward_layernorm`, none in OLMo-2.
+    pub fn pre_mlp_norm(&self, placement: NormPlacement) -> Option<&Tensor> {
+        match placement {
+            NormPlacement::Before => Some(&self.post_attention_layernorm),
+            NormPlacement::BeforeAndAfter => self.pre_feedforward_layernorm.as_ref(),
+            NormPlacement::After => None,
+        }
+    }
+
+    /// The norm of the attention's output (Gemma 2 and 3, OLMo-2).
+    pub fn post_attention_norm(&self, placement: NormPlacement) -> Option<&Tensor> {
+        match placement {
+            NormPlacement::Before => None,
+            NormPlacement::BeforeAndAfter | NormPlacement::After => {
+                Some(&self.post_attention_layernorm)
+            }
+        }
+    }
+
+    /// Every linear layer under its name inside the layer (`self_attn.q_proj`, ...).
+    fn linears(&self) -> Vec<(&'static str, &LinearParams)> {
+        let mut out = match &self.qkv {
+            QkvProjections::Separate {
+                q_proj,
+                k_proj,
+                v_proj,
+            } => vec![
+                ("self_attn.q_proj", q_proj),
+                ("self_attn.k_proj", k_proj),
+                ("self_attn.v_proj", v_proj),
+            ],
+            QkvProjections::Fused(qkv) => vec![("self_attn.qkv_proj", qkv)],
+        };
+        out.push(("self_attn.o_proj", &self.o_proj));
+        match &self.gate_up {
+            GateUpProjections::Separate { gate_proj, up_proj } => {
+                out.push(("mlp.gate_proj", gate_proj));
+                out.push(("mlp.up_proj", up_proj));
+            }
+            GateUpProjections::Fused(gate_up) => out.push(("mlp.gate_up_proj", gate_up)),
+        }
+        out.push(("mlp.down_proj", &self.down_proj));
+        out
+    }
+
+    fn linear_mut(&mut self, name: &str) -> Option<&mut LinearParams> {
+        Some(match (name, &mut self.qkv, &mut self.gate_up) {
+            ("self_attn.q_proj", QkvProjections::Separate { q_proj, .. }, _) => q_proj,
+            ("self_attn.k_proj", QkvProjections::Separate { k_proj, .. }, _) => k_proj,
+            ("self_attn.v_proj", QkvProjections::Separate { v_proj, .. }, _) => v_proj,
+            ("self_attn.qkv_proj", QkvProjections::Fused(qkv), _) => qkv,
+            ("self_attn.o_proj", _, _) => &mut self.o_proj,
+            ("mlp.gate_proj", _, GateUpProjections::Separate { gate_proj, .. }) => gate_proj,
+            ("mlp.up_proj", _, GateUpProjections::Separate { up_proj, .. }) => up_proj,
+            ("mlp.gate_up_proj", _, GateUpProjections::Fused(gate_up)) => gate_up,
+            ("mlp.down_proj", _, _) => &mut self.down_proj,
+            _ => return None,
+        })
+    }
 }
 
 /// Every parameter of a Llama-family `*ForCausalLM`, under HuggingFace's names.
@@ -120,32 +218,64 @@ impl LlamaParams {
                     },
                 })
             };
-            let q_proj = linear("self_attn.q_proj", q_width, d, config.qkv_bias)?;
-            let k_proj = linear("self_attn.k_proj", kv_width, d, config.qkv_bias)?;
-            let v_proj = linear("self_attn.v_proj", kv_width, d, config.qkv_bias)?;
-            let o_proj = linear("self_attn.o_proj", d, q_width, config.o_bias)?;
-            let gate_proj = linear("mlp.gate_proj", m, d, config.mlp_bias)?;
-            let up_proj = linear("mlp.up_proj", m, d, config.mlp_bias)?;
-            let down_proj = linear("mlp.down_proj", d, m, config.mlp_bias)?;
-            let (q_norm, k_norm) = if config.qk_norm {
-                (
-                    Some(take(&p("self_attn.q_norm.weight"), &[config.head_dim])?),
-                    Some(take(&p("self_attn.k_norm.weight"), &[config.head_dim])?),
-                )
+            let qkv = if config.fused_projections {
+                let rows = q_width + 2 * kv_width;
+                QkvProjections::Fused(linear("self_attn.qkv_proj", rows, d, config.qkv_bias)?)
             } else {
-                (None, None)
+                QkvProjections::Separate {
+                    q_proj: linear("self_attn.q_proj", q_width, d, config.qkv_bias)?,
+                    k_proj: linear("self_attn.k_proj", kv_width, d, config.qkv_bias)?,
+                    v_proj: linear("self_attn.v_proj", kv_width, d, config.qkv_bias)?,
+                }
+            };
+            let o_proj = linear("self_attn.o_proj", d, q_width, config.o_bias)?;
+            let gate_up = if config.fused_projections {
+                GateUpProjections::Fused(linear("mlp.gate_up_proj", 2 * m, d, config.mlp_bias)?)
+            } else {
+                GateUpProjections::Separate {
+                    gate_proj: linear("mlp.gate_proj", m, d, config.mlp_bias)?,
+                    up_proj: linear("mlp.up_proj", m, d, config.mlp_bias)?,
+                }
+            };
+            let down_proj = linear("mlp.down_proj", d, m, config.mlp_bias)?;
+            let qk_widths = match config.qk_norm {
+                QkNorm::None => None,
+                QkNorm::PerHead => Some((config.head_dim, config.head_dim)),
+                QkNorm::Projection => Some((q_width, kv_width)),
+            };
+            let (q_norm, k_norm) = match qk_widths {
+                Some((q, k)) => (
+                    Some(take(&p("self_attn.q_norm.weight"), &[q])?),
+                    Some(take(&p("self_attn.k_norm.weight"), &[k])?),
+                ),
+                None => (None, None),
+            };
+            let placement = config.norm_placement;
+            let input_layernorm = match placement {
+                NormPlacement::After => None,
+                _ => Some(take(&p("input_layernorm.weight"), &[d])?),
+            };
+            let post_attention_layernorm = take(&p("post_attention_layernorm.weight"), &[d])?;
+            let pre_feedforward_layernorm = match placement {
+                NormPlacement::BeforeAndAfter => {
+                    Some(take(&p("pre_feedforward_layernorm.weight"), &[d])?)
+                }
+                _ => None,
+            };
+            let post_feedforward_layernorm = match placement {
+                NormPlacement::Before => None,
+                _ => Some(take(&p("post_feedforward_layernorm.weight"), &[d])?),
             };
             layers.push(LlamaLayerParams {
-                input_layernorm: take(&p("input_layernorm.weight"), &[d])?,
-                q_proj,
-                k_proj,
-                v_proj,
+                input_layernorm,
+                qkv,
                 o_proj,
                 q_norm,
                 k_norm,
-                post_attention_layernorm: take(&p("post_attention_layernorm.weight"), &[d])?,
-                gate_proj,
-                up_proj,
+                post_attention_layernorm,
+                pre_feedforward_layernorm,
+                post_feedforward_layernorm,
+                gate_up,
                 down_proj,
             });
         }
@@ -177,33 +307,35 @@ impl LlamaParams {
             vec![("model.embed_tokens.weight".into(), &self.embed_tokens)];
         for (l, layer) in self.layers.iter().enumerate() {
             let p = |s: &str| format!("model.layers.{l}.{s}");
-            out.push((p("input_layernorm.weight"), &layer.input_layernorm));
-            for (name, lin) in [
-                ("self_attn.q_proj", &layer.q_proj),
-                ("self_attn.k_proj", &layer.k_proj),
-                ("self_attn.v_proj", &layer.v_proj),
-                ("self_attn.o_proj", &layer.o_proj),
-                ("mlp.gate_proj", &layer.gate_proj),
-                ("mlp.up_proj", &layer.up_proj),
-                ("mlp.down_proj", &layer.down_proj),
-            ] {
+            if let Some(w) = &layer.input_layernorm {
+                out.push((p("input_layernorm.weight"), w));
+            }
+            for (name, lin) in layer.linears() {
                 out.push((p(&format!("{name}.weight")), &lin.weight));
                 if let Some(bias) = &lin.bias {
                     out.push((p(&format!("{name}.bias")), bias));
                 }
             }
             for (name, norm) in [
-                ("self_attn.q_norm", &layer.q_norm),
-                ("self_attn.k_norm", &layer.k_norm),
+                ("self_attn.q_norm", layer.q_norm.as_ref()),
+                ("self_attn.k_norm", layer.k_norm.as_ref()),
+                (
+                    "post_attention_layernorm",
+                    Some(&layer.post_attention_layernorm),
+                ),
+                (
+                    "pre_feedforward_layernorm",
+                    layer.pre_feedforward_layernorm.as_ref(),
+                ),
+                (
+                    "post_feedforward_layernorm",
+                    layer.post_feedforward_layernorm.as_ref(),
+                ),
             ] {
                 if let Some(w) = norm {
                     out.push((p(&format!("{name}.weight")), w));
                 }
             }
-            out.push((
-                p("post_attention_layernorm.weight"),
-                &layer.post_attention_layernorm,
-            ));
         }
         out.push(("model.norm.weight".into(), &self.norm));
         if let Some(lm_head) = &self.lm_head {
@@ -226,15 +358,11 @@ impl LlamaParams {
         let Some(layer) = self.layers.get_mut(layer) else {
             return false;
         };
-        let linear = match linear {
-            "self_attn.q_proj.bias" => &mut layer.q_proj,
-            "self_attn.k_proj.bias" => &mut layer.k_proj,
-            "self_attn.v_proj.bias" => &mut layer.v_proj,
-            "self_attn.o_proj.bias" => &mut layer.o_proj,
-            "mlp.gate_proj.bias" => &mut layer.gate_proj,
-            "mlp.up_proj.bias" => &mut layer.up_proj,
-            "mlp.down_proj.bias" => &mut layer.down_proj,
-            _ => return false,
+        let Some(linear) = linear
+            .strip_suffix(".bias")
+            .and_then(|name| layer.linear_mut(name))
+        else {
+            return false;
         };
         linear.add_zero_bias();
         true
@@ -251,8 +379,10 @@ impl LlamaParams {
 pub struct LlamaForCausalLM {
     config: LlamaConfig,
     params: LlamaParams,
-    /// The rotary inverse frequencies `[d_head / 2]`, f32, as the rotary module's buffer.
+    /// The rotary inverse frequencies `[rotary_dim / 2]`, f32, as the rotary module's buffer.
     inv_freq: Tensor,
+    /// Gemma 3's inverse frequencies of its sliding-window layers.
+    local_inv_freq: Option<Tensor>,
 }
 
 impl std::fmt::Debug for LlamaForCausalLM {
@@ -267,6 +397,22 @@ impl std::fmt::Debug for LlamaForCausalLM {
     }
 }
 
+/// The sines and cosines a pass rotates with: the global ones, and Gemma 3's of its
+/// sliding-window layers.
+struct Rotary {
+    global: (Tensor, Tensor),
+    local: Option<(Tensor, Tensor)>,
+}
+
+impl Rotary {
+    fn of_layer(&self, config: &LlamaConfig, l: usize) -> (&Tensor, &Tensor) {
+        match (&self.local, config.layer_windows.get(l)) {
+            (Some((cos, sin)), Some(Some(_))) => (cos, sin),
+            _ => (&self.global.0, &self.global.1),
+        }
+    }
+}
+
 impl LlamaForCausalLM {
     /// A model from a parsed config and its checkpoint's tensors (HuggingFace names).
     pub fn from_weights(
@@ -278,16 +424,58 @@ impl LlamaForCausalLM {
         input::check_device(device)?;
         input::check_float_kind(kind)?;
         let params = LlamaParams::from_weights(&config, &mut weights, device, kind)?;
-        let inv_freq = inverse_frequencies(&config, device);
+        let frequencies = |rope: lens_core::Rope| {
+            rope.scaling
+                .inverse_frequencies(rope.theta, config.rotary_dim, device)
+        };
+        let inv_freq = frequencies(config.rope);
+        let local_inv_freq = config.local_rope.map(frequencies);
         Ok(LlamaForCausalLM {
             config,
             params,
             inv_freq,
+            local_inv_freq,
         })
     }
 
-    /// One decoder layer: `x + attn(input_layernorm(x))`, then
-    /// `+ mlp(post_attention_layernorm(.))`.
+    fn rms_norm<T: Tap>(
+        &self,
+        tap: &T,
+        site: impl Fn(LnSite) -> Site,
+        x: Tensor,
+        weight: &Tensor,
+    ) -> ModelResult<Tensor> {
+        rms_norm(
+            tap,
+            site,
+            x,
+            weight,
+            self.config.rms_norm_eps,
+            self.config.rms_scale,
+        )
+    }
+
+    /// `norm` at `site` when the layer has it, else `x` unchanged.
+    fn optional_norm<T: Tap>(
+        &self,
+        tap: &T,
+        site: fn(LnSite) -> BlockSite,
+        l: usize,
+        x: Tensor,
+        norm: Option<&Tensor>,
+    ) -> ModelResult<Tensor> {
+        match norm {
+            Some(w) => self.rms_norm(tap, |ln| Site::Block(l, site(ln)), x, w),
+            None => Ok(x),
+        }
+    }
+
+    /// One decoder layer. Norms before the sublayers (Llama): `x + attn(input_layernorm(x))`,
+    /// then `+ mlp(post_attention_layernorm(.))`. Gemma 2 and 3 also normalise each sublayer's
+    /// output (`post_attention_layernorm`, `post_feedforward_layernorm`, before the MLP
+    /// `pre_feedforward_layernorm`); OLMo-2 only its outputs. TransformerLens's names: `ln1` and
+    /// `ln2` for the norms before the sublayers, `ln1_post` and `ln2_post` after them; OLMo-2's
+    /// output norms are its `ln1` and `ln2`.
     #[allow(clippy::too_many_arguments)]
     fn block<T: Tap>(
         &self,
@@ -300,31 +488,49 @@ impl LlamaForCausalLM {
         cache: Option<&mut KvCache>,
     ) -> ModelResult<Tensor> {
         let s = |site: BlockSite| Site::Block(l, site);
-        let eps = self.config.rms_norm_eps;
+        let placement = self.config.norm_placement;
+        let (post_attn_site, post_mlp_site): (fn(LnSite) -> BlockSite, fn(LnSite) -> BlockSite) =
+            match placement {
+                NormPlacement::After => (BlockSite::Ln1, BlockSite::Ln2),
+                _ => (BlockSite::Ln1Post, BlockSite::Ln2Post),
+            };
         let resid_pre = tap.at(s(BlockSite::In), x)?;
         let attended = self.attention(tap, l, layer, &resid_pre, rotary, mask, cache)?;
+        let attended = self.optional_norm(
+            tap,
+            post_attn_site,
+            l,
+            attended,
+            layer.post_attention_norm(placement),
+        )?;
         let resid_mid = tap.at(s(BlockSite::ResidMid), &resid_pre + attended)?;
         let mlp_input = if tap.paths().use_hook_mlp_in {
             tap.at(s(BlockSite::MlpIn), resid_mid.copy())?
         } else {
             resid_mid.shallow_clone()
         };
-        let normed = rms_norm(
+        let normed = self.optional_norm(
             tap,
-            |site| s(BlockSite::Ln2(site)),
+            BlockSite::Ln2,
+            l,
             mlp_input,
-            &layer.post_attention_layernorm,
-            eps,
+            layer.pre_mlp_norm(placement),
         )?;
         let mlp_out = self.mlp(tap, l, layer, normed)?;
+        let mlp_out = self.optional_norm(
+            tap,
+            post_mlp_site,
+            l,
+            mlp_out,
+            layer.post_feedforward_layernorm.as_ref(),
+        )?;
         tap.at(s(BlockSite::Out), &resid_mid + mlp_out)
     }
 
-    /// q, k and v `[b, p, heads, dh]` from the residual before `input_layernorm`, after their
-    /// sites. With TransformerLens's `use_split_qkv_input`, each has its own per-head copy of
-    /// the residual (`hook_q_input` with a query-head axis, `hook_k_input` / `hook_v_input` with
-    /// a key/value-head axis), normalised per head (so `ln1`'s sites see each of the three) and
-    /// projected per head.
+    /// q, k and v `[b, p, heads, dh]` from the residual before `input_layernorm` (OLMo-2: the
+    /// residual itself), after their sites; see [`attention::separate_qkv`]. Phi-3's fused
+    /// `qkv_proj` is one product, split into q, k and v rows, while nothing edits their
+    /// inputs; else (and per head) each part's rows are its projection.
     fn qkv<T: Tap>(
         &self,
         tap: &T,
@@ -334,25 +540,29 @@ impl LlamaForCausalLM {
     ) -> ModelResult<[Tensor; 3]> {
         let c = &self.config;
         let ln1 = |x: Tensor| {
-            rms_norm(
-                tap,
-                |site| Site::Block(l, BlockSite::Ln1(site)),
-                x,
-                &layer.input_layernorm,
-                c.rms_norm_eps,
-            )
+            self.optional_norm(tap, BlockSite::Ln1, l, x, layer.input_layernorm.as_ref())
         };
-        let projections = [
-            (&layer.q_proj, c.num_attention_heads),
-            (&layer.k_proj, c.num_key_value_heads),
-            (&layer.v_proj, c.num_key_value_heads),
-        ];
-        attention::separate_qkv(tap, l, resid_pre, ln1, projections, c.head_dim)
+        let (h, h_kv, dh) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        match &layer.qkv {
+            QkvProjections::Separate {
+                q_proj,
+                k_proj,
+                v_proj,
+            } => {
+                let projections = [(q_proj, h), (k_proj, h_kv), (v_proj, h_kv)];
+                attention::separate_qkv(tap, l, resid_pre, ln1, projections, dh)
+            }
+            QkvProjections::Fused(fused) => {
+                let parts = split_rows(fused, &[h * dh, h_kv * dh, h_kv * dh]);
+                let projections = [(&parts[0], h), (&parts[1], h_kv), (&parts[2], h_kv)];
+                attention::fused_qkv(tap, l, resid_pre, ln1, fused, projections, dh)
+            }
+        }
     }
 
     /// Attention from the residual `resid_pre` `[b, q, d]` (its `input_layernorm` included):
-    /// q, k, v, their rotations, the scores, the pattern and `z` each at their site, heads on
-    /// axis 2 (`[b, p, h, dh]`).
+    /// q, k, v, their norms and rotations, the scores, the pattern and `z` each at their site,
+    /// heads on axis 2 (`[b, p, h, dh]`).
     #[allow(clippy::too_many_arguments)]
     fn attention<T: Tap>(
         &self,
@@ -367,40 +577,27 @@ impl LlamaForCausalLM {
         let s = |site: BlockSite| Site::Block(l, site);
         let c = &self.config;
         let [q, k, v] = self.qkv(tap, l, layer, resid_pre)?;
-        // Qwen3's q/k norms over each head's vector; their sites see `[b * p * heads, dh]`, as
-        // TransformerLens's hooks do (the values are HF's: the norm is over the last axis).
-        let head_norm = |x: Tensor, w: Option<&Tensor>, site: fn(LnSite) -> BlockSite| match w {
-            Some(w) => {
-                let shape = x.size();
-                let rows = x.reshape([-1, c.head_dim]);
-                Ok::<_, ModelError>(
-                    rms_norm(tap, |ln| s(site(ln)), rows, w, c.rms_norm_eps)?
-                        .reshape(shape.as_slice()),
-                )
-            }
-            None => Ok(x),
-        };
-        let (q, k) = if c.qk_norm {
-            (
+        let (q, k) = match c.qk_norm {
+            QkNorm::None => (q, k),
+            norm => (
                 tap.at(
                     s(BlockSite::QNormed),
-                    head_norm(q, layer.q_norm.as_ref(), BlockSite::QNorm)?,
+                    self.qk_norm(tap, l, q, layer.q_norm.as_ref(), BlockSite::QNorm, norm)?,
                 )?,
                 tap.at(
                     s(BlockSite::KNormed),
-                    head_norm(k, layer.k_norm.as_ref(), BlockSite::KNorm)?,
+                    self.qk_norm(tap, l, k, layer.k_norm.as_ref(), BlockSite::KNorm, norm)?,
                 )?,
-            )
-        } else {
-            (q, k)
+            ),
         };
         let (cos, sin) = (
             tap.at(s(BlockSite::Cos), cos.shallow_clone())?,
             tap.at(s(BlockSite::Sin), sin.shallow_clone())?,
         );
-        // Rotary over [b, h, p, dh], as HF; the hooks see [b, p, h, dh].
-        let q = rotate(&q.transpose(1, 2), &cos, &sin);
-        let k = rotate(&k.transpose(1, 2), &cos, &sin);
+        // Rotary over [b, h, p, dh], as HF (the first `rotary_dim` dimensions of each head);
+        // the hooks see [b, p, h, dh].
+        let rotate = |x: &Tensor| rotate_leading(&x.transpose(1, 2), &cos, &sin, c.rotary_dim);
+        let (q, k) = (rotate(&q), rotate(&k));
         let q = tap
             .at(s(BlockSite::RotQ), q.transpose(1, 2))?
             .transpose(1, 2);
@@ -408,20 +605,48 @@ impl LlamaForCausalLM {
             .at(s(BlockSite::RotK), k.transpose(1, 2))?
             .transpose(1, 2);
         let v = v.transpose(1, 2);
+        let scores = Scores::ScaledCapped {
+            scale: c.query_scale,
+            softcap: c.attn_logit_softcapping,
+        };
         attention::attend(
             tap,
             l,
             (q, k, v),
             cache,
             mask,
-            Scores::Scaled,
+            scores,
             resid_pre.kind(),
             &layer.o_proj,
         )
     }
 
+    /// The RMSNorm of queries or keys `[b, p, heads, dh]`: over each head's vector (Qwen3,
+    /// Gemma 3), its sites seeing `[b * p * heads, dh]` as TransformerLens's hooks do; or over
+    /// the whole projection (OLMo-2), its sites seeing `[b, p, heads * dh]`.
+    fn qk_norm<T: Tap>(
+        &self,
+        tap: &T,
+        l: usize,
+        x: Tensor,
+        weight: Option<&Tensor>,
+        site: fn(LnSite) -> BlockSite,
+        norm: QkNorm,
+    ) -> ModelResult<Tensor> {
+        let Some(w) = weight else { return Ok(x) };
+        let shape = x.size();
+        let rows = match norm {
+            QkNorm::Projection => x.reshape([shape[0], shape[1], -1]),
+            _ => x.reshape([-1, self.config.head_dim]),
+        };
+        Ok(self
+            .rms_norm(tap, |ln| Site::Block(l, site(ln)), rows, w)?
+            .reshape(shape.as_slice()))
+    }
+
     /// The gated MLP, `down(act(gate(x)) * up(x))`, each projection's input and output at its
-    /// site.
+    /// site. Phi-3's fused `gate_up_proj` is one product split in halves (gate first) while
+    /// nothing edits the inputs.
     fn mlp<T: Tap>(
         &self,
         tap: &T,
@@ -431,16 +656,29 @@ impl LlamaForCausalLM {
     ) -> ModelResult<Tensor> {
         let s = |site: BlockSite| Site::Block(l, site);
         let x = tap.at(s(BlockSite::MlpCompIn), x)?;
-        let gate_in = tap.at(s(BlockSite::MlpGate(LinSite::In)), x.shallow_clone())?;
-        let gate = tap.at(
-            s(BlockSite::MlpGate(LinSite::Out)),
-            layer.gate_proj.apply(&gate_in),
-        )?;
-        let up_in = tap.at(s(BlockSite::MlpFc(LinSite::In)), x)?;
-        let up = tap.at(
-            s(BlockSite::MlpFc(LinSite::Out)),
-            layer.up_proj.apply(&up_in),
-        )?;
+        let gate_in = tap.at_noting_edits(s(BlockSite::MlpGate(LinSite::In)), x.shallow_clone())?;
+        let up_in = tap.at_noting_edits(s(BlockSite::MlpFc(LinSite::In)), x.shallow_clone())?;
+        let (gate, up) = match &layer.gate_up {
+            GateUpProjections::Separate { gate_proj, up_proj } => (
+                gate_proj.apply(&gate_in.activation),
+                up_proj.apply(&up_in.activation),
+            ),
+            GateUpProjections::Fused(fused) if gate_in.untouched && up_in.untouched => {
+                let both = fused.apply(&x);
+                let halves = both.chunk(2, -1);
+                (halves[0].shallow_clone(), halves[1].shallow_clone())
+            }
+            GateUpProjections::Fused(fused) => {
+                let m = self.config.intermediate_size;
+                let parts = split_rows(fused, &[m, m]);
+                (
+                    parts[0].apply(&gate_in.activation),
+                    parts[1].apply(&up_in.activation),
+                )
+            }
+        };
+        let gate = tap.at(s(BlockSite::MlpGate(LinSite::Out)), gate)?;
+        let up = tap.at(s(BlockSite::MlpFc(LinSite::Out)), up)?;
         let post = tap.at(
             s(BlockSite::MlpProj(LinSite::In)),
             self.config.hidden_act.apply(&gate) * up,
@@ -451,6 +689,55 @@ impl LlamaForCausalLM {
         )?;
         tap.at(s(BlockSite::MlpCompOut), out)
     }
+
+    /// The token embeddings, times Gemma's `sqrt(hidden_size)` in the embedding's dtype.
+    fn embed(&self, ids: &Tensor) -> Tensor {
+        let x = Tensor::embedding(&self.params.embed_tokens, ids, -1, false, false);
+        match self.config.embed_scale {
+            Some(scale) => x * Tensor::from(scale).to_kind(self.params.embed_tokens.kind()),
+            None => x,
+        }
+    }
+
+    /// The rotary sines and cosines for `positions`, with their sites on the rotary module
+    /// (Gemma 3's local ones have none: the module's sites carry the global layers', as the
+    /// Python bridge's cache ends up holding).
+    fn rotary<T: Tap>(&self, tap: &T, x: &Tensor, positions: &Tensor) -> ModelResult<Rotary> {
+        let rotary_in = tap.at(Site::RotaryIn, x.shallow_clone())?;
+        let kind = rotary_in.kind();
+        let (cos, sin) = rotary_cos_sin(&self.inv_freq, positions, kind);
+        let global = (tap.at(Site::RotaryCos, cos)?, tap.at(Site::RotarySin, sin)?);
+        let local = self
+            .local_inv_freq
+            .as_ref()
+            .map(|f| rotary_cos_sin(f, positions, kind));
+        Ok(Rotary { global, local })
+    }
+}
+
+/// `cap * tanh(logits / cap)` (Gemma's `final_logit_softcapping`).
+fn soft_cap(logits: Tensor, cap: Option<f64>) -> Tensor {
+    match cap {
+        Some(cap) => (logits / cap).tanh() * cap,
+        None => logits,
+    }
+}
+
+/// The parts of a fused projection: consecutive row blocks of `sizes` rows, as views sharing
+/// its storage (so gradients reach the fused parameter).
+fn split_rows(fused: &LinearParams, sizes: &[i64]) -> Vec<LinearParams> {
+    let mut offset = 0;
+    sizes
+        .iter()
+        .map(|&rows| {
+            let part = LinearParams {
+                weight: fused.weight.narrow(0, offset, rows),
+                bias: fused.bias.as_ref().map(|b| b.narrow(0, offset, rows)),
+            };
+            offset += rows;
+            part
+        })
+        .collect()
 }
 
 decoder_api!(
@@ -503,13 +790,8 @@ impl RotaryDecoder for LlamaForCausalLM {
             })
             .collect();
         let ids = tap.at(Site::EmbedIn, inputs.ids.shallow_clone())?;
-        let x = tap.at(
-            Site::EmbedOut,
-            Tensor::embedding(&self.params.embed_tokens, &ids, -1, false, false),
-        )?;
-        let rotary_in = tap.at(Site::RotaryIn, x.shallow_clone())?;
-        let (cos, sin) = rotary_cos_sin(&self.inv_freq, &inputs.positions, rotary_in.kind());
-        let (cos, sin) = (tap.at(Site::RotaryCos, cos)?, tap.at(Site::RotarySin, sin)?);
+        let x = tap.at(Site::EmbedOut, self.embed(&ids))?;
+        let rotary = self.rotary(tap, &x, &inputs.positions)?;
         let block = |l: usize, x: Tensor| {
             let mask = &masks
                 .iter()
@@ -517,11 +799,11 @@ impl RotaryDecoder for LlamaForCausalLM {
                 .ok_or_else(|| ModelError::InvalidInput(format!("no mask for layer {l}")))?
                 .1;
             let layer = &self.params.layers[l];
-            self.block(tap, l, layer, x, (&cos, &sin), mask, cache.as_deref_mut())
+            let rotary = rotary.of_layer(c, l);
+            self.block(tap, l, layer, x, rotary, mask, cache.as_deref_mut())
         };
-        let final_norm =
-            |x: Tensor| rms_norm(tap, Site::LnFinal, x, &self.params.norm, c.rms_norm_eps);
-        blocks_then_head(
+        let final_norm = |x: Tensor| self.rms_norm(tap, Site::LnFinal, x, &self.params.norm);
+        let mut output = blocks_then_head(
             tap,
             x,
             self.params.layers.len(),
@@ -530,7 +812,12 @@ impl RotaryDecoder for LlamaForCausalLM {
             block,
             final_norm,
             |x| self.unembed(x),
-        )
+        )?;
+        // The soft cap follows the unembedding's hook, as in HF and TransformerLens.
+        output.logits = output
+            .logits
+            .map(|logits| soft_cap(logits, c.final_logit_softcapping));
+        Ok(output)
     }
 
     fn n_layers(&self) -> usize {
@@ -547,13 +834,9 @@ impl RotaryDecoder for LlamaForCausalLM {
 
     fn run_part<T: Tap>(&self, tap: &T, part: Part<'_>, x: &Tensor) -> Option<ModelResult<Tensor>> {
         Some(match part {
-            Part::LnFinal => rms_norm(
-                tap,
-                Site::LnFinal,
-                x.shallow_clone(),
-                &self.params.norm,
-                self.config.rms_norm_eps,
-            ),
+            Part::LnFinal => {
+                self.rms_norm(tap, Site::LnFinal, x.shallow_clone(), &self.params.norm)
+            }
             Part::Block(l, name) => {
                 let layer = self.params.layers.get(l)?;
                 return self.run_block_component(tap, l, layer, name, x);
@@ -564,7 +847,8 @@ impl RotaryDecoder for LlamaForCausalLM {
 
 /// Components one at a time, as the suite's `all_components` compares them with the bridge's.
 impl LlamaForCausalLM {
-    /// One part of block `l` (`""` for the whole block), or `None` for an unknown part.
+    /// One part of block `l` (`""` for the whole block), or `None` for an unknown part (or a
+    /// norm this layer does not have).
     fn run_block_component<T: Tap>(
         &self,
         tap: &T,
@@ -573,15 +857,36 @@ impl LlamaForCausalLM {
         part: &str,
         x: &Tensor,
     ) -> Option<ModelResult<Tensor>> {
-        let s = |site: BlockSite| Site::Block(l, site);
-        let eps = self.config.rms_norm_eps;
+        let placement = self.config.norm_placement;
         let (batch, len) = (x.size()[0], x.size()[1]);
         let rotary_and_mask = || {
             let positions = mask::arange_positions(batch, len, 0, x.device());
-            let (cos, sin) = rotary_cos_sin(&self.inv_freq, &positions, x.kind());
+            let inv_freq = match (&self.local_inv_freq, self.config.layer_windows[l]) {
+                (Some(local), Some(_)) => local,
+                _ => &self.inv_freq,
+            };
+            let (cos, sin) = rotary_cos_sin(inv_freq, &positions, x.kind());
             let window = self.config.layer_windows[l];
             let mask = AttentionMask::with_window(len, len, 0, None, window, x.device());
             (cos, sin, mask)
+        };
+        let norm = |site: fn(LnSite) -> BlockSite, w: Option<&Tensor>| {
+            w.map(|w| self.rms_norm(tap, |ln| Site::Block(l, site(ln)), x.shallow_clone(), w))
+        };
+        let (ln1, ln2) = match placement {
+            NormPlacement::After => (
+                Some(&layer.post_attention_layernorm),
+                layer.post_feedforward_layernorm.as_ref(),
+            ),
+            _ => (
+                layer.input_layernorm.as_ref(),
+                layer.pre_mlp_norm(placement),
+            ),
+        };
+        let post = |w| {
+            (placement == NormPlacement::BeforeAndAfter)
+                .then_some(w)
+                .flatten()
         };
         Some(match part {
             "" => {
@@ -592,20 +897,20 @@ impl LlamaForCausalLM {
                 let (cos, sin, mask) = rotary_and_mask();
                 self.attention(tap, l, layer, x, (&cos, &sin), &mask, None)
             }
-            "ln1" => rms_norm(
-                tap,
-                |site| s(BlockSite::Ln1(site)),
-                x.shallow_clone(),
-                &layer.input_layernorm,
-                eps,
-            ),
-            "ln2" => rms_norm(
-                tap,
-                |site| s(BlockSite::Ln2(site)),
-                x.shallow_clone(),
-                &layer.post_attention_layernorm,
-                eps,
-            ),
+            "ln1" => return norm(BlockSite::Ln1, ln1),
+            "ln2" => return norm(BlockSite::Ln2, ln2),
+            "ln1_post" => {
+                return norm(
+                    BlockSite::Ln1Post,
+                    post(Some(&layer.post_attention_layernorm)),
+                )
+            }
+            "ln2_post" => {
+                return norm(
+                    BlockSite::Ln2Post,
+                    post(layer.post_feedforward_layernorm.as_ref()),
+                )
+            }
             "mlp" => self.mlp(tap, l, layer, x.shallow_clone()),
             _ => return None,
         })
@@ -633,34 +938,43 @@ fn distinct(windows: &[Option<i64>]) -> Vec<Option<i64>> {
     out
 }
 
-/// `LlamaRMSNorm` with its sites: HF's computation (in f32, `x * rsqrt(mean(x^2) + eps)`, cast
-/// back, times the weight) unless a hook on `hook_scale` or `hook_normalized` edits its value;
-/// then the output is `w * hook_normalized`, from TransformerLens's decomposed form
-/// (`hook_scale(sqrt(mean(x^2) + eps))`, `hook_normalized(x / scale)`, in f32, cast back).
-/// Hooks that only read see the decomposed values and leave the output as with no hook.
-fn rms_norm<T: Tap>(
+/// An RMSNorm with its sites: HF's computation (in f32, `x * rsqrt(mean(x^2) + eps)`, then the
+/// weight as `scale` says: Llama's `w * normed.to(dtype)`, OLMo-2's `(w * normed).to(dtype)`,
+/// Gemma's `(normed * (1 + w)).to(dtype)`) unless a hook on `hook_scale` or `hook_normalized`
+/// edits its value; then the output is the weight applied to `hook_normalized`, from
+/// TransformerLens's decomposed form (`hook_scale(sqrt(mean(x^2) + eps))`,
+/// `hook_normalized(x / scale)`, in f32). Hooks that only read see the decomposed values and
+/// leave the output as with no hook.
+pub(crate) fn rms_norm<T: Tap>(
     tap: &T,
     site: impl Fn(LnSite) -> Site,
     x: Tensor,
     weight: &Tensor,
     eps: f64,
+    scale: RmsScale,
 ) -> ModelResult<Tensor> {
     let x = tap.at(site(LnSite::In), x)?;
     let kind = x.kind();
+    let weighted = |normed: &Tensor| match scale {
+        RmsScale::Weight => weight * normed.to_kind(kind),
+        RmsScale::WeightInF32 => (weight * normed).to_kind(kind),
+        RmsScale::OnePlusWeight => (normed * (weight.to_kind(Kind::Float) + 1.0)).to_kind(kind),
+    };
     let hf = |x: &Tensor| {
         let h = x.to_kind(Kind::Float);
         let variance = h.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
-        weight * (h * (variance + eps).rsqrt()).to_kind(kind)
+        weighted(&(h * (variance + eps).rsqrt()))
     };
     let out = if tap.hooked(site(LnSite::Scale)) || tap.hooked(site(LnSite::Normalized)) {
         let h = x.to_kind(Kind::Float);
-        let scale = (h.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float) + eps).sqrt();
-        let scale = tap.at_noting_edits(site(LnSite::Scale), scale)?;
-        let normalized = tap.at_noting_edits(site(LnSite::Normalized), h / &scale.activation)?;
-        if scale.untouched && normalized.untouched {
+        let norm_scale = (h.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float) + eps).sqrt();
+        let norm_scale = tap.at_noting_edits(site(LnSite::Scale), norm_scale)?;
+        let normalized =
+            tap.at_noting_edits(site(LnSite::Normalized), h / &norm_scale.activation)?;
+        if norm_scale.untouched && normalized.untouched {
             hf(&x)
         } else {
-            weight * normalized.activation.to_kind(kind)
+            weighted(&normalized.activation)
         }
     } else {
         hf(&x)
@@ -668,17 +982,8 @@ fn rms_norm<T: Tap>(
     tap.at(site(LnSite::Out), out)
 }
 
-/// The rotary inverse frequencies of `ROPE_INIT_FUNCTIONS` in f32 (see
-/// [`lens_core::RopeScaling::inverse_frequencies`]).
-fn inverse_frequencies(config: &LlamaConfig, device: Device) -> Tensor {
-    config
-        .rope
-        .scaling
-        .inverse_frequencies(config.rope.theta, config.head_dim, device)
-}
-
-/// `cos` and `sin` `[b, q, d_head]` for `positions` `[b, q]`, computed in f32 and cast to `kind`
-/// (the frequencies concatenated with themselves: half-split pairs).
+/// `cos` and `sin` `[b, q, rotary_dim]` for `positions` `[b, q]`, computed in f32 and cast to
+/// `kind` (the frequencies concatenated with themselves: half-split pairs).
 pub(crate) fn rotary_cos_sin(
     inv_freq: &Tensor,
     positions: &Tensor,

@@ -154,10 +154,18 @@ fn raw_hf_model_matches_transformers(#[values("small", "knobs")] config: &str) {
 
 /// Llama (GQA, llama3 and linear rope, biases, tied and untied), Mistral (a window of 4 keys
 /// under 12-token prompts and 20-token generations), Qwen2 (q/k/v biases, a non-integer
-/// rope_theta), Qwen3 (q/k norms, head_dim 24 with d_model / n_heads = 16).
+/// rope_theta), Qwen3 (q/k norms, head_dim 24 with d_model / n_heads = 16), Gemma (MQA, `1 + w`
+/// norms, scaled embeddings), Gemma 2 (sliding and global layers, both soft caps,
+/// `query_pre_attn_scalar`, norms before and after), Gemma 3 (two rotary bases, q/k norms),
+/// Phi-3 (fused projections, partial rotary, a window on every layer), OLMo-2 (norms after the
+/// sublayers, q/k norms over the projection; multi-head and grouped).
 #[rstest]
 fn llama_family_matches_transformers(
-    #[values("dec-a", "dec-b", "dec-c", "dec-d", "dec-e")] config: &str,
+    #[values(
+        "dec-a", "dec-b", "dec-c", "dec-d", "dec-e", "gemma-a", "gemma2-a", "gemma3-a", "phi3-a",
+        "olmo2-a", "olmo2-b"
+    )]
+    config: &str,
 ) {
     let model = decoder(config);
     let mut report = Report::default();
@@ -465,6 +473,7 @@ fn decoder_ignoring(
 /// Every mechanism the fixtures exercise is one the goldens see: ignoring it fails them.
 #[test]
 fn ignoring_any_knob_fails_the_goldens() {
+    use lens_core::config::{QkNorm, RmsScale};
     use lens_core::RopeScaling;
     let cases: Vec<(&str, &str, LlamaForCausalLM)> = vec![
         (
@@ -504,12 +513,61 @@ fn ignoring_any_knob_fails_the_goldens() {
         (
             "dec-e",
             "q/k norms left out",
-            decoder_ignoring("dec-e", |c| c.qk_norm = false),
+            decoder_ignoring("dec-e", |c| c.qk_norm = QkNorm::None),
         ),
         (
             "dec-a",
             "rms_norm_eps of another family",
             decoder_ignoring("dec-a", |c| c.rms_norm_eps = 1e-2),
+        ),
+        (
+            "gemma-a",
+            "w instead of 1 + w",
+            decoder_ignoring("gemma-a", |c| c.rms_scale = RmsScale::Weight),
+        ),
+        (
+            "gemma-a",
+            "embeddings unscaled",
+            decoder_ignoring("gemma-a", |c| c.embed_scale = None),
+        ),
+        (
+            "gemma2-a",
+            "no attention soft cap",
+            decoder_ignoring("gemma2-a", |c| c.attn_logit_softcapping = None),
+        ),
+        (
+            "gemma2-a",
+            "no final soft cap",
+            decoder_ignoring("gemma2-a", |c| c.final_logit_softcapping = None),
+        ),
+        (
+            "gemma2-a",
+            "sliding and global layers shifted by one",
+            decoder_ignoring("gemma2-a", |c| c.layer_windows.rotate_right(1)),
+        ),
+        (
+            "gemma2-a",
+            "scores scaled by head_dim, not query_pre_attn_scalar",
+            decoder_ignoring("gemma2-a", |c| {
+                c.query_scale = (c.head_dim as f64).powf(-0.5)
+            }),
+        ),
+        (
+            "gemma3-a",
+            "the global rotary base on the sliding layers",
+            decoder_ignoring("gemma3-a", |c| c.local_rope = None),
+        ),
+        (
+            "phi3-a",
+            "every dimension rotated",
+            decoder_ignoring("phi3-a", |c| c.rotary_dim = c.head_dim),
+        ),
+        (
+            "phi3-a",
+            "no sliding window",
+            decoder_ignoring("phi3-a", |c| {
+                c.layer_windows = vec![None; c.layer_windows.len()]
+            }),
         ),
     ];
     for (config, what, model) in cases {
