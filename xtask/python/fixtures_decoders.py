@@ -698,6 +698,91 @@ def hf_attention_windows(hf_cfg) -> list:
     return [sw if t == "sliding_attention" else None for t in layer_types]
 
 
+# TransformerLens 3.9.0 builds Gemma and OLMo-2 configurations from tables keyed by official
+# model name (loading_from_pretrained.py: google/gemma-2b, gemma-2-2b, gemma-3-1b, OLMo-2-0425-1B),
+# never from a config.json. For the random checkpoints the table entry is written here by hand:
+# the same keys as TL's entry for that family, the sizes and knobs from the checkpoint (each knob
+# where the table's value differs from the checkpoint's is also listed as a correction).
+HAND_BUILT_TL = ("GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM", "Olmo2ForCausalLM")
+
+
+def tl_table_entry(spec: dict, hf_cfg) -> tuple[dict, list]:
+    """(TL cfg dict as its table would hold it for this checkpoint, corrections)."""
+    cls = spec["class"]
+    n_layers = hf_cfg.num_hidden_layers
+    head_dim = getattr(hf_cfg, "head_dim", None) or hf_cfg.hidden_size // hf_cfg.num_attention_heads
+    c = {
+        "d_model": hf_cfg.hidden_size,
+        "d_head": head_dim,
+        "n_heads": hf_cfg.num_attention_heads,
+        "d_mlp": hf_cfg.intermediate_size,
+        "n_layers": n_layers,
+        "n_ctx": hf_cfg.max_position_embeddings,
+        "eps": hf_cfg.rms_norm_eps,
+        "d_vocab": hf_cfg.vocab_size,
+        "normalization_type": "RMS",
+        "positional_embedding_type": "rotary",
+        "gated_mlp": True,
+        "original_architecture": cls,
+    }
+    corrections = []
+    if cls == "Olmo2ForCausalLM":
+        c.update(act_fn="silu", rotary_base=hf_cfg.rope_parameters["rope_theta"],
+                 attn_types=["global"] * n_layers)
+        return c, corrections
+    c.update(
+        final_rms=True,
+        rotary_dim=head_dim,
+        n_key_value_heads=hf_cfg.num_key_value_heads,
+        use_attn_scale=True,
+    )
+    if cls == "GemmaForCausalLM":
+        c.update(act_fn="gelu", rotary_base=hf_cfg.rope_parameters["rope_theta"])
+        if hf_cfg.hidden_act != "gelu":
+            corrections.append(
+                f"act_fn: TL's Gemma 1 tables use 'gelu' (exact); set to HF's hidden_act "
+                f"'{hf_cfg.hidden_act}' (transformers 5.9.0's GemmaMLP reads hidden_act)."
+            )
+            c["act_fn"] = hf_cfg.hidden_act
+        return c, corrections
+    # Gemma 2 and 3: the table's sliding pattern, soft caps and post-norms.
+    windows = hf_attention_windows(hf_cfg)
+    c.update(
+        act_fn=hf_cfg.hidden_activation,
+        use_normalization_before_and_after=True,
+        use_local_attn=True,
+        window_size=hf_cfg.sliding_window,
+        attn_types=["local" if w is not None else "global" for w in windows],
+    )
+    scale = float(hf_cfg.query_pre_attn_scalar) ** 0.5
+    if scale != float(head_dim) ** 0.5:
+        corrections.append(
+            f"attn_scale: TL's Gemma 2/3 tables leave it at sqrt(d_head) = {float(head_dim) ** 0.5} "
+            f"(but for gemma-2-27b); set to sqrt(query_pre_attn_scalar) = {scale}, as HF scales."
+        )
+        c["attn_scale"] = scale
+    if cls == "Gemma2ForCausalLM":
+        c.update(rotary_base=hf_cfg.rope_parameters["rope_theta"])
+        if hf_cfg.attn_logit_softcapping is not None:
+            c["attn_scores_soft_cap"] = hf_cfg.attn_logit_softcapping
+        if hf_cfg.final_logit_softcapping is not None:
+            c["output_logits_soft_cap"] = hf_cfg.final_logit_softcapping
+        return c, corrections
+    full = hf_cfg.rope_parameters["full_attention"]
+    local = hf_cfg.rope_parameters["sliding_attention"]
+    assert local.get("rope_type", "default") == "default", local
+    c.update(
+        use_qk_norm=True,
+        rotary_base=full["rope_theta"],
+        rotary_base_local=local["rope_theta"],
+    )
+    if full.get("rope_type", "default") == "linear":
+        c["rotary_scaling_factor"] = full["factor"]
+    if hf_cfg.final_logit_softcapping is not None:
+        c["output_logits_soft_cap"] = hf_cfg.final_logit_softcapping
+    return c, corrections
+
+
 def tl_config_and_corrections(spec: dict, model_dir: Path):
     """TL 3.9.0's own config dict for the directory (convert_hf_model_config), then corrected so that
     the HookedTransformer computes what HF computes. Returns (cfg kwargs, TL's raw dict, corrections).
@@ -713,6 +798,20 @@ def tl_config_and_corrections(spec: dict, model_dir: Path):
     from transformer_lens.loading_from_pretrained import convert_hf_model_config
 
     hf_cfg = transformers.AutoConfig.from_pretrained(str(model_dir))
+    if spec["class"] in HAND_BUILT_TL:
+        c, corrections = tl_table_entry(spec, hf_cfg)
+        raw = dict(c)
+        c.update(
+            device="cpu",
+            dtype=torch.float32,
+            tokenizer_name=None,
+            model_name=f"fixture-{spec['name']}",
+            seed=spec["seed"],
+            init_weights=True,
+        )
+        raw["tokenizer_name"] = model_dir.name
+        raw["built_by_hand"] = "TL 3.9.0's table entry for the family, sized from config.json"
+        return c, raw, corrections
     with contextlib.chdir(model_dir.parent):
         raw = convert_hf_model_config(model_dir.name)
     assert raw["original_architecture"] == spec["class"], (raw["original_architecture"], spec["class"])
@@ -746,8 +845,8 @@ def tl_config_and_corrections(spec: dict, model_dir: Path):
         rotary_dim = 2 * ((truncated + 1) // 2)
     elif gptj:
         rotary_dim = hf_cfg.rotary_dim
-    elif spec["class"] == "PhiForCausalLM":
-        rotary_dim = int(head_dim * rope["partial_rotary_factor"])
+    elif spec["class"] in ("PhiForCausalLM", "Phi3ForCausalLM"):
+        rotary_dim = int(head_dim * rope.get("partial_rotary_factor", 1.0))
     else:
         rotary_dim = head_dim
     if learned_positions:
@@ -807,7 +906,7 @@ def tl_config_and_corrections(spec: dict, model_dir: Path):
         assert c.get("use_qk_norm") is True
     # GQA: TL's Llama/Qwen3 branches set n_key_value_heads None when equal to n_heads (plain
     # Attention); every Llama-family config here has a ratio > 1.
-    if spec["class"] in LLAMA_CLASSES:
+    if spec["class"] in LLAMA_CLASSES + ("Phi3ForCausalLM",):
         assert c.get("n_key_value_heads") == hf_cfg.num_key_value_heads != n_heads
     else:
         assert c.get("n_key_value_heads") is None
@@ -975,7 +1074,7 @@ def build_ht_decoder(spec: dict, hf_model, model_dir: Path, processed: bool):
     sd = get_pretrained_state_dict(str(model_dir), cfg, hf_model=source)
     sd = {k: v.detach().clone().to(torch.float32) for k, v in sd.items()}
     model = HookedTransformer(cfg)
-    if spec["class"] in LLAMA_CLASSES:
+    if spec["class"] in LLAMA_CLASSES + GEMMA_CLASSES:
         mlp_bias = any(
             getattr(layer.mlp, p).bias is not None
             for layer in hf_model.model.layers
@@ -984,11 +1083,24 @@ def build_ht_decoder(spec: dict, hf_model, model_dir: Path, processed: bool):
         if mlp_bias:
             patch_mlp_hf_biases(model)
         corrections += tl_state_dict_corrections(hf_model, cfg, sd)
+    # HookedTransformer.from_pretrained's own refusals (HookedTransformer.py 1420-1460), which
+    # load_and_process_state_dict does not apply: no fold_ln or centring for post-norm
+    # architectures, no center_unembed under a logit soft cap.
+    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
+    post_norm = cfg.original_architecture in POST_NORM_ARCHITECTURES
+    soft_capped = (cfg.output_logits_soft_cap or -1.0) > 0
+    if processed and post_norm:
+        corrections.append("processing: fold_ln and center_writing_weights off (TL's "
+                           "from_pretrained refuses them for post-norm architectures)")
+    if processed and soft_capped:
+        corrections.append("processing: center_unembed off (TL's from_pretrained refuses it "
+                           "under a logit soft cap)")
     model.load_and_process_state_dict(
         sd,
-        fold_ln=processed,
-        center_writing_weights=processed,
-        center_unembed=processed,
+        fold_ln=processed and not post_norm,
+        center_writing_weights=processed and not post_norm,
+        center_unembed=processed and not soft_capped,
         fold_value_biases=processed,
         refactor_factored_attn_matrices=False,
     )
@@ -1026,8 +1138,12 @@ def rotary_vs_hf(model, hf_model, n_pos: int) -> dict:
         return {"note": "no rotary module (GPT-J's sines and cosines live in each attention)"}
     x = torch.zeros(1, n_pos, 1, dtype=torch.float32)
     pos = torch.arange(n_pos, dtype=torch.int64)[None]
+    # Gemma 3's module computes one table per layer type: layer 0's.
+    kw = {}
+    if type(hf_model).__name__ == "Gemma3ForCausalLM":
+        kw["layer_type"] = hf_model.config.layer_types[0]
     with torch.no_grad():
-        cos, sin = hf_model.base_model.rotary_emb(x, pos)
+        cos, sin = hf_model.base_model.rotary_emb(x, pos, **kw)
     attn = model.blocks[0].attn
     tl_cos, tl_sin = attn.rotary_cos[:n_pos], attn.rotary_sin[:n_pos]
     assert tl_cos.shape == cos[0].shape, (tl_cos.shape, cos.shape)
@@ -1136,7 +1252,10 @@ def ht_decoder_goldens(spec: dict, hf_model, model_dir: Path, prompts, fx: Path,
             assert torch.equal(logits2, logits), "HT forward not reproducible"
             if processed:
                 processed_logits[pid] = logits2
-            assert torch.equal(cache["unembed.hook_out"], logits)
+            # The logits are unembed.hook_out, soft-capped after the hook where the model caps.
+            cap = model.cfg.output_logits_soft_cap or -1.0
+            unembedded = cache["unembed.hook_out"]
+            assert torch.equal(torch.tanh(unembedded / cap) * cap if cap > 0 else unembedded, logits)
             # acceptance vs HF on real positions (processed: log-probs, center_unembed shifts logits)
             real = torch.tensor(p["attention_mask"], dtype=torch.bool)
             ref = hf_logits[pid]

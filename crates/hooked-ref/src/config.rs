@@ -1,8 +1,8 @@
 //! `HookedTransformerConfig`: TransformerLens's model configuration, built from an HF config.
 
 use lens_core::config::{
-    Activation, Gpt2Config, GptNeoConfig, GptNeoxConfig, LlamaConfig, OptConfig, ParallelConfig,
-    ParallelFamily, RopeScaling,
+    Activation, Gpt2Config, GptNeoConfig, GptNeoxConfig, LlamaConfig, LlamaFamily, NormPlacement,
+    OptConfig, ParallelConfig, ParallelFamily, QkNorm, RopeScaling,
 };
 
 /// How a block normalises its inputs.
@@ -89,8 +89,23 @@ pub struct HookedTransformerConfig {
     pub rotary: Option<Rotary>,
     /// A gated MLP: `act(x W_gate) * (x W_in)`.
     pub gated_mlp: bool,
-    /// Per-head RMSNorm of queries and keys (`use_qk_norm`, Qwen3).
-    pub use_qk_norm: bool,
+    /// RMSNorms of queries and keys after `hook_q` / `hook_k` (`use_qk_norm`: per head, Qwen3
+    /// and Gemma 3; over the whole projection, OLMo-2).
+    pub qk_norm: QkNorm,
+    /// Where the blocks normalise: before the sublayers; also after them
+    /// (`use_normalization_before_and_after`: `ln1_post`, `ln2_post`, Gemma 2 and 3); or only
+    /// after them, as `ln1` and `ln2` (TransformerLens's post-norm architectures, OLMo-2).
+    pub norm_placement: NormPlacement,
+    /// The divisor of the attention scores when set (`attn_scale`: Gemma 2's and 3's
+    /// `sqrt(query_pre_attn_scalar)`); else `sqrt(d_head)` with `use_attn_scale`.
+    pub attn_scale: Option<f64>,
+    /// Scores soft-capped as `cap * tanh(s / cap)` before the mask (`attn_scores_soft_cap`).
+    pub attn_scores_soft_cap: Option<f64>,
+    /// Logits soft-capped after `unembed.hook_out` (`output_logits_soft_cap`).
+    pub output_logits_soft_cap: Option<f64>,
+    /// The rotary embedding of the local (windowed) layers when it differs from `rotary`
+    /// (`rotary_base_local`, Gemma 3, whose local frequencies are not scaled).
+    pub rotary_local: Option<Rotary>,
     /// Per block, its sliding attention window (`use_local_attn` / `window_size`), or `None`.
     pub windows: Vec<Option<i64>>,
     /// Attention and MLP both read the block's input (`parallel_attn_mlp`: GPT-NeoX's parallel
@@ -118,10 +133,10 @@ impl HookedTransformerConfig {
 
     /// The divisor of block `layer`'s attention scores.
     pub fn attn_scale(&self, layer: i64) -> f64 {
-        let mut scale = if self.use_attn_scale {
-            (self.d_head as f64).sqrt()
-        } else {
-            1.0
+        let mut scale = match (self.use_attn_scale, self.attn_scale) {
+            (false, _) => 1.0,
+            (true, Some(scale)) => scale,
+            (true, None) => (self.d_head as f64).sqrt(),
         };
         if self.scale_attn_by_inverse_layer_idx {
             scale *= (layer + 1) as f64;
@@ -131,6 +146,46 @@ impl HookedTransformerConfig {
 }
 
 impl HookedTransformerConfig {
+    /// The fields every conversion shares the value of, for `n_layers` blocks of
+    /// `original_architecture`: no optional hooks, no grouping, no rotary, norms before the
+    /// sublayers, no soft caps; the sizes zero until the conversion sets them.
+    fn base(n_layers: i64, original_architecture: &str) -> Self {
+        HookedTransformerConfig {
+            d_model: 0,
+            d_head: 0,
+            n_heads: 0,
+            d_mlp: 0,
+            n_layers,
+            n_ctx: 0,
+            d_vocab: 0,
+            act_fn: Activation::Gelu,
+            eps: 1e-5,
+            normalization_type: NormType::LayerNorm,
+            use_attn_scale: true,
+            scale_attn_by_inverse_layer_idx: false,
+            default_prepend_bos: true,
+            use_attn_result: false,
+            use_split_qkv_input: false,
+            use_attn_in: false,
+            use_hook_mlp_in: false,
+            use_hook_tokens: false,
+            bos_token_id: 0,
+            eos_token_id: 0,
+            n_key_value_heads: None,
+            rotary: None,
+            gated_mlp: false,
+            qk_norm: QkNorm::None,
+            norm_placement: NormPlacement::Before,
+            attn_scale: None,
+            attn_scores_soft_cap: None,
+            output_logits_soft_cap: None,
+            rotary_local: None,
+            windows: vec![None; n_layers.max(0) as usize],
+            parallel_attn_mlp: false,
+            original_architecture: original_architecture.to_owned(),
+        }
+    }
+
     /// TransformerLens's GPT-2 config conversion (tl_spec.md section 5), except that `n_inner`
     /// is honoured (TransformerLens 3.9.0 ignores it and always uses 4 * n_embd).
     pub fn from_gpt2(hf: &Gpt2Config) -> Self {
@@ -147,21 +202,9 @@ impl HookedTransformerConfig {
             normalization_type: NormType::LayerNorm,
             use_attn_scale: hf.scale_attn_weights,
             scale_attn_by_inverse_layer_idx: hf.scale_attn_by_inverse_layer_idx,
-            default_prepend_bos: true,
-            use_attn_result: false,
-            use_split_qkv_input: false,
-            use_attn_in: false,
-            use_hook_mlp_in: false,
-            use_hook_tokens: false,
             bos_token_id: hf.bos_token_id.unwrap_or(hf.vocab_size - 1),
             eos_token_id: hf.eos_token_id.unwrap_or(hf.vocab_size - 1),
-            n_key_value_heads: None,
-            rotary: None,
-            gated_mlp: false,
-            use_qk_norm: false,
-            windows: vec![None; hf.n_layer.max(0) as usize],
-            parallel_attn_mlp: false,
-            original_architecture: "GPT2LMHeadModel".to_owned(),
+            ..Self::base(hf.n_layer, "GPT2LMHeadModel")
         }
     }
 
@@ -179,10 +222,16 @@ impl HookedTransformerConfig {
         }
     }
 
-    /// TransformerLens's Llama-family conversion (Llama, Mistral, Qwen2, Qwen3), with HF's
-    /// numbers where TransformerLens 3.9.0 departs from them: `d_head` is the checkpoint's
-    /// `head_dim` (TransformerLens uses `d_model / n_heads` for Llama and Qwen2), the rotary base
-    /// keeps its fraction, and the checkpoint's linear and llama3 rope scaling apply.
+    /// TransformerLens's Llama-family conversion (Llama, Mistral, Qwen2, Qwen3, Gemma 1-3,
+    /// Phi-3, OLMo-2), with HF's numbers where TransformerLens 3.9.0 departs from them: `d_head`
+    /// is the checkpoint's `head_dim` (TransformerLens uses `d_model / n_heads` for Llama and
+    /// Qwen2), the rotary base keeps its fraction, the checkpoint's linear and llama3 rope
+    /// scaling apply, Gemma's activation is the config's (TransformerLens's tables use exact
+    /// GELU for Gemma 1), Phi-3 rotates `partial_rotary_factor` of each head (TransformerLens
+    /// rotates all of it), and Gemma 2's and 3's scores are divided by
+    /// `sqrt(query_pre_attn_scalar)` (TransformerLens's tables: `sqrt(d_head)` but for
+    /// gemma-2-27b). TransformerLens builds Gemma and OLMo-2 configurations from tables keyed
+    /// by model name; this reads the checkpoint's `config.json`.
     pub fn from_llama(hf: &LlamaConfig) -> Self {
         let grouped = hf.num_key_value_heads != hf.num_attention_heads;
         HookedTransformerConfig {
@@ -196,14 +245,7 @@ impl HookedTransformerConfig {
             act_fn: hf.hidden_act,
             eps: hf.rms_norm_eps,
             normalization_type: NormType::Rms,
-            use_attn_scale: true,
-            scale_attn_by_inverse_layer_idx: false,
             default_prepend_bos: hf.family.default_prepend_bos(),
-            use_attn_result: false,
-            use_split_qkv_input: false,
-            use_attn_in: false,
-            use_hook_mlp_in: false,
-            use_hook_tokens: false,
             bos_token_id: hf.bos_token_id.unwrap_or(hf.vocab_size - 1),
             eos_token_id: hf
                 .eos_token_ids
@@ -212,16 +254,26 @@ impl HookedTransformerConfig {
                 .unwrap_or(hf.vocab_size - 1),
             n_key_value_heads: grouped.then_some(hf.num_key_value_heads),
             rotary: Some(Rotary {
-                dim: hf.head_dim,
+                dim: hf.rotary_dim,
                 base: hf.rope.theta,
                 adjacent_pairs: false,
                 scaling: hf.rope.scaling,
             }),
+            rotary_local: hf.local_rope.map(|rope| Rotary {
+                dim: hf.rotary_dim,
+                base: rope.theta,
+                adjacent_pairs: false,
+                scaling: rope.scaling,
+            }),
             gated_mlp: true,
-            use_qk_norm: hf.qk_norm,
+            qk_norm: hf.qk_norm,
+            norm_placement: hf.norm_placement,
+            attn_scale: matches!(hf.family, LlamaFamily::Gemma2 | LlamaFamily::Gemma3)
+                .then(|| hf.query_scale.recip()),
+            attn_scores_soft_cap: hf.attn_logit_softcapping,
+            output_logits_soft_cap: hf.final_logit_softcapping,
             windows: hf.layer_windows.clone(),
-            parallel_attn_mlp: false,
-            original_architecture: hf.family.architecture().to_owned(),
+            ..Self::base(hf.num_hidden_layers, hf.family.architecture())
         }
     }
 
@@ -241,22 +293,10 @@ impl HookedTransformerConfig {
             eps: hf.layer_norm_epsilon,
             normalization_type: NormType::LayerNorm,
             use_attn_scale: false,
-            scale_attn_by_inverse_layer_idx: false,
-            default_prepend_bos: true,
-            use_attn_result: false,
-            use_split_qkv_input: false,
-            use_attn_in: false,
-            use_hook_mlp_in: false,
-            use_hook_tokens: false,
             bos_token_id: hf.bos_token_id.unwrap_or(hf.vocab_size - 1),
             eos_token_id: hf.eos_token_id.unwrap_or(hf.vocab_size - 1),
-            n_key_value_heads: None,
-            rotary: None,
-            gated_mlp: false,
-            use_qk_norm: false,
             windows: hf.layer_windows.clone(),
-            parallel_attn_mlp: false,
-            original_architecture: "GPTNeoForCausalLM".to_owned(),
+            ..Self::base(hf.num_layers, "GPTNeoForCausalLM")
         }
     }
 
@@ -275,23 +315,9 @@ impl HookedTransformerConfig {
             act_fn: hf.activation_function,
             eps: 1e-5,
             normalization_type: NormType::LayerNorm,
-            use_attn_scale: true,
-            scale_attn_by_inverse_layer_idx: false,
-            default_prepend_bos: true,
-            use_attn_result: false,
-            use_split_qkv_input: false,
-            use_attn_in: false,
-            use_hook_mlp_in: false,
-            use_hook_tokens: false,
             bos_token_id: hf.bos_token_id.unwrap_or(hf.vocab_size - 1),
             eos_token_id: hf.eos_token_id.unwrap_or(hf.vocab_size - 1),
-            n_key_value_heads: None,
-            rotary: None,
-            gated_mlp: false,
-            use_qk_norm: false,
-            windows: vec![None; hf.num_hidden_layers.max(0) as usize],
-            parallel_attn_mlp: false,
-            original_architecture: "OPTForCausalLM".to_owned(),
+            ..Self::base(hf.num_hidden_layers, "OPTForCausalLM")
         }
     }
 
@@ -315,14 +341,7 @@ impl HookedTransformerConfig {
             act_fn: hf.hidden_act,
             eps: hf.layer_norm_eps,
             normalization_type: NormType::LayerNorm,
-            use_attn_scale: true,
-            scale_attn_by_inverse_layer_idx: false,
             default_prepend_bos: hf.family.default_prepend_bos(),
-            use_attn_result: false,
-            use_split_qkv_input: false,
-            use_attn_in: false,
-            use_hook_mlp_in: false,
-            use_hook_tokens: false,
             bos_token_id: hf.bos_token_id.unwrap_or(hf.vocab_size - 1),
             eos_token_id: hf.eos_token_id.unwrap_or(hf.vocab_size - 1),
             n_key_value_heads: grouped.then_some(hf.num_key_value_heads),
@@ -332,11 +351,8 @@ impl HookedTransformerConfig {
                 adjacent_pairs: hf.family == ParallelFamily::GptJ,
                 scaling: hf.rope.scaling,
             }),
-            gated_mlp: false,
-            use_qk_norm: false,
-            windows: vec![None; hf.num_hidden_layers.max(0) as usize],
             parallel_attn_mlp: true,
-            original_architecture: hf.family.architecture().to_owned(),
+            ..Self::base(hf.num_hidden_layers, hf.family.architecture())
         }
     }
 
@@ -358,28 +374,17 @@ impl HookedTransformerConfig {
             act_fn: hf.hidden_act,
             eps: hf.layer_norm_eps,
             normalization_type: NormType::LayerNorm,
-            use_attn_scale: true,
-            scale_attn_by_inverse_layer_idx: false,
             default_prepend_bos: false,
-            use_attn_result: false,
-            use_split_qkv_input: false,
-            use_attn_in: false,
-            use_hook_mlp_in: false,
-            use_hook_tokens: false,
             bos_token_id: hf.bos_token_id.unwrap_or(hf.vocab_size - 1),
             eos_token_id: hf.eos_token_id.unwrap_or(hf.vocab_size - 1),
-            n_key_value_heads: None,
             rotary: Some(Rotary {
                 dim: hf.rotary_dim(),
                 base: hf.rope.theta,
                 adjacent_pairs: false,
                 scaling: hf.rope.scaling,
             }),
-            gated_mlp: false,
-            use_qk_norm: false,
-            windows: vec![None; hf.num_hidden_layers.max(0) as usize],
             parallel_attn_mlp: hf.use_parallel_residual,
-            original_architecture: "GPTNeoXForCausalLM".to_owned(),
+            ..Self::base(hf.num_hidden_layers, "GPTNeoXForCausalLM")
         }
     }
 }

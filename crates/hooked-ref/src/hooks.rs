@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use hookpoint::{HookPoint, HookRegistry};
 
+use lens_core::config::{NormPlacement, QkNorm};
+
 use crate::config::HookedTransformerConfig;
 
 /// Hook points of a LayerNorm (`ln1`, `ln2`, `ln_final`).
@@ -41,9 +43,12 @@ pub(crate) struct BlockHooks {
     pub rot_k: Option<Arc<HookPoint>>,
     /// A gated MLP: the linear (non-gate) branch, `x W_in`.
     pub mlp_pre_linear: Option<Arc<HookPoint>>,
-    /// Qwen3's per-head q/k RMSNorms.
+    /// The q/k RMSNorms (Qwen3, Gemma 3: per head; OLMo-2: over the projection).
     pub q_norm: Option<LnHooks>,
     pub k_norm: Option<LnHooks>,
+    /// Gemma 2's and 3's norms of the sublayers' outputs.
+    pub ln1_post: Option<LnHooks>,
+    pub ln2_post: Option<LnHooks>,
 }
 
 /// Every hook point of the model.
@@ -95,14 +100,14 @@ impl ModelHooks {
 
     fn block(registry: &mut HookRegistry, cfg: &HookedTransformerConfig, layer: i64) -> BlockHooks {
         let p = |s: &str| format!("blocks.{layer}.{s}");
+        let sandwich = cfg.norm_placement == NormPlacement::BeforeAndAfter;
         let ln1 = ln_hooks(registry, &p("ln1"));
+        let ln1_post = sandwich.then(|| ln_hooks(registry, &p("ln1_post")));
         let ln2 = ln_hooks(registry, &p("ln2"));
-        let q_norm = cfg
-            .use_qk_norm
-            .then(|| ln_hooks(registry, &p("attn.q_norm")));
-        let k_norm = cfg
-            .use_qk_norm
-            .then(|| ln_hooks(registry, &p("attn.k_norm")));
+        let ln2_post = sandwich.then(|| ln_hooks(registry, &p("ln2_post")));
+        let qk_norm = cfg.qk_norm != QkNorm::None;
+        let q_norm = qk_norm.then(|| ln_hooks(registry, &p("attn.q_norm")));
+        let k_norm = qk_norm.then(|| ln_hooks(registry, &p("attn.k_norm")));
         let mut reg = |s: &str| registry.register(p(s));
         let hooks = BlockHooks {
             ln1,
@@ -131,6 +136,8 @@ impl ModelHooks {
             mlp_pre_linear: None,
             q_norm,
             k_norm,
+            ln1_post,
+            ln2_post,
         };
         let mut hooks = hooks;
         if cfg.rotary.is_some() {

@@ -1,6 +1,7 @@
 //! The computations of one block, each activation passed through its hook point.
 
 use hookpoint::HookPoint;
+use lens_core::config::{NormPlacement, QkNorm};
 use tch::{Kind, Tensor};
 
 use crate::config::HookedTransformerConfig;
@@ -58,6 +59,9 @@ pub(crate) fn layer_norm(
 
 /// One block: `resid_pre -> attn -> resid_mid -> mlp -> resid_post`, or with
 /// `parallel_attn_mlp` `resid_post = resid_pre + attn(ln1(resid_pre)) + mlp(ln2(resid_pre))`.
+/// Gemma 2 and 3 normalise each sublayer's output too (`ln1_post`, `ln2_post`, before
+/// `hook_attn_out` / `hook_mlp_out`); OLMo-2 only its output, with `ln1` and `ln2`, its
+/// sublayers reading the residual stream itself.
 pub(crate) fn block(
     cfg: &HookedTransformerConfig,
     layer: i64,
@@ -67,8 +71,14 @@ pub(crate) fn block(
     mask: &MaskInfo,
     kv: Option<&mut LayerKv>,
 ) -> Result<Tensor> {
+    let after_only = cfg.norm_placement == NormPlacement::After;
     let resid_pre = hooks.resid_pre.run(resid)?;
     let attn_out = attention(cfg, layer, params, hooks, &resid_pre, mask, kv)?;
+    let attn_out = match (after_only, &hooks.ln1_post) {
+        (true, _) => layer_norm(cfg, &attn_out, params.ln1.as_ref(), &hooks.ln1)?,
+        (false, Some(ln1_post)) => layer_norm(cfg, &attn_out, params.ln1_post.as_ref(), ln1_post)?,
+        (false, None) => attn_out,
+    };
     let attn_out = hooks.attn_out.run(attn_out)?;
     // The MLP reads the residual after attention, or in a parallel block the block's input.
     let mlp_source = match &hooks.resid_mid {
@@ -80,10 +90,18 @@ pub(crate) fn block(
     } else {
         mlp_source.shallow_clone()
     };
-    let normalized = layer_norm(cfg, &mlp_in, params.ln2.as_ref(), &hooks.ln2)?;
-    let mlp_out = hooks
-        .mlp_out
-        .run(mlp(cfg, &params.mlp, hooks, &normalized)?)?;
+    let normalized = if after_only {
+        mlp_in
+    } else {
+        layer_norm(cfg, &mlp_in, params.ln2.as_ref(), &hooks.ln2)?
+    };
+    let mlp_out = mlp(cfg, &params.mlp, hooks, &normalized)?;
+    let mlp_out = match (after_only, &hooks.ln2_post) {
+        (true, _) => layer_norm(cfg, &mlp_out, params.ln2.as_ref(), &hooks.ln2)?,
+        (false, Some(ln2_post)) => layer_norm(cfg, &mlp_out, params.ln2_post.as_ref(), ln2_post)?,
+        (false, None) => mlp_out,
+    };
+    let mlp_out = hooks.mlp_out.run(mlp_out)?;
     let resid_post = if hooks.resid_mid.is_some() {
         mlp_source + mlp_out
     } else {
@@ -147,7 +165,11 @@ fn qkv(
     resid_pre: &Tensor,
 ) -> Result<[Tensor; 3]> {
     let a = &params.attn;
-    let ln = |x: &Tensor| layer_norm(cfg, x, params.ln1.as_ref(), &hooks.ln1);
+    // OLMo-2's `ln1` follows attention: its input is the residual stream itself.
+    let ln = |x: &Tensor| match cfg.norm_placement {
+        NormPlacement::After => Ok(x.shallow_clone()),
+        _ => layer_norm(cfg, x, params.ln1.as_ref(), &hooks.ln1),
+    };
     if !(cfg.use_split_qkv_input || cfg.use_attn_in) {
         let x = ln(resid_pre)?;
         return Ok([
@@ -177,9 +199,10 @@ fn qkv(
     ])
 }
 
-/// Qwen3's per-head RMSNorm of queries or keys `[b, p, h, dh]`, as TransformerLens applies it:
-/// over `[b * p * h, dh]` rows (its hooks see that shape), then back.
-fn head_norm(
+/// The RMSNorm of queries or keys `[b, p, h, dh]`, as TransformerLens applies it: per head
+/// over `[b * p * h, dh]` rows (Qwen3, Gemma 3; its hooks see that shape), or over the whole
+/// projection `[b, p, h * dh]` (OLMo-2); then back.
+fn qk_norm(
     cfg: &HookedTransformerConfig,
     x: Tensor,
     w: Option<&Tensor>,
@@ -189,7 +212,10 @@ fn head_norm(
         return Ok(x);
     };
     let shape = x.size();
-    let rows = x.reshape([-1, cfg.d_head]);
+    let rows = match cfg.qk_norm {
+        QkNorm::Projection => x.reshape([shape[0], shape[1], -1]),
+        _ => x.reshape([-1, cfg.d_head]),
+    };
     let ln = LayerNormParams {
         w: w.shallow_clone(),
         b: None,
@@ -223,8 +249,8 @@ fn attention(
     let q = hooks.q.run(q)?;
     let k = hooks.k.run(k)?;
     let v = hooks.v.run(v)?;
-    let q = head_norm(cfg, q, a.q_norm.as_ref(), hooks.q_norm.as_ref())?;
-    let mut k = head_norm(cfg, k, a.k_norm.as_ref(), hooks.k_norm.as_ref())?;
+    let q = qk_norm(cfg, q, a.q_norm.as_ref(), hooks.q_norm.as_ref())?;
+    let mut k = qk_norm(cfg, k, a.k_norm.as_ref(), hooks.k_norm.as_ref())?;
     let mut v = v;
     // The cache holds keys before rotation (TransformerLens rotates all keys on every pass).
     let past_len = match kv {
@@ -238,7 +264,13 @@ fn attention(
         }
         None => 0,
     };
-    let (q, k) = match (&cfg.rotary, &hooks.rot_q, &hooks.rot_k) {
+    let window = cfg.windows.get(layer as usize).copied().flatten();
+    // Gemma 3's local layers rotate with their own base.
+    let rotary = match (&cfg.rotary_local, window) {
+        (Some(local), Some(_)) => Some(local),
+        _ => cfg.rotary.as_ref(),
+    };
+    let (q, k) = match (rotary, &hooks.rot_q, &hooks.rot_k) {
         (Some(rotary), Some(rot_q), Some(rot_k)) => (
             rot_q.run(crate::rotary::apply(
                 rotary,
@@ -254,7 +286,10 @@ fn attention(
     let (k, v) = (repeat_heads(&k, groups), repeat_heads(&v, groups));
     // [b, h, q, dh] . [b, h, dh, k] -> [b, h, q, k]
     let scores = q.transpose(1, 2).matmul(&k.permute([0, 2, 3, 1])) / cfg.attn_scale(layer);
-    let window = cfg.windows.get(layer as usize).copied().flatten();
+    let scores = match cfg.attn_scores_soft_cap {
+        Some(cap) => (scores / cap).tanh() * cap,
+        None => scores,
+    };
     let masked = masked_positions(&scores, past_len, mask.attention_mask, window);
     let scores = hooks
         .attn_scores

@@ -187,9 +187,7 @@ impl HookedTransformer {
                 let residual = self.embed(&new_tokens, mask, past)?;
                 let residual =
                     self.run_blocks(residual, 0, self.cfg().n_layers as usize, mask, Some(kv))?;
-                Ok(self
-                    .unembed(&residual.narrow(1, n_new - 1, 1))?
-                    .select(1, 0))
+                Ok(self.logits(&residual.narrow(1, n_new - 1, 1))?.select(1, 0))
             },
         )
     }
@@ -350,6 +348,10 @@ impl LensModel for HookedTransformer {
 
     fn tl_weight_names(&self) -> Vec<String> {
         self.params().named().into_iter().map(|(n, _)| n).collect()
+    }
+
+    fn processing_notes(&self) -> Vec<String> {
+        HookedTransformer::processing_notes(self).to_vec()
     }
 
     fn tl_weight_stack(&self, name: &str) -> ModelResult<Option<Tensor>> {

@@ -25,6 +25,8 @@ pub struct HookedTransformer {
     registry: HookRegistry,
     pub(crate) hooks: ModelHooks,
     pub(crate) tokenizer: Option<Tokenizer>,
+    /// What the last weight processing turned off, as TransformerLens warns it.
+    pub(crate) processing_notes: Vec<String>,
 }
 
 fn named_clones(params: &Params) -> Vec<(String, Tensor)> {
@@ -56,6 +58,7 @@ impl HookedTransformer {
             registry,
             hooks,
             tokenizer: None,
+            processing_notes: Vec::new(),
         }
     }
 
@@ -198,7 +201,7 @@ impl HookedTransformer {
                 residual: Some(residual),
             });
         }
-        let logits = self.unembed(&residual)?;
+        let logits = self.logits(&residual)?;
         let loss = match options.return_type {
             ReturnType::Logits => None,
             ReturnType::Loss | ReturnType::Both => Some(lm_cross_entropy_loss(
@@ -269,7 +272,7 @@ impl HookedTransformer {
             });
         }
         Ok(Output {
-            logits: Some(self.unembed(&residual)?),
+            logits: Some(self.logits(&residual)?),
             loss: None,
             residual: None,
         })
@@ -342,6 +345,17 @@ impl HookedTransformer {
             .hooks
             .unembed_out
             .run(x.matmul(&self.params.W_U) + &self.params.b_U)?)
+    }
+
+    /// The logits of the residual stream: [`HookedTransformer::unembed`], then the soft cap
+    /// `cap * tanh(logits / cap)` when the model has one (after `unembed.hook_out`, as
+    /// TransformerLens applies it: no hook sees the capped logits).
+    pub(crate) fn logits(&self, residual: &Tensor) -> Result<Tensor> {
+        let logits = self.unembed(residual)?;
+        Ok(match self.cfg.output_logits_soft_cap {
+            Some(cap) => (logits / cap).tanh() * cap,
+            None => logits,
+        })
     }
 
     /// Runs `forward` with `hooks` attached; they are removed afterwards however it ends.

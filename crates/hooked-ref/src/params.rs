@@ -43,7 +43,7 @@ pub fn convert(
                 // A parameter read again later (GPT-J's and Phi's one LayerNorm, as `ln1` and
                 // `ln2`; a tied embedding) gets storage of its own here, as TransformerLens
                 // copies it: an edit of one must not reach the other.
-                let view = source.view.apply(&hf);
+                let view = source.tl_of(&hf);
                 if left > 0 {
                     view.copy()
                 } else {

@@ -119,19 +119,13 @@ pub trait Circuits: LensModel {
                 value.size()
             )));
         }
-        tch::no_grad(|| {
-            match place {
-                Place::Global(_) => {
-                    self.tl_weight(&targets[0])?.copy_(value);
-                }
-                Place::PerLayer(_) => {
-                    for (l, target) in targets.iter().enumerate() {
-                        self.tl_weight(target)?.copy_(&value.get(l as i64));
-                    }
-                }
-            }
-            Ok(())
-        })
+        match place {
+            Place::Global(_) => self.write_tl_weight(&targets[0], value),
+            Place::PerLayer(_) => targets
+                .iter()
+                .enumerate()
+                .try_for_each(|(l, target)| self.write_tl_weight(target, &value.get(l as i64))),
+        }
     }
 
     /// Every head's QK circuit, `W_Q W_Kᵀ`, `[n_layers, n_heads, d_model, d_model]` factored

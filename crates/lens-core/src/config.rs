@@ -207,6 +207,18 @@ impl HfConfig {
         matches!(self, HfConfig::Llama(_))
     }
 
+    /// What decides the weight processing TransformerLens applies to this model (see
+    /// [`crate::processing::applicable`]).
+    pub fn processing_traits(&self) -> crate::processing::ProcessingTraits<'static> {
+        let llama = self.as_llama();
+        crate::processing::ProcessingTraits {
+            architecture: self.architecture(),
+            rms_norm: self.uses_rms_norm(),
+            norms_after_sublayers: llama.is_some_and(|c| c.norm_placement == NormPlacement::After),
+            logits_soft_capped: llama.is_some_and(|c| c.final_logit_softcapping.is_some()),
+        }
+    }
+
     /// The GPT-2 config, when this is one.
     pub fn as_gpt2(&self) -> Option<&Gpt2Config> {
         match self {

@@ -202,6 +202,19 @@ pub trait LensModel {
     fn tl_weight_stack(&self, _name: &str) -> ModelResult<Option<Tensor>> {
         Ok(None)
     }
+    /// What the last weight processing turned off and why, as TransformerLens warns it (empty
+    /// when nothing was, or before any processing).
+    fn processing_notes(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Writes `value` into weight `name`, so the model computes with it: a copy into
+    /// [`LensModel::tl_weight`]'s view by default. A model whose TransformerLens weight is not a
+    /// view of its parameter (Gemma's `1 + w` norms on the bridge) writes through the relation.
+    fn write_tl_weight(&self, name: &str, value: &Tensor) -> ModelResult<()> {
+        let _guard = tch::no_grad_guard();
+        self.tl_weight(name)?.f_copy_(value)?;
+        Ok(())
+    }
     /// The gradient accumulated on a weight, in TransformerLens's layout (`None` before any
     /// backward pass reached it).
     fn tl_weight_grad(&self, name: &str) -> ModelResult<Option<Tensor>>;

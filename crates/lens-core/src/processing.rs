@@ -51,6 +51,61 @@ impl ProcessingOptions {
     }
 }
 
+/// What about a model decides which processing steps TransformerLens applies to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessingTraits<'a> {
+    /// The HF class, named in the notes.
+    pub architecture: &'a str,
+    /// Its norms are RMSNorms (which do not centre: centring what writes to the residual
+    /// would change the model).
+    pub rms_norm: bool,
+    /// Its only norms follow the sublayers (OLMo-2): there is nothing before a weight to fold.
+    pub norms_after_sublayers: bool,
+    /// Its logits are soft-capped (Gemma 2): a constant added to them is not a no-op.
+    pub logits_soft_capped: bool,
+}
+
+/// The steps TransformerLens 3.9.0 applies when `requested` are asked for a model with
+/// `traits`, and for each step it turns off with a warning, that warning: fold_ln and
+/// center_writing_weights off for post-norm architectures, center_unembed off under a logit
+/// soft cap. center_writing_weights is off for RMSNorm models without a word, as in
+/// TransformerLens (it is a no-op there).
+pub fn applicable(
+    requested: ProcessingOptions,
+    traits: &ProcessingTraits<'_>,
+) -> (ProcessingOptions, Vec<String>) {
+    let mut options = requested;
+    let mut notes = Vec::new();
+    let arch = traits.architecture;
+    if traits.norms_after_sublayers {
+        if options.fold_ln {
+            options.fold_ln = false;
+            notes.push(format!(
+                "fold_ln=True is incompatible with {arch}'s post-norm architecture: fold_ln \
+                 turned off (as TransformerLens does)"
+            ));
+        }
+        if options.center_writing_weights {
+            options.center_writing_weights = false;
+            notes.push(format!(
+                "center_writing_weights=True is incompatible with {arch}'s post-norm \
+                 architecture: center_writing_weights turned off (as TransformerLens does)"
+            ));
+        }
+    }
+    if traits.rms_norm {
+        options.center_writing_weights = false;
+    }
+    if traits.logits_soft_capped && options.center_unembed {
+        options.center_unembed = false;
+        notes.push(format!(
+            "{arch} soft-caps its logits, which adding a constant does not commute with: \
+             center_unembed turned off (as TransformerLens does)"
+        ));
+    }
+    (options, notes)
+}
+
 fn f32(t: &Tensor) -> Tensor {
     t.to_kind(Kind::Float)
 }

@@ -72,6 +72,11 @@ pub struct BlockParams {
     pub ln2: Option<LayerNormParams>,
     /// MLP.
     pub mlp: MlpParams,
+    /// Gemma 2's and 3's norm of the attention output (never folded: nothing reads it but the
+    /// residual stream).
+    pub ln1_post: Option<LayerNormParams>,
+    /// Gemma 2's and 3's norm of the MLP output.
+    pub ln2_post: Option<LayerNormParams>,
 }
 
 /// All parameters of a HookedTransformer.
@@ -130,6 +135,9 @@ impl Params {
                     out.push((format!("blocks.{l}.attn.{name}.w"), t));
                 }
             }
+            if let Some(ln) = &block.ln1_post {
+                push_norm(&mut out, &format!("blocks.{l}.ln1_post"), ln);
+            }
             if let Some(ln) = &block.ln2 {
                 push_norm(&mut out, &format!("blocks.{l}.ln2"), ln);
             }
@@ -147,6 +155,9 @@ impl Params {
                 ("b_out", &m.b_out),
             ] {
                 out.push((format!("blocks.{l}.mlp.{name}"), t));
+            }
+            if let Some(ln) = &block.ln2_post {
+                push_norm(&mut out, &format!("blocks.{l}.ln2_post"), ln);
             }
         }
         if let Some(ln) = &self.ln_final {
@@ -205,6 +216,8 @@ impl Params {
                         W_gate: opt(&b.mlp.W_gate),
                         b_gate: opt(&b.mlp.b_gate),
                     },
+                    ln1_post: ln(&b.ln1_post),
+                    ln2_post: ln(&b.ln2_post),
                 })
                 .collect(),
             ln_final: ln(&self.ln_final),
@@ -276,6 +289,8 @@ impl Params {
                 attn,
                 ln2: norm(tensors, &p("ln2")),
                 mlp,
+                ln1_post: norm(tensors, &p("ln1_post")),
+                ln2_post: norm(tensors, &p("ln2_post")),
             });
         }
         Ok(Params {

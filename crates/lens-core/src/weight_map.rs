@@ -245,6 +245,27 @@ pub struct Source {
     pub zeros_if_absent: Option<Vec<i64>>,
 }
 
+impl Source {
+    /// The TransformerLens weight from the HuggingFace parameter: its view, then its values.
+    /// A view of the parameter (writes reach it) when the values are the same.
+    pub fn tl_of(&self, hf: &Tensor) -> Tensor {
+        self.value.to_tl(&self.view.apply(hf))
+    }
+
+    /// The TransformerLens weight's gradient from the parameter's.
+    pub fn tl_grad_of(&self, hf_grad: &Tensor) -> Tensor {
+        self.value.grad_to_tl(&self.view.apply(hf_grad))
+    }
+
+    /// Writes TransformerLens weight values `tl` into the HuggingFace parameter `hf` (through
+    /// the view, with the values changed back), in `hf`'s dtype.
+    pub fn write(&self, hf: &Tensor, tl: &Tensor) -> Result<(), tch::TchError> {
+        let mut view = self.view.apply(hf);
+        let values = self.value.to_hf(&tl.to_kind(view.kind()));
+        view.f_copy_(&values)
+    }
+}
+
 /// An architecture's weight table, in TransformerLens's state-dict order.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct WeightMap {

@@ -3,7 +3,7 @@
 //! views of the HuggingFace parameters, then written back through the same views.
 
 use lens_core::model::{ModelError, ModelResult};
-use lens_core::processing::{process_weights, ProcessingOptions};
+use lens_core::processing::{applicable, process_weights, ProcessingOptions};
 use lens_core::tl_params::{AttentionParams, BlockParams, LayerNormParams, MlpParams, Params};
 use lens_core::weight_map;
 use std::collections::BTreeMap;
@@ -83,6 +83,8 @@ fn read(adapter: &Gpt2Adapter, p: &Gpt2Params) -> ModelResult<Params> {
                 W_gate: None,
                 b_gate: None,
             },
+            ln1_post: None,
+            ln2_post: None,
         });
     }
     Ok(Params {
@@ -256,28 +258,38 @@ impl TransformerBridge {
             let value = self.tl_weight(&name)?.detach();
             named.insert(name, value);
         }
+        // What processing leaves as it was is not written back (a weight whose values differ
+        // from its parameter's, Gemma's scaled `W_E`, would not round-trip to the last bit).
+        let before: BTreeMap<String, Tensor> = named
+            .iter()
+            .map(|(name, t)| (name.clone(), t.shallow_clone()))
+            .collect();
         let params = Params::from_named(&mut named).map_err(ModelError::InvalidInput)?;
-        let processing = ProcessingOptions {
+        let requested = ProcessingOptions {
             fold_ln: options.fold_ln,
-            center_writing_weights: options.center_writing_weights
-                && !self.hf.config().uses_rms_norm(),
+            center_writing_weights: options.center_writing_weights,
             center_unembed: options.center_unembed,
             fold_value_biases: options.fold_value_biases,
             refactor_factored_attn_matrices: options.refactor_factored_attn_matrices,
         };
+        let (processing, notes) = applicable(requested, &self.hf.config().processing_traits());
+        self.processing_notes = notes;
         // The one implementation the HookedTransformer uses too, so both end with identical weights.
         let w = process_weights(&params, processing).map_err(ModelError::InvalidInput)?;
         for (name, value) in w.named() {
+            if before.get(&name).is_some_and(|old| old.equal(value)) {
+                continue;
+            }
             if self.tl_weight_is_constant(&name) {
                 if i64::try_from(value.count_nonzero(None::<i64>)).is_ok_and(|n| n == 0) {
                     continue;
                 }
                 self.add_bias(&name)?;
             }
-            let mut view = self.tl_weight(&name)?;
-            view.f_copy_(&value.to_kind(view.kind()))?;
+            self.write_tl_weight(&name, &value)?;
         }
-        // A folded norm stays in the HF model as the identity: weight 1 (and bias 0).
+        // A folded norm stays in the HF model as the identity: weight 1 (and bias 0), which is
+        // a Gemma norm's stored 0.
         let mut folded: Vec<String> = Vec::new();
         for (l, b) in w.blocks.iter().enumerate() {
             for (ln, norm) in [("ln1", &b.ln1), ("ln2", &b.ln2)] {
@@ -291,10 +303,11 @@ impl TransformerBridge {
         }
         let names = self.tl_weight_names();
         for norm in folded {
-            let _ = self.tl_weight(&format!("{norm}.w"))?.f_fill_(1.0)?;
+            let weight = format!("{norm}.w");
+            self.write_tl_weight(&weight, &self.tl_weight(&weight)?.ones_like())?;
             let bias = format!("{norm}.b");
             if names.contains(&bias) {
-                let _ = self.tl_weight(&bias)?.f_fill_(0.0)?;
+                self.write_tl_weight(&bias, &self.tl_weight(&bias)?.zeros_like())?;
             }
         }
         Ok(())

@@ -174,7 +174,7 @@ impl LensModel for TransformerBridge {
     fn tl_weight(&self, name: &str) -> ModelResult<Tensor> {
         let source = self.weight_source(name)?;
         match (self.hf.parameter(&source.hf), &source.zeros_if_absent) {
-            (Some(t), _) => Ok(source.view.apply(&t)),
+            (Some(t), _) => Ok(source.tl_of(&t)),
             (None, Some(shape)) => Ok(Tensor::zeros(
                 shape.as_slice(),
                 (self.hf.kind(), self.hf.device()),
@@ -188,6 +188,10 @@ impl LensModel for TransformerBridge {
 
     fn tl_weight_names(&self) -> Vec<String> {
         self.weights.names().map(str::to_owned).collect()
+    }
+
+    fn processing_notes(&self) -> Vec<String> {
+        TransformerBridge::processing_notes(self).to_vec()
     }
 
     /// The view of the stacked HuggingFace parameter when every layer's weight is the same view
@@ -206,6 +210,10 @@ impl LensModel for TransformerBridge {
             ) else {
                 return Ok(None);
             };
+            // A weight whose values differ from its parameter's is no view to alias.
+            if source.value != lens_core::weight_map::Value::Same {
+                return Ok(None);
+            }
             let first = pattern_and_view.get_or_insert((pattern.clone(), source.view));
             if layer != l || *first != (pattern, source.view) {
                 return Ok(None);
@@ -227,7 +235,23 @@ impl LensModel for TransformerBridge {
             return Ok(None);
         };
         let grad = t.grad();
-        Ok(grad.defined().then(|| source.view.apply(&grad)))
+        Ok(grad.defined().then(|| source.tl_grad_of(&grad)))
+    }
+
+    /// Through the view, or with the values changed back where they differ from the
+    /// parameter's (Gemma's `1 + w` norms and scaled `W_E`).
+    fn write_tl_weight(&self, name: &str, value: &Tensor) -> ModelResult<()> {
+        let source = self.weight_source(name)?;
+        let parameter = self.hf.parameter(&source.hf).ok_or_else(|| {
+            ModelError::InvalidInput(format!(
+                "{name} is a constant zero the checkpoint has no parameter {} for; it cannot be \
+                 written",
+                source.hf
+            ))
+        })?;
+        let _guard = tch::no_grad_guard();
+        source.write(&parameter, value)?;
+        Ok(())
     }
 
     fn tl_weight_is_constant(&self, name: &str) -> bool {

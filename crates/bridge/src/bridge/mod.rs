@@ -52,6 +52,8 @@ pub struct TransformerBridge {
     /// The per-layer HuggingFace parameters' storage, stacked over layers when a stacked weight
     /// is first asked for (so TransformerLens's stacked weights are views of the live ones).
     stacks: LayerStacks,
+    /// What compatibility mode's processing turned off, as TransformerLens warns it.
+    processing_notes: Vec<String>,
 }
 
 /// The zero unembedding bias `[vocab]` the bridge adds (TransformerLens's `b_U`), a leaf in the
@@ -292,6 +294,7 @@ impl TransformerBridge {
             paths,
             tokenizer,
             compatibility: None,
+            processing_notes: Vec::new(),
         }
     }
 
@@ -470,6 +473,12 @@ impl TransformerBridge {
     /// The options compatibility mode was enabled with, if it was.
     pub fn compatibility_mode(&self) -> Option<CompatibilityOptions> {
         self.compatibility
+    }
+
+    /// What compatibility mode's processing turned off and why (TransformerLens's warnings:
+    /// fold_ln for post-norm architectures, center_unembed under a logit soft cap).
+    pub fn processing_notes(&self) -> &[String] {
+        &self.processing_notes
     }
 
     /// The tokenizer, if the model has one.

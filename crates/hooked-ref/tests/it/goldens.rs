@@ -64,7 +64,12 @@ fn config_from_golden(cfg: &serde_json::Value, flags: bool) -> HookedTransformer
         n_key_value_heads: None,
         rotary: None,
         gated_mlp: false,
-        use_qk_norm: false,
+        qk_norm: lens_core::config::QkNorm::None,
+        norm_placement: lens_core::config::NormPlacement::Before,
+        attn_scale: None,
+        attn_scores_soft_cap: None,
+        output_logits_soft_cap: None,
+        rotary_local: None,
         windows: vec![None; int("n_layers") as usize],
         parallel_attn_mlp: false,
         original_architecture: "GPT2LMHeadModel".to_owned(),
@@ -324,7 +329,7 @@ fn decoder_ignoring(
 #[case::adjacent_pairs("dec-b", |c: &mut HookedTransformerConfig| {
     if let Some(r) = c.rotary.as_mut() { r.adjacent_pairs = true }
 })]
-#[case::qk_norm_dropped("dec-e", |c: &mut HookedTransformerConfig| c.use_qk_norm = false)]
+#[case::qk_norm_dropped("dec-e", |c: &mut HookedTransformerConfig| c.qk_norm = lens_core::config::QkNorm::None)]
 #[case::parallel_block_in_sequence("neox-a", |c: &mut HookedTransformerConfig| {
     c.parallel_attn_mlp = false
 })]

@@ -310,7 +310,8 @@ fn llama_family_configs_get_their_family_defaults() {
     );
     assert_eq!(l.hidden_act, Activation::Silu);
     assert_eq!((l.rms_norm_eps, l.max_position_embeddings), (1e-6, 2048));
-    assert!(!l.tie_word_embeddings && !l.qkv_bias && !l.o_bias && !l.mlp_bias && !l.qk_norm);
+    assert!(!l.tie_word_embeddings && !l.qkv_bias && !l.o_bias && !l.mlp_bias);
+    assert_eq!(l.qk_norm, lens_core::config::QkNorm::None);
     assert_eq!((l.rope.theta, l.rope.scaling), (10000.0, RopeScaling::None));
     assert!(l.layer_windows.iter().all(Option::is_none));
 
@@ -347,7 +348,7 @@ fn llama_family_configs_get_their_family_defaults() {
         r#"{"model_type": "qwen3", "hidden_size": 64, "num_attention_heads": 4,
             "num_key_value_heads": 4}"#,
     );
-    assert!(q3.qk_norm && !q3.qkv_bias);
+    assert!(q3.qk_norm == lens_core::config::QkNorm::PerHead && !q3.qkv_bias);
     assert_eq!(
         q3.head_dim, 128,
         "Qwen3's head_dim is its own key (default 128)"
@@ -435,7 +436,7 @@ fn the_decoder_fixtures_parse_as_written_by_transformers() {
     assert!(d.qkv_bias && !d.o_bias);
     let e = config("dec-e");
     assert_eq!((e.family, e.head_dim), (LlamaFamily::Qwen3, 24));
-    assert!(e.qk_norm);
+    assert_eq!(e.qk_norm, lens_core::config::QkNorm::PerHead);
     assert_eq!(e.eos_token_ids, vec![383]);
 }
 
