@@ -248,9 +248,13 @@ impl Layout {
             if qk_norm {
                 block.extend([B::QNormed, B::KNormed]);
             }
-            for f in [B::Q, B::K, B::V, B::O] {
+            for f in [B::Q, B::K, B::V] {
                 block.extend(lin(f));
             }
+            if cfg.fused_projections {
+                block.extend(lin(B::Qkv));
+            }
+            block.extend(lin(B::O));
             if qk_norm {
                 block.extend(ln(B::QNorm));
                 block.extend(ln(B::KNorm));

@@ -94,8 +94,9 @@ pub(crate) fn separate_qkv<T: Tap>(
 }
 
 /// [`separate_qkv`] for a fused projection whose rows are q's, k's and v's (`parts`, views of
-/// `fused`): one product of `fused`, split, while nothing edits the three inputs (HF's
-/// computation); else each part's own product.
+/// `fused`), with the fused layer's sites (`attn.qkv`) around it: one product of `fused`,
+/// split, while nothing edits the three inputs (HF's computation); else each part's own
+/// product.
 pub(crate) fn fused_qkv<T: Tap>(
     tap: &T,
     l: usize,
@@ -111,29 +112,32 @@ pub(crate) fn fused_qkv<T: Tap>(
     let s = |site: BlockSite| Site::Block(l, site);
     let (batch, q_len) = (resid_pre.size()[0], resid_pre.size()[1]);
     let x = tap.at(s(BlockSite::AttnIn), ln1(resid_pre.shallow_clone())?)?;
+    let x = tap.at(s(BlockSite::Qkv(LinSite::In)), x)?;
     let sites: [LinearSites; 3] = [BlockSite::Q, BlockSite::K, BlockSite::V];
     let inputs = sites
         .iter()
         .map(|lin| tap.at_noting_edits(s(lin(LinSite::In)), x.shallow_clone()))
         .collect::<ModelResult<Vec<_>>>()?;
-    let outputs: Vec<Tensor> = if inputs.iter().all(|i| i.untouched) {
-        let all = fused.apply(&x);
-        let mut offset = 0;
-        parts
-            .iter()
-            .map(|(_, n)| {
-                let part = all.narrow(-1, offset, n * head_dim);
-                offset += n * head_dim;
-                part
-            })
-            .collect()
+    let all = if inputs.iter().all(|i| i.untouched) {
+        fused.apply(&x)
     } else {
-        inputs
+        let parts: Vec<Tensor> = inputs
             .iter()
             .zip(parts)
             .map(|(input, (proj, _))| proj.apply(&input.activation))
-            .collect()
+            .collect();
+        Tensor::cat(&parts, -1)
     };
+    let all = tap.at(s(BlockSite::Qkv(LinSite::Out)), all)?;
+    let mut offset = 0;
+    let outputs: Vec<Tensor> = parts
+        .iter()
+        .map(|(_, n)| {
+            let part = all.narrow(-1, offset, n * head_dim);
+            offset += n * head_dim;
+            part
+        })
+        .collect();
     let mut out = Vec::with_capacity(3);
     for ((lin, (_, n)), h) in sites.into_iter().zip(parts).zip(outputs) {
         let h = h.reshape([batch, q_len, n, head_dim]);

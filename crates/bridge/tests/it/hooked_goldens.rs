@@ -566,7 +566,8 @@ fn perturbed_bridge_fails_the_comparison() {
     assert!(report.failures.iter().any(|f| f.contains("hook_resid_pre")));
 }
 
-/// Real-token entries of a Qwen3 q/k-norm hook, whose rows are `(batch, pos, head)`, flattened.
+/// Real-token entries of a per-head q/k-norm hook (Qwen3, Gemma 3), whose rows are
+/// `(batch, pos, head)`, flattened.
 fn flattened_keep(shape: &[i64], mask: Option<&Tensor>) -> Option<Tensor> {
     let m = mask?.to_kind(Kind::Bool);
     let (b, p) = (m.size()[0], m.size()[1]);
@@ -590,6 +591,14 @@ fn decoder_bridge(dir: &std::path::Path) -> TransformerBridge {
     .expect("boot")
 }
 
+/// The final soft cap of a fixture's checkpoint (Gemma 2 and 3), from its `config.json`.
+fn logit_soft_cap(dir: &std::path::Path) -> Option<f64> {
+    lens_core::HfConfig::from_file(dir.join("model").join("config.json"))
+        .expect("config.json")
+        .as_llama()
+        .and_then(|c| c.final_logit_softcapping)
+}
+
 /// The rotary families' bridge (Llama, Mistral, Qwen2, Qwen3, GPT-NeoX) against
 /// TransformerLens 3.9.0's HookedTransformer goldens, unprocessed and in compatibility mode:
 /// every hook the golden has, under its TransformerLens name, activation and gradient, on real
@@ -599,7 +608,8 @@ fn decoder_bridge(dir: &std::path::Path) -> TransformerBridge {
 fn rotary_family_bridge_matches_hooked_transformer(
     #[values(
         "dec-a", "dec-b", "dec-c", "dec-d", "dec-e", "neox-a", "neox-b", "neox-c", "gptj-a",
-        "gptj-b", "phi-a", "neo-a", "neo-b", "opt-a", "opt-b"
+        "gptj-b", "phi-a", "neo-a", "neo-b", "opt-a", "opt-b", "gemma-a", "gemma2-a", "gemma3-a",
+        "phi3-a", "olmo2-a"
     )]
     config: &str,
     #[values(false, true)] processed: bool,
@@ -635,12 +645,16 @@ fn rotary_family_bridge_matches_hooked_transformer(
                 continue;
             };
             let activation = name.trim_end_matches("_grad");
-            let keep =
-                if activation.contains(".attn.q_norm.") || activation.contains(".attn.k_norm.") {
-                    flattened_keep(&expected.size(), mask.as_ref())
-                } else {
-                    keep_mask(activation, &expected.size(), mask.as_ref())
-                };
+            // Per-head q/k norms see `(batch, pos, head)` rows; OLMo-2's, over the whole
+            // projection, `[batch, pos, width]`.
+            let per_head_norm = (activation.contains(".attn.q_norm.")
+                || activation.contains(".attn.k_norm."))
+                && expected.dim() == 2;
+            let keep = if per_head_norm {
+                flattened_keep(&expected.size(), mask.as_ref())
+            } else {
+                keep_mask(activation, &expected.size(), mask.as_ref())
+            };
             let family = if name.ends_with("_grad") {
                 "gradients"
             } else {
@@ -665,7 +679,12 @@ fn rotary_family_bridge_matches_hooked_transformer(
         }
         let logits = out.logits.expect("logits");
         let keep = keep_mask("logits", &logits.size(), mask.as_ref());
-        match compare(&logits, g("unembed.hook_out"), keep.as_ref()) {
+        // The logits are `unembed.hook_out`, soft-capped after it where the model caps.
+        let expected = match logit_soft_cap(&dir) {
+            Some(cap) => (g("unembed.hook_out") / cap).tanh() * cap,
+            None => g("unembed.hook_out").shallow_clone(),
+        };
+        match compare(&logits, &expected, keep.as_ref()) {
             Ok(err) => report.check("logits", &format!("{pid}/logits"), err),
             Err(message) => report.fail(format!("{pid}/logits: {message}")),
         }
@@ -731,7 +750,8 @@ fn rotary_family_bridge_matches_hooked_transformer(
 fn rotary_family_bridge_has_the_python_bridges_names(
     #[values(
         "dec-a", "dec-b", "dec-c", "dec-d", "dec-e", "neox-a", "neox-b", "gptj-a", "gptj-b",
-        "phi-a", "neo-a", "neo-b", "opt-a", "opt-b"
+        "phi-a", "neo-a", "neo-b", "opt-a", "opt-b", "gemma-a", "gemma2-a", "gemma3-a", "phi3-a",
+        "olmo2-a"
     )]
     config: &str,
 ) {
@@ -752,7 +772,7 @@ fn rotary_family_bridge_has_the_python_bridges_names(
         .collect();
     // GPT-J and Phi: the one LayerNorm of a block is also `ln2` here (the MLP's side), as in the
     // HookedTransformer; the Python bridge has only `ln1`.
-    let shared_norm = config.starts_with("gptj") || config.starts_with("phi");
+    let shared_norm = config.starts_with("gptj") || config.starts_with("phi-");
     let all_ours = bridge.hook_dict_names();
     if shared_norm {
         assert!(
