@@ -1,7 +1,7 @@
 """The `embedded` stage of fixtures.py: one small model per family (Llama, GPT-NeoX, GPT-J, Phi, GPT-Neo, OPT), with a real
 byte-level BPE tokenizer, under models-cache/, and the BOS goldens of each.
 
-models-cache/tiny-{llama,mistral,qwen2,qwen3,pythia,gptj,phi,neo,opt}/ each hold a random-weight checkpoint written by
+models-cache/tiny-{llama,mistral,qwen2,qwen3,pythia,gptj,phi,neo,opt,gemma,gemma2,gemma3,phi3,olmo2}/ each hold a random-weight checkpoint written by
 transformers' save_pretrained (every parameter perturbed as for the decoder goldens), a
 tokenizer.json and tokenizer_config.json, and a TOKENIZER-LICENSE.md.
 
@@ -285,6 +285,113 @@ def family_specs() -> list[dict]:
                 "tie_word_embeddings": True,
             },
         },
+        {
+            # Gemma's special tokens at its ids 0-3 (pad, eos, bos, unk), `<bos>` added by the
+            # tokenizer as Gemma's does.
+            "name": "tiny-gemma",
+            "class": "GemmaForCausalLM",
+            "seed": 4110,
+            "specials": ["<pad>", "<eos>", "<bos>", "<unk>"],
+            "specials_first": True,
+            "bos": "<bos>",
+            "eos": "<eos>",
+            "tokenizer_adds_bos": True,
+            "round_to": 64,
+            "hf": {
+                **common,
+                "num_key_value_heads": 1,
+                "head_dim": 32,
+                "hidden_act": "gelu_pytorch_tanh",
+                "tie_word_embeddings": True,
+                "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+            },
+        },
+        {
+            "name": "tiny-gemma2",
+            "class": "Gemma2ForCausalLM",
+            "seed": 4111,
+            "specials": ["<pad>", "<eos>", "<bos>", "<unk>"],
+            "specials_first": True,
+            "bos": "<bos>",
+            "eos": "<eos>",
+            "tokenizer_adds_bos": True,
+            "round_to": 64,
+            "hf": {
+                **common,
+                "num_key_value_heads": 2,
+                "head_dim": 16,
+                "hidden_activation": "gelu_pytorch_tanh",
+                "tie_word_embeddings": True,
+                "query_pre_attn_scalar": 24,
+                "sliding_window": 8,
+                "attn_logit_softcapping": 2.0,
+                "final_logit_softcapping": 3.0,
+                "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+            },
+        },
+        {
+            "name": "tiny-gemma3",
+            "class": "Gemma3ForCausalLM",
+            "seed": 4112,
+            "specials": ["<pad>", "<eos>", "<bos>", "<unk>"],
+            "specials_first": True,
+            "bos": "<bos>",
+            "eos": "<eos>",
+            "tokenizer_adds_bos": True,
+            "round_to": 64,
+            "hf": {
+                **common,
+                "num_key_value_heads": 2,
+                "head_dim": 16,
+                "hidden_activation": "gelu_pytorch_tanh",
+                "tie_word_embeddings": True,
+                "query_pre_attn_scalar": 16,
+                "sliding_window": 8,
+                "sliding_window_pattern": 2,
+                "rope_parameters": {
+                    "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1000000.0},
+                    "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                },
+            },
+        },
+        {
+            # Phi-3's tokenizer is Llama 2's: `<unk>` `<s>` `</s>` first, `<s>` added.
+            "name": "tiny-phi3",
+            "class": "Phi3ForCausalLM",
+            "seed": 4113,
+            "specials": ["<unk>", "<s>", "</s>"],
+            "specials_first": True,
+            "bos": "<s>",
+            "eos": "</s>",
+            "tokenizer_adds_bos": True,
+            "round_to": 64,
+            "hf": {
+                **common,
+                "num_key_value_heads": 2,
+                "original_max_position_embeddings": 128,
+                "sliding_window": 8,
+                "tie_word_embeddings": False,
+                "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                    "partial_rotary_factor": 0.5},
+            },
+        },
+        {
+            # OLMo-2's tokenizer adds nothing; `<|endoftext|>` is its BOS and EOS.
+            "name": "tiny-olmo2",
+            "class": "Olmo2ForCausalLM",
+            "seed": 4114,
+            "specials": ["<|endoftext|>", "<|pad|>"],
+            "specials_first": False,
+            "bos": "<|endoftext|>",
+            "eos": "<|endoftext|>",
+            "tokenizer_adds_bos": False,
+            "round_to": 64,
+            "hf": {
+                **common,
+                "tie_word_embeddings": False,
+                "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0},
+            },
+        },
     ]
 
 
@@ -447,13 +554,21 @@ def hooked_transformer(spec: dict, model_dir: Path):
     from transformer_lens.loading_from_pretrained import convert_hf_model_config
     from transformers import AutoTokenizer
 
-    with contextlib.chdir(model_dir):
-        raw = convert_hf_model_config(".")
+    if spec["class"] in fixtures_decoders.HAND_BUILT_TL:
+        # TL's Gemma and OLMo-2 configurations come from tables keyed by model name.
+        import transformers
+
+        hf_cfg = transformers.AutoConfig.from_pretrained(str(model_dir))
+        raw, _ = fixtures_decoders.tl_table_entry(spec, hf_cfg)
+    else:
+        with contextlib.chdir(model_dir):
+            raw = convert_hf_model_config(".")
     assert raw["original_architecture"] == spec["class"], raw["original_architecture"]
     raw = dict(raw)
     raw["n_ctx"] = min(raw.get("n_ctx", 128), 128)
     cfg = HookedTransformerConfig(**raw)
-    add_bos = spec["class"] not in ("Qwen3ForCausalLM",)
+    # TransformerLens's list of tokenizers loaded without add_bos_token (HookedTransformer.py).
+    add_bos = spec["class"] not in ("Qwen3ForCausalLM", "Olmo2ForCausalLM")
     tok = AutoTokenizer.from_pretrained(str(model_dir), add_bos_token=add_bos)
     return HookedTransformer(cfg, tokenizer=tok)
 

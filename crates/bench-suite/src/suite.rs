@@ -12,6 +12,7 @@
 use bridge::{CompatibilityOptions, HfForward, TransformerBridge};
 use hooked_ref::{HookedTransformer, ProcessingOptions};
 use lens_core::model::{LensModel, ModelError, ModelResult};
+use lens_core::processing::applicable;
 use lens_core::LoadOptions;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -370,8 +371,23 @@ fn processed_checks(
     };
     run("no_nan_inf", &|| weights::no_nan_inf(bridge));
     run("weight_magnitudes", &|| weights::weight_magnitudes(bridge));
+    // The steps TransformerLens applies to this architecture, and why it turns any off.
+    let traits = bridge.config().processing_traits();
+    let (applied, _) = applicable(ProcessingOptions::default(), &traits);
+    let turned_off = |step: &str| {
+        bridge
+            .processing_notes()
+            .iter()
+            .find(|note| note.contains(step))
+            .cloned()
+            .unwrap_or_else(|| format!("{step} does not apply to {}", traits.architecture))
+    };
     run("layer_norm_folding", &|| {
-        weights::layer_norm_folding(bridge)
+        if applied.fold_ln {
+            weights::layer_norm_folding(bridge)
+        } else {
+            BenchmarkResult::skipped("layer_norm_folding", turned_off("fold_ln"))
+        }
     });
     // TransformerLens centres the weights writing to the residual only under LayerNorm, which
     // removes the mean; under RMSNorm it leaves them, and so must the bridge.
@@ -392,7 +408,11 @@ fn processed_checks(
         }
     });
     run("unembed_centering", &|| {
-        weights::unembed_centering(bridge, tolerance.activations)
+        if applied.center_unembed {
+            weights::unembed_centering(bridge, tolerance.activations)
+        } else {
+            BenchmarkResult::skipped("unembed_centering", turned_off("center_unembed"))
+        }
     });
     run("value_bias_folding", &|| {
         weights::value_bias_folding(bridge)

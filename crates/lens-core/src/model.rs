@@ -202,6 +202,21 @@ pub trait LensModel {
     fn tl_weight_stack(&self, _name: &str) -> ModelResult<Option<Tensor>> {
         Ok(None)
     }
+    /// Where weight `name` lives: `(data_ptr, numel)` of its view of the model's storage,
+    /// equal for two weights tied to one parameter in the same layout. By default that of
+    /// [`LensModel::tl_weight`]; a model whose weight is a copy (values changed from its
+    /// parameter's) answers for the parameter's view it is computed from.
+    fn tl_weight_storage(&self, name: &str) -> ModelResult<(usize, i64)> {
+        let t = self.tl_weight(name)?;
+        Ok((t.data_ptr() as usize, t.numel() as i64))
+    }
+
+    /// How weight `name`'s values relate to the storage it lives in ([`crate::weight_map::Value`]):
+    /// the same by default.
+    fn tl_weight_value(&self, _name: &str) -> crate::weight_map::Value {
+        crate::weight_map::Value::Same
+    }
+
     /// What the last weight processing turned off and why, as TransformerLens warns it (empty
     /// when nothing was, or before any processing).
     fn processing_notes(&self) -> Vec<String> {

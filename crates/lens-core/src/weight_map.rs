@@ -227,6 +227,15 @@ impl Value {
             Value::Scaled(factor) => grad / factor,
         }
     }
+
+    /// The parameter's share of a gradient with respect to the TransformerLens weight (the
+    /// chain rule through the relation: `grad_to_tl` undone).
+    pub fn grad_to_hf(self, grad: &Tensor) -> Tensor {
+        match self {
+            Value::Same | Value::PlusOne => grad.shallow_clone(),
+            Value::Scaled(factor) => grad * factor,
+        }
+    }
 }
 
 /// Where one TransformerLens weight comes from.

@@ -203,7 +203,7 @@ pub fn gradient_computation(
             // Weights the reference does not have (a processed HookedTransformer has no
             // LayerNorm weights) are only required to get a gradient.
             if let Some(reference) = reference.filter(|_| reference_names.contains(weight)) {
-                match reference_gradient(reference, weight, &our_storage, &their_storage)
+                match reference_gradient(model, reference, weight, &our_storage, &their_storage)
                     .map_err(reference_error)?
                 {
                     Some(theirs) => pairs.push((weight.clone(), ours, theirs)),
@@ -276,10 +276,7 @@ fn group_of(weight: &str) -> &str {
 fn storage_of(model: &dyn LensModel, names: &[String]) -> BTreeMap<String, (usize, i64)> {
     names
         .iter()
-        .filter_map(|name| {
-            let t = model.tl_weight(name).ok()?;
-            Some((name.clone(), (t.data_ptr() as usize, t.numel() as i64)))
-        })
+        .filter_map(|name| Some((name.clone(), model.tl_weight_storage(name).ok()?)))
         .collect()
 }
 
@@ -297,8 +294,9 @@ fn tied_to<'a>(
 
 /// The reference's gradient for `weight`, summed over the weights tied to it in the model
 /// (`ours`, by [`storage_of`]) but not in the reference (`theirs`), transposed into `weight`'s
-/// layout where needed.
+/// layout and carried through the model's value relations where needed.
 fn reference_gradient(
+    model: &dyn LensModel,
     reference: &dyn LensModel,
     weight: &str,
     ours: &BTreeMap<String, (usize, i64)>,
@@ -317,6 +315,11 @@ fn reference_gradient(
             } else {
                 extra.transpose(0, 1)
             };
+            // Through the model's relations to the shared parameter: Gemma's `W_E` is the
+            // tied embedding scaled, so the parameter's gradient is `s` times W_E's plus W_U's.
+            let extra = model
+                .tl_weight_value(weight)
+                .grad_to_tl(&model.tl_weight_value(other).grad_to_hf(&extra));
             // Not `+=`: `total` may be the reference's own .grad storage.
             total = &total + extra;
         }

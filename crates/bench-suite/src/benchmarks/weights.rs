@@ -116,15 +116,22 @@ pub fn weight_magnitudes(model: &dyn LensModel) -> BenchmarkResult {
     })
 }
 
-/// Every LayerNorm has weight 1 and bias 0 (folded), or none at all (LNPre).
+/// Every norm fold_ln folds (`ln1`, `ln2`, `ln_final`: those before a weight) has weight 1
+/// and bias 0, or none at all (LNPre). Norms after a sublayer (Gemma's `ln1_post`, `ln2_post`)
+/// and q/k norms read no weight to fold into, and keep theirs, as in TransformerLens.
 pub fn layer_norm_folding(model: &dyn LensModel) -> BenchmarkResult {
     let name = "layer_norm_folding";
     guarded(name, || {
+        let folded = |n: &str| {
+            let norm = n.strip_suffix(".w").or_else(|| n.strip_suffix(".b"));
+            norm.is_some_and(|norm| {
+                norm == "ln_final" || norm.ends_with(".ln1") || norm.ends_with(".ln2")
+            })
+        };
         let norms: Vec<String> = model
             .tl_weight_names()
             .into_iter()
-            .filter(|n| n.ends_with(".w") || n.ends_with(".b"))
-            .filter(|n| n.contains("ln"))
+            .filter(|n| folded(n))
             .collect();
         let mut bad = Vec::new();
         for weight in &norms {

@@ -84,8 +84,9 @@ fn without_references_the_checks_needing_them_are_skipped_not_passed() {
 }
 
 /// The Llama family (tests/fixtures/dec-a..e: GQA, biases, rope scalings, sliding windows, q/k
-/// norms, token ids; and the embedded models under models-cache/, on the suite's text through
-/// their tokenizers): every check of phases 1-3 that runs passes. Skipped, by name: the centring
+/// norms, token ids; gemma-a, gemma2-a, gemma3-a, phi3-a, olmo2-a/b: `1 + w` norms, scaled
+/// embeddings, norms after the sublayers, soft caps, fused projections, partial rotary; and the
+/// embedded models under models-cache/, on the suite's text through their tokenizers): every check of phases 1-3 that runs passes. Skipped, by name: the centring
 /// checks, which do not apply to RMSNorm models (TransformerLens does not centre them).
 #[rstest]
 fn llama_family_passes_every_phase(
@@ -98,7 +99,18 @@ fn llama_family_passes_every_phase(
         "tiny-llama",
         "tiny-mistral",
         "tiny-qwen2",
-        "tiny-qwen3"
+        "tiny-qwen3",
+        "gemma-a",
+        "gemma2-a",
+        "gemma3-a",
+        "phi3-a",
+        "olmo2-a",
+        "olmo2-b",
+        "tiny-gemma",
+        "tiny-gemma2",
+        "tiny-gemma3",
+        "tiny-phi3",
+        "tiny-olmo2"
     )]
     config: &str,
 ) {
@@ -124,11 +136,19 @@ fn llama_family_passes_every_phase(
         .filter(|r| !r.ran())
         .map(|r| r.name.as_str())
         .collect();
-    assert_eq!(
-        skipped,
-        ["attention_output_centering", "mlp_output_centering"],
-        "{config}"
-    );
+    // TransformerLens's own refusals: no fold_ln for OLMo-2's post-sublayer norms, no
+    // center_unembed under Gemma 2's (and gemma3-a's) logit soft cap.
+    let mut expected = vec!["layer_norm_folding", "attention_output_centering"];
+    expected.push("mlp_output_centering");
+    expected.push("unembed_centering");
+    let soft_capped = ["gemma2-a", "gemma3-a", "tiny-gemma2"].contains(&config);
+    let post_norm = config.contains("olmo2");
+    expected.retain(|check| match *check {
+        "layer_norm_folding" => post_norm,
+        "unembed_centering" => soft_capped,
+        _ => true,
+    });
+    assert_eq!(skipped, expected, "{config}");
     assert_eq!(results.len(), 2 + 16 + 23, "{config}");
 }
 

@@ -238,6 +238,21 @@ impl LensModel for TransformerBridge {
         Ok(grad.defined().then(|| source.tl_grad_of(&grad)))
     }
 
+    fn tl_weight_storage(&self, name: &str) -> ModelResult<(usize, i64)> {
+        let source = self.weight_source(name)?;
+        let t = match self.hf.parameter(&source.hf) {
+            Some(parameter) => source.view.apply(&parameter),
+            None => self.tl_weight(name)?,
+        };
+        Ok((t.data_ptr() as usize, t.numel() as i64))
+    }
+
+    fn tl_weight_value(&self, name: &str) -> lens_core::weight_map::Value {
+        self.weights
+            .get(name)
+            .map_or(lens_core::weight_map::Value::Same, |source| source.value)
+    }
+
     /// Through the view, or with the values changed back where they differ from the
     /// parameter's (Gemma's `1 + w` norms and scaled `W_E`).
     fn write_tl_weight(&self, name: &str, value: &Tensor) -> ModelResult<()> {

@@ -51,6 +51,11 @@ pub(crate) trait RotaryDecoder {
     fn n_layers(&self) -> usize;
     /// The token embedding matrix `[vocab, d]`.
     fn embedding(&self) -> &Tensor;
+    /// The embeddings of token ids, as the model's embedding module computes them (Gemma's
+    /// scales them): a lookup by default.
+    fn embed_ids(&self, ids: &Tensor) -> Tensor {
+        Tensor::embedding(self.embedding(), ids, -1, false, false)
+    }
     /// The unembedding, with the bridge's bias where it added one: logits of `x`.
     fn unembed(&self, x: &Tensor) -> Tensor;
     /// The learned position table `[n_positions, d]`, for a family that has one (its
@@ -86,8 +91,7 @@ pub(crate) trait RotaryDecoder {
         let part = match name {
             "embed" => {
                 let ids = tap.at(Site::EmbedIn, x.shallow_clone())?;
-                let embedded = Tensor::embedding(self.embedding(), &ids, -1, false, false);
-                return tap.at(Site::EmbedOut, embedded);
+                return tap.at(Site::EmbedOut, self.embed_ids(&ids));
             }
             "pos_embed" => {
                 let Some(table) = self.learned_positions() else {

@@ -690,15 +690,6 @@ impl LlamaForCausalLM {
         tap.at(s(BlockSite::MlpCompOut), out)
     }
 
-    /// The token embeddings, times Gemma's `sqrt(hidden_size)` in the embedding's dtype.
-    fn embed(&self, ids: &Tensor) -> Tensor {
-        let x = Tensor::embedding(&self.params.embed_tokens, ids, -1, false, false);
-        match self.config.embed_scale {
-            Some(scale) => x * Tensor::from(scale).to_kind(self.params.embed_tokens.kind()),
-            None => x,
-        }
-    }
-
     /// The rotary sines and cosines for `positions`, with their sites on the rotary module
     /// (Gemma 3's local ones have none: the module's sites carry the global layers', as the
     /// Python bridge's cache ends up holding).
@@ -790,7 +781,7 @@ impl RotaryDecoder for LlamaForCausalLM {
             })
             .collect();
         let ids = tap.at(Site::EmbedIn, inputs.ids.shallow_clone())?;
-        let x = tap.at(Site::EmbedOut, self.embed(&ids))?;
+        let x = tap.at(Site::EmbedOut, self.embed_ids(&ids))?;
         let rotary = self.rotary(tap, &x, &inputs.positions)?;
         let block = |l: usize, x: Tensor| {
             let mask = &masks
@@ -826,6 +817,33 @@ impl RotaryDecoder for LlamaForCausalLM {
 
     fn embedding(&self) -> &Tensor {
         &self.params.embed_tokens
+    }
+
+    /// The token embeddings, times Gemma's `sqrt(hidden_size)` in the embedding's dtype (HF's
+    /// scaled embedding module).
+    fn embed_ids(&self, ids: &Tensor) -> Tensor {
+        let x = Tensor::embedding(&self.params.embed_tokens, ids, -1, false, false);
+        match self.config.embed_scale {
+            Some(scale) => x * Tensor::from(scale).to_kind(self.params.embed_tokens.kind()),
+            None => x,
+        }
+    }
+
+    /// The generic components, with Gemma 2's and 3's `ln1_post` and `ln2_post` after each
+    /// block's `ln2`.
+    fn component_names(&self) -> Vec<String> {
+        let mut names = crate::hf::forward::component_names(self.params.layers.len(), false);
+        if self.config.norm_placement == NormPlacement::BeforeAndAfter {
+            for l in (0..self.params.layers.len()).rev() {
+                let at = names
+                    .iter()
+                    .position(|n| *n == format!("blocks.{l}.mlp"))
+                    .unwrap_or(names.len());
+                names.insert(at, format!("blocks.{l}.ln2_post"));
+                names.insert(at, format!("blocks.{l}.ln1_post"));
+            }
+        }
+        names
     }
 
     fn unembed(&self, x: &Tensor) -> Tensor {

@@ -22,7 +22,12 @@ fn embedded_model_text_matches_huggingface(
         "tiny-gptj",
         "tiny-phi",
         "tiny-neo",
-        "tiny-opt"
+        "tiny-opt",
+        "tiny-gemma",
+        "tiny-gemma2",
+        "tiny-gemma3",
+        "tiny-phi3",
+        "tiny-olmo2"
     )]
     model: &str,
 ) {

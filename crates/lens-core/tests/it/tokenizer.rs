@@ -449,6 +449,11 @@ fn tokens_move_to_cuda() {
 #[case("tiny-phi")]
 #[case("tiny-neo")]
 #[case("tiny-opt")]
+#[case("tiny-gemma")]
+#[case("tiny-gemma2")]
+#[case("tiny-gemma3")]
+#[case("tiny-phi3")]
+#[case("tiny-olmo2")]
 fn embedded_models_tokenize_as_transformer_lens(#[case] model: &str) {
     let golden_path = workspace().join(format!("tests/fixtures/embedded/{model}.json"));
     let golden: serde_json::Value =
