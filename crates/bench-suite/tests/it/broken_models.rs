@@ -1034,3 +1034,261 @@ fn opt_layouts_outside_transformer_lens_are_refused_with_the_reason() {
         assert!(err.contains(words), "{config}: {err}");
     }
 }
+
+/// Gemma's RMSNorms read as `w` instead of `1 + w`: gemma-a with every norm weight less one,
+/// so that the correct `1 + w` meets exactly the factor the bug would use.
+#[test]
+fn gemma_forward_benchmarks_fail_when_norms_multiply_by_w() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = edited_checkpoint(
+        &fixture_model("gemma-a"),
+        dir.path(),
+        |_| {},
+        |name, t| {
+            if name.ends_with("norm.weight") {
+                t - 1.0
+            } else {
+                t
+            }
+        },
+    );
+    forward_checks_fail_on_broken_checkpoint("gemma-a", &broken);
+}
+
+/// Gemma's embeddings left unscaled: gemma-a (tied) with an untied copy of its embedding
+/// divided by `sqrt(d_model)` = 8, so that the correct scaling meets the bug's unscaled rows
+/// while the unembedding is the intact one.
+#[test]
+fn gemma_forward_benchmarks_fail_when_the_embedding_scale_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = fixture_model("gemma-a");
+    let tensors =
+        Tensor::read_safetensors(std::path::Path::new(&source).join("model.safetensors")).unwrap();
+    let (_, embedding) = tensors
+        .iter()
+        .find(|(n, _)| n == "model.embed_tokens.weight")
+        .unwrap();
+    let unembedding = embedding.copy();
+    let broken = edited_checkpoint(
+        &source,
+        dir.path(),
+        |c| c["tie_word_embeddings"] = serde_json::json!(false),
+        |name, t| {
+            if name == "model.embed_tokens.weight" {
+                t / 8.0
+            } else {
+                t
+            }
+        },
+    );
+    // The untied unembedding is the intact embedding matrix.
+    let path = std::path::Path::new(&broken).join("model.safetensors");
+    let mut written = Tensor::read_safetensors(&path).unwrap();
+    written.push(("lm_head.weight".to_owned(), unembedding));
+    lens_core::weights::write_safetensors(&path, &written, Default::default()).unwrap();
+    forward_checks_fail_on_broken_checkpoint("gemma-a", &broken);
+}
+
+/// Gemma 2's attention soft cap left out: gemma2-a (a cap of 1.5 that binds on its weights)
+/// read without it.
+#[test]
+fn gemma2_forward_benchmarks_fail_without_the_attention_soft_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = edited_checkpoint(
+        &fixture_model("gemma2-a"),
+        dir.path(),
+        |c| c["attn_logit_softcapping"] = serde_json::Value::Null,
+        |_, t| t,
+    );
+    forward_checks_fail_on_broken_checkpoint("gemma2-a", &broken);
+}
+
+/// Gemma 2's final soft cap left out: gemma2-a (a cap of 2.5 on its logits) read without it.
+/// The cap follows `unembed.hook_out`, so every hook agrees; the logits and the loss do not.
+#[test]
+fn gemma2_logit_benchmarks_fail_without_the_final_soft_cap() {
+    let model = fixture_model("gemma2-a");
+    let dir = tempfile::tempdir().unwrap();
+    let broken_dir = edited_checkpoint(
+        &model,
+        dir.path(),
+        |c| c["final_logit_softcapping"] = serde_json::Value::Null,
+        |_, t| t,
+    );
+    let intact = TransformerBridge::boot(&model, Device::Cpu, Kind::Float).unwrap();
+    let broken = TransformerBridge::boot(&broken_dir, Device::Cpu, Kind::Float).unwrap();
+    let reference =
+        HookedTransformer::from_pretrained_no_processing(&model, &Default::default()).unwrap();
+    let inputs = llama_inputs();
+    let hf_logits = tch::no_grad(|| {
+        intact
+            .hf_model()
+            .forward(HfForward {
+                input_ids: Some(&inputs.tokens),
+                ..HfForward::default()
+            })
+            .unwrap()
+            .logits
+    });
+    fails_only_when_broken(
+        "forward_pass",
+        forward::forward_pass(&intact, &inputs, &hf_logits, TOL),
+        forward::forward_pass(&broken, &inputs, &hf_logits, TOL),
+    );
+    fails_only_when_broken(
+        "logits_equivalence",
+        forward::logits_equivalence(&intact, &reference, &inputs, TOL),
+        forward::logits_equivalence(&broken, &reference, &inputs, TOL),
+    );
+    fails_only_when_broken(
+        "loss_equivalence",
+        forward::loss_equivalence(&intact, &reference, &inputs, TOL),
+        forward::loss_equivalence(&broken, &reference, &inputs, TOL),
+    );
+}
+
+/// Gemma 2's sliding and global layers shifted by one: gemma2-a (layer 0 sliding with a window
+/// of 4, layer 1 global) read as global, then sliding.
+#[test]
+fn gemma2_forward_benchmarks_fail_when_the_layer_pattern_is_shifted() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = edited_checkpoint(
+        &fixture_model("gemma2-a"),
+        dir.path(),
+        |c| c["layer_types"] = serde_json::json!(["full_attention", "sliding_attention"]),
+        |_, t| t,
+    );
+    forward_checks_fail_on_broken_checkpoint("gemma2-a", &broken);
+}
+
+/// A norm after a sublayer skipped: gemma2-a's bridge with layer 0's `ln1_post` replaced by the
+/// identity (a hook returning the norm's input as its output).
+#[test]
+fn gemma2_forward_benchmarks_fail_when_a_post_sublayer_norm_is_skipped() {
+    let model = fixture_model("gemma2-a");
+    let boot = || TransformerBridge::boot(&model, Device::Cpu, Kind::Float).unwrap();
+    let reference =
+        HookedTransformer::from_pretrained_no_processing(&model, &Default::default()).unwrap();
+    let (intact, broken) = (boot(), boot());
+    let input: std::sync::Arc<std::sync::Mutex<Option<Tensor>>> = Default::default();
+    let (keep, give) = (input.clone(), input);
+    for spec in [
+        HookSpec::forward(
+            "blocks.0.ln1_post.hook_in",
+            Hook::new(move |x, _| {
+                *keep.lock().unwrap() = Some(x.shallow_clone());
+                None
+            }),
+        ),
+        HookSpec::forward(
+            "blocks.0.ln1_post.hook_out",
+            Hook::new(move |_, _| give.lock().unwrap().take()),
+        ),
+    ] {
+        broken
+            .hooks()
+            .add_hook(&spec)
+            .unwrap()
+            .into_iter()
+            .for_each(|h| h.make_permanent());
+    }
+    forward_checks_fail_only_when_broken(&intact, &broken, &reference, &llama_inputs());
+}
+
+/// Gemma 3's sliding layers rotated with the global base: gemma3-a read with its local rotary
+/// base (100) replaced by the global one.
+#[test]
+fn gemma3_forward_benchmarks_fail_when_the_local_rotary_base_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = edited_checkpoint(
+        &fixture_model("gemma3-a"),
+        dir.path(),
+        |c| {
+            let global = c["rope_parameters"]["full_attention"]["rope_theta"].clone();
+            c["rope_parameters"]["sliding_attention"]["rope_theta"] = global;
+        },
+        |_, t| t,
+    );
+    forward_checks_fail_on_broken_checkpoint("gemma3-a", &broken);
+}
+
+/// Phi-3's partial rotary ignored: phi3-a (half of each head rotated) read as rotating all of it.
+#[test]
+fn phi3_forward_benchmarks_fail_when_every_dimension_rotates() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = edited_checkpoint(
+        &fixture_model("phi3-a"),
+        dir.path(),
+        |c| c["rope_parameters"]["partial_rotary_factor"] = serde_json::json!(1.0),
+        |_, t| t,
+    );
+    forward_checks_fail_on_broken_checkpoint("phi3-a", &broken);
+}
+
+/// Phi-3's fused gate and up halves swapped: phi3-a with the halves of `gate_up_proj`
+/// exchanged, so that the correct split meets what a model reading up first would compute.
+#[test]
+fn phi3_forward_benchmarks_fail_when_gate_and_up_are_swapped() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = edited_checkpoint(
+        &fixture_model("phi3-a"),
+        dir.path(),
+        |_| {},
+        |name, t| {
+            if name.ends_with("gate_up_proj.weight") {
+                let halves = t.chunk(2, 0);
+                Tensor::cat(&[&halves[1], &halves[0]], 0)
+            } else {
+                t
+            }
+        },
+    );
+    forward_checks_fail_on_broken_checkpoint("phi3-a", &broken);
+}
+
+/// OLMo-2's q/k norms taken per head instead of over the whole projection: olmo2-a's bridge
+/// with layer 0's `q_norm` output replaced by each head's own RMSNorm of its input (times the
+/// weight).
+#[test]
+fn olmo2_forward_benchmarks_fail_when_qk_norms_are_per_head() {
+    let model = fixture_model("olmo2-a");
+    let boot = || TransformerBridge::boot(&model, Device::Cpu, Kind::Float).unwrap();
+    let reference =
+        HookedTransformer::from_pretrained_no_processing(&model, &Default::default()).unwrap();
+    let (intact, broken) = (boot(), boot());
+    let weight =
+        std::sync::Mutex::new(broken.tl_weight("blocks.0.attn.q_norm.w").unwrap().detach());
+    let (heads, eps) = (4i64, 1e-6); // tests/fixtures/olmo2-a
+    let input: std::sync::Arc<std::sync::Mutex<Option<Tensor>>> = Default::default();
+    let (keep, give) = (input.clone(), input);
+    for spec in [
+        HookSpec::forward(
+            "blocks.0.attn.q_norm.hook_in",
+            Hook::new(move |x, _| {
+                *keep.lock().unwrap() = Some(x.shallow_clone());
+                None
+            }),
+        ),
+        HookSpec::forward(
+            "blocks.0.attn.q_norm.hook_out",
+            Hook::new(move |_, _| {
+                let x = give.lock().unwrap().take()?;
+                let shape = x.size();
+                let per_head = x.reshape([shape[0], shape[1], heads, -1]);
+                let variance = per_head
+                    .pow_tensor_scalar(2)
+                    .mean_dim(-1, true, Kind::Float);
+                let normed = (&per_head * (variance + eps).rsqrt()).reshape(shape.as_slice());
+                Some(normed * &*weight.lock().unwrap())
+            }),
+        ),
+    ] {
+        broken
+            .hooks()
+            .add_hook(&spec)
+            .unwrap()
+            .into_iter()
+            .for_each(|h| h.make_permanent());
+    }
+    forward_checks_fail_only_when_broken(&intact, &broken, &reference, &llama_inputs());
+}
