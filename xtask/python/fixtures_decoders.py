@@ -444,6 +444,7 @@ DECODER_CONFIGS = [
     # soft caps binding, tied.
     {
         "name": "gemma2-a",
+        "bf16_goldens": True,
         "class": "Gemma2ForCausalLM",
         "seed": 3602,
         "hf": {
@@ -469,6 +470,7 @@ DECODER_CONFIGS = [
     # global one linearly scaled, q/k norms, a final soft cap, untied.
     {
         "name": "gemma3-a",
+        "bf16_goldens": True,
         "class": "Gemma3ForCausalLM",
         "seed": 3603,
         "hf": {
@@ -496,6 +498,7 @@ DECODER_CONFIGS = [
     # phi3-a: fused qkv and gate/up, GQA, half of each head rotated, a window on every layer.
     {
         "name": "phi3-a",
+        "bf16_goldens": True,
         "class": "Phi3ForCausalLM",
         "seed": 3604,
         "hf": {
@@ -514,10 +517,34 @@ DECODER_CONFIGS = [
                                 "partial_rotary_factor": 0.5},
         },
     },
+    # gemma-b: d_model 48, whose sqrt(48) = 6.9282 is not a bfloat16 (6.9375 is): the bf16
+    # goldens (hf_bf16.safetensors) see the embedding scale rounded to the embedding's dtype.
+    {
+        "name": "gemma-b",
+        "class": "GemmaForCausalLM",
+        "seed": 3607,
+        "tl_goldens": False,
+        "bf16_goldens": True,
+        "hf": {
+            "vocab_size": VOCAB,
+            "hidden_size": 48,
+            "intermediate_size": 80,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "hidden_act": "gelu_pytorch_tanh",
+            "max_position_embeddings": 64,
+            "rms_norm_eps": 1e-6,
+            "tie_word_embeddings": True,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+        },
+    },
     # olmo2-a: post-sublayer norms only, q/k norms over the whole projection (multi-head: TL
     # 3.9.0's converter handles no other).
     {
         "name": "olmo2-a",
+        "bf16_goldens": True,
         "class": "Olmo2ForCausalLM",
         "seed": 3605,
         "hf": {
@@ -628,6 +655,26 @@ def load(spec: dict, model_dir: Path):
     return cls.from_pretrained(str(model_dir), attn_implementation="eager", dtype=torch.float32).eval()
 
 
+def bf16_goldens(spec: dict, fx: Path, prompts) -> None:
+    """hf_bf16.safetensors: the HF model loaded in bfloat16 (eager), per prompt its embeddings
+    (the embedding module's output, Gemma's scale included) and logits."""
+    import torch
+
+    cls = model_class(spec["class"])
+    model = cls.from_pretrained(str(fx / "model"), attn_implementation="eager",
+                                dtype=torch.bfloat16).eval()
+    tensors = OrderedDict()
+    for pid, p in prompts.items():
+        ids = torch.tensor(p["tokens"], dtype=torch.int64)
+        kw = fixtures.hf_forward_kwargs(p)
+        with torch.no_grad():
+            tensors[f"{pid}/embeddings"] = model.get_input_embeddings()(ids).contiguous()
+            tensors[f"{pid}/logits"] = model(input_ids=ids, **kw).logits.contiguous()
+        tensors[f"{pid}/tokens"] = ids
+        tensors[f"{pid}/attention_mask"] = torch.tensor(p["attention_mask"], dtype=torch.int64)
+    fixtures.save_tensors(fx / "hf_bf16.safetensors", tensors)
+
+
 def stage_decoders(root: Path, only: list[str] | None = None) -> None:
     fixtures.setup_torch()
     fixtures.quiet_libraries()
@@ -641,6 +688,8 @@ def stage_decoders(root: Path, only: list[str] | None = None) -> None:
                                    "eos_token_id": VOCAB - 1}, "seed": spec["seed"]}
         prompts = fixtures.make_prompts(spec_for_prompts)
         hf_logits = fixtures.hf_goldens(spec_for_prompts, model, prompts, fx)
+        if spec.get("bf16_goldens", False):
+            bf16_goldens(spec, fx, prompts)
         if spec.get("tl_goldens", True):
             _, ht_logits = ht_decoder_goldens(spec, model, fx / "model", prompts, fx, hf_logits)
             with tempfile.TemporaryDirectory(prefix="tlrs-tok-") as td:

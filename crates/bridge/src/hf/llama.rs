@@ -596,7 +596,9 @@ impl LlamaForCausalLM {
         );
         // Rotary over [b, h, p, dh], as HF (the first `rotary_dim` dimensions of each head);
         // the hooks see [b, p, h, dh].
-        let rotate = |x: &Tensor| rotate_leading(&x.transpose(1, 2), &cos, &sin, c.rotary_dim);
+        let rotate = |x: &Tensor| {
+            rotate_leading(&x.transpose(1, 2), &cos, &sin, c.rotary_dim).to_kind(x.kind())
+        };
         let (q, k) = (rotate(&q), rotate(&k));
         let q = tap
             .at(s(BlockSite::RotQ), q.transpose(1, 2))?
@@ -690,12 +692,21 @@ impl LlamaForCausalLM {
         tap.at(s(BlockSite::MlpCompOut), out)
     }
 
+    /// The dtype of the rotary sines and cosines: the activations', but OLMo-2's stay in f32
+    /// (its rotation runs in f32 and casts q and k back).
+    fn rotary_kind(&self, activations: Kind) -> Kind {
+        match self.config.family {
+            lens_core::LlamaFamily::Olmo2 => Kind::Float,
+            _ => activations,
+        }
+    }
+
     /// The rotary sines and cosines for `positions`, with their sites on the rotary module
     /// (Gemma 3's local ones have none: the module's sites carry the global layers', as the
     /// Python bridge's cache ends up holding).
     fn rotary<T: Tap>(&self, tap: &T, x: &Tensor, positions: &Tensor) -> ModelResult<Rotary> {
         let rotary_in = tap.at(Site::RotaryIn, x.shallow_clone())?;
-        let kind = rotary_in.kind();
+        let kind = self.rotary_kind(rotary_in.kind());
         let (cos, sin) = rotary_cos_sin(&self.inv_freq, positions, kind);
         let global = (tap.at(Site::RotaryCos, cos)?, tap.at(Site::RotarySin, sin)?);
         let local = self
@@ -883,7 +894,7 @@ impl LlamaForCausalLM {
                 (Some(local), Some(_)) => local,
                 _ => &self.inv_freq,
             };
-            let (cos, sin) = rotary_cos_sin(inv_freq, &positions, x.kind());
+            let (cos, sin) = rotary_cos_sin(inv_freq, &positions, self.rotary_kind(x.kind()));
             let window = self.config.layer_windows[l];
             let mask = AttentionMask::with_window(len, len, 0, None, window, x.device());
             (cos, sin, mask)

@@ -162,8 +162,8 @@ fn raw_hf_model_matches_transformers(#[values("small", "knobs")] config: &str) {
 #[rstest]
 fn llama_family_matches_transformers(
     #[values(
-        "dec-a", "dec-b", "dec-c", "dec-d", "dec-e", "gemma-a", "gemma2-a", "gemma3-a", "phi3-a",
-        "olmo2-a", "olmo2-b"
+        "dec-a", "dec-b", "dec-c", "dec-d", "dec-e", "gemma-a", "gemma-b", "gemma2-a", "gemma3-a",
+        "phi3-a", "olmo2-a", "olmo2-b"
     )]
     config: &str,
 ) {
@@ -692,4 +692,89 @@ fn bridge_matches_transformers_on_real_positions(#[values("small", "knobs")] con
         );
     }
     report.assert_ok(&format!("bridge vs HF {config}"));
+}
+
+/// The HF position ids of a padded prompt in the bf16 goldens: `cumsum(mask) - 1`, padding at 1.
+fn hf_positions(mask: &Tensor) -> Tensor {
+    let positions = mask.cumsum(-1, Kind::Int64) - 1;
+    positions.masked_fill(&mask.eq(0), 1)
+}
+
+/// In bfloat16, the Gemma, Phi-3 and OLMo-2 decoders compute what transformers computes in
+/// bfloat16 (tests/fixtures/*/hf_bf16.safetensors): the embeddings, Gemma's scale rounded to
+/// the embedding's dtype (gemma-b: sqrt(48) is 6.9375 in bf16), and the logits, where the norms'
+/// casts (`1 + w` in f32, the weight before or after the cast back) and the soft caps fall.
+#[rstest]
+fn todays_families_match_transformers_in_bf16(
+    #[values("gemma-b", "gemma2-a", "gemma3-a", "phi3-a", "olmo2-a")] config: &str,
+) {
+    let dir = fixtures().join(config);
+    let model = LlamaForCausalLM::from_pretrained(
+        dir.join("model").to_str().expect("utf-8 path"),
+        Device::Cpu,
+        Kind::BFloat16,
+    )
+    .expect("loads in bf16");
+    let golden = read_tensors(&dir.join("hf_bf16.safetensors"));
+    let mut report = Report::default();
+    for pid in ["single_bos12", "single7", "padded_batch"] {
+        let g = |name: &str| &golden[&format!("{pid}/{name}")];
+        let tokens = g("tokens");
+        let mask = g("attention_mask");
+        let padded = mask.min().int64_value(&[]) == 0;
+        let positions = hf_positions(mask);
+        let embeddings = model.run_component("embed", tokens).expect("embed");
+        report.check(
+            "embeddings",
+            &format!("{pid}/embeddings"),
+            relative_error(&embeddings, g("embeddings"), None),
+        );
+        let out = tch::no_grad(|| {
+            model.forward(HfForward {
+                input_ids: Some(tokens),
+                attention_mask: padded.then_some(mask),
+                position_ids: padded.then_some(&positions),
+                ..HfForward::default()
+            })
+        })
+        .expect("forward");
+        let keep = padded.then(|| {
+            mask.to_kind(Kind::Bool)
+                .unsqueeze(-1)
+                .expand_as(&out.logits)
+        });
+        report.check(
+            "logits",
+            &format!("{pid}/logits"),
+            relative_error(&out.logits, g("logits"), keep.as_ref()),
+        );
+    }
+    report.assert_ok(&format!("HF bf16 {config}"));
+}
+
+/// The bf16 goldens see where Gemma's embedding scale is rounded: a scale applied in f32 and
+/// the product cast back (not the embedding module's computation) misses them.
+#[test]
+fn the_bf16_goldens_catch_an_embedding_scale_applied_in_f32() {
+    let dir = fixtures().join("gemma-b");
+    let golden = read_tensors(&dir.join("hf_bf16.safetensors"));
+    let model = LlamaForCausalLM::from_pretrained(
+        dir.join("model").to_str().expect("utf-8 path"),
+        Device::Cpu,
+        Kind::BFloat16,
+    )
+    .expect("loads in bf16");
+    let tokens = &golden["single_bos12/tokens"];
+    let rows = Tensor::embedding(&model.params().embed_tokens, tokens, -1, false, false);
+    let in_f32 = (rows.to_kind(Kind::Float) * 48f64.sqrt()).to_kind(Kind::BFloat16);
+    let expected = &golden["single_bos12/embeddings"];
+    assert!(
+        !in_f32.equal(expected),
+        "the f32 scale matched the bf16 goldens: they cannot tell the two apart"
+    );
+    let ours = model.run_component("embed", tokens).expect("embed");
+    assert!(
+        ours.equal(expected),
+        "the embedding module's computation is bit-exact"
+    );
 }
