@@ -286,7 +286,7 @@ impl TransformerBridge {
                 }
                 self.add_bias(&name)?;
             }
-            self.write_tl_weight(&name, &value)?;
+            self.write_tl_weight(&name, value)?;
         }
         // A folded norm stays in the HF model as the identity: weight 1 (and bias 0), which is
         // a Gemma norm's stored 0.

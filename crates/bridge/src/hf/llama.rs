@@ -397,6 +397,9 @@ impl std::fmt::Debug for LlamaForCausalLM {
     }
 }
 
+/// A norm's sites within a block (`BlockSite::Ln1` and the like).
+type NormSites = fn(LnSite) -> BlockSite;
+
 /// The sines and cosines a pass rotates with: the global ones, and Gemma 3's of its
 /// sliding-window layers.
 struct Rotary {
@@ -459,7 +462,7 @@ impl LlamaForCausalLM {
     fn optional_norm<T: Tap>(
         &self,
         tap: &T,
-        site: fn(LnSite) -> BlockSite,
+        site: NormSites,
         l: usize,
         x: Tensor,
         norm: Option<&Tensor>,
@@ -489,11 +492,10 @@ impl LlamaForCausalLM {
     ) -> ModelResult<Tensor> {
         let s = |site: BlockSite| Site::Block(l, site);
         let placement = self.config.norm_placement;
-        let (post_attn_site, post_mlp_site): (fn(LnSite) -> BlockSite, fn(LnSite) -> BlockSite) =
-            match placement {
-                NormPlacement::After => (BlockSite::Ln1, BlockSite::Ln2),
-                _ => (BlockSite::Ln1Post, BlockSite::Ln2Post),
-            };
+        let (post_attn_site, post_mlp_site): (NormSites, NormSites) = match placement {
+            NormPlacement::After => (BlockSite::Ln1, BlockSite::Ln2),
+            _ => (BlockSite::Ln1Post, BlockSite::Ln2Post),
+        };
         let resid_pre = tap.at(s(BlockSite::In), x)?;
         let attended = self.attention(tap, l, layer, &resid_pre, rotary, mask, cache)?;
         let attended = self.optional_norm(
