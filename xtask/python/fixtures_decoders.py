@@ -540,6 +540,34 @@ DECODER_CONFIGS = [
             "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
         },
     },
+    # phi3-b: longrope (HF goldens only: TL 3.9.0 ignores Phi-3's rope scaling) with a pretraining
+    # context of 8: the 12-token prompts take the long factors, the 7-token one the short, and
+    # its generation crosses over (HF then drops the cache and recomputes).
+    {
+        "name": "phi3-b",
+        "class": "Phi3ForCausalLM",
+        "seed": 3608,
+        "tl_goldens": False,
+        "hf": {
+            "vocab_size": VOCAB,
+            "hidden_size": 64,
+            "intermediate_size": 96,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 4,
+            "max_position_embeddings": 64,
+            "original_max_position_embeddings": 8,
+            "rms_norm_eps": 1e-5,
+            "tie_word_embeddings": False,
+            "rope_parameters": {
+                "rope_type": "longrope",
+                "rope_theta": 10000.0,
+                "partial_rotary_factor": 0.75,
+                "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5],
+                "long_factor": [1.0, 1.5, 2.5, 4.0, 6.0, 9.0],
+            },
+        },
+    },
     # olmo2-a: post-sublayer norms only, q/k norms over the whole projection (multi-head: TL
     # 3.9.0's converter handles no other).
     {

@@ -162,6 +162,8 @@ fn tokenize(tokenizer: Option<&Tokenizer>, text: &str) -> ModelResult<Tensor> {
 }
 
 /// The raw HF model of a checkpoint, of whichever family the HF tier implements.
+// One model per command: boxing the larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 enum RawModel {
     Gpt2(Gpt2LMHeadModel),
     Llama(LlamaForCausalLM),

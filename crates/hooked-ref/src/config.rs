@@ -1,8 +1,8 @@
 //! `HookedTransformerConfig`: TransformerLens's model configuration, built from an HF config.
 
 use lens_core::config::{
-    Activation, Gpt2Config, GptNeoConfig, GptNeoxConfig, LlamaConfig, LlamaFamily, NormPlacement,
-    OptConfig, ParallelConfig, ParallelFamily, QkNorm, RopeScaling,
+    Activation, Gpt2Config, GptNeoConfig, GptNeoxConfig, LlamaConfig, LlamaFamily, LongRope,
+    NormPlacement, OptConfig, ParallelConfig, ParallelFamily, QkNorm, RopeScaling,
 };
 
 /// How a block normalises its inputs.
@@ -103,6 +103,9 @@ pub struct HookedTransformerConfig {
     pub attn_scores_soft_cap: Option<f64>,
     /// Logits soft-capped after `unembed.hook_out` (`output_logits_soft_cap`).
     pub output_logits_soft_cap: Option<f64>,
+    /// Phi-3's `longrope` frequencies (short or long by the largest position), which
+    /// TransformerLens 3.9.0 ignores.
+    pub longrope: Option<LongRope>,
     /// The rotary embedding of the local (windowed) layers when it differs from `rotary`
     /// (`rotary_base_local`, Gemma 3, whose local frequencies are not scaled).
     pub rotary_local: Option<Rotary>,
@@ -180,6 +183,7 @@ impl HookedTransformerConfig {
             attn_scores_soft_cap: None,
             output_logits_soft_cap: None,
             rotary_local: None,
+            longrope: None,
             windows: vec![None; n_layers.max(0) as usize],
             parallel_attn_mlp: false,
             original_architecture: original_architecture.to_owned(),
@@ -265,6 +269,7 @@ impl HookedTransformerConfig {
                 adjacent_pairs: false,
                 scaling: rope.scaling,
             }),
+            longrope: hf.longrope.clone(),
             gated_mlp: true,
             qk_norm: hf.qk_norm,
             norm_placement: hf.norm_placement,

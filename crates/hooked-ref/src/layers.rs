@@ -274,11 +274,18 @@ fn attention(
         (Some(rotary), Some(rot_q), Some(rot_k)) => (
             rot_q.run(crate::rotary::apply(
                 rotary,
+                cfg.longrope.as_ref(),
                 &q,
                 past_len,
                 mask.attention_mask,
             ))?,
-            rot_k.run(crate::rotary::apply(rotary, &k, 0, mask.attention_mask))?,
+            rot_k.run(crate::rotary::apply(
+                rotary,
+                cfg.longrope.as_ref(),
+                &k,
+                0,
+                mask.attention_mask,
+            ))?,
         ),
         _ => (q, k),
     };

@@ -181,6 +181,16 @@ impl HookedTransformer {
                     )?;
                     return Ok(out.logits()?.select(1, -1));
                 }
+                // Phi-3's `longrope` switch, as HF generates: the first time the sequence reaches
+                // past the pretraining context, the cache is dropped and everything recomputed.
+                let total = all.size()[1];
+                if let (Some(longrope), Some(kv)) = (&self.cfg().longrope, &cache) {
+                    let limit = longrope.original_max_position_embeddings;
+                    if total > limit && kv[0].k.size()[1] <= limit {
+                        cache = None;
+                    }
+                }
+                let n_new = if cache.is_none() { total } else { n_new };
                 let kv = cache.get_or_insert_with(|| self.empty_kv(batch));
                 let past = all.size()[1] - n_new;
                 let new_tokens = all.narrow(1, past, n_new);
@@ -352,6 +362,16 @@ impl LensModel for HookedTransformer {
 
     fn processing_notes(&self) -> Vec<String> {
         HookedTransformer::processing_notes(self).to_vec()
+    }
+
+    fn batch_dependence(&self) -> Option<String> {
+        self.cfg().longrope.as_ref().map(|l| {
+            format!(
+                "longrope picks short or long rotary factors by the batch's longest sequence \
+                 (past {} positions: long)",
+                l.original_max_position_embeddings
+            )
+        })
     }
 
     fn tl_weight_stack(&self, name: &str) -> ModelResult<Option<Tensor>> {

@@ -2,6 +2,7 @@
 //! `rotate_every_two`, `apply_rotary`): angles `pos / freq` in f32, the first `rotary_dim`
 //! dimensions of each head rotated in half-split or adjacent pairs, the rest passed through.
 
+use lens_core::config::LongRope;
 use lens_core::RopeScaling;
 use tch::{Kind, Tensor};
 
@@ -42,8 +43,13 @@ fn rotate_pairs(x: &Tensor, adjacent: bool) -> Tensor {
 
 /// Rotates `x` `[b, p, h, d_head]` whose first position is `offset`; with an attention mask
 /// `[b, offset + p]`, positions count real tokens only (`cumsum(mask) - 1`, padding at 0).
+///
+/// With Phi-3's `longrope`, the frequencies are its short or long ones as the largest position
+/// says (HF's choice per pass, which TransformerLens 3.9.0 does not make: it ignores the
+/// scaling), and sines and cosines are scaled by its attention factor.
 pub(crate) fn apply(
     rotary: &Rotary,
+    longrope: Option<&LongRope>,
     x: &Tensor,
     offset: i64,
     attention_mask: Option<&Tensor>,
@@ -56,7 +62,14 @@ pub(crate) fn apply(
             .clamp_min(0)
             .narrow(1, offset, p),
     };
-    let freq = frequencies(rotary, device);
+    let (freq, factor) = match longrope {
+        Some(longrope) => {
+            let long = longrope.is_long(positions.max().int64_value(&[]));
+            let inv_freq = longrope.inverse_frequencies(rotary.base, rotary.dim, long, device);
+            (inv_freq.reciprocal(), longrope.attention_factor)
+        }
+        None => (frequencies(rotary, device), 1.0),
+    };
     let freq = if rotary.adjacent_pairs {
         freq.repeat_interleave_self_int(2, Some(0), None)
     } else {
@@ -64,8 +77,8 @@ pub(crate) fn apply(
     };
     let angles = positions.to_kind(Kind::Float).unsqueeze(-1) / freq.view([1, 1, -1]);
     let (sin, cos) = (
-        angles.sin().to_kind(x.kind()).unsqueeze(2),
-        angles.cos().to_kind(x.kind()).unsqueeze(2),
+        (angles.sin() * factor).to_kind(x.kind()).unsqueeze(2),
+        (angles.cos() * factor).to_kind(x.kind()).unsqueeze(2),
     );
     let rd = rotary.dim;
     let x_rot = x.narrow(-1, 0, rd);

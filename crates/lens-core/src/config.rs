@@ -21,7 +21,9 @@ mod parallel;
 
 pub use gpt_neo::GptNeoConfig;
 pub use gpt_neox::GptNeoxConfig;
-pub use llama::{LlamaConfig, LlamaFamily, NormPlacement, QkNorm, RmsScale, Rope, RopeScaling};
+pub use llama::{
+    LlamaConfig, LlamaFamily, LongRope, NormPlacement, QkNorm, RmsScale, Rope, RopeScaling,
+};
 pub use opt::{OptConfig, OPT_POSITION_OFFSET};
 pub use parallel::{ParallelConfig, ParallelFamily};
 
@@ -47,6 +49,9 @@ pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
 /// A parsed `config.json`, one variant per supported architecture.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
+// A config is parsed once per load and held by the model: boxing the larger variants would buy
+// nothing but indirection.
+#[allow(clippy::large_enum_variant)]
 pub enum HfConfig {
     /// `model_type: "gpt2"` (`GPT2LMHeadModel`).
     Gpt2(Gpt2Config),

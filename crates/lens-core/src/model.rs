@@ -217,6 +217,13 @@ pub trait LensModel {
         crate::weight_map::Value::Same
     }
 
+    /// Why a left-padded batch need not generate what each of its prompts generates alone, for a
+    /// model whose computation depends on the batch (Phi-3's `longrope` picks its frequencies
+    /// by the batch's longest sequence); `None` (batch-invariant) by default.
+    fn batch_dependence(&self) -> Option<String> {
+        None
+    }
+
     /// What the last weight processing turned off and why, as TransformerLens warns it (empty
     /// when nothing was, or before any processing).
     fn processing_notes(&self) -> Vec<String> {

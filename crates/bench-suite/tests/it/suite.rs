@@ -104,6 +104,7 @@ fn llama_family_passes_every_phase(
         "gemma2-a",
         "gemma3-a",
         "phi3-a",
+        "phi3-b",
         "olmo2-a",
         "olmo2-b",
         "tiny-gemma",

@@ -38,6 +38,11 @@ impl TransformerBridge {
             options,
             self.hf.config().eos_token_id(),
             self.hf.device(),
+            self.hf
+                .config()
+                .as_llama()
+                .and_then(|c| c.longrope.as_ref())
+                .map(|l| l.original_max_position_embeddings),
         )
     }
 
@@ -55,6 +60,15 @@ impl TransformerBridge {
             ))
         })
     }
+}
+
+/// Why a `longrope` model's batch is not batch-invariant.
+pub(crate) fn longrope_dependence(longrope: &lens_core::config::LongRope) -> Option<String> {
+    Some(format!(
+        "longrope picks short or long rotary factors by the batch's longest sequence (past {} \
+         positions: long), so a short prompt in a long batch rotates as it would not alone",
+        longrope.original_max_position_embeddings
+    ))
 }
 
 impl LensModel for TransformerBridge {
@@ -192,6 +206,10 @@ impl LensModel for TransformerBridge {
 
     fn processing_notes(&self) -> Vec<String> {
         TransformerBridge::processing_notes(self).to_vec()
+    }
+
+    fn batch_dependence(&self) -> Option<String> {
+        longrope_dependence(self.hf.config().as_llama()?.longrope.as_ref()?)
     }
 
     /// The view of the stacked HuggingFace parameter when every layer's weight is the same view

@@ -18,10 +18,14 @@ use crate::tap::Tap;
 
 /// A raw HuggingFace model of one of the families the HF tier implements.
 #[derive(Debug)]
+// One model per bridge, held for its life: boxing the larger variants would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum HfModel {
     /// `GPT2LMHeadModel`.
     Gpt2(Gpt2LMHeadModel),
-    /// `LlamaForCausalLM`, `MistralForCausalLM`, `Qwen2ForCausalLM`, `Qwen3ForCausalLM`.
+    /// `LlamaForCausalLM`, `MistralForCausalLM`, `Qwen2ForCausalLM`, `Qwen3ForCausalLM`,
+    /// `GemmaForCausalLM`, `Gemma2ForCausalLM`, `Gemma3ForCausalLM`, `Phi3ForCausalLM`,
+    /// `Olmo2ForCausalLM`.
     Llama(LlamaForCausalLM),
     /// `GPTNeoXForCausalLM`.
     GptNeox(GptNeoxForCausalLM),

@@ -42,6 +42,12 @@ pub(crate) trait RotaryDecoder {
         stop_at_layer: Option<usize>,
     ) -> ModelResult<PassOutput>;
 
+    /// A sequence length past which generation drops a cache filled no further and recomputes
+    /// (Phi-3's `longrope` switch from short to long factors); none by default.
+    fn cache_restart_length(&self) -> Option<i64> {
+        None
+    }
+
     /// The longest input (cached positions included) and the largest position id: no limit for
     /// a rotary decoder, unless a table bounds it (GPT-J's).
     fn max_positions(&self) -> i64 {
@@ -198,6 +204,7 @@ pub(crate) trait RotaryDecoder {
             options,
             self.eos_token_id(),
             self.device(),
+            self.cache_restart_length(),
         )
     }
 }

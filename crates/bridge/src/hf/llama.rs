@@ -383,6 +383,9 @@ pub struct LlamaForCausalLM {
     inv_freq: Tensor,
     /// Gemma 3's inverse frequencies of its sliding-window layers.
     local_inv_freq: Option<Tensor>,
+    /// Phi-3's `longrope` inverse frequencies past its pretraining context (`inv_freq` holds
+    /// the short ones).
+    long_inv_freq: Option<Tensor>,
 }
 
 impl std::fmt::Debug for LlamaForCausalLM {
@@ -431,13 +434,23 @@ impl LlamaForCausalLM {
             rope.scaling
                 .inverse_frequencies(rope.theta, config.rotary_dim, device)
         };
-        let inv_freq = frequencies(config.rope);
         let local_inv_freq = config.local_rope.map(frequencies);
+        let (inv_freq, long_inv_freq) = match &config.longrope {
+            Some(longrope) => {
+                let (theta, dim) = (config.rope.theta, config.rotary_dim);
+                (
+                    longrope.inverse_frequencies(theta, dim, false, device),
+                    Some(longrope.inverse_frequencies(theta, dim, true, device)),
+                )
+            }
+            None => (frequencies(config.rope), None),
+        };
         Ok(LlamaForCausalLM {
             config,
             params,
             inv_freq,
             local_inv_freq,
+            long_inv_freq,
         })
     }
 
@@ -694,6 +707,24 @@ impl LlamaForCausalLM {
         tap.at(s(BlockSite::MlpCompOut), out)
     }
 
+    /// The global rotary sines and cosines for `positions`: Phi-3's `longrope` picks its short
+    /// or long frequencies by the largest position (`max(position_ids) + 1` past the pretraining
+    /// context: long) and scales sines and cosines by its attention factor, in f32.
+    fn global_cos_sin(&self, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
+        let (Some(longrope), Some(long)) = (&self.config.longrope, &self.long_inv_freq) else {
+            return rotary_cos_sin(&self.inv_freq, positions, kind);
+        };
+        let max_position = positions.max().int64_value(&[]);
+        let inv_freq = if longrope.is_long(max_position) {
+            long
+        } else {
+            &self.inv_freq
+        };
+        let (cos, sin) = rotary_cos_sin(inv_freq, positions, Kind::Float);
+        let factor = longrope.attention_factor;
+        ((cos * factor).to_kind(kind), (sin * factor).to_kind(kind))
+    }
+
     /// The dtype of the rotary sines and cosines: the activations', but OLMo-2's stay in f32
     /// (its rotation runs in f32 and casts q and k back).
     fn rotary_kind(&self, activations: Kind) -> Kind {
@@ -709,7 +740,7 @@ impl LlamaForCausalLM {
     fn rotary<T: Tap>(&self, tap: &T, x: &Tensor, positions: &Tensor) -> ModelResult<Rotary> {
         let rotary_in = tap.at(Site::RotaryIn, x.shallow_clone())?;
         let kind = self.rotary_kind(rotary_in.kind());
-        let (cos, sin) = rotary_cos_sin(&self.inv_freq, positions, kind);
+        let (cos, sin) = self.global_cos_sin(positions, kind);
         let global = (tap.at(Site::RotaryCos, cos)?, tap.at(Site::RotarySin, sin)?);
         let local = self
             .local_inv_freq
@@ -763,6 +794,13 @@ impl RotaryDecoder for LlamaForCausalLM {
 
     fn eos_token_id(&self) -> Option<i64> {
         self.config.eos_token_ids.first().copied()
+    }
+
+    fn cache_restart_length(&self) -> Option<i64> {
+        self.config
+            .longrope
+            .as_ref()
+            .map(|l| l.original_max_position_embeddings)
     }
 
     fn pass<T: Tap>(
@@ -892,11 +930,11 @@ impl LlamaForCausalLM {
         let (batch, len) = (x.size()[0], x.size()[1]);
         let rotary_and_mask = || {
             let positions = mask::arange_positions(batch, len, 0, x.device());
-            let inv_freq = match (&self.local_inv_freq, self.config.layer_windows[l]) {
-                (Some(local), Some(_)) => local,
-                _ => &self.inv_freq,
+            let kind = self.rotary_kind(x.kind());
+            let (cos, sin) = match (&self.local_inv_freq, self.config.layer_windows[l]) {
+                (Some(local), Some(_)) => rotary_cos_sin(local, &positions, kind),
+                _ => self.global_cos_sin(&positions, kind),
             };
-            let (cos, sin) = rotary_cos_sin(inv_freq, &positions, self.rotary_kind(x.kind()));
             let window = self.config.layer_windows[l];
             let mask = AttentionMask::with_window(len, len, 0, None, window, x.device());
             (cos, sin, mask)

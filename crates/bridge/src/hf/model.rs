@@ -283,6 +283,7 @@ impl Gpt2LMHeadModel {
             options,
             self.config.eos_token_id,
             self.device(),
+            None,
         )
     }
 }
@@ -311,7 +312,9 @@ pub(crate) fn gpt2_config(config: &HfConfig) -> ModelResult<Gpt2Config> {
 /// The generation loop with HuggingFace's inputs at each step: the new tokens only (with a KV
 /// cache) or everything (without), the full attention mask, and position ids
 /// `cumsum(mask) - 1` (padding at 1) for the positions fed. `step(ids, mask, positions, cache)`
-/// returns logits `[b, q, vocab]`.
+/// returns logits `[b, q, vocab]`. `restart_cache_past`: a sequence length past which a cache
+/// filled no further is dropped and everything recomputed (Phi-3's `longrope` switch).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn generate_hf_style(
     mut step: impl FnMut(&Tensor, Option<&Tensor>, &Tensor, Option<&mut KvCache>) -> ModelResult<Tensor>,
     input_ids: &Tensor,
@@ -319,6 +322,7 @@ pub(crate) fn generate_hf_style(
     options: &GenerateOptions,
     default_eos: Option<i64>,
     device: Device,
+    restart_cache_past: Option<i64>,
 ) -> ModelResult<Tensor> {
     let eos = options.eos_token_id.or(default_eos).ok_or_else(|| {
         ModelError::InvalidInput(
@@ -344,7 +348,19 @@ pub(crate) fn generate_hf_style(
     let _guard = tch::no_grad_guard();
     generate_with(&ids, mask.as_ref(), options, eos, |all, mask, n_new| {
         let total = all.size()[1];
-        let fed = if cache.is_some() { n_new } else { total };
+        // Phi-3's `prepare_inputs_for_generation`: when the sequence first reaches past the
+        // pretraining context, the cache (rotated with the short `longrope` factors) is dropped
+        // and everything recomputed with the long ones.
+        if let (Some(limit), Some(c)) = (restart_cache_past, cache.as_ref()) {
+            if total > limit && c.len() <= limit {
+                cache = Some(KvCache::new());
+            }
+        }
+        // An empty cache (the first step, or after the restart) takes the whole sequence.
+        let fed = match &cache {
+            Some(c) if !c.is_empty() => n_new,
+            _ => total,
+        };
         let input = all.narrow(1, total - fed, fed);
         let positions = match mask {
             Some(m) => mask::hf_position_ids(m).narrow(1, total - fed, fed),

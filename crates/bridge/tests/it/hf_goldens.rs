@@ -63,6 +63,12 @@ fn greedy(use_cache: bool) -> GenerateOptions {
     }
 }
 
+/// Whether a prompt's generation crosses phi3-b's `longrope` switch (a pretraining context of
+/// 8, from a prompt within it).
+fn longrope_switches(config: &str, pid: &str) -> bool {
+    config == "phi3-b" && pid == "single7"
+}
+
 /// Runs every HF comparison of one config on `model`, into `report`.
 fn compare_hf(config: &str, model: &dyn HfModel, report: &mut Report) {
     let dir = fixtures().join(config);
@@ -137,6 +143,20 @@ fn compare_hf(config: &str, model: &dyn HfModel, report: &mut Report) {
             let generated = model
                 .generate(tokens, mask.as_ref(), &greedy(use_cache))
                 .expect("generate");
+            // transformers 5.9.0's Phi-3 drops the cache where `longrope` switches to its long
+            // factors, to recompute, but its generic input slicing then feeds the newest token
+            // alone: every later step sees one token (phi3-b's 7-token prompt). We recompute, as
+            // it means to, so the cached generation is the uncached one there.
+            let key = if longrope_switches(config, &pid) {
+                assert_ne!(
+                    g("generate.use_cache"),
+                    g("generate.no_cache"),
+                    "{config}/{pid}: HF's cached generation no longer differs"
+                );
+                "generate.no_cache"
+            } else {
+                key
+            };
             if generated != *g(key) {
                 report.fail(format!("{pid}/{key}: {generated:?} != golden {:?}", g(key)));
             }
@@ -157,13 +177,14 @@ fn raw_hf_model_matches_transformers(#[values("small", "knobs")] config: &str) {
 /// rope_theta), Qwen3 (q/k norms, head_dim 24 with d_model / n_heads = 16), Gemma (MQA, `1 + w`
 /// norms, scaled embeddings), Gemma 2 (sliding and global layers, both soft caps,
 /// `query_pre_attn_scalar`, norms before and after), Gemma 3 (two rotary bases, q/k norms),
-/// Phi-3 (fused projections, partial rotary, a window on every layer), OLMo-2 (norms after the
-/// sublayers, q/k norms over the projection; multi-head and grouped).
+/// Phi-3 (fused projections, partial rotary, a window on every layer; `longrope` with its switch
+/// from short to long factors, mid-generation included), OLMo-2 (norms after the sublayers, q/k
+/// norms over the projection; multi-head and grouped).
 #[rstest]
 fn llama_family_matches_transformers(
     #[values(
         "dec-a", "dec-b", "dec-c", "dec-d", "dec-e", "gemma-a", "gemma-b", "gemma2-a", "gemma3-a",
-        "phi3-a", "olmo2-a", "olmo2-b"
+        "phi3-a", "phi3-b", "olmo2-a", "olmo2-b"
     )]
     config: &str,
 ) {
@@ -561,6 +582,24 @@ fn ignoring_any_knob_fails_the_goldens() {
             "phi3-a",
             "every dimension rotated",
             decoder_ignoring("phi3-a", |c| c.rotary_dim = c.head_dim),
+        ),
+        (
+            "phi3-b",
+            "longrope's long factors never used",
+            decoder_ignoring("phi3-b", |c| {
+                if let Some(l) = c.longrope.as_mut() {
+                    l.long_factor = l.short_factor.clone();
+                }
+            }),
+        ),
+        (
+            "phi3-b",
+            "longrope's attention factor left out",
+            decoder_ignoring("phi3-b", |c| {
+                if let Some(l) = c.longrope.as_mut() {
+                    l.attention_factor = 1.0;
+                }
+            }),
         ),
         (
             "phi3-a",

@@ -70,6 +70,7 @@ fn config_from_golden(cfg: &serde_json::Value, flags: bool) -> HookedTransformer
         attn_scores_soft_cap: None,
         output_logits_soft_cap: None,
         rotary_local: None,
+        longrope: None,
         windows: vec![None; int("n_layers") as usize],
         parallel_attn_mlp: false,
         original_architecture: "GPT2LMHeadModel".to_owned(),

@@ -180,6 +180,54 @@ pub struct Rope {
     pub scaling: RopeScaling,
 }
 
+/// Phi-3's `longrope` frequencies (transformers' `_compute_longrope_parameters`): the default
+/// inverse frequencies divided per dimension by `short_factor`, or by `long_factor` once a pass
+/// reaches past `original_max_position_embeddings` (`max(position_ids) + 1` longer), and sines
+/// and cosines times `attention_factor`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LongRope {
+    /// Per rotated pair, the divisor up to `original_max_position_embeddings` positions.
+    pub short_factor: Vec<f64>,
+    /// Per rotated pair, the divisor beyond.
+    pub long_factor: Vec<f64>,
+    /// The context length the model was pretrained with.
+    pub original_max_position_embeddings: i64,
+    /// The factor of the sines and cosines (`attention_factor`, by default
+    /// `sqrt(1 + ln(factor) / ln(original_max_position_embeddings))` with `factor` the context
+    /// extension `max_position_embeddings / original_max_position_embeddings`, or 1 without one).
+    pub attention_factor: f64,
+}
+
+impl LongRope {
+    /// Whether a pass whose largest position id is `max_position` uses the long factors.
+    pub fn is_long(&self, max_position: i64) -> bool {
+        max_position + 1 > self.original_max_position_embeddings
+    }
+
+    /// The inverse frequencies `[dim / 2]` in f32: `1 / (factor_i * theta^(2i / dim))`.
+    pub fn inverse_frequencies(
+        &self,
+        theta: f64,
+        dim: i64,
+        long: bool,
+        device: tch::Device,
+    ) -> tch::Tensor {
+        use tch::{Kind, Tensor};
+        let factors = if long {
+            &self.long_factor
+        } else {
+            &self.short_factor
+        };
+        let factors = Tensor::from_slice(factors)
+            .to_kind(Kind::Float)
+            .to_device(device);
+        let exponents = Tensor::arange_start_step(0, dim, 2, (Kind::Int64, device))
+            .to_kind(Kind::Float)
+            / dim as f64;
+        (factors * Tensor::pow_scalar(theta, &exponents)).reciprocal()
+    }
+}
+
 /// How an RMSNorm applies its weight to the input normalised in f32 (in f32 the first two agree).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RmsScale {
@@ -278,6 +326,8 @@ pub struct LlamaConfig {
     pub rope: Rope,
     /// Gemma 3's rotary embedding of the sliding-window layers (its own base, never scaled).
     pub local_rope: Option<Rope>,
+    /// Phi-3's `longrope` frequencies (`rope.scaling` is then `None`).
+    pub longrope: Option<LongRope>,
     /// Per layer, the sliding window (keys within the last `w` positions) or `None` (global).
     pub layer_windows: Vec<Option<i64>>,
     /// Beginning-of-sequence id.
@@ -320,6 +370,8 @@ struct RawLlama {
     sliding_window: Option<Value>,
     use_sliding_window: Option<bool>,
     max_window_layers: Option<i64>,
+    /// Phi-3's pretraining context (the `longrope` switch point).
+    original_max_position_embeddings: Option<i64>,
     layer_types: Option<Vec<String>>,
     /// Gemma 3's legacy period of the global layers (`sliding_window_pattern`, default 6).
     sliding_window_pattern: Option<i64>,
@@ -639,11 +691,15 @@ fn gemma3_ropes(raw: &RawLlama) -> Result<(Rope, Rope)> {
     Ok((global, local))
 }
 
-/// Phi-3's rotary embedding and the fraction of each head it turns: `rope_scaling`, else
-/// `rope_parameters`, with the legacy top-level `rope_theta` and `partial_rotary_factor` as
-/// defaults. Only `default` rotary frequencies are implemented here; `longrope` (and its old
-/// names `su`, `yarn`), which transformers also accepts for Phi-3, is refused by name.
-fn phi3_rope(raw: &RawLlama) -> Result<(Rope, f64)> {
+/// Phi-3's rotary embedding, the fraction of each head it turns and its `longrope` scaling:
+/// `rope_scaling`, else `rope_parameters`, with the legacy top-level `rope_theta` and
+/// `partial_rotary_factor` as defaults. transformers accepts `default` and `longrope` (`su` and
+/// `yarn` are old names of it) and refuses others.
+fn phi3_rope(
+    raw: &RawLlama,
+    head_dim: i64,
+    max_positions: i64,
+) -> Result<(Rope, f64, Option<LongRope>)> {
     let params = match object(&raw.rope_scaling, "rope_scaling")? {
         Some(s) => Some(s),
         None => object(&raw.rope_parameters, "rope_parameters")?,
@@ -652,12 +708,6 @@ fn phi3_rope(raw: &RawLlama) -> Result<(Rope, f64)> {
         .and_then(|s| s.get("rope_type").or_else(|| s.get("type")))
         .and_then(Value::as_str)
         .unwrap_or("default");
-    if kind != "default" {
-        return Err(invalid(format!(
-            "Phi-3 rope type '{kind}' is not supported (supported: default; longrope, su and \
-             yarn are not implemented)"
-        )));
-    }
     let theta = theta(
         params
             .and_then(|p| p.get("rope_theta"))
@@ -676,13 +726,82 @@ fn phi3_rope(raw: &RawLlama) -> Result<(Rope, f64)> {
             "partial_rotary_factor must be in (0, 1], got {fraction}"
         )));
     }
-    Ok((
-        Rope {
-            theta,
-            scaling: RopeScaling::None,
-        },
-        fraction,
-    ))
+    let rope = Rope {
+        theta,
+        scaling: RopeScaling::None,
+    };
+    let longrope = match (kind, params) {
+        ("default", _) | (_, None) => None,
+        ("longrope" | "su" | "yarn", Some(p)) => {
+            let pairs = ((head_dim as f64 * fraction) as i64 / 2) as usize;
+            Some(longrope(p, raw, pairs, max_positions)?)
+        }
+        (other, _) => {
+            return Err(invalid(format!(
+                "Phi-3 rope type '{other}' is not supported (transformers accepts default and \
+                 longrope)"
+            )))
+        }
+    };
+    Ok((rope, fraction, longrope))
+}
+
+/// The `longrope` parameters of `p`, with `pairs` rotated pairs (the factor lists' length).
+fn longrope(
+    p: &serde_json::Map<String, Value>,
+    raw: &RawLlama,
+    pairs: usize,
+    max_positions: i64,
+) -> Result<LongRope> {
+    let factors = |key: &str| -> Result<Vec<f64>> {
+        let list = p
+            .get(key)
+            .and_then(Value::as_array)
+            .ok_or_else(|| invalid(format!("longrope rope scaling needs a list '{key}'")))?;
+        let values = list
+            .iter()
+            .map(|v| {
+                v.as_f64()
+                    .filter(|f| f.is_finite() && *f > 0.0)
+                    .ok_or_else(|| invalid(format!("{key} must list positive numbers, got {v}")))
+            })
+            .collect::<Result<Vec<f64>>>()?;
+        if values.len() != pairs {
+            return Err(invalid(format!(
+                "{key} must have one factor per rotated pair ({pairs}), got {}",
+                values.len()
+            )));
+        }
+        Ok(values)
+    };
+    // transformers takes the config's own `original_max_position_embeddings` first.
+    let original = raw
+        .original_max_position_embeddings
+        .or_else(|| {
+            p.get("original_max_position_embeddings")
+                .and_then(Value::as_i64)
+        })
+        .unwrap_or(4096);
+    if original <= 1 {
+        return Err(invalid(format!(
+            "original_max_position_embeddings must be greater than 1, got {original}"
+        )));
+    }
+    let factor = p
+        .get("factor")
+        .and_then(Value::as_f64)
+        .unwrap_or(max_positions as f64 / original as f64);
+    let attention_factor = match p.get("attention_factor").and_then(Value::as_f64) {
+        Some(f) => f,
+        None if factor <= 1.0 => 1.0,
+        None => (1.0 + factor.ln() / (original as f64).ln()).sqrt(),
+    };
+    Ok(LongRope {
+        short_factor: factors("short_factor")?,
+        long_factor: factors("long_factor")?,
+        original_max_position_embeddings: original,
+        attention_factor,
+    })
 }
 
 /// A soft-cap key: absent means the family's default, `null` none; a cap must be positive.
@@ -800,16 +919,19 @@ impl LlamaConfig {
         }
         let attention_bias = raw.attention_bias.unwrap_or(false);
         let head_dim = raw.head_dim.or(d.head_dim).unwrap_or(hidden_size / heads);
-        let (rope, local_rope, rotary_fraction) = match family {
+        let max_positions = raw
+            .max_position_embeddings
+            .unwrap_or(d.max_position_embeddings);
+        let (rope, local_rope, rotary_fraction, longrope) = match family {
             F::Gemma3 => {
                 let (global, local) = gemma3_ropes(&raw)?;
-                (global, Some(local), 1.0)
+                (global, Some(local), 1.0, None)
             }
             F::Phi3 => {
-                let (rope, fraction) = phi3_rope(&raw)?;
-                (rope, None, fraction)
+                let (rope, fraction, longrope) = phi3_rope(&raw, head_dim, max_positions)?;
+                (rope, None, fraction, longrope)
             }
-            _ => (rope(&raw)?, None, 1.0),
+            _ => (rope(&raw)?, None, 1.0, None),
         };
         // Gemma 2 and 3 take their activation from `hidden_activation`, the others from
         // `hidden_act` (Gemma 1 included, whatever a `hidden_activation` key says).
@@ -834,9 +956,7 @@ impl LlamaConfig {
                 .unwrap_or(heads),
             head_dim,
             hidden_act: activation.unwrap_or(d.hidden_act).parse()?,
-            max_position_embeddings: raw
-                .max_position_embeddings
-                .unwrap_or(d.max_position_embeddings),
+            max_position_embeddings: max_positions,
             rms_norm_eps: raw.rms_norm_eps.unwrap_or(d.rms_norm_eps),
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(d.tie_word_embeddings),
             qkv_bias: match family {
@@ -889,6 +1009,7 @@ impl LlamaConfig {
             rotary_dim: (head_dim as f64 * rotary_fraction) as i64,
             rope,
             local_rope,
+            longrope,
             layer_windows: layer_windows(family, &raw, n_layers.max(0))?,
             bos_token_id: token_ids("bos_token_id", raw.bos_token_id.as_ref(), d.bos_token_id)?
                 .first()

@@ -673,3 +673,108 @@ fn gpt_neo_and_opt_configs_follow_transformers() {
         .expect("not TransformerLens's layout");
     assert!(why.contains("do_layer_norm_before") && why.contains("word_embed_proj_dim"));
 }
+
+fn llama_family(json: &str) -> lens_core::LlamaConfig {
+    HfConfig::from_json(json)
+        .unwrap()
+        .as_llama()
+        .expect("a Llama-family config")
+        .clone()
+}
+
+/// Gemma 1-3, Phi-3 and OLMo-2 from a bare config get transformers 5.9.0's defaults: Gemma's
+/// `1 + w` norms, scaled embeddings and tanh-GELU, Gemma 2's alternating layers (layer 0
+/// sliding), soft caps 50 / 30 and `query_pre_attn_scalar` 256, Gemma 3's global layer every
+/// sixth with bases 1e6 / 1e4, Phi-3's fused projections, OLMo-2's norms after the sublayers.
+#[test]
+fn todays_small_families_get_their_defaults() {
+    use lens_core::config::{NormPlacement, QkNorm, RmsScale};
+    let g = llama_family(r#"{"model_type": "gemma", "num_hidden_layers": 2}"#);
+    assert_eq!(g.rms_scale, RmsScale::OnePlusWeight);
+    assert_eq!(g.embed_scale, Some(3072f64.sqrt()));
+    assert_eq!((g.head_dim, g.tie_word_embeddings), (256, true));
+    assert_eq!(g.hidden_act.name(), "gelu_pytorch_tanh");
+    let g2 = llama_family(r#"{"model_type": "gemma2", "num_hidden_layers": 4}"#);
+    assert_eq!(g2.layer_windows, [Some(4096), None, Some(4096), None]);
+    assert_eq!(
+        (g2.attn_logit_softcapping, g2.final_logit_softcapping),
+        (Some(50.0), Some(30.0))
+    );
+    assert_eq!(g2.query_scale, 256f64.powf(-0.5));
+    assert_eq!(g2.norm_placement, NormPlacement::BeforeAndAfter);
+    let g3 = llama_family(r#"{"model_type": "gemma3_text", "num_hidden_layers": 7}"#);
+    let global: Vec<bool> = g3.layer_windows.iter().map(Option::is_none).collect();
+    assert_eq!(global, [false, false, false, false, false, true, false]);
+    assert_eq!(g3.rope.theta, 1e6);
+    assert_eq!(g3.local_rope.map(|r| r.theta), Some(1e4));
+    assert_eq!(g3.layer_rope(0).theta, 1e4);
+    assert_eq!(g3.layer_rope(5).theta, 1e6);
+    assert_eq!(
+        (g3.qk_norm, g3.attn_logit_softcapping),
+        (QkNorm::PerHead, None)
+    );
+    let p3 = llama_family(r#"{"model_type": "phi3", "num_hidden_layers": 2}"#);
+    assert!(p3.fused_projections && p3.longrope.is_none());
+    assert_eq!((p3.rms_norm_eps, p3.layer_windows[0]), (1e-5, None));
+    let o2 = llama_family(r#"{"model_type": "olmo2", "num_hidden_layers": 2}"#);
+    assert_eq!(o2.norm_placement, NormPlacement::After);
+    assert_eq!(
+        (o2.qk_norm, o2.rms_scale),
+        (QkNorm::Projection, RmsScale::WeightInF32)
+    );
+    assert_eq!(o2.bos_token_id, None);
+}
+
+/// Phi-3's `longrope`: its factors (one per rotated pair), its switch, and transformers' default
+/// attention factor `sqrt(1 + ln(max / original) / ln(original))`; its old name `su` read the
+/// same; other rope types refused by name, as transformers refuses them.
+#[test]
+fn phi3_longrope_is_read_as_transformers_reads_it() {
+    let json = |kind: &str, factors: &str| {
+        format!(
+            r#"{{"model_type": "phi3", "hidden_size": 64, "num_attention_heads": 4,
+                "num_hidden_layers": 1, "max_position_embeddings": 64,
+                "original_max_position_embeddings": 8,
+                "rope_scaling": {{"type": "{kind}", "short_factor": {factors},
+                                  "long_factor": {factors}}}}}"#
+        )
+    };
+    for kind in ["longrope", "su"] {
+        let c = llama_family(&json(kind, "[1, 2, 3, 4, 5, 6, 7, 8]"));
+        let l = c.longrope.expect("longrope");
+        assert_eq!(l.original_max_position_embeddings, 8);
+        assert!((l.attention_factor - 2f64.sqrt()).abs() < 1e-12);
+        assert!(!l.is_long(7) && l.is_long(8));
+    }
+    let short = HfConfig::from_json(&json("longrope", "[1, 2]")).unwrap_err();
+    assert!(
+        short
+            .to_string()
+            .contains("one factor per rotated pair (8)"),
+        "{short}"
+    );
+    let linear = HfConfig::from_json(&json("linear", "[1]")).unwrap_err();
+    assert!(linear.to_string().contains("'linear'"), "{linear}");
+}
+
+/// Gemma 3 as an encoder (`use_bidirectional_attention`) is refused with the reason; Gemma 2
+/// and 3 refuse a `hidden_size` that is not a multiple of the heads, as transformers does.
+#[test]
+fn gemma_configs_transformers_refuses_are_refused() {
+    let err = HfConfig::from_json(
+        r#"{"model_type": "gemma3_text", "use_bidirectional_attention": true}"#,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("use_bidirectional_attention"),
+        "{err}"
+    );
+    let err = HfConfig::from_json(
+        r#"{"model_type": "gemma2", "hidden_size": 60, "num_attention_heads": 8, "head_dim": 16}"#,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("multiple of num_attention_heads"),
+        "{err}"
+    );
+}
