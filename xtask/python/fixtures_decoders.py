@@ -495,6 +495,31 @@ DECODER_CONFIGS = [
             },
         },
     },
+    # gemma3-b: use_bidirectional_attention (HF goldens only: TL 3.9.0 has no bidirectional
+    # attention): a sliding_window of 6 read as 4, keys on both sides; global layers see every key.
+    {
+        "name": "gemma3-b",
+        "class": "Gemma3ForCausalLM",
+        "seed": 3609,
+        "tl_goldens": False,
+        "hf": {
+            "vocab_size": VOCAB,
+            "hidden_size": 64,
+            "intermediate_size": 96,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 1,
+            "head_dim": 16,
+            "hidden_activation": "gelu_pytorch_tanh",
+            "max_position_embeddings": 64,
+            "rms_norm_eps": 1e-6,
+            "tie_word_embeddings": True,
+            "query_pre_attn_scalar": 16,
+            "sliding_window": 6,
+            "sliding_window_pattern": 2,
+            "use_bidirectional_attention": True,
+        },
+    },
     # phi3-a: fused qkv and gate/up, GQA, half of each head rotated, a window on every layer.
     {
         "name": "phi3-a",

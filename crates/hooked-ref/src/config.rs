@@ -106,6 +106,9 @@ pub struct HookedTransformerConfig {
     /// Phi-3's `longrope` frequencies (short or long by the largest position), which
     /// TransformerLens 3.9.0 ignores.
     pub longrope: Option<LongRope>,
+    /// Queries attend to later keys too (Gemma 3's `use_bidirectional_attention`, within the
+    /// window on local layers), which TransformerLens 3.9.0 cannot express.
+    pub bidirectional: bool,
     /// The rotary embedding of the local (windowed) layers when it differs from `rotary`
     /// (`rotary_base_local`, Gemma 3, whose local frequencies are not scaled).
     pub rotary_local: Option<Rotary>,
@@ -184,6 +187,7 @@ impl HookedTransformerConfig {
             output_logits_soft_cap: None,
             rotary_local: None,
             longrope: None,
+            bidirectional: false,
             windows: vec![None; n_layers.max(0) as usize],
             parallel_attn_mlp: false,
             original_architecture: original_architecture.to_owned(),
@@ -270,6 +274,7 @@ impl HookedTransformerConfig {
                 scaling: rope.scaling,
             }),
             longrope: hf.longrope.clone(),
+            bidirectional: hf.bidirectional,
             gated_mlp: true,
             qk_norm: hf.qk_norm,
             norm_placement: hf.norm_placement,

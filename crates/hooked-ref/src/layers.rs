@@ -297,7 +297,13 @@ fn attention(
         Some(cap) => (scores / cap).tanh() * cap,
         None => scores,
     };
-    let masked = masked_positions(&scores, past_len, mask.attention_mask, window);
+    let masked = masked_positions(
+        &scores,
+        past_len,
+        mask.attention_mask,
+        window,
+        cfg.bidirectional,
+    );
     let scores = hooks
         .attn_scores
         .run(scores.masked_fill(&masked, f64::NEG_INFINITY))?;
@@ -313,22 +319,26 @@ fn attention(
 }
 
 /// `[b|1, 1, q, k]` booleans, true where a query may not attend: later positions (causal),
-/// padding keys, and with a sliding `window` keys `window` or more positions back.
+/// padding keys, and with a sliding `window` keys `window` or more positions back. With
+/// `bidirectional` (Gemma 3's), later keys are allowed too, within the window where there is one.
 fn masked_positions(
     scores: &Tensor,
     past_len: i64,
     attention_mask: Option<&Tensor>,
     window: Option<i64>,
+    bidirectional: bool,
 ) -> Tensor {
     let (q_len, k_len) = (scores.size()[2], scores.size()[3]);
     let device = scores.device();
     let q_pos = Tensor::arange_start(past_len, past_len + q_len, (Kind::Int64, device));
     let k_pos = Tensor::arange(k_len, (Kind::Int64, device));
-    let mut blocked = k_pos.unsqueeze(0).gt_tensor(&q_pos.unsqueeze(1));
-    if let Some(window) = window {
-        let old = k_pos.unsqueeze(0).le_tensor(&(q_pos.unsqueeze(1) - window));
-        blocked = blocked.logical_or(&old);
-    }
+    let offset = k_pos.unsqueeze(0) - q_pos.unsqueeze(1);
+    let blocked = match (bidirectional, window) {
+        (true, Some(window)) => offset.abs().ge(window),
+        (true, None) => offset.lt(i64::MIN),
+        (false, Some(window)) => offset.gt(0).logical_or(&offset.le(-window)),
+        (false, None) => offset.gt(0),
+    };
     let causal = blocked.view([1, 1, q_len, k_len]);
     match attention_mask {
         Some(mask) => causal.logical_or(&mask.eq(0).view([mask.size()[0], 1, 1, k_len])),

@@ -364,6 +364,14 @@ impl LensModel for HookedTransformer {
         HookedTransformer::processing_notes(self).to_vec()
     }
 
+    fn cache_dependence(&self) -> Option<String> {
+        self.cfg().bidirectional.then(|| {
+            "use_bidirectional_attention: positions attend to later ones, which a KV cache \
+             filled before they existed cannot hold"
+                .to_owned()
+        })
+    }
+
     fn batch_dependence(&self) -> Option<String> {
         self.cfg().longrope.as_ref().map(|l| {
             format!(

@@ -224,6 +224,14 @@ pub trait LensModel {
         None
     }
 
+    /// Why greedy generation with a KV cache need not give the tokens generation without one
+    /// gives, for a model whose positions attend to later ones (Gemma 3's
+    /// `use_bidirectional_attention`: a cache holds states computed before the later tokens
+    /// existed); `None` by default.
+    fn cache_dependence(&self) -> Option<String> {
+        None
+    }
+
     /// What the last weight processing turned off and why, as TransformerLens warns it (empty
     /// when nothing was, or before any processing).
     fn processing_notes(&self) -> Vec<String> {

@@ -103,6 +103,7 @@ fn llama_family_passes_every_phase(
         "gemma-a",
         "gemma2-a",
         "gemma3-a",
+        "gemma3-b",
         "phi3-a",
         "phi3-b",
         "olmo2-a",

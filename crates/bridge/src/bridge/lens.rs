@@ -62,6 +62,13 @@ impl TransformerBridge {
     }
 }
 
+/// Why a bidirectional model's cached generation differs from its recomputation.
+pub(crate) fn bidirectional_dependence() -> String {
+    "use_bidirectional_attention: positions attend to later ones, which a KV cache filled \
+     before they existed cannot hold"
+        .to_owned()
+}
+
 /// Why a `longrope` model's batch is not batch-invariant.
 pub(crate) fn longrope_dependence(longrope: &lens_core::config::LongRope) -> Option<String> {
     Some(format!(
@@ -210,6 +217,14 @@ impl LensModel for TransformerBridge {
 
     fn batch_dependence(&self) -> Option<String> {
         longrope_dependence(self.hf.config().as_llama()?.longrope.as_ref()?)
+    }
+
+    fn cache_dependence(&self) -> Option<String> {
+        self.hf
+            .config()
+            .as_llama()
+            .is_some_and(|c| c.bidirectional)
+            .then(bidirectional_dependence)
     }
 
     /// The view of the stacked HuggingFace parameter when every layer's weight is the same view

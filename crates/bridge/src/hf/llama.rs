@@ -707,6 +707,24 @@ impl LlamaForCausalLM {
         tap.at(s(BlockSite::MlpCompOut), out)
     }
 
+    /// The mask of a layer with sliding `window` (or none): causal, or Gemma 3's bidirectional.
+    fn layer_mask(
+        &self,
+        q_len: i64,
+        k_len: i64,
+        past_len: i64,
+        attention_mask: Option<&Tensor>,
+        window: Option<i64>,
+        device: Device,
+    ) -> AttentionMask {
+        let build = if self.config.bidirectional {
+            AttentionMask::bidirectional
+        } else {
+            AttentionMask::with_window
+        };
+        build(q_len, k_len, past_len, attention_mask, window, device)
+    }
+
     /// The global rotary sines and cosines for `positions`: Phi-3's `longrope` picks its short
     /// or long frequencies by the largest position (`max(position_ids) + 1` past the pretraining
     /// context: long) and scales sines and cosines by its attention factor, in f32.
@@ -820,14 +838,7 @@ impl RotaryDecoder for LlamaForCausalLM {
         let masks: Vec<(Option<i64>, AttentionMask)> = distinct(&c.layer_windows)
             .into_iter()
             .map(|w| {
-                let m = AttentionMask::with_window(
-                    q_len,
-                    k_len,
-                    past_len,
-                    inputs.mask.as_ref(),
-                    w,
-                    device,
-                );
+                let m = self.layer_mask(q_len, k_len, past_len, inputs.mask.as_ref(), w, device);
                 (w, m)
             })
             .collect();
@@ -936,7 +947,7 @@ impl LlamaForCausalLM {
                 _ => self.global_cos_sin(&positions, kind),
             };
             let window = self.config.layer_windows[l];
-            let mask = AttentionMask::with_window(len, len, 0, None, window, x.device());
+            let mask = self.layer_mask(len, len, 0, None, window, x.device());
             (cos, sin, mask)
         };
         let norm = |site: fn(LnSite) -> BlockSite, w: Option<&Tensor>| {

@@ -73,6 +73,44 @@ impl AttentionMask {
         }
     }
 
+    /// Gemma 3's `use_bidirectional_attention`: every key (a global layer) or, with a `window`,
+    /// the keys less than `window` positions away on either side (transformers'
+    /// `_bidirectional_window_overlay` joined with its sliding causal mask); padding keys
+    /// masked.
+    pub(crate) fn bidirectional(
+        q_len: i64,
+        k_len: i64,
+        past_len: i64,
+        attention_mask: Option<&Tensor>,
+        window: Option<i64>,
+        device: Device,
+    ) -> Self {
+        let q_pos = Tensor::arange_start(past_len, past_len + q_len, (Kind::Int64, device));
+        let k_pos = Tensor::arange(k_len, (Kind::Int64, device));
+        let distance = (k_pos.unsqueeze(0) - q_pos.unsqueeze(1)).abs();
+        let near = match window {
+            Some(window) => distance.lt(window),
+            None => distance.ge(0),
+        };
+        let near = near.view([1, 1, q_len, k_len]);
+        let (allowed, no_key) = match attention_mask {
+            Some(mask) => {
+                let keys = mask.ne(0).view([mask.size()[0], 1, 1, k_len]);
+                let allowed = near.logical_and(&keys);
+                let no_key = allowed.any_dim(-1, true).logical_not();
+                (allowed, Some(no_key))
+            }
+            None => (near, None),
+        };
+        let blocked = Some(allowed.logical_not());
+        AttentionMask {
+            allowed,
+            blocked,
+            no_key,
+            structural: None,
+        }
+    }
+
     /// GPT-Neo's attention: the causal mask (with a `window` of keys on its local layers)
     /// applied by HuggingFace as a replacement of the scores outside it, then its causal and
     /// padding mask added. Allowed keys (and TransformerLens's `-inf` style) are those of

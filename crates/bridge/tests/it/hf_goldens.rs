@@ -176,7 +176,8 @@ fn raw_hf_model_matches_transformers(#[values("small", "knobs")] config: &str) {
 /// under 12-token prompts and 20-token generations), Qwen2 (q/k/v biases, a non-integer
 /// rope_theta), Qwen3 (q/k norms, head_dim 24 with d_model / n_heads = 16), Gemma (MQA, `1 + w`
 /// norms, scaled embeddings), Gemma 2 (sliding and global layers, both soft caps,
-/// `query_pre_attn_scalar`, norms before and after), Gemma 3 (two rotary bases, q/k norms),
+/// `query_pre_attn_scalar`, norms before and after), Gemma 3 (two rotary bases, q/k norms;
+/// `use_bidirectional_attention`, whose window transformers reads as `w / 2 + 1` on every load),
 /// Phi-3 (fused projections, partial rotary, a window on every layer; `longrope` with its switch
 /// from short to long factors, mid-generation included), OLMo-2 (norms after the sublayers, q/k
 /// norms over the projection; multi-head and grouped).
@@ -184,7 +185,7 @@ fn raw_hf_model_matches_transformers(#[values("small", "knobs")] config: &str) {
 fn llama_family_matches_transformers(
     #[values(
         "dec-a", "dec-b", "dec-c", "dec-d", "dec-e", "gemma-a", "gemma-b", "gemma2-a", "gemma3-a",
-        "phi3-a", "phi3-b", "olmo2-a", "olmo2-b"
+        "gemma3-b", "phi3-a", "phi3-b", "olmo2-a", "olmo2-b"
     )]
     config: &str,
 ) {
@@ -582,6 +583,11 @@ fn ignoring_any_knob_fails_the_goldens() {
             "phi3-a",
             "every dimension rotated",
             decoder_ignoring("phi3-a", |c| c.rotary_dim = c.head_dim),
+        ),
+        (
+            "gemma3-b",
+            "bidirectional attention read as causal",
+            decoder_ignoring("gemma3-b", |c| c.bidirectional = false),
         ),
         (
             "phi3-b",

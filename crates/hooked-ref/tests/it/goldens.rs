@@ -71,6 +71,7 @@ fn config_from_golden(cfg: &serde_json::Value, flags: bool) -> HookedTransformer
         output_logits_soft_cap: None,
         rotary_local: None,
         longrope: None,
+        bidirectional: false,
         windows: vec![None; int("n_layers") as usize],
         parallel_attn_mlp: false,
         original_architecture: "GPT2LMHeadModel".to_owned(),

@@ -328,6 +328,11 @@ pub struct LlamaConfig {
     pub local_rope: Option<Rope>,
     /// Phi-3's `longrope` frequencies (`rope.scaling` is then `None`).
     pub longrope: Option<LongRope>,
+    /// Gemma 3's `use_bidirectional_attention`: queries see later keys too (every key on a
+    /// global layer, the keys less than the window away on a sliding one; transformers then
+    /// reads a `sliding_window` of `w` as `w / 2 + 1`). Gemma 1 and 2 keep the flag only for
+    /// other attention kernels: eager attention stays causal, and so does this.
+    pub bidirectional: bool,
     /// Per layer, the sliding window (keys within the last `w` positions) or `None` (global).
     pub layer_windows: Vec<Option<i64>>,
     /// Beginning-of-sequence id.
@@ -838,6 +843,9 @@ fn layer_windows(family: LlamaFamily, raw: &RawLlama, n_layers: i64) -> Result<V
             ))
         })?),
     };
+    // Gemma 3's config reads a bidirectional model's window as `w / 2 + 1` ("exclusive bounds").
+    let bidirectional = family == F::Gemma3 && raw.use_bidirectional_attention == Some(true);
+    let configured = configured.map(|w| if bidirectional { w / 2 + 1 } else { w });
     let window = match family {
         F::Llama | F::Gemma | F::Olmo2 => None,
         F::Mistral | F::Phi3 | F::Gemma2 | F::Gemma3 => configured,
@@ -910,15 +918,9 @@ impl LlamaConfig {
                 "num_attention_heads must be positive, got {heads}"
             )));
         }
-        if family == F::Gemma3 && raw.use_bidirectional_attention == Some(true) {
-            return Err(invalid(
-                "use_bidirectional_attention (Gemma 3 as an encoder) is not supported: the \
-                 models here are causal language models"
-                    .into(),
-            ));
-        }
         let attention_bias = raw.attention_bias.unwrap_or(false);
         let head_dim = raw.head_dim.or(d.head_dim).unwrap_or(hidden_size / heads);
+        let bidirectional = family == F::Gemma3 && raw.use_bidirectional_attention == Some(true);
         let max_positions = raw
             .max_position_embeddings
             .unwrap_or(d.max_position_embeddings);
@@ -1010,6 +1012,7 @@ impl LlamaConfig {
             rope,
             local_rope,
             longrope,
+            bidirectional,
             layer_windows: layer_windows(family, &raw, n_layers.max(0))?,
             bos_token_id: token_ids("bos_token_id", raw.bos_token_id.as_ref(), d.bos_token_id)?
                 .first()

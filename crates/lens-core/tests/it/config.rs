@@ -757,18 +757,19 @@ fn phi3_longrope_is_read_as_transformers_reads_it() {
     assert!(linear.to_string().contains("'linear'"), "{linear}");
 }
 
-/// Gemma 3 as an encoder (`use_bidirectional_attention`) is refused with the reason; Gemma 2
-/// and 3 refuse a `hidden_size` that is not a multiple of the heads, as transformers does.
+/// Gemma 3 with `use_bidirectional_attention` reads its window as transformers does
+/// (`w / 2 + 1`); Gemma 2 keeps the flag for other kernels only (eager attention stays causal);
+/// Gemma 2 and 3 refuse a `hidden_size` that is not a multiple of the heads, as transformers does.
 #[test]
-fn gemma_configs_transformers_refuses_are_refused() {
-    let err = HfConfig::from_json(
-        r#"{"model_type": "gemma3_text", "use_bidirectional_attention": true}"#,
-    )
-    .unwrap_err();
-    assert!(
-        err.to_string().contains("use_bidirectional_attention"),
-        "{err}"
+fn gemma_configs_read_and_refused_as_transformers_does() {
+    let c = llama_family(
+        r#"{"model_type": "gemma3_text", "use_bidirectional_attention": true,
+            "sliding_window": 512, "num_hidden_layers": 2}"#,
     );
+    assert!(c.bidirectional);
+    assert_eq!(c.layer_windows, [Some(257), Some(257)]);
+    let c = llama_family(r#"{"model_type": "gemma2", "use_bidirectional_attention": true}"#);
+    assert!(!c.bidirectional);
     let err = HfConfig::from_json(
         r#"{"model_type": "gemma2", "hidden_size": 60, "num_attention_heads": 8, "head_dim": 16}"#,
     )
