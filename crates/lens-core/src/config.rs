@@ -18,14 +18,14 @@ mod gpt_neox;
 mod llama;
 mod opt;
 mod parallel;
+mod rope;
 
 pub use gpt_neo::GptNeoConfig;
 pub use gpt_neox::GptNeoxConfig;
-pub use llama::{
-    LlamaConfig, LlamaFamily, LongRope, NormPlacement, QkNorm, RmsScale, Rope, RopeScaling,
-};
+pub use llama::{LlamaConfig, LlamaFamily, NormPlacement, QkNorm, RmsScale};
 pub use opt::{OptConfig, OPT_POSITION_OFFSET};
 pub use parallel::{ParallelConfig, ParallelFamily};
+pub use rope::{LongRope, Rope, RopeScaling};
 
 /// The architectures [`HfConfig`] understands, as `model_type (HF class)`.
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &[

@@ -14,7 +14,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::checks;
-use super::llama::{invalid, present, rope_scaling, token_ids};
+use super::llama::{invalid, present, token_ids};
+use super::rope::rope_scaling;
 use crate::config::{Activation, Rope, RopeScaling};
 use crate::error::Result;
 
