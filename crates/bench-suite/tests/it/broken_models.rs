@@ -249,31 +249,7 @@ fn forward_checks_fail_only_when_broken(
     reference: &HookedTransformer,
     inputs: &Inputs,
 ) {
-    let hf_logits = tch::no_grad(|| {
-        intact
-            .hf_model()
-            .forward(HfForward {
-                input_ids: Some(&inputs.tokens),
-                ..HfForward::default()
-            })
-            .unwrap()
-            .logits
-    });
-    fails_only_when_broken(
-        "forward_pass",
-        forward::forward_pass(intact, inputs, &hf_logits, TOL),
-        forward::forward_pass(broken, inputs, &hf_logits, TOL),
-    );
-    fails_only_when_broken(
-        "logits_equivalence",
-        forward::logits_equivalence(intact, reference, inputs, TOL),
-        forward::logits_equivalence(broken, reference, inputs, TOL),
-    );
-    fails_only_when_broken(
-        "loss_equivalence",
-        forward::loss_equivalence(intact, reference, inputs, TOL),
-        forward::loss_equivalence(broken, reference, inputs, TOL),
-    );
+    logit_checks_fail_only_when_broken(intact, broken, reference, inputs, true);
     fails_only_when_broken(
         "forward_hooks",
         hooks::forward_hooks(intact, reference, inputs, TOL),
@@ -796,39 +772,79 @@ fn llama_family_forward_benchmarks_fail_when_the_sliding_window_is_ignored() {
 /// the check for this defect.
 #[test]
 fn llama_family_forward_benchmarks_fail_when_rms_norm_runs_in_half_precision() {
-    let model = fixture_model("dec-c");
+    let (intact, broken, reference) = intact_broken_and_reference("dec-c");
+    let eps = 1e-5; // tests/fixtures/dec-c's rms_norm_eps
+    replace_from_input(
+        &broken,
+        "blocks.0.ln1.hook_in",
+        "blocks.0.ln1.hook_normalized",
+        move |x| {
+            let x = x.to_kind(Kind::Half);
+            let variance = x.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Half);
+            (&x * (variance + eps).rsqrt()).to_kind(Kind::Float)
+        },
+    );
+    let inputs = llama_inputs();
+    logit_checks_fail_only_when_broken(&intact, &broken, &reference, &inputs, false);
+    fails_only_when_broken(
+        "forward_hooks",
+        hooks::forward_hooks(&intact, &reference, &inputs, TOL),
+        hooks::forward_hooks(&broken, &reference, &inputs, TOL),
+    );
+}
+
+/// Two bridges over fixture `config` (one to break, one intact) and its HookedTransformer.
+fn intact_broken_and_reference(
+    config: &str,
+) -> (TransformerBridge, TransformerBridge, HookedTransformer) {
+    let model = fixture_model(config);
     let boot = || TransformerBridge::boot(&model, Device::Cpu, Kind::Float).unwrap();
     let reference =
         HookedTransformer::from_pretrained_no_processing(&model, &Default::default()).unwrap();
-    let (intact, broken) = (boot(), boot());
-    let eps = 1e-5; // tests/fixtures/dec-c's rms_norm_eps
+    (boot(), boot(), reference)
+}
+
+/// Makes `model` compute `output_hook`'s value as `f` of `input_hook`'s (permanent hooks): a
+/// module replaced by a buggy one, with the rest of the model intact.
+fn replace_from_input(
+    model: &TransformerBridge,
+    input_hook: &str,
+    output_hook: &str,
+    f: impl Fn(Tensor) -> Tensor + Send + Sync + 'static,
+) {
     let input: std::sync::Arc<std::sync::Mutex<Option<Tensor>>> = Default::default();
     let (keep, give) = (input.clone(), input);
     for spec in [
         HookSpec::forward(
-            "blocks.0.ln1.hook_in",
+            input_hook,
             Hook::new(move |x, _| {
                 *keep.lock().unwrap() = Some(x.shallow_clone());
                 None
             }),
         ),
         HookSpec::forward(
-            "blocks.0.ln1.hook_normalized",
-            Hook::new(move |_, _| {
-                let x = give.lock().unwrap().take()?.to_kind(Kind::Half);
-                let variance = x.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Half);
-                Some((&x * (variance + eps).rsqrt()).to_kind(Kind::Float))
-            }),
+            output_hook,
+            Hook::new(move |_, _| give.lock().unwrap().take().map(&f)),
         ),
     ] {
-        broken
+        model
             .hooks()
             .add_hook(&spec)
             .unwrap()
             .into_iter()
             .for_each(|h| h.make_permanent());
     }
-    let inputs = llama_inputs();
+}
+
+/// The checks that read the logits (against the HF model and the HookedTransformer) and, with
+/// `loss`, the loss: each passes on `intact` and fails on `broken`.
+fn logit_checks_fail_only_when_broken(
+    intact: &TransformerBridge,
+    broken: &dyn LensModel,
+    reference: &HookedTransformer,
+    inputs: &Inputs,
+    loss: bool,
+) {
     let hf_logits = tch::no_grad(|| {
         intact
             .hf_model()
@@ -841,19 +857,21 @@ fn llama_family_forward_benchmarks_fail_when_rms_norm_runs_in_half_precision() {
     });
     fails_only_when_broken(
         "forward_pass",
-        forward::forward_pass(&intact, &inputs, &hf_logits, TOL),
-        forward::forward_pass(&broken, &inputs, &hf_logits, TOL),
+        forward::forward_pass(intact, inputs, &hf_logits, TOL),
+        forward::forward_pass(broken, inputs, &hf_logits, TOL),
     );
     fails_only_when_broken(
         "logits_equivalence",
-        forward::logits_equivalence(&intact, &reference, &inputs, TOL),
-        forward::logits_equivalence(&broken, &reference, &inputs, TOL),
+        forward::logits_equivalence(intact, reference, inputs, TOL),
+        forward::logits_equivalence(broken, reference, inputs, TOL),
     );
-    fails_only_when_broken(
-        "forward_hooks",
-        hooks::forward_hooks(&intact, &reference, &inputs, TOL),
-        hooks::forward_hooks(&broken, &reference, &inputs, TOL),
-    );
+    if loss {
+        fails_only_when_broken(
+            "loss_equivalence",
+            forward::loss_equivalence(intact, reference, inputs, TOL),
+            forward::loss_equivalence(broken, reference, inputs, TOL),
+        );
+    }
 }
 
 /// The forward checks fail on neox-a (parallel residual, a quarter of each head rotated, rope
@@ -1115,36 +1133,9 @@ fn gemma2_logit_benchmarks_fail_without_the_final_soft_cap() {
         |c| c["final_logit_softcapping"] = serde_json::Value::Null,
         |_, t| t,
     );
-    let intact = TransformerBridge::boot(&model, Device::Cpu, Kind::Float).unwrap();
+    let (intact, _, reference) = intact_broken_and_reference("gemma2-a");
     let broken = TransformerBridge::boot(&broken_dir, Device::Cpu, Kind::Float).unwrap();
-    let reference =
-        HookedTransformer::from_pretrained_no_processing(&model, &Default::default()).unwrap();
-    let inputs = llama_inputs();
-    let hf_logits = tch::no_grad(|| {
-        intact
-            .hf_model()
-            .forward(HfForward {
-                input_ids: Some(&inputs.tokens),
-                ..HfForward::default()
-            })
-            .unwrap()
-            .logits
-    });
-    fails_only_when_broken(
-        "forward_pass",
-        forward::forward_pass(&intact, &inputs, &hf_logits, TOL),
-        forward::forward_pass(&broken, &inputs, &hf_logits, TOL),
-    );
-    fails_only_when_broken(
-        "logits_equivalence",
-        forward::logits_equivalence(&intact, &reference, &inputs, TOL),
-        forward::logits_equivalence(&broken, &reference, &inputs, TOL),
-    );
-    fails_only_when_broken(
-        "loss_equivalence",
-        forward::loss_equivalence(&intact, &reference, &inputs, TOL),
-        forward::loss_equivalence(&broken, &reference, &inputs, TOL),
-    );
+    logit_checks_fail_only_when_broken(&intact, &broken, &reference, &llama_inputs(), true);
 }
 
 /// Gemma 2's sliding and global layers shifted by one: gemma2-a (layer 0 sliding with a window
@@ -1165,33 +1156,13 @@ fn gemma2_forward_benchmarks_fail_when_the_layer_pattern_is_shifted() {
 /// identity (a hook returning the norm's input as its output).
 #[test]
 fn gemma2_forward_benchmarks_fail_when_a_post_sublayer_norm_is_skipped() {
-    let model = fixture_model("gemma2-a");
-    let boot = || TransformerBridge::boot(&model, Device::Cpu, Kind::Float).unwrap();
-    let reference =
-        HookedTransformer::from_pretrained_no_processing(&model, &Default::default()).unwrap();
-    let (intact, broken) = (boot(), boot());
-    let input: std::sync::Arc<std::sync::Mutex<Option<Tensor>>> = Default::default();
-    let (keep, give) = (input.clone(), input);
-    for spec in [
-        HookSpec::forward(
-            "blocks.0.ln1_post.hook_in",
-            Hook::new(move |x, _| {
-                *keep.lock().unwrap() = Some(x.shallow_clone());
-                None
-            }),
-        ),
-        HookSpec::forward(
-            "blocks.0.ln1_post.hook_out",
-            Hook::new(move |_, _| give.lock().unwrap().take()),
-        ),
-    ] {
-        broken
-            .hooks()
-            .add_hook(&spec)
-            .unwrap()
-            .into_iter()
-            .for_each(|h| h.make_permanent());
-    }
+    let (intact, broken, reference) = intact_broken_and_reference("gemma2-a");
+    replace_from_input(
+        &broken,
+        "blocks.0.ln1_post.hook_in",
+        "blocks.0.ln1_post.hook_out",
+        |x| x,
+    );
     forward_checks_fail_only_when_broken(&intact, &broken, &reference, &llama_inputs());
 }
 
@@ -1251,44 +1222,23 @@ fn phi3_forward_benchmarks_fail_when_gate_and_up_are_swapped() {
 /// weight).
 #[test]
 fn olmo2_forward_benchmarks_fail_when_qk_norms_are_per_head() {
-    let model = fixture_model("olmo2-a");
-    let boot = || TransformerBridge::boot(&model, Device::Cpu, Kind::Float).unwrap();
-    let reference =
-        HookedTransformer::from_pretrained_no_processing(&model, &Default::default()).unwrap();
-    let (intact, broken) = (boot(), boot());
+    let (intact, broken, reference) = intact_broken_and_reference("olmo2-a");
     let weight =
         std::sync::Mutex::new(broken.tl_weight("blocks.0.attn.q_norm.w").unwrap().detach());
     let (heads, eps) = (4i64, 1e-6); // tests/fixtures/olmo2-a
-    let input: std::sync::Arc<std::sync::Mutex<Option<Tensor>>> = Default::default();
-    let (keep, give) = (input.clone(), input);
-    for spec in [
-        HookSpec::forward(
-            "blocks.0.attn.q_norm.hook_in",
-            Hook::new(move |x, _| {
-                *keep.lock().unwrap() = Some(x.shallow_clone());
-                None
-            }),
-        ),
-        HookSpec::forward(
-            "blocks.0.attn.q_norm.hook_out",
-            Hook::new(move |_, _| {
-                let x = give.lock().unwrap().take()?;
-                let shape = x.size();
-                let per_head = x.reshape([shape[0], shape[1], heads, -1]);
-                let variance = per_head
-                    .pow_tensor_scalar(2)
-                    .mean_dim(-1, true, Kind::Float);
-                let normed = (&per_head * (variance + eps).rsqrt()).reshape(shape.as_slice());
-                Some(normed * &*weight.lock().unwrap())
-            }),
-        ),
-    ] {
-        broken
-            .hooks()
-            .add_hook(&spec)
-            .unwrap()
-            .into_iter()
-            .for_each(|h| h.make_permanent());
-    }
+    replace_from_input(
+        &broken,
+        "blocks.0.attn.q_norm.hook_in",
+        "blocks.0.attn.q_norm.hook_out",
+        move |x| {
+            let shape = x.size();
+            let per_head = x.reshape([shape[0], shape[1], heads, -1]);
+            let variance = per_head
+                .pow_tensor_scalar(2)
+                .mean_dim(-1, true, Kind::Float);
+            let normed = (&per_head * (variance + eps).rsqrt()).reshape(shape.as_slice());
+            normed * &*weight.lock().unwrap()
+        },
+    );
     forward_checks_fail_only_when_broken(&intact, &broken, &reference, &llama_inputs());
 }

@@ -54,17 +54,24 @@ impl AttentionMask {
             causal = causal.logical_and(&recent);
         }
         let causal = causal.view([1, 1, q_len, k_len]);
+        let blocks = attention_mask.is_some() || q_len > 1 || window.is_some_and(|w| w < k_len);
+        Self::of_structure(causal, attention_mask, blocks)
+    }
+
+    /// The mask of `[1, 1, q, k]` allowed pairs `structure` with `attention_mask`'s padding keys
+    /// taken out; `blocks`: whether anything may be blocked (else `-inf` writes are skipped).
+    fn of_structure(structure: Tensor, attention_mask: Option<&Tensor>, blocks: bool) -> Self {
+        let k_len = structure.size()[3];
         let (allowed, no_key) = match attention_mask {
             Some(mask) => {
                 let keys = mask.ne(0).view([mask.size()[0], 1, 1, k_len]);
-                let allowed = causal.logical_and(&keys);
+                let allowed = structure.logical_and(&keys);
                 let no_key = allowed.any_dim(-1, true).logical_not();
                 (allowed, Some(no_key))
             }
-            None => (causal, None),
+            None => (structure, None),
         };
-        let blocked = (attention_mask.is_some() || q_len > 1 || window.is_some_and(|w| w < k_len))
-            .then(|| allowed.logical_not());
+        let blocked = blocks.then(|| allowed.logical_not());
         AttentionMask {
             allowed,
             blocked,
@@ -92,23 +99,7 @@ impl AttentionMask {
             Some(window) => distance.lt(window),
             None => distance.ge(0),
         };
-        let near = near.view([1, 1, q_len, k_len]);
-        let (allowed, no_key) = match attention_mask {
-            Some(mask) => {
-                let keys = mask.ne(0).view([mask.size()[0], 1, 1, k_len]);
-                let allowed = near.logical_and(&keys);
-                let no_key = allowed.any_dim(-1, true).logical_not();
-                (allowed, Some(no_key))
-            }
-            None => (near, None),
-        };
-        let blocked = Some(allowed.logical_not());
-        AttentionMask {
-            allowed,
-            blocked,
-            no_key,
-            structural: None,
-        }
+        Self::of_structure(near.view([1, 1, q_len, k_len]), attention_mask, true)
     }
 
     /// GPT-Neo's attention: the causal mask (with a `window` of keys on its local layers)
