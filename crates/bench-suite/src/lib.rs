@@ -9,6 +9,7 @@
 pub mod benchmarks;
 pub mod compare;
 pub mod export;
+pub mod granular;
 pub mod html;
 pub mod model_args;
 pub mod process;

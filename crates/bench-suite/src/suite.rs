@@ -49,7 +49,7 @@ pub struct SuiteOptions {
     pub use_ht_reference: bool,
     /// Phase 3: process the weights and compare again.
     pub enable_compatibility_mode: bool,
-    /// Which phases to run (1, 2, 3).
+    /// Which phases to run (1, 2, 3; 5 and 6, granular weight processing, on request).
     pub phases: Vec<u8>,
 }
 
@@ -251,6 +251,16 @@ pub fn run_suite(options: &SuiteOptions, progress: Progress) -> ModelResult<Suit
         );
         close_phase(3, &mut phases);
     }
+    // Phases 5 and 6 process fresh models of their own: the ones above are done with.
+    drop(reference);
+    for granular in [5u8, 6] {
+        if phase(granular) {
+            results.extend(crate::granular::run_phase(
+                granular, options, &inputs, tolerance, progress,
+            ));
+            close_phase(granular, &mut phases);
+        }
+    }
     Ok(SuiteReport {
         results,
         load_seconds,
@@ -260,14 +270,14 @@ pub fn run_suite(options: &SuiteOptions, progress: Progress) -> ModelResult<Suit
 
 /// Times the checks of a phase: each result gets the wall time since the previous one (or
 /// since the clock started) and the peak resident set when it finished.
-struct Clock(Instant);
+pub(crate) struct Clock(Instant);
 
 impl Clock {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Clock(Instant::now())
     }
 
-    fn stamp(&mut self, mut result: BenchmarkResult) -> BenchmarkResult {
+    pub(crate) fn stamp(&mut self, mut result: BenchmarkResult) -> BenchmarkResult {
         result.seconds = Some(self.0.elapsed().as_secs_f64());
         result.peak_rss_mib = peak_rss_mib();
         self.0 = Instant::now();
@@ -275,7 +285,7 @@ impl Clock {
     }
 }
 
-fn load_options(options: &SuiteOptions) -> LoadOptions {
+pub(crate) fn load_options(options: &SuiteOptions) -> LoadOptions {
     LoadOptions {
         device: options.device,
         kind: Some(options.dtype),

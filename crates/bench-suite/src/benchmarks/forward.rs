@@ -30,6 +30,35 @@ pub fn forward_pass(
     })
 }
 
+/// The model's log-probs against those of reference logits (the unprocessed HF model's, in
+/// Phases 5 and 6: weight processing may shift the logits per position, never a prediction).
+pub fn log_probs_equivalence(
+    model: &dyn LensModel,
+    inputs: &Inputs,
+    reference_logits: &Tensor,
+    tolerance: f64,
+) -> BenchmarkResult {
+    let name = "log_probs_equivalence";
+    guarded(name, || {
+        let _no_grad = tch::no_grad_guard();
+        let logits = model
+            .forward(&inputs.tokens, &ForwardOptions::default())?
+            .logits()?
+            .shallow_clone();
+        let ours = logits.to_kind(Kind::Float).log_softmax(-1, Kind::Float);
+        let theirs = reference_logits
+            .to_kind(Kind::Float)
+            .to_device(ours.device())
+            .log_softmax(-1, Kind::Float);
+        Ok(verdict(
+            name,
+            compare(&ours, &theirs, None),
+            tolerance,
+            "log-probs",
+        ))
+    })
+}
+
 /// Logits of the model and of a reference model on the same tokens.
 pub fn logits_equivalence(
     model: &dyn LensModel,

@@ -269,6 +269,22 @@ fn forward_benchmarks_fail_on_a_perturbed_activation(#[values(MODELS[0], MODELS[
     let broken = bridge_of(model);
     perturb_activation(&broken, "blocks.0.hook_resid_mid", 0.5);
     forward_checks_fail_only_when_broken(&intact, &broken, &reference, &inputs);
+    // Phases 5 and 6: log-probs against the unprocessed HF model's.
+    let hf_logits = tch::no_grad(|| {
+        intact
+            .hf_model()
+            .forward(HfForward {
+                input_ids: Some(&inputs.tokens),
+                ..HfForward::default()
+            })
+            .unwrap()
+            .logits
+    });
+    fails_only_when_broken(
+        "log_probs_equivalence",
+        forward::log_probs_equivalence(&intact, &inputs, &hf_logits, TOL),
+        forward::log_probs_equivalence(&broken, &inputs, &hf_logits, TOL),
+    );
     // Block 0 run alone passes through the perturbed hook point.
     fails_only_when_broken(
         "all_components",

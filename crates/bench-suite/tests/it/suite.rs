@@ -286,3 +286,32 @@ fn ungrouped(source: &str, dir: &Path) -> String {
         },
     )
 }
+
+/// Phases 5 and 6 (granular weight processing, opt-in): each step alone, then TransformerLens
+/// 3.9.0's seven combinations, each on a fresh bridge and HookedTransformer, every check passing:
+/// on GPT-2 (LayerNorm: every step applies) and on Gemma 2 (RMSNorm, soft-capped logits:
+/// TransformerLens's refusals apply to both models alike).
+#[rstest]
+fn granular_phases_pass(#[values("tiny-gpt2", "tiny-gemma2")] model: &str) {
+    let options = SuiteOptions {
+        model: model.to_owned(),
+        phases: vec![5, 6],
+        ..SuiteOptions::default()
+    };
+    let results = run_benchmark_suite(&options, &mut |_| {}).unwrap();
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|r| !r.passed || !r.ran())
+        .map(|r| r.to_string())
+        .collect();
+    assert!(failed.is_empty(), "{model}:\n{}", failed.join("\n"));
+    let names: Vec<String> = results.iter().map(|r| r.name.clone()).collect();
+    let expected: Vec<String> = [5, 6]
+        .into_iter()
+        .flat_map(|phase| bench_suite::granular::result_names(phase, true))
+        .collect();
+    assert_eq!(names, expected);
+    assert!(results
+        .iter()
+        .all(|r| r.phase == Some(if r.name.starts_with("only_") { 5 } else { 6 })));
+}
