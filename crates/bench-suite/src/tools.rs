@@ -3,14 +3,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bridge::{
-    CompatibilityOptions, Gpt2LMHeadModel, HfForward, HfOutput, LlamaForCausalLM, TransformerBridge,
-};
+use bridge::{CompatibilityOptions, HfForward, HfModel, TransformerBridge};
 use clap::{Args, ValueEnum};
 use hooked_ref::{HookedTransformer, HookedTransformerConfig, ProcessingOptions};
 use hookpoint::CacheOptions;
 use lens_core::model::{ForwardOptions, GenerateOptions, LensModel, ModelError, ModelResult};
-use lens_core::{HfConfig, LoadOptions, LoadedModel, Tokenizer};
+use lens_core::{LoadOptions, LoadedModel, Tokenizer};
 use tch::{Device, Tensor};
 
 use crate::export::{metadata, select_entries, CacheMetadata, GradOf, Names};
@@ -161,62 +159,28 @@ fn tokenize(tokenizer: Option<&Tokenizer>, text: &str) -> ModelResult<Tensor> {
     Ok(tokenizer.to_tokens(&[text], None, None, true)?.ids)
 }
 
-/// The raw HF model of a checkpoint, of whichever family the HF tier implements.
-// One model per command: boxing the larger variant would buy nothing.
-#[allow(clippy::large_enum_variant)]
-enum RawModel {
-    Gpt2(Gpt2LMHeadModel),
-    Llama(LlamaForCausalLM),
-}
-
-impl RawModel {
-    /// Loads the checkpoint's raw model and its tokenizer.
-    fn load(args: &ModelArgs) -> ModelResult<(RawModel, Option<Tokenizer>)> {
-        args.check_device()?;
-        let (device, kind) = (args.device, args.dtype);
-        let LoadedModel {
-            config,
-            weights,
-            tokenizer,
-            ..
-        } = lens_core::load(
-            &args.model,
-            &LoadOptions {
-                device,
-                kind: Some(kind),
-                ..LoadOptions::default()
-            },
-        )?;
-        let model = match config {
-            HfConfig::Gpt2(c) => {
-                RawModel::Gpt2(Gpt2LMHeadModel::from_weights(c, weights, device, kind)?)
-            }
-            HfConfig::Llama(c) => {
-                RawModel::Llama(LlamaForCausalLM::from_weights(c, weights, device, kind)?)
-            }
-            other => {
-                return Err(ModelError::Unsupported(format!(
-                    "no raw HF model for {}",
-                    other.architecture()
-                )))
-            }
-        };
-        Ok((model, tokenizer))
-    }
-
-    fn forward(&self, args: HfForward<'_>) -> ModelResult<HfOutput> {
-        match self {
-            RawModel::Gpt2(m) => m.forward(args),
-            RawModel::Llama(m) => m.forward(args),
-        }
-    }
-
-    fn generate(&self, ids: &Tensor, options: &GenerateOptions) -> ModelResult<Tensor> {
-        match self {
-            RawModel::Gpt2(m) => m.generate(ids, None, options),
-            RawModel::Llama(m) => m.generate(ids, None, options),
-        }
-    }
+/// The raw HF model of a checkpoint, of whichever family the HF tier implements, and its
+/// tokenizer.
+fn load_raw(args: &ModelArgs) -> ModelResult<(HfModel, Option<Tokenizer>)> {
+    args.check_device()?;
+    let (device, kind) = (args.device, args.dtype);
+    let LoadedModel {
+        config,
+        weights,
+        tokenizer,
+        ..
+    } = lens_core::load(
+        &args.model,
+        &LoadOptions {
+            device,
+            kind: Some(kind),
+            ..LoadOptions::default()
+        },
+    )?;
+    Ok((
+        HfModel::from_weights(config, weights, device, kind)?,
+        tokenizer,
+    ))
 }
 
 fn finish(outcome: ModelResult<()>, what: &str) -> ExitCode {
@@ -258,7 +222,7 @@ fn write_cache(args: &CacheArgs) -> ModelResult<()> {
                     .into(),
             ));
         }
-        let (raw, raw_tokenizer) = RawModel::load(&args.model)?;
+        let (raw, raw_tokenizer) = load_raw(&args.model)?;
         tokens = tokenize(raw_tokenizer.as_ref(), &args.text)?;
         let out = tch::no_grad(|| {
             raw.forward(HfForward {
@@ -338,9 +302,12 @@ fn run_generate(args: &GenerateArgs) -> ModelResult<()> {
         ..GenerateOptions::default()
     };
     let (generated, tokenizer) = if let Impl::Hf = args.implementation {
-        let (raw, tokenizer) = RawModel::load(&args.model)?;
+        let (raw, tokenizer) = load_raw(&args.model)?;
         let tokens = tokenize(tokenizer.as_ref(), &args.prompt)?;
-        (tch::no_grad(|| raw.generate(&tokens, &options))?, tokenizer)
+        (
+            tch::no_grad(|| raw.generate(&tokens, None, &options))?,
+            tokenizer,
+        )
     } else {
         let model = load(&args.model, args.implementation, false)?.model;
         let tokens = tokens_of(model.as_ref(), &args.prompt)?;

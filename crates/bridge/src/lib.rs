@@ -68,11 +68,11 @@ pub use bridge::{
     TransformerBridge,
 };
 pub use hf::{
-    hf_position_ids, BlockParams, Conv1dParams, Gpt2LMHeadModel, Gpt2Params, GptNeoForCausalLM,
-    GptNeoLayerParams, GptNeoParams, GptNeoxForCausalLM, GptNeoxLayerParams, GptNeoxParams,
-    HfForward, HfModel, HfOutput, KvCache, LayerNormParams, LinearParams, LlamaForCausalLM,
-    LlamaLayerParams, LlamaParams, OptForCausalLM, OptLayerParams, OptParams, ParallelForCausalLM,
-    ParallelLayerParams, ParallelParams,
+    hf_position_ids, BlockParams, Conv1dParams, GateUpProjections, Gpt2LMHeadModel, Gpt2Params,
+    GptNeoForCausalLM, GptNeoLayerParams, GptNeoParams, GptNeoxForCausalLM, GptNeoxLayerParams,
+    GptNeoxParams, HfForward, HfModel, HfOutput, KvCache, LayerNormParams, LinearParams,
+    LlamaForCausalLM, LlamaLayerParams, LlamaParams, OptForCausalLM, OptLayerParams, OptParams,
+    ParallelForCausalLM, ParallelLayerParams, ParallelParams, QkvProjections,
 };
 pub use loss::IGNORE_INDEX;
 /// The tch version the bridge is built on (`bridge::tch::Device`, ...), so a dependent crate

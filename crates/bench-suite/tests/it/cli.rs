@@ -579,3 +579,53 @@ fn test_texts_the_suite_cannot_run_on_are_refused_before_loading() {
     );
     assert!(String::from_utf8_lossy(&one.stdout).contains("Passed: 41 (100.0%)"));
 }
+
+/// `generate --impl hf` and `cache --impl hf` run the raw HF model of every family the HF tier
+/// implements, and it generates what the bridge generates.
+#[test]
+fn every_family_generates_and_caches_through_the_hf_tier() {
+    for model in ["tiny-pythia", "tiny-opt", "tiny-gemma2"] {
+        let generate = |implementation: &str| {
+            let out = tl_bench(&[
+                "generate",
+                "--model",
+                model,
+                "--prompt",
+                "Hello world",
+                "--impl",
+                implementation,
+                "--max-new-tokens",
+                "4",
+            ]);
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{model} {implementation}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        assert_eq!(generate("hf"), generate("bridge"), "{model}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cache.safetensors");
+        let out = tl_bench(&[
+            "cache",
+            "--model",
+            model,
+            "--impl",
+            "hf",
+            "--text",
+            "Hello world",
+            "--out",
+            file.to_str().unwrap(),
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{model}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tensors = tch::Tensor::read_safetensors(&file).unwrap();
+        assert!(tensors.iter().any(|(n, _)| n == "logits"), "{model}");
+    }
+}

@@ -38,6 +38,43 @@ pub enum HfModel {
 }
 
 impl HfModel {
+    /// The raw model of `config`'s family from its checkpoint's tensors, on `device` in `kind`.
+    /// Errors: [`lens_core::model::ModelError::Unsupported`] for an architecture the HF tier
+    /// does not implement; a missing or mis-shaped tensor, named.
+    pub fn from_weights(
+        config: HfConfig,
+        weights: lens_core::Weights,
+        device: Device,
+        kind: Kind,
+    ) -> ModelResult<Self> {
+        Ok(match config {
+            HfConfig::Gpt2(c) => {
+                HfModel::Gpt2(Gpt2LMHeadModel::from_weights(c, weights, device, kind)?)
+            }
+            HfConfig::Llama(c) => {
+                HfModel::Llama(LlamaForCausalLM::from_weights(c, weights, device, kind)?)
+            }
+            HfConfig::GptNeox(c) => {
+                HfModel::GptNeox(GptNeoxForCausalLM::from_weights(c, weights, device, kind)?)
+            }
+            HfConfig::Parallel(c) => {
+                HfModel::Parallel(ParallelForCausalLM::from_weights(c, weights, device, kind)?)
+            }
+            HfConfig::GptNeo(c) => {
+                HfModel::GptNeo(GptNeoForCausalLM::from_weights(c, weights, device, kind)?)
+            }
+            HfConfig::Opt(c) => {
+                HfModel::Opt(OptForCausalLM::from_weights(c, weights, device, kind)?)
+            }
+            other => {
+                return Err(lens_core::model::ModelError::Unsupported(format!(
+                    "no HF model for {}",
+                    other.architecture()
+                )))
+            }
+        })
+    }
+
     /// HuggingFace's `forward`.
     pub fn forward(&self, args: HfForward<'_>) -> ModelResult<HfOutput> {
         match self {

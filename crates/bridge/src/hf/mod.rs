@@ -20,7 +20,10 @@ pub use any::HfModel;
 pub use gpt_neo::{GptNeoForCausalLM, GptNeoLayerParams, GptNeoParams};
 pub use gpt_neox::{GptNeoxForCausalLM, GptNeoxLayerParams, GptNeoxParams};
 pub use kv_cache::KvCache;
-pub use llama::{LinearParams, LlamaForCausalLM, LlamaLayerParams, LlamaParams};
+pub use llama::{
+    GateUpProjections, LinearParams, LlamaForCausalLM, LlamaLayerParams, LlamaParams,
+    QkvProjections,
+};
 pub use mask::hf_position_ids;
 pub use model::{Gpt2LMHeadModel, HfForward, HfOutput};
 pub use opt::{OptForCausalLM, OptLayerParams, OptParams};
