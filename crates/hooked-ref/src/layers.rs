@@ -48,7 +48,16 @@ pub(crate) fn layer_norm(
         let scale = hooks
             .scale
             .run((h.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float) + eps).sqrt())?;
-        hooks.normalized.run(h / scale)?.to_kind(kind)
+        let normalized = hooks.normalized.run(h / scale)?;
+        // A weight kept in f32 in a half-precision model (Gemma's `1 + w`, which the model's
+        // dtype would round: up to 0.4% in bf16) multiplies before the cast back, as HF's
+        // Gemma does; TransformerLens rounds it to the model's dtype and multiplies after.
+        if let Some(LayerNormParams { w, b: None }) = params {
+            if w.kind() == Kind::Float && kind != Kind::Float {
+                return Ok((normalized * w).to_kind(kind));
+            }
+        }
+        normalized.to_kind(kind)
     };
     Ok(match params {
         Some(LayerNormParams { w, b: Some(b) }) => normalized * w + b,

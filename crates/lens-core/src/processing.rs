@@ -119,14 +119,29 @@ fn to_f32(p: &Params) -> Params {
     p.map(|t| f32(&t.detach()).contiguous())
 }
 
-/// Back to the model's dtype, as fresh leaves that require gradients.
-fn cast_back(p: Params, kind: Kind) -> Params {
-    p.map(|t| {
-        t.to_kind(kind)
-            .detach()
-            .contiguous()
-            .set_requires_grad(true)
-    })
+/// Back to each weight's own dtype as it came in (`kind`, the model's, for what processing
+/// added), as fresh leaves that require gradients. A weight kept in f32 in a half-precision
+/// model (the HookedTransformer's Gemma norms) stays f32.
+fn cast_back(p: Params, original: &Params, kind: Kind) -> Result<Params, String> {
+    let kinds: std::collections::BTreeMap<String, Kind> = original
+        .named()
+        .into_iter()
+        .map(|(name, t)| (name, t.kind()))
+        .collect();
+    let mut named = p
+        .named()
+        .into_iter()
+        .map(|(name, t)| {
+            let kind = kinds.get(&name).copied().unwrap_or(kind);
+            let t = t
+                .to_kind(kind)
+                .detach()
+                .contiguous()
+                .set_requires_grad(true);
+            (name, t)
+        })
+        .collect();
+    Params::from_named(&mut named)
 }
 
 /// Folds `ln`'s bias into `bias` through the *unscaled* weight, then its scale into `weight`,
@@ -244,7 +259,7 @@ pub fn process_weights(params: &Params, options: ProcessingOptions) -> Result<Pa
     if options.refactor_factored_attn_matrices {
         refactor_factored_attn_matrices(&mut p);
     }
-    Ok(cast_back(p, kind))
+    cast_back(p, params, kind)
 }
 
 /// `A B` as `U diag(S) V^T` without forming the product: SVDs of both factors, then of the small

@@ -670,3 +670,52 @@ fn a_shared_layer_norm_becomes_two_independent_parameters(
     });
     assert!(ln2.equal(&before), "{config}: ln2 kept its values");
 }
+
+/// In bfloat16, Gemma's norms keep `1 + w` in f32 and multiply before the cast back, as
+/// transformers does (tests/fixtures/gemma2-a/hf_bf16.safetensors); TransformerLens rounds
+/// `1 + w` to bf16, up to 0.4% off. Unprocessed and processed, the logits stay within bf16
+/// rounding of transformers' bf16 logits.
+#[rstest]
+fn gemma_norms_keep_their_weight_in_f32_in_bf16(#[values(false, true)] processed: bool) {
+    let dir = fixtures().join("gemma2-a");
+    let options = lens_core::LoadOptions {
+        kind: Some(Kind::BFloat16),
+        ..lens_core::LoadOptions::default()
+    };
+    let processing = if processed {
+        ProcessingOptions::default()
+    } else {
+        ProcessingOptions::none()
+    };
+    let model = HookedTransformer::from_pretrained(
+        dir.join("model").to_str().unwrap(),
+        &options,
+        processing,
+    )
+    .unwrap();
+    let kinds: BTreeMap<String, Kind> = model
+        .params()
+        .named()
+        .into_iter()
+        .map(|(name, t)| (name, t.kind()))
+        .collect();
+    let norm = if processed {
+        "blocks.0.ln1_post.w"
+    } else {
+        "blocks.0.ln1.w"
+    };
+    assert_eq!(kinds[norm], Kind::Float, "{norm}");
+    assert_eq!(kinds["blocks.0.attn.W_Q"], Kind::BFloat16);
+    let golden = read_tensors(&dir.join("hf_bf16.safetensors"));
+    let tokens = &golden["single_bos12/tokens"];
+    let logits = tch::no_grad(|| model.forward(tokens, &ForwardOptions::default()))
+        .unwrap()
+        .logits
+        .unwrap();
+    assert_eq!(logits.kind(), Kind::BFloat16);
+    let err = relative_error(&logits, &golden["single_bos12/logits"], None);
+    // Unprocessed, the same operations in the same dtypes; processed, the folded weights are
+    // rounded to bf16 once more.
+    let bound = if processed { 0.05 } else { TOLERANCE };
+    assert!(err <= bound, "logits err {err:.3e} > {bound:e}");
+}
