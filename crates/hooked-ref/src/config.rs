@@ -89,8 +89,9 @@ pub struct HookedTransformerConfig {
     pub rotary: Option<Rotary>,
     /// A gated MLP: `act(x W_gate) * (x W_in)`.
     pub gated_mlp: bool,
-    /// RMSNorms of queries and keys after `hook_q` / `hook_k` (`use_qk_norm`: per head, Qwen3
-    /// and Gemma 3; over the whole projection, OLMo-2).
+    /// Norms of queries and keys after `hook_q` / `hook_k` (`use_qk_norm`): RMSNorms per head
+    /// (Qwen3, Gemma 3) or over the whole projection (OLMo-2); LayerNorms per head (Phi's
+    /// `qk_layernorm`, which TransformerLens 3.9.0 ignores).
     pub qk_norm: QkNorm,
     /// Where the blocks normalise: before the sublayers; also after them
     /// (`use_normalization_before_and_after`: `ln1_post`, `ln2_post`, Gemma 2 and 3); or only
@@ -336,8 +337,8 @@ impl HookedTransformerConfig {
     /// With HF's numbers where TransformerLens 3.9.0 departs from them: GPT-J's `n_inner` and
     /// `layer_norm_epsilon` (TransformerLens uses `4 * n_embd` and 1e-5), Phi's rotary width
     /// from its `rope_parameters` truncated as HF does (TransformerLens rounds the top-level
-    /// `partial_rotary_factor`), and Phi's grouped key/value heads (which TransformerLens's
-    /// converter cannot load).
+    /// `partial_rotary_factor`), Phi's grouped key/value heads (which TransformerLens's
+    /// converter cannot load) and Phi's `qk_layernorm` (which it drops).
     pub fn from_parallel(hf: &ParallelConfig) -> Self {
         let grouped = hf.num_key_value_heads != hf.num_attention_heads;
         HookedTransformerConfig {
@@ -362,6 +363,11 @@ impl HookedTransformerConfig {
                 scaling: hf.rope.scaling,
             }),
             parallel_attn_mlp: true,
+            qk_norm: if hf.qk_layernorm {
+                QkNorm::PerHead
+            } else {
+                QkNorm::None
+            },
             ..Self::base(hf.num_hidden_layers, hf.family.architecture())
         }
     }

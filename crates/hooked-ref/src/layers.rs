@@ -208,16 +208,17 @@ fn qkv(
     ])
 }
 
-/// The RMSNorm of queries or keys `[b, p, h, dh]`, as TransformerLens applies it: per head
-/// over `[b * p * h, dh]` rows (Qwen3, Gemma 3; its hooks see that shape), or over the whole
-/// projection `[b, p, h * dh]` (OLMo-2); then back.
+/// The norm of queries or keys `[b, p, h, dh]`, as TransformerLens applies it: per head over
+/// `[b * p * h, dh]` rows (Qwen3, Gemma 3, Phi; its hooks see that shape), or over the whole
+/// projection `[b, p, h * dh]` (OLMo-2); then back. An RMSNorm, or a LayerNorm where the norm
+/// has a bias (Phi's `qk_layernorm`).
 fn qk_norm(
     cfg: &HookedTransformerConfig,
     x: Tensor,
-    w: Option<&Tensor>,
+    norm: Option<&LayerNormParams>,
     hooks: Option<&LnHooks>,
 ) -> Result<Tensor> {
-    let (Some(w), Some(hooks)) = (w, hooks) else {
+    let (Some(norm), Some(hooks)) = (norm, hooks) else {
         return Ok(x);
     };
     let shape = x.size();
@@ -225,15 +226,15 @@ fn qk_norm(
         QkNorm::Projection => x.reshape([shape[0], shape[1], -1]),
         _ => x.reshape([-1, cfg.d_head]),
     };
-    let ln = LayerNormParams {
-        w: w.shallow_clone(),
-        b: None,
-    };
-    let rms = HookedTransformerConfig {
-        normalization_type: crate::config::NormType::Rms,
+    let norm_cfg = HookedTransformerConfig {
+        normalization_type: if norm.b.is_some() {
+            crate::config::NormType::LayerNorm
+        } else {
+            crate::config::NormType::Rms
+        },
         ..cfg.clone()
     };
-    Ok(layer_norm(&rms, &rows, Some(&ln), hooks)?.reshape(shape.as_slice()))
+    Ok(layer_norm(&norm_cfg, &rows, Some(norm), hooks)?.reshape(shape.as_slice()))
 }
 
 /// `repeat_interleave` of key/value heads `[b, k, h_kv, dh]` for the query heads sharing them.

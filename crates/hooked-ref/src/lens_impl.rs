@@ -52,14 +52,6 @@ impl HookedTransformer {
                 HookedTransformerConfig::from_llama(hf),
                 convert_llama(hf, has, get)?,
             ),
-            HfConfig::Parallel(hf) if hf.qk_layernorm => {
-                return Err(ModelError::Unsupported(format!(
-                    "{} with qk_layernorm: the HookedTransformer does not implement per-head \
-                     q/k LayerNorms yet (TransformerLens 3.9.0 ignores them, computing \
-                     another model)",
-                    hf.family.architecture()
-                )))
-            }
             HfConfig::Parallel(hf) => (
                 HookedTransformerConfig::from_parallel(hf),
                 convert_parallel(hf, has, get)?,

@@ -28,10 +28,10 @@ pub fn convert(
     let mut named = BTreeMap::new();
     let mut like: Option<(Kind, tch::Device)> = None;
     for (tl, source) in map.iter() {
-        let tensor = match (&source.zeros_if_absent, has(&source.hf)) {
-            (Some(shape), false) => {
+        let tensor = match (&source.if_absent, has(&source.hf)) {
+            (Some(constant), false) => {
                 let (kind, device) = like.unwrap_or((Kind::Float, tch::Device::Cpu));
-                Tensor::zeros(shape.as_slice(), (kind, device))
+                constant.tensor(kind, device)
             }
             _ => {
                 let left = uses.get_mut(source.hf.as_str()).map_or(0, |n| {

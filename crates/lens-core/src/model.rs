@@ -248,11 +248,16 @@ pub trait LensModel {
     /// The gradient accumulated on a weight, in TransformerLens's layout (`None` before any
     /// backward pass reached it).
     fn tl_weight_grad(&self, name: &str) -> ModelResult<Option<Tensor>>;
-    /// Whether a weight is a constant with no parameter behind it, so no gradient can reach it
-    /// (a bridge serves zeros for the biases a checkpoint does not have, as TransformerLens's
-    /// HookedTransformer holds them). `false` by default.
-    fn tl_weight_is_constant(&self, _name: &str) -> bool {
-        false
+    /// The value of a weight that is a constant with no parameter behind it, so no gradient can
+    /// reach it (a bridge serves zeros for the biases a checkpoint does not have, and ones and
+    /// zeros for a LayerNorm without parameters, as TransformerLens's HookedTransformer holds
+    /// them). `None` by default.
+    fn tl_weight_constant(&self, _name: &str) -> Option<f64> {
+        None
+    }
+    /// Whether a weight is such a constant.
+    fn tl_weight_is_constant(&self, name: &str) -> bool {
+        self.tl_weight_constant(name).is_some()
     }
     /// Drops every parameter's accumulated gradient, freeing its memory (PyTorch's
     /// `zero_grad(set_to_none=True)`).

@@ -21,7 +21,8 @@ pub struct LayerNormParams {
 
 /// One block's attention: `W_Q [h, d, dh]`, `W_K/W_V [h_kv, d, dh]` (`h_kv < h` with grouped
 /// keys and values), `b_Q [h, dh]`, `b_K/b_V [h_kv, dh]`, `W_O [h, dh, d]`, `b_O [d]`, and the
-/// per-head q/k RMSNorm weights `[dh]` of Qwen3.
+/// q/k norms of Qwen3, Gemma 3 and OLMo-2 (RMSNorm weights) and Phi (LayerNorm weights and
+/// biases).
 #[derive(Debug)]
 #[allow(non_snake_case)]
 pub struct AttentionParams {
@@ -33,10 +34,11 @@ pub struct AttentionParams {
     pub b_V: Tensor,
     pub W_O: Tensor,
     pub b_O: Tensor,
-    /// `attn.q_norm.w`, `[dh]`.
-    pub q_norm: Option<Tensor>,
-    /// `attn.k_norm.w`, `[dh]`.
-    pub k_norm: Option<Tensor>,
+    /// `attn.q_norm.w` (and, for a LayerNorm, `.b`), `[dh]` per head or `[h * dh]` over the
+    /// whole projection.
+    pub q_norm: Option<LayerNormParams>,
+    /// `attn.k_norm.w` (`.b`), `[dh]` or `[h_kv * dh]`.
+    pub k_norm: Option<LayerNormParams>,
 }
 
 impl AttentionParams {
@@ -130,9 +132,9 @@ impl Params {
             ] {
                 out.push((format!("blocks.{l}.attn.{name}"), t));
             }
-            for (name, t) in [("q_norm", &a.q_norm), ("k_norm", &a.k_norm)] {
-                if let Some(t) = t {
-                    out.push((format!("blocks.{l}.attn.{name}.w"), t));
+            for (name, norm) in [("q_norm", &a.q_norm), ("k_norm", &a.k_norm)] {
+                if let Some(norm) = norm {
+                    push_norm(&mut out, &format!("blocks.{l}.attn.{name}"), norm);
                 }
             }
             if let Some(ln) = &block.ln1_post {
@@ -204,8 +206,8 @@ impl Params {
                         b_V: f(&b.attn.b_V),
                         W_O: f(&b.attn.W_O),
                         b_O: f(&b.attn.b_O),
-                        q_norm: opt(&b.attn.q_norm),
-                        k_norm: opt(&b.attn.k_norm),
+                        q_norm: ln(&b.attn.q_norm),
+                        k_norm: ln(&b.attn.k_norm),
                     },
                     ln2: ln(&b.ln2),
                     mlp: MlpParams {
@@ -273,8 +275,8 @@ impl Params {
                 b_V: either(tensors, &p("attn._b_V"), &p("attn.b_V"))?,
                 W_O: need(tensors, &p("attn.W_O"))?,
                 b_O: need(tensors, &p("attn.b_O"))?,
-                q_norm: tensors.remove(&p("attn.q_norm.w")),
-                k_norm: tensors.remove(&p("attn.k_norm.w")),
+                q_norm: norm(tensors, &p("attn.q_norm")),
+                k_norm: norm(tensors, &p("attn.k_norm")),
             };
             let mlp = MlpParams {
                 W_in: need(tensors, &p("mlp.W_in"))?,

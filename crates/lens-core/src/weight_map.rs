@@ -249,9 +249,26 @@ pub struct Source {
     pub view: View,
     /// How the values relate (after the view).
     pub value: Value,
-    /// The TransformerLens weight is zero when the checkpoint has no such parameter (a bias the
-    /// configuration leaves out; TransformerLens's layout always has its biases). Its shape then.
-    pub zeros_if_absent: Option<Vec<i64>>,
+    /// The TransformerLens weight is a constant when the checkpoint has no such parameter (a
+    /// bias the configuration leaves out, zero; a LayerNorm without parameters, weight one and
+    /// bias zero: TransformerLens's layout always has them).
+    pub if_absent: Option<Constant>,
+}
+
+/// A TransformerLens weight a checkpoint leaves out: `fill` everywhere, in `shape`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Constant {
+    /// The weight's shape.
+    pub shape: Vec<i64>,
+    /// Its value (0 for a bias, 1 for a LayerNorm's weight).
+    pub fill: f64,
+}
+
+impl Constant {
+    /// The weight, in `kind` on `device`.
+    pub fn tensor(&self, kind: tch::Kind, device: tch::Device) -> Tensor {
+        Tensor::full(self.shape.as_slice(), self.fill, (kind, device))
+    }
 }
 
 impl Source {
@@ -290,7 +307,7 @@ impl WeightMap {
                 shape: shape.to_vec(),
                 view,
                 value: Value::Same,
-                zeros_if_absent: None,
+                if_absent: None,
             },
         ));
     }
@@ -310,9 +327,25 @@ impl WeightMap {
         view: View,
         tl_shape: &[i64],
     ) {
+        self.push_or_constant(tl, hf, shape, view, tl_shape, 0.0);
+    }
+
+    /// An entry whose weight is `fill` in `tl_shape` when the checkpoint lacks the parameter.
+    fn push_or_constant(
+        &mut self,
+        tl: String,
+        hf: String,
+        shape: &[i64],
+        view: View,
+        tl_shape: &[i64],
+        fill: f64,
+    ) {
         self.push(tl, hf, shape, view);
         if let Some((_, source)) = self.entries.last_mut() {
-            source.zeros_if_absent = Some(tl_shape.to_vec());
+            source.if_absent = Some(Constant {
+                shape: tl_shape.to_vec(),
+                fill,
+            });
         }
     }
 
@@ -874,18 +907,7 @@ pub fn opt(cfg: &OptConfig) -> WeightMap {
         let tl = |s: &str| format!("blocks.{l}.{s}");
         let hf = |s: &str| format!("model.decoder.layers.{l}.{s}");
         for (ln, name) in [("ln1", "self_attn_layer_norm"), ("ln2", "final_layer_norm")] {
-            map.push(
-                tl(&format!("{ln}.w")),
-                hf(&format!("{name}.weight")),
-                &[d],
-                View::Same,
-            );
-            map.push(
-                tl(&format!("{ln}.b")),
-                hf(&format!("{name}.bias")),
-                &[d],
-                View::Same,
-            );
+            push_opt_norm(&mut map, tl(ln), hf(name), d);
         }
         let attn = |s: &str| hf(&format!("self_attn.{s}"));
         for (w, proj) in [("Q", "q_proj"), ("K", "k_proj"), ("V", "v_proj")] {
@@ -928,14 +950,12 @@ pub fn opt(cfg: &OptConfig) -> WeightMap {
         map.push(tl("mlp.W_out"), hf("fc2.weight"), &[d, m], View::Transpose);
         map.push_optional(tl("mlp.b_out"), hf("fc2.bias"), &[d], View::Same, &[d]);
     }
-    for (tl, hf) in [("w", "weight"), ("b", "bias")] {
-        map.push(
-            format!("ln_final.{tl}"),
-            format!("model.decoder.final_layer_norm.{hf}"),
-            &[d],
-            View::Same,
-        );
-    }
+    push_opt_norm(
+        &mut map,
+        "ln_final".into(),
+        "model.decoder.final_layer_norm".into(),
+        d,
+    );
     push_unembed(
         &mut map,
         cfg.tie_word_embeddings,
@@ -944,6 +964,21 @@ pub fn opt(cfg: &OptConfig) -> WeightMap {
         [v, d],
     );
     map
+}
+
+/// An OPT LayerNorm's weight and bias; one and zero when it has no parameters
+/// (`layer_norm_elementwise_affine: false`), as TransformerLens's LayerNorm holds them.
+fn push_opt_norm(map: &mut WeightMap, tl: String, hf: String, d: i64) {
+    for (fill, tl_part, hf_part) in [(1.0, "w", "weight"), (0.0, "b", "bias")] {
+        map.push_or_constant(
+            format!("{tl}.{tl_part}"),
+            format!("{hf}.{hf_part}"),
+            &[d],
+            View::Same,
+            &[d],
+            fill,
+        );
+    }
 }
 
 /// The HuggingFace names of a parallel-block family's parameters.
@@ -1057,6 +1092,20 @@ pub fn parallel(cfg: &ParallelConfig) -> WeightMap {
         let out = |s: &str| attn(&format!("{}.{s}", names.out_proj));
         map.push(tl("attn.W_O"), out("weight"), &[d, h * dh], heads_out);
         map.push_optional(tl("attn.b_O"), out("bias"), &[d], View::Same, &[d]);
+        if cfg.qk_layernorm {
+            // Phi's LayerNorms over each head's query and key, one `[dh]` pair shared by the
+            // heads (TransformerLens's Qwen3 name, `attn.q_norm`).
+            for (norm, hf_norm) in [("q_norm", "q_layernorm"), ("k_norm", "k_layernorm")] {
+                for (tl_part, hf_part) in [("w", "weight"), ("b", "bias")] {
+                    map.push(
+                        tl(&format!("attn.{norm}.{tl_part}")),
+                        attn(&format!("{hf_norm}.{hf_part}")),
+                        &[dh],
+                        View::Same,
+                    );
+                }
+            }
+        }
         let fc = |layer: &str, s: &str| hf(&format!("{layer}.{s}"));
         map.push(
             tl("mlp.W_in"),

@@ -185,14 +185,18 @@ pub fn gradient_computation(
             .unwrap_or_default();
         let mut without = Vec::new();
         let mut pairs: Vec<(String, Tensor, Tensor)> = Vec::new();
-        // Constants (zero biases a checkpoint lacks) have no parameter to reach; they are
-        // counted in the result, must be zero, and every other weight must get its gradient.
+        // Constants (zero biases a checkpoint lacks, a parameterless LayerNorm's ones and
+        // zeros) have no parameter to reach; they are counted in the result, must hold the value
+        // they are declared to, and every other weight must get its gradient.
         let (constant, trainable): (Vec<&String>, Vec<&String>) =
             names.iter().partition(|w| model.tl_weight_is_constant(w));
         let mut mismatches = Vec::new();
         for weight in &constant {
-            if max_abs(&model.tl_weight(weight)?) != 0.0 {
-                mismatches.push(format!("{weight}: declared constant, but not zero"));
+            let fill = model.tl_weight_constant(weight).unwrap_or(0.0);
+            if max_abs(&(model.tl_weight(weight)? - fill)) != 0.0 {
+                mismatches.push(format!(
+                    "{weight}: declared the constant {fill}, but is not"
+                ));
             }
         }
         for weight in trainable {

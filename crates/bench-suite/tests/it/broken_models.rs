@@ -210,8 +210,11 @@ impl LensModel for Broken {
     fn tl_weight_grad(&self, name: &str) -> ModelResult<Option<Tensor>> {
         self.inner.tl_weight_grad(name)
     }
-    fn tl_weight_is_constant(&self, name: &str) -> bool {
-        self.defect == Defect::ClaimsConstants || self.inner.tl_weight_is_constant(name)
+    fn tl_weight_constant(&self, name: &str) -> Option<f64> {
+        match self.defect {
+            Defect::ClaimsConstants => Some(0.0),
+            _ => self.inner.tl_weight_constant(name),
+        }
     }
     fn zero_grad(&self) {
         self.inner.zero_grad()
@@ -997,19 +1000,18 @@ fn gptj_and_phi_forward_benchmarks_fail_when_the_rotary_width_is_wrong() {
     }
 }
 
-/// Phi's q/k LayerNorms are computed by the HF tier and refused, with the reason, by the
-/// HookedTransformer and the bridge, which do not implement them yet.
+/// Phi's q/k LayerNorms skipped: phi-c read with `qk_layernorm` off (its norm weights left
+/// unread) fails the forward checks.
 #[test]
-fn phi_qk_layernorm_is_refused_where_it_is_not_implemented() {
-    let model = fixture_model("phi-c");
-    let err = TransformerBridge::boot(&model, Device::Cpu, Kind::Float)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("qk_layernorm"), "{err}");
-    let err = HookedTransformer::from_pretrained_no_processing(&model, &Default::default())
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("qk_layernorm"), "{err}");
+fn phi_forward_benchmarks_fail_when_the_qk_layernorm_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = edited_checkpoint(
+        &fixture_model("phi-c"),
+        dir.path(),
+        |c| c["qk_layernorm"] = false.into(),
+        |_, t| t,
+    );
+    forward_checks_fail_on_broken_checkpoint("phi-c", &broken);
 }
 
 /// GPT-Neo's local window ignored: neo-a (a window of 4 keys on its second layer) read as if
@@ -1048,24 +1050,23 @@ fn opt_forward_benchmarks_fail_when_the_position_offset_is_forgotten() {
     forward_checks_fail_on_broken_checkpoint("opt-a", &broken);
 }
 
-/// OPT checkpoints TransformerLens's layout cannot hold (post-LN with projected embeddings,
-/// LayerNorms without weights) are run by the HF tier and refused, with the reason, by the
-/// HookedTransformer and the bridge.
+/// OPT-350m's layout (opt-c: LayerNorms after the sublayers, projected embeddings), which
+/// TransformerLens's layout cannot hold, is run by the HF tier and refused, with the reason
+/// naming both, by the HookedTransformer and the bridge.
 #[test]
-fn opt_layouts_outside_transformer_lens_are_refused_with_the_reason() {
-    for (config, words) in [
-        ("opt-c", "do_layer_norm_before"),
-        ("opt-d", "layer_norm_elementwise_affine"),
-    ] {
-        let model = fixture_model(config);
-        let err = TransformerBridge::boot(&model, Device::Cpu, Kind::Float)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains(words), "{config}: {err}");
-        let err = HookedTransformer::from_pretrained_no_processing(&model, &Default::default())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains(words), "{config}: {err}");
+fn opt_350m_layout_is_refused_with_the_reason() {
+    let model = fixture_model("opt-c");
+    let bridge_err = TransformerBridge::boot(&model, Device::Cpu, Kind::Float)
+        .unwrap_err()
+        .to_string();
+    let hooked_err = HookedTransformer::from_pretrained_no_processing(&model, &Default::default())
+        .unwrap_err()
+        .to_string();
+    for err in [bridge_err, hooked_err] {
+        assert!(
+            err.contains("do_layer_norm_before") && err.contains("word_embed_proj_dim"),
+            "{err}"
+        );
     }
 }
 

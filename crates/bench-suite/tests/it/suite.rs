@@ -28,11 +28,13 @@ use crate::common::{edited_checkpoint, fixture_model};
 #[case::gptj_tied(fixture_model("gptj-b"))]
 #[case::phi(fixture_model("phi-a"))]
 #[case::phi_grouped_heads(fixture_model("phi-b"))]
+#[case::phi_qk_layernorm(fixture_model("phi-c"))]
 #[case::embedded_gptj("tiny-gptj".to_owned())]
 #[case::gpt_neo_tied(fixture_model("neo-a"))]
 #[case::gpt_neo_local_first(fixture_model("neo-b"))]
 #[case::opt_tied(fixture_model("opt-a"))]
 #[case::opt_without_biases(fixture_model("opt-b"))]
+#[case::opt_without_layer_norm_parameters(fixture_model("opt-d"))]
 #[case::embedded_neo("tiny-neo".to_owned())]
 #[case::embedded_opt("tiny-opt".to_owned())]
 #[case::embedded_phi("tiny-phi".to_owned())]
@@ -172,7 +174,8 @@ fn llama_family_hook_options_match_the_hooked_transformer(
         "neox-b",
         "gptj-a",
         "phi-a",
-        "phi-b"
+        "phi-b",
+        "phi-c"
     )]
     config: &str,
 ) {
@@ -213,7 +216,14 @@ fn llama_family_hook_options_match_the_hooked_transformer(
     let flags: Vec<&str> = bridge.hook_flags().iter().map(|(f, _)| *f).collect();
     let reference_flags: Vec<&str> = reference.hook_flags().iter().map(|(f, _)| *f).collect();
     assert_eq!(flags, reference_flags, "{config}");
-    let ungrouped = ["dec-a-ungrouped", "neox-a", "neox-b", "gptj-a", "phi-a"];
+    let ungrouped = [
+        "dec-a-ungrouped",
+        "neox-a",
+        "neox-b",
+        "gptj-a",
+        "phi-a",
+        "phi-c",
+    ];
     let expected: &[&str] = if ungrouped.contains(&config) {
         &[
             "use_attn_result",

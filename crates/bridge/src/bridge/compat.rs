@@ -281,7 +281,7 @@ impl TransformerBridge {
                 continue;
             }
             if self.tl_weight_is_constant(&name) {
-                if i64::try_from(value.count_nonzero(None::<i64>)).is_ok_and(|n| n == 0) {
+                if self.equals_its_constant(&name, value)? {
                     continue;
                 }
                 self.add_bias(&name)?;
@@ -301,16 +301,27 @@ impl TransformerBridge {
         if w.ln_final.is_none() {
             folded.push("ln_final".into());
         }
+        // (A LayerNorm without parameters is the identity already.)
         let names = self.tl_weight_names();
         for norm in folded {
             let weight = format!("{norm}.w");
-            self.write_tl_weight(&weight, &self.tl_weight(&weight)?.ones_like())?;
             let bias = format!("{norm}.b");
-            if names.contains(&bias) {
-                self.write_tl_weight(&bias, &self.tl_weight(&bias)?.zeros_like())?;
+            let identity = [(weight, 1.0), (bias, 0.0)];
+            for (name, fill) in identity {
+                if !names.contains(&name) || self.tl_weight_is_constant(&name) {
+                    continue;
+                }
+                let value = self.tl_weight(&name)?.full_like(fill);
+                self.write_tl_weight(&name, &value)?;
             }
         }
         Ok(())
+    }
+
+    /// Whether `value` is what the checkpoint-less weight `name` already is (a zero bias, a
+    /// parameterless LayerNorm's ones).
+    fn equals_its_constant(&self, name: &str, value: &Tensor) -> ModelResult<bool> {
+        Ok(self.tl_weight(name)?.equal(value))
     }
 
     /// Gives the parameter behind TransformerLens weight `name` a zero bias.

@@ -328,8 +328,9 @@ impl Layout {
     /// LayerNorm seen from the MLP's side, which the Python bridge does not have (its `ln1`
     /// then carries both branches' gradients) and the HookedTransformer does. No
     /// `hook_resid_mid` (a parallel block has none). Phi has a rotary module with sites;
-    /// GPT-J's sines and cosines come from a table inside each attention.
-    pub fn parallel(n_layers: usize, rotary_module: bool) -> Self {
+    /// GPT-J's sines and cosines come from a table inside each attention. Phi's `qk_layernorm`
+    /// adds `attn.q_norm` and `attn.k_norm`, as the HookedTransformer's.
+    pub fn parallel(n_layers: usize, rotary_module: bool, qk_layernorm: bool) -> Self {
         use BlockSite as B;
         let (ln, lin) = (norm_sites, linear_sites);
         let block = |_| {
@@ -343,6 +344,10 @@ impl Layout {
             block.extend([B::RotK, B::RotQ, B::Cos, B::Sin]);
             for f in [B::Q, B::K, B::V, B::O] {
                 block.extend(lin(f));
+            }
+            if qk_layernorm {
+                block.extend(ln(B::QNorm));
+                block.extend(ln(B::KNorm));
             }
             block.extend([B::MlpCompIn, B::MlpCompOut]);
             for f in [B::MlpFc, B::MlpProj] {

@@ -191,15 +191,13 @@ impl LensModel for TransformerBridge {
 
     /// A view of the live parameter (a write is seen by the model). A bias TransformerLens
     /// always has but this checkpoint lacks (Llama's without `attention_bias`) is a fresh zero
-    /// tensor, not a view: there is no parameter to alias.
+    /// tensor, and a LayerNorm without parameters (OPT's `layer_norm_elementwise_affine: false`)
+    /// fresh ones and zeros, not views: there is no parameter to alias.
     fn tl_weight(&self, name: &str) -> ModelResult<Tensor> {
         let source = self.weight_source(name)?;
-        match (self.hf.parameter(&source.hf), &source.zeros_if_absent) {
+        match (self.hf.parameter(&source.hf), &source.if_absent) {
             (Some(t), _) => Ok(source.tl_of(&t)),
-            (None, Some(shape)) => Ok(Tensor::zeros(
-                shape.as_slice(),
-                (self.hf.kind(), self.hf.device()),
-            )),
+            (None, Some(constant)) => Ok(constant.tensor(self.hf.kind(), self.hf.device())),
             (None, None) => Err(ModelError::InvalidInput(format!(
                 "{name}: the model has no parameter {}",
                 source.hf
@@ -302,10 +300,12 @@ impl LensModel for TransformerBridge {
         Ok(())
     }
 
-    fn tl_weight_is_constant(&self, name: &str) -> bool {
-        self.weights
-            .get(name)
-            .is_some_and(|source| self.hf.parameter(&source.hf).is_none())
+    fn tl_weight_constant(&self, name: &str) -> Option<f64> {
+        let source = self.weights.get(name)?;
+        if self.hf.parameter(&source.hf).is_some() {
+            return None;
+        }
+        source.if_absent.as_ref().map(|constant| constant.fill)
     }
 
     fn zero_grad(&self) {

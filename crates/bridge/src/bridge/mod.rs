@@ -200,24 +200,17 @@ impl TransformerBridge {
     /// A bridge over a GPT-J or Phi model, which it takes over, under the names of
     /// TransformerLens 3.9.0's adapters for them, with an `ln2` the Python bridge lacks (the
     /// block's one LayerNorm seen from the MLP's side, as the HookedTransformer has it).
-    ///
-    /// Errors: Phi's `qk_layernorm`, which neither the HookedTransformer nor this bridge
-    /// implements yet (TransformerLens 3.9.0 ignores it; the HF tier computes it).
+    /// Phi's `qk_layernorm` is `attn.q_norm` / `attn.k_norm`, over `[b * p * h, dh]` rows as
+    /// the HookedTransformer's (the Python bridge 3.9.0 has no hooks there).
     pub fn from_parallel(
         hf: ParallelForCausalLM,
         tokenizer: Option<Tokenizer>,
     ) -> ModelResult<Self> {
         let c = hf.config();
-        if c.qk_layernorm {
-            return Err(ModelError::Unsupported(format!(
-                "{} with qk_layernorm: the TransformerBridge does not implement per-head q/k \
-                 LayerNorms yet (ParallelForCausalLM, the HF model, does)",
-                c.family.architecture()
-            )));
-        }
         let layout = Layout::parallel(
             c.num_hidden_layers as usize,
             c.family == lens_core::ParallelFamily::Phi,
+            c.qk_layernorm,
         );
         let weights = weight_map::parallel(c);
         Ok(Self::assemble(

@@ -413,10 +413,18 @@ impl ParallelForCausalLM {
             (&layer.v_proj, c.num_key_value_heads),
         ];
         let [q, k, v] = attention::separate_qkv(tap, l, resid_pre, ln1, projections, c.head_dim)?;
-        // Phi's q/k LayerNorms over each head's vector, before the rotation.
+        // Phi's q/k LayerNorms over each head's vector, before the rotation; their sites see
+        // `[b * p * h, dh]` rows, as the HookedTransformer's (the norm is the same per row).
         let head_norm =
             |x: Tensor, norm: Option<&LayerNormParams>, site: fn(LnSite) -> BlockSite| match norm {
-                Some(norm) => layer_norm(tap, |ln| s(site(ln)), x, norm, c.layer_norm_eps),
+                Some(norm) => {
+                    let shape = x.size();
+                    let rows = x.reshape([-1, c.head_dim]);
+                    ModelResult::Ok(
+                        layer_norm(tap, |ln| s(site(ln)), rows, norm, c.layer_norm_eps)?
+                            .reshape(shape.as_slice()),
+                    )
+                }
                 None => Ok(x),
             };
         let q = head_norm(q, layer.q_layernorm.as_ref(), BlockSite::QNorm)?;

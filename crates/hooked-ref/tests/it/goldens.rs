@@ -561,6 +561,25 @@ fn greedy_generation_matches_transformer_lens_with_and_without_cache(
     assert_generation_matches(&model, config, &golden, &meta);
 }
 
+/// Each prompt of an HF golden (`meta`'s order): its id, its tokens, and its attention mask
+/// where it pads.
+fn golden_prompts<'a>(
+    golden: &'a BTreeMap<String, Tensor>,
+    meta: &'a serde_json::Value,
+) -> impl Iterator<Item = (&'a str, &'a Tensor, Option<&'a Tensor>)> {
+    meta["prompt_order"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|prompt| {
+            let pid = prompt.as_str().unwrap();
+            let mask = golden
+                .get(&format!("{pid}/attention_mask"))
+                .filter(|m| m.min().int64_value(&[]) == 0);
+            (pid, &golden[&format!("{pid}/tokens")], mask)
+        })
+}
+
 /// Greedy generation of 8 tokens, with and without the KV cache, equals the golden's
 /// (`{prompt}/generate.use_cache`) for every prompt of `meta`.
 fn assert_generation_matches(
@@ -569,12 +588,7 @@ fn assert_generation_matches(
     golden: &BTreeMap<String, Tensor>,
     meta: &serde_json::Value,
 ) {
-    for prompt in meta["prompt_order"].as_array().unwrap() {
-        let pid = prompt.as_str().unwrap();
-        let tokens = &golden[&format!("{pid}/tokens")];
-        let mask = golden
-            .get(&format!("{pid}/attention_mask"))
-            .filter(|m| m.min().int64_value(&[]) == 0);
+    for (pid, tokens, mask) in golden_prompts(golden, meta) {
         for use_cache in [true, false] {
             let options = lens_core::model::GenerateOptions {
                 max_new_tokens: 8,
@@ -718,4 +732,44 @@ fn gemma_norms_keep_their_weight_in_f32_in_bf16(#[values(false, true)] processed
     // rounded to bf16 once more.
     let bound = if processed { 0.05 } else { TOLERANCE };
     assert!(err <= bound, "logits err {err:.3e} > {bound:e}");
+}
+
+/// Layouts TransformerLens 3.9.0 cannot hold (Phi's grouped key/value heads, phi-b; Phi's
+/// `qk_layernorm`, phi-c; OPT's LayerNorms without parameters, opt-d, held as TransformerLens's
+/// with weight one and bias zero), where transformers' goldens are the reference: the
+/// HookedTransformer's log-probs, unprocessed and processed, equal transformers' on every
+/// prompt (the padded batch on its real tokens), and its greedy generations, with and without
+/// the cache, equal transformers'.
+#[rstest]
+fn layouts_transformer_lens_cannot_hold_match_transformers(
+    #[values("phi-b", "phi-c", "opt-d")] config: &str,
+) {
+    let golden = read_tensors(&fixtures().join(config).join("hf.safetensors"));
+    let meta = read_json(&fixtures().join(config).join("hf.json"));
+    for processing in [ProcessingOptions::none(), ProcessingOptions::default()] {
+        let model = decoder(config, processing);
+        for (pid, tokens, mask) in golden_prompts(&golden, &meta) {
+            let options = ForwardOptions {
+                attention_mask: mask,
+                ..ForwardOptions::default()
+            };
+            let out = tch::no_grad(|| model.forward(tokens, &options)).unwrap();
+            let log_probs = |t: &Tensor| t.log_softmax(-1, Kind::Float);
+            let keep = mask.map(|m| {
+                m.to_kind(Kind::Bool)
+                    .unsqueeze(-1)
+                    .expand([-1, -1, model.cfg().d_vocab], false)
+            });
+            let err = relative_error(
+                &log_probs(&out.logits.unwrap()),
+                &log_probs(&golden[&format!("{pid}/logits")]),
+                keep.as_ref(),
+            );
+            assert!(
+                err <= TOLERANCE,
+                "{config}/{pid} {processing:?}: err {err:.3e}"
+            );
+        }
+        assert_generation_matches(&model, config, &golden, &meta);
+    }
 }

@@ -175,9 +175,9 @@ impl OptConfig {
     }
 
     /// Why the HookedTransformer and the bridge cannot represent this checkpoint yet, if they
-    /// cannot: TransformerLens's layout has LayerNorms before the sublayers, no embedding
-    /// projection and LayerNorms with a weight and a bias (as TransformerLens 3.9.0, which
-    /// fails on the others).
+    /// cannot: TransformerLens's layout has LayerNorms before the sublayers and no embedding
+    /// projection (as TransformerLens 3.9.0, which fails on the others). LayerNorms without
+    /// parameters are held as TransformerLens's with weight one and bias zero.
     pub fn unsupported_by_lens(&self) -> Option<String> {
         let mut reasons = Vec::new();
         if !self.do_layer_norm_before {
@@ -188,9 +188,6 @@ impl OptConfig {
         }
         if self.projects() {
             reasons.push("projected word embeddings (word_embed_proj_dim != hidden_size)");
-        }
-        if !self.layer_norm_elementwise_affine {
-            reasons.push("LayerNorms without weights (layer_norm_elementwise_affine: false)");
         }
         (!reasons.is_empty()).then(|| reasons.join(", "))
     }
