@@ -400,22 +400,22 @@ fn processed_checks(
         }
     });
     // TransformerLens centres the weights writing to the residual only under LayerNorm, which
-    // removes the mean; under RMSNorm it leaves them, and so must the bridge.
-    let centres = !bridge.config().uses_rms_norm();
-    let not_centred = "RMSNorm model: TransformerLens centres writing weights only for LayerNorm";
-    run("attention_output_centering", &|| {
-        if centres {
-            weights::attention_output_centering(bridge, tolerance.activations)
-        } else {
-            BenchmarkResult::skipped("attention_output_centering", not_centred)
-        }
+    // removes the mean; under RMSNorm it leaves them, and so must the bridge. It turns the step
+    // off for post-norm architectures, and says so.
+    let not_centred = if bridge.config().uses_rms_norm() {
+        Some("RMSNorm model: TransformerLens centres writing weights only for LayerNorm".into())
+    } else if !applied.center_writing_weights {
+        Some(turned_off("center_writing_weights"))
+    } else {
+        None
+    };
+    run("attention_output_centering", &|| match &not_centred {
+        None => weights::attention_output_centering(bridge, tolerance.activations),
+        Some(why) => BenchmarkResult::skipped("attention_output_centering", why.clone()),
     });
-    run("mlp_output_centering", &|| {
-        if centres {
-            weights::mlp_output_centering(bridge, tolerance.activations)
-        } else {
-            BenchmarkResult::skipped("mlp_output_centering", not_centred)
-        }
+    run("mlp_output_centering", &|| match &not_centred {
+        None => weights::mlp_output_centering(bridge, tolerance.activations),
+        Some(why) => BenchmarkResult::skipped("mlp_output_centering", why.clone()),
     });
     run("unembed_centering", &|| {
         if applied.center_unembed {

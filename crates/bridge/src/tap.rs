@@ -111,6 +111,15 @@ pub enum BlockSite {
     KNorm(LnSite),
 }
 
+/// OPT's projections of a narrower token embedding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Projection {
+    /// `project_in`, from the embedding to the residual stream.
+    In,
+    /// `project_out`, from the residual stream to the unembedding.
+    Out,
+}
+
 /// A place in the forward pass where an activation is exposed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Site {
@@ -122,6 +131,10 @@ pub enum Site {
     PosEmbedIn,
     /// Positional embeddings `[b, p, d]` (`pos_embed.hook_out` = `hook_pos_embed`).
     PosEmbedOut,
+    /// A projection between a narrower embedding and the residual stream (OPT-350m's
+    /// `project_in` / `project_out`): its input or output (`project_in.hook_out` =
+    /// `hook_project_in`).
+    Projection(Projection, LinSite),
     /// A site in block `.0`.
     Block(usize, BlockSite),
     /// The final LayerNorm.

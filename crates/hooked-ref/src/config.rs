@@ -97,6 +97,17 @@ pub struct HookedTransformerConfig {
     /// (`use_normalization_before_and_after`: `ln1_post`, `ln2_post`, Gemma 2 and 3); or only
     /// after them, as `ln1` and `ln2` (TransformerLens's post-norm architectures, OLMo-2).
     pub norm_placement: NormPlacement,
+    /// The LayerNorms normalise the residual stream after each sublayer's addition, `ln1`
+    /// after attention and `ln2` after the MLP (OPT-350m's `do_layer_norm_before: false`; no
+    /// TransformerLens architecture): `hook_resid_mid` is the sum before `ln1`,
+    /// `hook_resid_post` the output of `ln2`.
+    pub norms_on_residual: bool,
+    /// The model normalises the final residual stream (`ln_final`); post-LN OPT does not.
+    pub final_norm: bool,
+    /// The width of a token embedding narrower than the residual stream, projected in and out
+    /// (OPT's `word_embed_proj_dim`: `embed.W_project_in`, `hook_project_in`,
+    /// `unembed.W_project_out`).
+    pub d_embed: Option<i64>,
     /// The divisor of the attention scores when set (`attn_scale`: Gemma 2's and 3's
     /// `sqrt(query_pre_attn_scalar)`); else `sqrt(d_head)` with `use_attn_scale`.
     pub attn_scale: Option<f64>,
@@ -183,6 +194,9 @@ impl HookedTransformerConfig {
             gated_mlp: false,
             qk_norm: QkNorm::None,
             norm_placement: NormPlacement::Before,
+            norms_on_residual: false,
+            final_norm: true,
+            d_embed: None,
             attn_scale: None,
             attn_scores_soft_cap: None,
             output_logits_soft_cap: None,
@@ -311,9 +325,10 @@ impl HookedTransformerConfig {
         }
     }
 
-    /// TransformerLens's OPT conversion (pre-LN checkpoints with unprojected embeddings, which
-    /// is what TransformerLens's layout holds): learned positions (the table after its offset of
-    /// 2), LayerNorm epsilon 1e-5 (HF's OPT has no other), ReLU.
+    /// TransformerLens's OPT conversion: learned positions (the table after its offset of 2),
+    /// LayerNorm epsilon 1e-5 (HF's OPT has no other), ReLU. Beyond what TransformerLens 3.9.0
+    /// converts (pre-LN, unprojected): OPT-350m's LayerNorms on the residual stream after each
+    /// sublayer, its missing final LayerNorm and its projected embeddings.
     pub fn from_opt(hf: &OptConfig) -> Self {
         HookedTransformerConfig {
             d_model: hf.hidden_size,
@@ -328,6 +343,9 @@ impl HookedTransformerConfig {
             normalization_type: NormType::LayerNorm,
             bos_token_id: hf.bos_token_id.unwrap_or(hf.vocab_size - 1),
             eos_token_id: hf.eos_token_id.unwrap_or(hf.vocab_size - 1),
+            norms_on_residual: !hf.do_layer_norm_before,
+            final_norm: hf.has_final_layer_norm(),
+            d_embed: hf.projects().then_some(hf.word_embed_proj_dim),
             ..Self::base(hf.num_hidden_layers, "OPTForCausalLM")
         }
     }

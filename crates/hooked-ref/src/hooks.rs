@@ -55,10 +55,13 @@ pub(crate) struct BlockHooks {
 pub(crate) struct ModelHooks {
     pub tokens: Option<Arc<HookPoint>>,
     pub embed: Arc<HookPoint>,
+    /// A projected embedding's hook (`hook_project_in`, OPT-350m).
+    pub project_in: Option<Arc<HookPoint>>,
     /// A learned positional embedding's hook (`None` under rotary attention).
     pub pos_embed: Option<Arc<HookPoint>>,
     pub blocks: Vec<BlockHooks>,
-    pub ln_final: LnHooks,
+    /// `None` where the model has no final norm.
+    pub ln_final: Option<LnHooks>,
     pub unembed_in: Arc<HookPoint>,
     pub unembed_out: Arc<HookPoint>,
 }
@@ -74,6 +77,10 @@ impl ModelHooks {
     /// Registers every hook point (TransformerLens's module order) and gates the optional ones.
     pub fn register(registry: &mut HookRegistry, cfg: &HookedTransformerConfig) -> ModelHooks {
         let embed = registry.register("hook_embed");
+        let project_in = cfg
+            .d_embed
+            .is_some()
+            .then(|| registry.register("hook_project_in"));
         let pos_embed = cfg
             .rotary
             .is_none()
@@ -84,12 +91,13 @@ impl ModelHooks {
         let blocks = (0..cfg.n_layers)
             .map(|l| Self::block(registry, cfg, l))
             .collect();
-        let ln_final = ln_hooks(registry, "ln_final");
+        let ln_final = cfg.final_norm.then(|| ln_hooks(registry, "ln_final"));
         let unembed_in = registry.register("unembed.hook_in");
         let unembed_out = registry.register("unembed.hook_out");
         ModelHooks {
             tokens,
             embed,
+            project_in,
             pos_embed,
             blocks,
             ln_final,

@@ -80,6 +80,9 @@ pub(crate) fn block(
     mask: &MaskInfo,
     kv: Option<&mut LayerKv>,
 ) -> Result<Tensor> {
+    if cfg.norms_on_residual {
+        return block_with_norms_on_residual(cfg, layer, params, hooks, resid, mask, kv);
+    }
     let after_only = cfg.norm_placement == NormPlacement::After;
     let resid_pre = hooks.resid_pre.run(resid)?;
     let attn_out = attention(cfg, layer, params, hooks, &resid_pre, mask, kv)?;
@@ -116,6 +119,42 @@ pub(crate) fn block(
     } else {
         resid_pre + attn_out + mlp_out
     };
+    Ok(hooks.resid_post.run(resid_post)?)
+}
+
+/// OPT-350m's post-LN block: `resid_mid = hook_resid_mid(resid_pre + attn(resid_pre))`,
+/// `h = ln1(resid_mid)`, `resid_post = ln2(h + mlp(h))`. The MLP reads (and `hook_mlp_in` sees)
+/// the normalised `h`, which is also what it adds to.
+fn block_with_norms_on_residual(
+    cfg: &HookedTransformerConfig,
+    layer: i64,
+    params: &BlockParams,
+    hooks: &BlockHooks,
+    resid: Tensor,
+    mask: &MaskInfo,
+    kv: Option<&mut LayerKv>,
+) -> Result<Tensor> {
+    let resid_pre = hooks.resid_pre.run(resid)?;
+    let attn_out = attention(cfg, layer, params, hooks, &resid_pre, mask, kv)?;
+    let attn_out = hooks.attn_out.run(attn_out)?;
+    let sum = &resid_pre + &attn_out;
+    let resid_mid = match &hooks.resid_mid {
+        Some(hook) => hook.run(sum)?,
+        None => sum,
+    };
+    let normalized = layer_norm(cfg, &resid_mid, params.ln1.as_ref(), &hooks.ln1)?;
+    let mlp_in = if cfg.use_hook_mlp_in {
+        hooks.mlp_in.run(normalized.copy())?
+    } else {
+        normalized.shallow_clone()
+    };
+    let mlp_out = hooks.mlp_out.run(mlp(cfg, &params.mlp, hooks, &mlp_in)?)?;
+    let resid_post = layer_norm(
+        cfg,
+        &(normalized + mlp_out),
+        params.ln2.as_ref(),
+        &hooks.ln2,
+    )?;
     Ok(hooks.resid_post.run(resid_post)?)
 }
 
@@ -174,8 +213,10 @@ fn qkv(
     resid_pre: &Tensor,
 ) -> Result<[Tensor; 3]> {
     let a = &params.attn;
-    // OLMo-2's `ln1` follows attention: its input is the residual stream itself.
+    // OLMo-2's `ln1` follows attention, OPT-350m's the residual addition: attention's input
+    // is the residual stream itself.
     let ln = |x: &Tensor| match cfg.norm_placement {
+        _ if cfg.norms_on_residual => Ok(x.shallow_clone()),
         NormPlacement::After => Ok(x.shallow_clone()),
         _ => layer_norm(cfg, x, params.ln1.as_ref(), &hooks.ln1),
     };

@@ -56,18 +56,10 @@ impl HookedTransformer {
                 HookedTransformerConfig::from_parallel(hf),
                 convert_parallel(hf, has, get)?,
             ),
-            HfConfig::Opt(hf) => match hf.unsupported_by_lens() {
-                Some(why) => {
-                    return Err(ModelError::Unsupported(format!(
-                        "the HookedTransformer does not implement OPT with {why} yet \
-                         (TransformerLens 3.9.0 fails on these too)"
-                    )))
-                }
-                None => (
-                    HookedTransformerConfig::from_opt(hf),
-                    convert_opt(hf, has, get)?,
-                ),
-            },
+            HfConfig::Opt(hf) => (
+                HookedTransformerConfig::from_opt(hf),
+                convert_opt(hf, has, get)?,
+            ),
             HfConfig::GptNeo(hf) => (
                 HookedTransformerConfig::from_gpt_neo(hf),
                 convert_gpt_neo(hf, has, get)?,
@@ -432,8 +424,14 @@ impl ResidualModel for HookedTransformer {
         self.params().blocks[layer].mlp.W_out.detach()
     }
 
+    /// `W_U`, or, where the residual stream is projected before it (OPT-350m), the map from the
+    /// residual stream: `W_project_out W_U`.
     fn w_u(&self) -> Tensor {
-        self.params().W_U.detach()
+        let w_u = self.params().W_U.detach();
+        match &self.params().W_project_out {
+            Some(w) => w.detach().matmul(&w_u),
+            None => w_u,
+        }
     }
 
     fn accumulated_bias(&self, layer: usize, mlp_input: bool, include_mlp_biases: bool) -> Tensor {
@@ -452,6 +450,9 @@ impl ResidualModel for HookedTransformer {
     }
 
     fn apply_ln_final(&self, residual: &Tensor) -> hookpoint::Result<Tensor> {
+        if !self.cfg().final_norm {
+            return Ok(residual.shallow_clone());
+        }
         // ln_final's own computation, without firing its hooks (this is analysis, not a forward pass).
         let x = if self.cfg().normalization_type.centres() {
             residual - residual.mean_dim(-1, true, residual.kind())

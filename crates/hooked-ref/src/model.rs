@@ -297,6 +297,11 @@ impl HookedTransformer {
                 .index_select(0, &tokens.reshape([-1]))
                 .reshape([batch, len, -1]),
         )?;
+        // A narrower embedding is projected into the residual stream (OPT-350m).
+        let embed = match (&self.params.W_project_in, &self.hooks.project_in) {
+            (Some(w), Some(hook)) => hook.run(embed.matmul(w))?,
+            _ => embed,
+        };
         // Rotary attention has no positional embedding (and no `hook_pos_embed`).
         let (Some(w_pos), Some(hook)) = (&self.params.W_pos, &self.hooks.pos_embed) else {
             return Ok(embed);
@@ -332,14 +337,19 @@ impl HookedTransformer {
         Ok(residual)
     }
 
-    /// `ln_final`, then `unembed.hook_in`, `x W_U + b_U`, `unembed.hook_out`.
+    /// `ln_final` (where the model has one), the projection out of the residual stream (where
+    /// the embedding is projected), then `unembed.hook_in`, `x W_U + b_U`, `unembed.hook_out`.
     pub(crate) fn unembed(&self, residual: &Tensor) -> Result<Tensor> {
-        let x = layers::layer_norm(
-            &self.cfg,
-            residual,
-            self.params.ln_final.as_ref(),
-            &self.hooks.ln_final,
-        )?;
+        let x = match &self.hooks.ln_final {
+            Some(hooks) => {
+                layers::layer_norm(&self.cfg, residual, self.params.ln_final.as_ref(), hooks)?
+            }
+            None => residual.shallow_clone(),
+        };
+        let x = match &self.params.W_project_out {
+            Some(w) => x.matmul(w),
+            None => x,
+        };
         let x = self.hooks.unembed_in.run(x)?;
         Ok(self
             .hooks

@@ -15,7 +15,7 @@ impl HookedTransformer {
     /// RMS into RMSPre; center_writing_weights applies to LayerNorm models only (an RMSNorm does not
     /// remove the mean, so centring what writes to the residual would change the model); and
     /// TransformerLens's refusals ([`lens_core::processing::applicable`]): no fold_ln or
-    /// centring for post-norm architectures (OLMo-2), no center_unembed under a logit soft cap
+    /// centring for post-norm architectures (OLMo-2, OPT-350m), no center_unembed under a logit soft cap
     /// (Gemma 2), each said in [`HookedTransformer::processing_notes`].
     ///
     /// # Errors
@@ -26,7 +26,8 @@ impl HookedTransformer {
             let traits = ProcessingTraits {
                 architecture: &cfg.original_architecture,
                 rms_norm: !cfg.normalization_type.centres(),
-                norms_after_sublayers: cfg.norm_placement == NormPlacement::After,
+                norms_after_sublayers: cfg.norm_placement == NormPlacement::After
+                    || cfg.norms_on_residual,
                 logits_soft_capped: cfg.output_logits_soft_cap.is_some(),
             };
             let (applied, notes) = applicable(options, &traits);

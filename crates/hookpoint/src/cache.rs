@@ -432,7 +432,9 @@ pub trait ResidualModel {
     fn w_o(&self, layer: usize) -> Tensor;
     /// `W_out` of block `layer`'s MLP, `[d_mlp, d_model]`.
     fn w_out(&self, layer: usize) -> Tensor;
-    /// The unembedding `W_U`, `[d_model, d_vocab]`.
+    /// The map from the final residual stream (after `ln_final`) to the logits, `[d_model,
+    /// d_vocab]`: `W_U`, through the projection out of the residual stream where the model has
+    /// one (OPT-350m).
     fn w_u(&self) -> Tensor;
     /// Sum of the output biases written to the residual stream before block `layer` (plus
     /// `b_O[layer]` with `mlp_input`; MLP biases only with `include_mlp_biases`), `[d_model]`.

@@ -219,7 +219,8 @@ impl HfConfig {
         crate::processing::ProcessingTraits {
             architecture: self.architecture(),
             rms_norm: self.uses_rms_norm(),
-            norms_after_sublayers: llama.is_some_and(|c| c.norm_placement == NormPlacement::After),
+            norms_after_sublayers: llama.is_some_and(|c| c.norm_placement == NormPlacement::After)
+                || self.as_opt().is_some_and(|c| !c.do_layer_norm_before),
             logits_soft_capped: llama.is_some_and(|c| c.final_logit_softcapping.is_some()),
         }
     }

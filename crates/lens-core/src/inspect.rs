@@ -142,7 +142,8 @@ pub fn test_prompt(
 
 /// The unembedding directions of `tokens` (any shape of ids): `W_U[:, token]`, shaped
 /// `[..., d_model]` (TransformerLens's `tokens_to_residual_directions`; fold the final norm
-/// first to read them in the residual stream's units).
+/// first to read them in the residual stream's units). Where the residual stream is projected
+/// before the unembedding (OPT-350m), the directions are `W_project_out W_U[:, token]`.
 ///
 /// Errors: an id outside the vocabulary.
 pub fn tokens_to_residual_directions(
@@ -150,6 +151,15 @@ pub fn tokens_to_residual_directions(
     tokens: &Tensor,
 ) -> ModelResult<Tensor> {
     let w_u = model.tl_weight("unembed.W_U")?;
+    let has_projection = model
+        .tl_weight_names()
+        .iter()
+        .any(|name| name == "unembed.W_project_out");
+    let w_u = if has_projection {
+        model.tl_weight("unembed.W_project_out")?.matmul(&w_u)
+    } else {
+        w_u
+    };
     let d_vocab = w_u.size()[1];
     let ids = tokens.to_kind(Kind::Int64).to_device(w_u.device());
     let (lo, hi) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));

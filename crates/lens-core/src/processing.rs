@@ -59,7 +59,8 @@ pub struct ProcessingTraits<'a> {
     /// Its norms are RMSNorms (which do not centre: centring what writes to the residual
     /// would change the model).
     pub rms_norm: bool,
-    /// Its only norms follow the sublayers (OLMo-2): there is nothing before a weight to fold.
+    /// Its only norms follow the sublayers (OLMo-2) or the residual additions (OPT-350m):
+    /// there is nothing before a weight to fold.
     pub norms_after_sublayers: bool,
     /// Its logits are soft-capped (Gemma 2): a constant added to them is not a no-op.
     pub logits_soft_capped: bool,
@@ -197,14 +198,28 @@ fn fold_ln(p: &mut Params) {
         }
     }
     if let Some(ln_final) = p.ln_final.take() {
-        fold_into(&mut p.W_U, &mut p.b_U, &ln_final, 0, &[-1, 1], |w, b| {
-            b.matmul(w)
-        });
+        match p.W_project_out.as_mut() {
+            // A projection reads the final norm (OPT with `word_embed_proj_dim`): the norm's
+            // scale folds into it and its bias, through it, into `b_U`.
+            Some(w_project_out) => {
+                if let Some(b) = &ln_final.b {
+                    p.b_U = &p.b_U + b.matmul(w_project_out).matmul(&p.W_U);
+                }
+                fold_scale_into(w_project_out, &ln_final, 0, &[-1, 1]);
+            }
+            None => fold_into(&mut p.W_U, &mut p.b_U, &ln_final, 0, &[-1, 1], |w, b| {
+                b.matmul(w)
+            }),
+        }
     }
 }
 
 fn center_writing_weights(p: &mut Params) {
-    p.W_E = &p.W_E - mean(&p.W_E, -1);
+    // A projected embedding writes to the residual stream through its projection.
+    match p.W_project_in.as_mut() {
+        Some(w_project_in) => *w_project_in = &*w_project_in - mean(w_project_in, -1),
+        None => p.W_E = &p.W_E - mean(&p.W_E, -1),
+    }
     if let Some(w_pos) = p.W_pos.as_mut() {
         *w_pos = &*w_pos - mean(w_pos, -1);
     }

@@ -85,15 +85,21 @@ pub struct BlockParams {
 #[derive(Debug)]
 #[allow(non_snake_case)]
 pub struct Params {
-    /// Token embedding `[d_vocab, d_model]`.
+    /// Token embedding `[d_vocab, d_model]` (`[d_vocab, d_embed]` when projected).
     pub W_E: Tensor,
+    /// The projection of a narrower token embedding into the residual stream, `[d_embed,
+    /// d_model]` (OPT's `project_in`, with `word_embed_proj_dim`); `embed.W_project_in`.
+    pub W_project_in: Option<Tensor>,
     /// Positional embedding `[n_ctx, d_model]`; `None` for rotary attention.
     pub W_pos: Option<Tensor>,
     /// The blocks.
     pub blocks: Vec<BlockParams>,
     /// Final norm (`None` once folded).
     pub ln_final: Option<LayerNormParams>,
-    /// Unembedding `[d_model, d_vocab]`.
+    /// The projection of the final residual stream before the unembedding, `[d_model,
+    /// d_embed]` (OPT's `project_out`); `unembed.W_project_out`.
+    pub W_project_out: Option<Tensor>,
+    /// Unembedding `[d_model, d_vocab]` (`[d_embed, d_vocab]` when projected).
     pub W_U: Tensor,
     /// Unembedding bias `[d_vocab]`.
     pub b_U: Tensor,
@@ -111,6 +117,9 @@ impl Params {
     /// keys and values under TransformerLens's `_W_K`, `_W_V`, `_b_K`, `_b_V`).
     pub fn named(&self) -> Vec<(String, &Tensor)> {
         let mut out: Vec<(String, &Tensor)> = vec![("embed.W_E".into(), &self.W_E)];
+        if let Some(w) = &self.W_project_in {
+            out.push(("embed.W_project_in".into(), w));
+        }
         if let Some(w_pos) = &self.W_pos {
             out.push(("pos_embed.W_pos".into(), w_pos));
         }
@@ -165,6 +174,9 @@ impl Params {
         if let Some(ln) = &self.ln_final {
             push_norm(&mut out, "ln_final", ln);
         }
+        if let Some(w) = &self.W_project_out {
+            out.push(("unembed.W_project_out".into(), w));
+        }
         out.push(("unembed.W_U".into(), &self.W_U));
         out.push(("unembed.b_U".into(), &self.b_U));
         out
@@ -191,6 +203,7 @@ impl Params {
         };
         Params {
             W_E: f(&self.W_E),
+            W_project_in: opt(&self.W_project_in),
             W_pos: opt(&self.W_pos),
             blocks: self
                 .blocks
@@ -223,6 +236,7 @@ impl Params {
                 })
                 .collect(),
             ln_final: ln(&self.ln_final),
+            W_project_out: opt(&self.W_project_out),
             W_U: f(&self.W_U),
             b_U: f(&self.b_U),
         }
@@ -297,9 +311,11 @@ impl Params {
         }
         Ok(Params {
             W_E: w_e,
+            W_project_in: tensors.remove("embed.W_project_in"),
             W_pos: tensors.remove("pos_embed.W_pos"),
             blocks,
             ln_final: norm(tensors, "ln_final"),
+            W_project_out: tensors.remove("unembed.W_project_out"),
             W_U: need(tensors, "unembed.W_U")?,
             b_U: need(tensors, "unembed.b_U")?,
         })

@@ -887,16 +887,33 @@ pub fn gpt_neo(cfg: &GptNeoConfig) -> WeightMap {
     map
 }
 
-/// OPT's table (`OPTForCausalLM`, pre-LN with unprojected embeddings, as TransformerLens holds
-/// it): `W_pos` the table's rows after its offset of 2, `nn.Linear` weights `[out, in]`, biases
-/// zero where `enable_bias` is off, `ln2` the layer's `final_layer_norm`, the unembedding
-/// `lm_head` (`embed_tokens` while tied) without a bias.
+/// OPT's table (`OPTForCausalLM`): `W_pos` the table's rows after its offset of 2,
+/// `nn.Linear` weights `[out, in]`, biases zero where `enable_bias` is off, `ln1` / `ln2` the
+/// layer's `self_attn_layer_norm` / `final_layer_norm` (before or after the sublayers), the
+/// unembedding `lm_head` (`embed_tokens` while tied) without a bias. With
+/// `word_embed_proj_dim` (OPT-350m) `W_E` and `W_U` are that narrower width, and
+/// `embed.W_project_in` / `unembed.W_project_out` are `project_in` / `project_out`; there is
+/// no `ln_final` where the decoder has no final LayerNorm (post-LN models).
 pub fn opt(cfg: &OptConfig) -> WeightMap {
     let (d, m, v) = (cfg.hidden_size, cfg.ffn_dim, cfg.vocab_size);
     let (h, dh) = (cfg.num_attention_heads, cfg.head_dim());
+    let d_embed = cfg.word_embed_proj_dim;
     let embedding = "model.decoder.embed_tokens.weight";
     let mut map = WeightMap::default();
-    map.push("embed.W_E".into(), embedding.into(), &[v, d], View::Same);
+    map.push(
+        "embed.W_E".into(),
+        embedding.into(),
+        &[v, d_embed],
+        View::Same,
+    );
+    if cfg.projects() {
+        map.push(
+            "embed.W_project_in".into(),
+            "model.decoder.project_in.weight".into(),
+            &[d, d_embed],
+            View::Transpose,
+        );
+    }
     map.push(
         "pos_embed.W_pos".into(),
         "model.decoder.embed_positions.weight".into(),
@@ -950,18 +967,28 @@ pub fn opt(cfg: &OptConfig) -> WeightMap {
         map.push(tl("mlp.W_out"), hf("fc2.weight"), &[d, m], View::Transpose);
         map.push_optional(tl("mlp.b_out"), hf("fc2.bias"), &[d], View::Same, &[d]);
     }
-    push_opt_norm(
-        &mut map,
-        "ln_final".into(),
-        "model.decoder.final_layer_norm".into(),
-        d,
-    );
+    if cfg.has_final_layer_norm() {
+        push_opt_norm(
+            &mut map,
+            "ln_final".into(),
+            "model.decoder.final_layer_norm".into(),
+            d,
+        );
+    }
+    if cfg.projects() {
+        map.push(
+            "unembed.W_project_out".into(),
+            "model.decoder.project_out.weight".into(),
+            &[d_embed, d],
+            View::Transpose,
+        );
+    }
     push_unembed(
         &mut map,
         cfg.tie_word_embeddings,
         embedding,
         "lm_head",
-        [v, d],
+        [v, d_embed],
     );
     map
 }

@@ -1050,24 +1050,21 @@ fn opt_forward_benchmarks_fail_when_the_position_offset_is_forgotten() {
     forward_checks_fail_on_broken_checkpoint("opt-a", &broken);
 }
 
-/// OPT-350m's layout (opt-c: LayerNorms after the sublayers, projected embeddings), which
-/// TransformerLens's layout cannot hold, is run by the HF tier and refused, with the reason
-/// naming both, by the HookedTransformer and the bridge.
+/// OPT-350m's LayerNorms read as if before the sublayers: opt-c (post-LN, projected) loaded
+/// as a pre-LN model without a final LayerNorm fails the forward checks.
 #[test]
-fn opt_350m_layout_is_refused_with_the_reason() {
-    let model = fixture_model("opt-c");
-    let bridge_err = TransformerBridge::boot(&model, Device::Cpu, Kind::Float)
-        .unwrap_err()
-        .to_string();
-    let hooked_err = HookedTransformer::from_pretrained_no_processing(&model, &Default::default())
-        .unwrap_err()
-        .to_string();
-    for err in [bridge_err, hooked_err] {
-        assert!(
-            err.contains("do_layer_norm_before") && err.contains("word_embed_proj_dim"),
-            "{err}"
-        );
-    }
+fn opt_forward_benchmarks_fail_when_post_ln_is_read_as_pre_ln() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = edited_checkpoint(
+        &fixture_model("opt-c"),
+        dir.path(),
+        |c| {
+            c["do_layer_norm_before"] = true.into();
+            c["_remove_final_layer_norm"] = true.into();
+        },
+        |_, t| t,
+    );
+    forward_checks_fail_on_broken_checkpoint("opt-c", &broken);
 }
 
 /// Gemma's RMSNorms read as `w` instead of `1 + w`: gemma-a with every norm weight less one,

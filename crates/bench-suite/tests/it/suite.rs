@@ -39,17 +39,8 @@ use crate::common::{edited_checkpoint, fixture_model};
 #[case::embedded_opt("tiny-opt".to_owned())]
 #[case::embedded_phi("tiny-phi".to_owned())]
 fn every_benchmark_passes(#[case] model: String) {
-    let options = SuiteOptions {
-        model: model.clone(),
-        ..SuiteOptions::default()
-    };
-    let results = run_benchmark_suite(&options, &mut |_| {}).unwrap();
-    let failed: Vec<String> = results
-        .iter()
-        .filter(|r| !r.passed || !r.ran())
-        .map(|r| r.to_string())
-        .collect();
-    assert!(failed.is_empty(), "{model}:\n{}", failed.join("\n"));
+    let results = suite_that_passes_what_it_runs(model.clone());
+    assert_eq!(skipped(&results), [], "{model}");
     // Phase 1: 2 results; Phase 2: 16; Phase 3: 10 weight checks + 13 comparisons.
     assert_eq!(
         results.len(),
@@ -124,21 +115,10 @@ fn llama_family_passes_every_phase(
     } else {
         fixture_model(config)
     };
-    let options = SuiteOptions {
-        model,
-        ..SuiteOptions::default()
-    };
-    let results = run_benchmark_suite(&options, &mut |_| {}).unwrap();
-    let failed: Vec<String> = results
-        .iter()
-        .filter(|r| r.ran() && !r.passed)
-        .map(|r| r.to_string())
-        .collect();
-    assert!(failed.is_empty(), "{config}:\n{}", failed.join("\n"));
-    let skipped: Vec<&str> = results
-        .iter()
-        .filter(|r| !r.ran())
-        .map(|r| r.name.as_str())
+    let results = suite_that_passes_what_it_runs(model);
+    let skipped: Vec<&str> = skipped(&results)
+        .into_iter()
+        .map(|(name, _)| name)
         .collect();
     // TransformerLens's own refusals: no fold_ln for OLMo-2's post-sublayer norms, no
     // center_unembed under Gemma 2's (and gemma3-a's) logit soft cap.
@@ -154,6 +134,54 @@ fn llama_family_passes_every_phase(
     });
     assert_eq!(skipped, expected, "{config}");
     assert_eq!(results.len(), 2 + 16 + 23, "{config}");
+}
+
+/// Phases 1-3 on `model`, asserting that every check that runs passes.
+fn suite_that_passes_what_it_runs(model: String) -> Vec<BenchmarkResult> {
+    let options = SuiteOptions {
+        model: model.clone(),
+        ..SuiteOptions::default()
+    };
+    let results = run_benchmark_suite(&options, &mut |_| {}).unwrap();
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|r| r.ran() && !r.passed)
+        .map(|r| r.to_string())
+        .collect();
+    assert!(failed.is_empty(), "{model}:\n{}", failed.join("\n"));
+    results
+}
+
+/// The checks that did not run, with the reason each gives.
+fn skipped(results: &[BenchmarkResult]) -> Vec<(&str, &str)> {
+    results
+        .iter()
+        .filter(|r| !r.ran())
+        .map(|r| (r.name.as_str(), r.message.as_str()))
+        .collect()
+}
+
+/// OPT-350m's layout (opt-c: LayerNorms after the residual additions, projected embeddings,
+/// no final LayerNorm): every check of phases 1-3 that runs passes; skipped, each with
+/// TransformerLens's reason for turning its step off on a post-norm architecture, the fold and
+/// the two centring checks.
+#[test]
+fn opt_350m_layout_passes_every_phase() {
+    let results = suite_that_passes_what_it_runs(fixture_model("opt-c"));
+    let skipped = skipped(&results);
+    let names: Vec<&str> = skipped.iter().map(|(name, _)| *name).collect();
+    assert_eq!(
+        names,
+        [
+            "layer_norm_folding",
+            "attention_output_centering",
+            "mlp_output_centering"
+        ]
+    );
+    for (name, why) in skipped {
+        assert!(why.contains("post-norm architecture"), "{name}: {why}");
+    }
+    assert_eq!(results.len(), 2 + 16 + 23);
 }
 
 /// Each hook option (`use_split_qkv_input`, `use_attn_result`, `use_hook_mlp_in`, and

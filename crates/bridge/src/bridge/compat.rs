@@ -89,9 +89,11 @@ fn read(adapter: &Gpt2Adapter, p: &Gpt2Params) -> ModelResult<Params> {
     }
     Ok(Params {
         W_E: get("embed.W_E")?,
+        W_project_in: None,
         W_pos: Some(get("pos_embed.W_pos")?),
         blocks,
         ln_final: ln("ln_final")?,
+        W_project_out: None,
         W_U: get("unembed.W_U")?,
         b_U: get("unembed.b_U")?,
     })

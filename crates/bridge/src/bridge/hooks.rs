@@ -9,7 +9,7 @@ use hookpoint::{HookPoint, HookRegistry};
 use lens_core::model::{ModelError, ModelResult};
 use tch::Tensor;
 
-use crate::tap::{BlockSite, LinSite, LnSite, MaskStyle, Passed, Site, Tap, TlPaths};
+use crate::tap::{BlockSite, LinSite, LnSite, MaskStyle, Passed, Projection, Site, Tap, TlPaths};
 
 fn ln_suffix(site: LnSite) -> &'static str {
     match site {
@@ -34,6 +34,8 @@ pub(crate) fn site_name(site: Site) -> String {
         Site::EmbedOut => "embed.hook_out".into(),
         Site::PosEmbedIn => "pos_embed.hook_in".into(),
         Site::PosEmbedOut => "pos_embed.hook_out".into(),
+        Site::Projection(Projection::In, s) => format!("project_in.{}", lin_suffix(s)),
+        Site::Projection(Projection::Out, s) => format!("project_out.{}", lin_suffix(s)),
         Site::LnFinal(s) => format!("ln_final.{}", ln_suffix(s)),
         Site::UnembedIn => "unembed.hook_in".into(),
         Site::UnembedOut => "unembed.hook_out".into(),
@@ -412,9 +414,40 @@ impl Layout {
     /// OPT's, under the names of TransformerLens 3.9.0's OPT adapter
     /// (tests/fixtures/opt-*/bridge_hooks.json): GPT-Neo's sites, with `hook_mlp_out` on the
     /// second projection's output (the adapter's MLP has no module of its own around them; the
-    /// values are the same).
-    pub fn opt(n_layers: usize) -> Self {
+    /// values are the same). OPT-350m's layout (the adapter's too) has `project_in` and
+    /// `project_out` (`hook_project_in`, as the HookedTransformer's) and no `ln_final`.
+    pub fn opt(cfg: &lens_core::OptConfig) -> Self {
+        let n_layers = cfg.num_hidden_layers as usize;
         let mut layout = Self::gpt_neo(n_layers);
+        if !cfg.has_final_layer_norm() {
+            layout.sites.retain(|s| !matches!(s, Site::LnFinal(_)));
+        }
+        if cfg.projects() {
+            let after_embedding = 1 + layout
+                .sites
+                .iter()
+                .position(|s| *s == Site::EmbedOut)
+                .unwrap_or(0);
+            let project_in =
+                [LinSite::In, LinSite::Out].map(|s| Site::Projection(Projection::In, s));
+            layout
+                .sites
+                .splice(after_embedding..after_embedding, project_in);
+            let before_unembedding = layout
+                .sites
+                .iter()
+                .position(|s| *s == Site::UnembedIn)
+                .unwrap_or(layout.sites.len());
+            let project_out =
+                [LinSite::In, LinSite::Out].map(|s| Site::Projection(Projection::Out, s));
+            layout
+                .sites
+                .splice(before_unembedding..before_unembedding, project_out);
+            layout.aliases.push((
+                "hook_project_in".into(),
+                Site::Projection(Projection::In, LinSite::Out),
+            ));
+        }
         for (alias, site) in &mut layout.aliases {
             if alias.ends_with(".hook_mlp_out") {
                 if let Site::Block(l, _) = *site {

@@ -386,10 +386,17 @@ impl ResidualModel for TransformerBridge {
             .unwrap_or_else(|e| panic!("W_out of layer {layer}: {e}"))
     }
 
+    /// `W_U`, or, where the residual stream is projected before it (OPT-350m), the map from the
+    /// residual stream: `W_project_out W_U`.
     fn w_u(&self) -> Tensor {
-        self.tl_weight("unembed.W_U")
+        let w_u = self
+            .tl_weight("unembed.W_U")
             .map(|t| t.detach())
-            .unwrap_or_else(|e| panic!("W_U: {e}"))
+            .unwrap_or_else(|e| panic!("W_U: {e}"));
+        match self.tl_weight("unembed.W_project_out") {
+            Ok(w) => w.detach().matmul(&w_u),
+            Err(_) => w_u,
+        }
     }
 
     fn accumulated_bias(&self, layer: usize, mlp_input: bool, include_mlp_biases: bool) -> Tensor {
@@ -436,11 +443,11 @@ impl ResidualModel for TransformerBridge {
                 )?)
             }
             HfModel::Opt(hf) => {
-                // The bridge takes pre-LN OPT checkpoints only, which have the final norm.
                 let d = hf.config().hidden_size;
-                let ln = hf.params().final_layer_norm.as_ref().ok_or_else(|| {
-                    HookError::Cache("this OPT checkpoint has no final LayerNorm".into())
-                })?;
+                // Post-LN OPT (OPT-350m) has no final norm: its residual stream is normalised.
+                let Some(ln) = hf.params().final_layer_norm.as_ref() else {
+                    return Ok(residual.shallow_clone());
+                };
                 Ok(residual.f_layer_norm(
                     [d],
                     Some(&ln.weight.detach()),

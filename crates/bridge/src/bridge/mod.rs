@@ -239,25 +239,16 @@ impl TransformerBridge {
 
     /// A bridge over an OPT model, which it takes over, under the names of TransformerLens
     /// 3.9.0's OPT adapter. Like the GPT-2 bridge it adds a zero unembedding bias
-    /// (`unembed.b_U`).
-    ///
-    /// Errors: checkpoints TransformerLens's layout cannot hold yet (LayerNorms after the
-    /// sublayers, as OPT-350m; projected word embeddings; LayerNorms without weights), which
-    /// [`crate::OptForCausalLM`], the HF model, runs.
+    /// (`unembed.b_U`). Every layout HF runs: OPT-350m's LayerNorms after the residual
+    /// additions, its projections and missing final LayerNorm, LayerNorms without parameters.
     pub fn from_opt(hf: OptForCausalLM, tokenizer: Option<Tokenizer>) -> ModelResult<Self> {
-        if let Some(why) = hf.config().unsupported_by_lens() {
-            return Err(ModelError::Unsupported(format!(
-                "the TransformerBridge does not implement OPT with {why} yet (OptForCausalLM, \
-                 the HF model, does)"
-            )));
-        }
         let mut hf = hf;
         let params = hf.params_mut();
         params
             .lm_head_bias
             .get_or_insert_with(|| zero_unembed_bias(&params.embed_tokens));
         let c = hf.config();
-        let layout = Layout::opt(c.num_hidden_layers as usize);
+        let layout = Layout::opt(c);
         let weights = weight_map::opt(c);
         Ok(Self::assemble(
             HfModel::Opt(hf),

@@ -64,6 +64,16 @@ pub(crate) trait RotaryDecoder {
     }
     /// The unembedding, with the bridge's bias where it added one: logits of `x`.
     fn unembed(&self, x: &Tensor) -> Tensor;
+    /// A narrower token embedding projected into the residual stream, at its sites (OPT's
+    /// `project_in`); the embedding itself by default.
+    fn project_in<T: Tap>(&self, _tap: &T, embeds: Tensor) -> ModelResult<Tensor> {
+        Ok(embeds)
+    }
+    /// The final residual stream projected to the unembedding's width, at its sites (OPT's
+    /// `project_out`); the residual itself by default.
+    fn project_out<T: Tap>(&self, _tap: &T, x: Tensor) -> ModelResult<Tensor> {
+        Ok(x)
+    }
     /// The learned position table `[n_positions, d]`, for a family that has one (its
     /// `pos_embed` component).
     fn learned_positions(&self) -> Option<&Tensor> {
@@ -79,9 +89,21 @@ pub(crate) trait RotaryDecoder {
 
     /// The components [`RotaryDecoder::run_component_with`] runs: `embed` (and `pos_embed`
     /// where positions are learned), for each layer `blocks.{l}` and its `ln1`, `attn`, `ln2`
-    /// and `mlp`, then `ln_final` and `unembed`.
+    /// and `mlp`, then `ln_final` (where the model has one) and `unembed`.
     fn component_names(&self) -> Vec<String> {
-        crate::hf::forward::component_names(self.n_layers(), self.learned_positions().is_some())
+        let mut names = crate::hf::forward::component_names(
+            self.n_layers(),
+            self.learned_positions().is_some(),
+        );
+        if !self.has_final_norm() {
+            names.retain(|name| name != "ln_final");
+        }
+        names
+    }
+
+    /// Whether the decoder normalises its final residual stream (post-LN OPT does not).
+    fn has_final_norm(&self) -> bool {
+        true
     }
 
     /// Runs one component alone on `x`, HuggingFace's way: token ids for `embed`, hidden
@@ -95,9 +117,12 @@ pub(crate) trait RotaryDecoder {
             ))
         };
         let part = match name {
+            // The embedding and the unembedding with their projections, where a model has
+            // them (the residual stream's width on both sides).
             "embed" => {
                 let ids = tap.at(Site::EmbedIn, x.shallow_clone())?;
-                return tap.at(Site::EmbedOut, self.embed_ids(&ids));
+                let embeds = tap.at(Site::EmbedOut, self.embed_ids(&ids))?;
+                return self.project_in(tap, embeds);
             }
             "pos_embed" => {
                 let Some(table) = self.learned_positions() else {
@@ -110,7 +135,8 @@ pub(crate) trait RotaryDecoder {
             }
             "ln_final" => Part::LnFinal,
             "unembed" => {
-                let x = tap.at(Site::UnembedIn, x.shallow_clone())?;
+                let x = self.project_out(tap, x.shallow_clone())?;
+                let x = tap.at(Site::UnembedIn, x)?;
                 return tap.at(Site::UnembedOut, self.unembed(&x));
             }
             _ => match crate::hf::forward::block_component(name) {

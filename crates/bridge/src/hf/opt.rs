@@ -19,7 +19,7 @@ use crate::hf::mask::AttentionMask;
 use crate::hf::model::CheckedInputs;
 use crate::hf::params::{find_parameter, layer_part, take_leaf, LayerNormParams};
 use crate::input;
-use crate::tap::{BlockSite, LinSite, LnSite, Site, Tap};
+use crate::tap::{BlockSite, LinSite, LnSite, Projection, Site, Tap};
 
 /// One `OPTDecoderLayer` (`model.decoder.layers.{i}`).
 #[derive(Debug)]
@@ -330,10 +330,7 @@ impl OptForCausalLM {
             Some(ln) => layer_norm(tap, Site::LnFinal, x, ln, 1e-5)?,
             None => x,
         };
-        Ok(match &self.params.project_out {
-            Some(w) => x.linear(w, None::<&Tensor>),
-            None => x,
-        })
+        self.project_out(tap, x)
     }
 
     /// One `OPTDecoderLayer`. Pre-LN: `h = x + attn(ln1(x))`, `h + mlp(ln2(h))`; post-LN:
@@ -529,10 +526,7 @@ impl RotaryDecoder for OptForCausalLM {
             Site::EmbedOut,
             Tensor::embedding(&self.params.embed_tokens, &ids, -1, false, false),
         )?;
-        let embeds = match &self.params.project_in {
-            Some(w) => embeds.linear(w, None::<&Tensor>),
-            None => embeds,
-        };
+        let embeds = self.project_in(tap, embeds)?;
         let positions = tap.at(Site::PosEmbedIn, inputs.positions.shallow_clone())?;
         let pos_embeds = tap.at(Site::PosEmbedOut, self.position_embeddings(&positions))?;
         let x = embeds + pos_embeds;
@@ -560,6 +554,18 @@ impl RotaryDecoder for OptForCausalLM {
 
     fn learned_positions(&self) -> Option<&Tensor> {
         Some(&self.params.embed_positions)
+    }
+
+    fn has_final_norm(&self) -> bool {
+        self.params.final_layer_norm.is_some()
+    }
+
+    fn project_in<T: Tap>(&self, tap: &T, embeds: Tensor) -> ModelResult<Tensor> {
+        project(tap, Projection::In, self.params.project_in.as_ref(), embeds)
+    }
+
+    fn project_out<T: Tap>(&self, tap: &T, x: Tensor) -> ModelResult<Tensor> {
+        project(tap, Projection::Out, self.params.project_out.as_ref(), x)
     }
 
     /// Position `p` is at row `p + 2`.
@@ -615,6 +621,22 @@ impl OptForCausalLM {
             _ => return None,
         })
     }
+}
+
+/// `x` through OPT's `project_in` or `project_out` (a bias-free linear map), its input and
+/// output at their sites, where the model has it.
+fn project<T: Tap>(
+    tap: &T,
+    which: Projection,
+    weight: Option<&Tensor>,
+    x: Tensor,
+) -> ModelResult<Tensor> {
+    let Some(w) = weight else { return Ok(x) };
+    let x = tap.at(Site::Projection(which, LinSite::In), x)?;
+    tap.at(
+        Site::Projection(which, LinSite::Out),
+        x.linear(w, None::<&Tensor>),
+    )
 }
 
 /// The OPT config of `config`, or [`ModelError::Unsupported`].

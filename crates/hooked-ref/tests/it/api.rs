@@ -318,3 +318,42 @@ fn run_with_cache_takes_the_gradient_of_the_loss_or_of_a_target() {
     model.set_use_hook_mlp_in(true);
     assert!(model.hook_flags().contains(&("use_hook_mlp_in", true)));
 }
+
+/// OPT-350m's layout (tests/fixtures/opt-c: no final LayerNorm, the residual stream projected
+/// before the unembedding): the residual directions of tokens are `W_project_out W_U[:, t]`, so
+/// the final residual stream dotted with them (plus `b_U`) gives the logits, and
+/// `hook_project_in` is what enters the residual stream.
+#[test]
+fn a_projected_unembedding_reads_the_residual_stream_through_its_projection() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/opt-c/model");
+    let model = HookedTransformer::from_pretrained(
+        dir.to_str().unwrap(),
+        &LoadOptions::default(),
+        ProcessingOptions::none(),
+    )
+    .unwrap();
+    let tokens = Tensor::from_slice(&[2i64, 5, 17, 42, 99]).view([1, -1]);
+    let (out, cache) = model
+        .run_with_cache(
+            &tokens,
+            &ForwardOptions::default(),
+            &CacheOptions::default(),
+        )
+        .unwrap();
+    let logits = out.logits().unwrap();
+    let vocab = Tensor::arange(model.cfg().d_vocab, (Kind::Int64, tch::Device::Cpu));
+    let directions = lens_core::inspect::tokens_to_residual_directions(&model, &vocab).unwrap();
+    assert_eq!(
+        directions.size(),
+        [model.cfg().d_vocab, model.cfg().d_model]
+    );
+    let last = model.cfg().n_layers as usize - 1;
+    let residual = cache.get(("resid_post", last)).unwrap();
+    let b_u = &model.params().b_U;
+    let from_directions = residual.matmul(&directions.transpose(0, 1)) + b_u;
+    assert!(max_err(&from_directions, logits) < 1e-5);
+    let embedded = cache.get("hook_project_in").unwrap() + cache.get("hook_pos_embed").unwrap();
+    assert!(max_err(&embedded, cache.get(("resid_pre", 0usize)).unwrap()) == 0.0);
+    assert!(cache.get("ln_final.hook_normalized").is_err());
+}

@@ -66,6 +66,9 @@ fn config_from_golden(cfg: &serde_json::Value, flags: bool) -> HookedTransformer
         gated_mlp: false,
         qk_norm: lens_core::config::QkNorm::None,
         norm_placement: lens_core::config::NormPlacement::Before,
+        norms_on_residual: false,
+        final_norm: true,
+        d_embed: None,
         attn_scale: None,
         attn_scores_soft_cap: None,
         output_logits_soft_cap: None,
@@ -735,14 +738,16 @@ fn gemma_norms_keep_their_weight_in_f32_in_bf16(#[values(false, true)] processed
 }
 
 /// Layouts TransformerLens 3.9.0 cannot hold (Phi's grouped key/value heads, phi-b; Phi's
-/// `qk_layernorm`, phi-c; OPT's LayerNorms without parameters, opt-d, held as TransformerLens's
-/// with weight one and bias zero), where transformers' goldens are the reference: the
+/// `qk_layernorm`, phi-c; OPT-350m's LayerNorms after the residual additions, no final
+/// LayerNorm and projected embeddings, opt-c; OPT's LayerNorms without parameters, opt-d, held
+/// as TransformerLens's with weight one and bias zero), where transformers' goldens are the
+/// reference: the
 /// HookedTransformer's log-probs, unprocessed and processed, equal transformers' on every
 /// prompt (the padded batch on its real tokens), and its greedy generations, with and without
 /// the cache, equal transformers'.
 #[rstest]
 fn layouts_transformer_lens_cannot_hold_match_transformers(
-    #[values("phi-b", "phi-c", "opt-d")] config: &str,
+    #[values("phi-b", "phi-c", "opt-c", "opt-d")] config: &str,
 ) {
     let golden = read_tensors(&fixtures().join(config).join("hf.safetensors"));
     let meta = read_json(&fixtures().join(config).join("hf.json"));

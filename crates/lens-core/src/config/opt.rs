@@ -173,22 +173,4 @@ impl OptConfig {
     pub fn has_final_layer_norm(&self) -> bool {
         self.do_layer_norm_before && !self.remove_final_layer_norm
     }
-
-    /// Why the HookedTransformer and the bridge cannot represent this checkpoint yet, if they
-    /// cannot: TransformerLens's layout has LayerNorms before the sublayers and no embedding
-    /// projection (as TransformerLens 3.9.0, which fails on the others). LayerNorms without
-    /// parameters are held as TransformerLens's with weight one and bias zero.
-    pub fn unsupported_by_lens(&self) -> Option<String> {
-        let mut reasons = Vec::new();
-        if !self.do_layer_norm_before {
-            reasons.push("LayerNorms after the sublayers (do_layer_norm_before: false, OPT-350m)");
-        }
-        if self.remove_final_layer_norm {
-            reasons.push("no final LayerNorm (_remove_final_layer_norm)");
-        }
-        if self.projects() {
-            reasons.push("projected word embeddings (word_embed_proj_dim != hidden_size)");
-        }
-        (!reasons.is_empty()).then(|| reasons.join(", "))
-    }
 }
