@@ -353,3 +353,48 @@ fn granular_phases_pass(#[values("tiny-gpt2", "tiny-gemma2")] model: &str) {
         .iter()
         .all(|r| r.phase == Some(if r.name.starts_with("only_") { 5 } else { 6 })));
 }
+
+/// A pre-LN OPT with projected embeddings (opt-c read with its LayerNorms before the
+/// sublayers, given a final LayerNorm with weights and biases away from one and zero): every
+/// step of TransformerLens's processing applies, `ln_final` folds into `W_project_out` (its bias
+/// through it into `b_U`) and `W_project_in` is what centring centres; every check of phases
+/// 1-3 runs and passes.
+#[test]
+fn a_pre_ln_projected_opt_is_processed_through_its_projections() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = fixture_model("opt-c");
+    let pre_ln = edited_checkpoint(
+        &source,
+        dir.path(),
+        |c| c["do_layer_norm_before"] = true.into(),
+        |_, t| t,
+    );
+    let checkpoint = dir.path().join("model.safetensors");
+    let mut tensors = Tensor::read_safetensors(&checkpoint).unwrap();
+    let d = 64;
+    tch::manual_seed(0);
+    tensors.push((
+        "model.decoder.final_layer_norm.weight".into(),
+        Tensor::randn([d], (Kind::Float, Device::Cpu)) * 0.2 + 1.0,
+    ));
+    tensors.push((
+        "model.decoder.final_layer_norm.bias".into(),
+        Tensor::randn([d], (Kind::Float, Device::Cpu)) * 0.2,
+    ));
+    lens_core::weights::write_safetensors(&checkpoint, &tensors, Default::default()).unwrap();
+    // Processing keeps the log-probs (what the fold and the centring must not change).
+    let log_probs = |processing| {
+        let model =
+            HookedTransformer::from_pretrained(&pre_ln, &LoadOptions::default(), processing)
+                .unwrap();
+        let tokens = Tensor::from_slice(&[2i64, 5, 17, 42, 99, 7]).view([1, -1]);
+        let out = tch::no_grad(|| model.forward(&tokens, &ForwardOptions::default())).unwrap();
+        out.logits.unwrap().log_softmax(-1, Kind::Float)
+    };
+    let processed = log_probs(hooked_ref::ProcessingOptions::default());
+    let unprocessed = log_probs(hooked_ref::ProcessingOptions::none());
+    let err = (processed - &unprocessed).abs().max().double_value(&[]);
+    assert!(err < 1e-5, "processing changed the log-probs by {err:.3e}");
+    let results = suite_that_passes_what_it_runs(pre_ln);
+    assert_eq!(skipped(&results), [], "pre-LN projected OPT");
+}

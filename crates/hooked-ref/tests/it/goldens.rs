@@ -770,6 +770,8 @@ fn layouts_transformer_lens_cannot_hold_match_transformers(
                 &log_probs(&golden[&format!("{pid}/logits")]),
                 keep.as_ref(),
             );
+            let processed = processing != ProcessingOptions::none();
+            eprintln!("{config}/{pid} processed={processed}: log-prob err {err:.3e}");
             assert!(
                 err <= TOLERANCE,
                 "{config}/{pid} {processing:?}: err {err:.3e}"
