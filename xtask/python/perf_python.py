@@ -398,7 +398,7 @@ def measure(args: argparse.Namespace) -> dict:
     return out
 
 
-# The prompt pair of tl-perf's patching sweep (crates/bench-suite/src/bin/tl-perf.rs).
+# The prompt pair of tl-perf's patching sweep (crates/bench-suite/src/bin/tl-perf/workloads.rs).
 PATCH_CLEAN = "When Mary and John went to the store, John gave a drink to"
 PATCH_CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
 
