@@ -60,7 +60,8 @@ pub fn run(model_name: &str, text: &str) -> ModelResult<(Stages, i64)> {
         cache.get(("resid_post", n_layers - 1))?.select(1, -1),
     ));
 
-    let w_u = model.tl_weight("unembed.W_U")?;
+    // From the residual stream to the logits (through `project_out` where a model has one).
+    let w_u = model.w_u();
     let b_u = model.tl_weight("unembed.b_U")?;
     println!("model {model_name}, text {text:?}\n");
     println!("{:>12}  top {TOP} next tokens (probability)", "stage");

@@ -17,6 +17,7 @@ use crate::params::{
     convert_gpt2, convert_gpt_neo, convert_gpt_neox, convert_llama, convert_opt, convert_parallel,
 };
 use crate::processing::ProcessingOptions;
+use lens_core::config::NormPlacement;
 
 impl HookedTransformer {
     /// Loads `model` (a local HF directory, an embedded model name, or an HF id; see
@@ -403,6 +404,18 @@ impl ResidualModel for HookedTransformer {
         self.cfg().n_layers as usize
     }
 
+    fn sublayer_norms_read_residual(&self) -> bool {
+        !self.cfg().norms_on_residual && self.cfg().norm_placement != NormPlacement::After
+    }
+
+    fn has_final_norm(&self) -> bool {
+        self.cfg().final_norm
+    }
+
+    fn residual_is_a_sum(&self) -> bool {
+        !self.cfg().norms_on_residual
+    }
+
     fn n_heads(&self) -> usize {
         self.cfg().n_heads as usize
     }
@@ -453,15 +466,26 @@ impl ResidualModel for HookedTransformer {
         if !self.cfg().final_norm {
             return Ok(residual.shallow_clone());
         }
-        // ln_final's own computation, without firing its hooks (this is analysis, not a forward pass).
-        let x = if self.cfg().normalization_type.centres() {
-            residual - residual.mean_dim(-1, true, residual.kind())
-        } else {
-            residual.shallow_clone()
-        };
-        let scale = (x.square().mean_dim(-1, true, residual.kind()) + self.cfg().eps).sqrt();
-        let normalized = x / scale;
-        Ok(match &self.params().ln_final {
+        // ln_final's own computation, without firing its hooks (this is analysis, not a forward
+        // pass), in the forward pass's dtypes: an RMSNorm in f32, cast back before its weight
+        // unless the weight is kept in f32 (Gemma's `1 + w` in half precision).
+        let kind = residual.kind();
+        let eps = self.cfg().eps;
+        let ln = self.params().ln_final.as_ref();
+        if !self.cfg().normalization_type.centres() {
+            let h = residual.to_kind(Kind::Float);
+            let normalized = &h / (h.square().mean_dim(-1, true, Kind::Float) + eps).sqrt();
+            return Ok(match ln {
+                Some(ln) if ln.w.kind() == Kind::Float => {
+                    (normalized * ln.w.detach()).to_kind(kind)
+                }
+                Some(ln) => normalized.to_kind(kind) * ln.w.detach(),
+                None => normalized.to_kind(kind),
+            });
+        }
+        let x = residual - residual.mean_dim(-1, true, kind);
+        let normalized = &x / (x.square().mean_dim(-1, true, kind) + eps).sqrt();
+        Ok(match ln {
             Some(ln) => match &ln.b {
                 Some(b) => normalized * ln.w.detach() + b.detach(),
                 None => normalized * ln.w.detach(),

@@ -300,7 +300,8 @@ impl HookedTransformer {
         // A narrower embedding is projected into the residual stream (OPT-350m).
         let embed = match (&self.params.W_project_in, &self.hooks.project_in) {
             (Some(w), Some(hook)) => hook.run(embed.matmul(w))?,
-            _ => embed,
+            (Some(w), None) => embed.matmul(w),
+            (None, _) => embed,
         };
         // Rotary attention has no positional embedding (and no `hook_pos_embed`).
         let (Some(w_pos), Some(hook)) = (&self.params.W_pos, &self.hooks.pos_embed) else {

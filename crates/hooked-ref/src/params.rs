@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use lens_core::model::ModelDims;
-use lens_core::weight_map::{self, Value, WeightMap};
+use lens_core::weight_map::{self, WeightMap};
 use lens_core::{GptNeoConfig, GptNeoxConfig, LlamaConfig, OptConfig, ParallelConfig};
 use tch::{Kind, Tensor};
 
@@ -43,12 +43,8 @@ pub fn convert(
                 // A parameter read again later (GPT-J's and Phi's one LayerNorm, as `ln1` and
                 // `ln2`; a tied embedding) gets storage of its own here, as TransformerLens
                 // copies it: an edit of one must not reach the other.
-                // Gemma's `1 + w` stays in f32 (the model's half precision would round it; the
-                // norm multiplies by it in f32, as HF does).
-                let view = match source.value {
-                    Value::PlusOne => source.view.apply(&hf).to_kind(Kind::Float) + 1.0,
-                    _ => source.tl_of(&hf),
-                };
+                // (Gemma's `1 + w` comes in f32: the norm multiplies by it in f32, as HF does.)
+                let view = source.tl_of(&hf);
                 if left > 0 {
                     view.copy()
                 } else {

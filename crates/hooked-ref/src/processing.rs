@@ -19,7 +19,7 @@ impl HookedTransformer {
     /// (Gemma 2), each said in [`HookedTransformer::processing_notes`].
     ///
     /// # Errors
-    /// None at present; the `Result` leaves room for steps that do not apply to a model.
+    /// `refactor_factored_attn_matrices` where it does not apply (rotary attention, q/k norms).
     pub fn process_weights(&mut self, options: ProcessingOptions) -> crate::Result<()> {
         let notes = {
             let cfg = self.cfg();
@@ -29,6 +29,7 @@ impl HookedTransformer {
                 norms_after_sublayers: cfg.norm_placement == NormPlacement::After
                     || cfg.norms_on_residual,
                 logits_soft_capped: cfg.output_logits_soft_cap.is_some(),
+                no_final_norm: !cfg.final_norm,
             };
             let (applied, notes) = applicable(options, &traits);
             (applied, notes)

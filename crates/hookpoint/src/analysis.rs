@@ -137,6 +137,35 @@ impl<'a> CacheAnalysis<'a> {
         self.finish(components, labels, pos_slice, ln)
     }
 
+    /// An error where the residual stream is not the sum of what wrote it (post-LN OPT
+    /// normalises it after every addition), so no decomposition adds up to it.
+    fn residual_is_a_sum(&self) -> Result<()> {
+        if self.model.residual_is_a_sum() {
+            Ok(())
+        } else {
+            Err(HookError::Cache(
+                "this model normalises its residual stream after every addition (post-LN): the \
+                 stream is not the sum of the embeddings' and sublayers' outputs, and no \
+                 decomposition adds up to it"
+                    .into(),
+            ))
+        }
+    }
+
+    /// What the embeddings write to the residual stream, as cached: `embed` (the token
+    /// embedding, or where a narrower one is projected in, OPT-350m, its projection
+    /// `hook_project_in`) and `pos_embed` where the model has learned positions.
+    fn embeddings(&self) -> Vec<(&'static str, Tensor)> {
+        let token = ["hook_project_in", "hook_embed"]
+            .into_iter()
+            .find_map(|name| self.cache.get(name).ok());
+        let position = self.cache.get("hook_pos_embed").ok();
+        [("embed", token), ("pos_embed", position)]
+            .into_iter()
+            .filter_map(|(label, t)| Some((label, t?.shallow_clone())))
+            .collect()
+    }
+
     /// The residual stream at `layer` split into what wrote it: embeddings, then each earlier
     /// block's attention and MLP outputs (per `mode`), plus block `layer`'s attention with
     /// `mlp_input`. The components sum to the residual.
@@ -149,15 +178,14 @@ impl<'a> CacheAnalysis<'a> {
         apply_ln: bool,
         pos_slice: &Slice,
     ) -> Result<LabelledStack> {
+        self.residual_is_a_sum()?;
         let layer = self.layer_or_last(layer);
         let (incl_attn, incl_mlp) = (mode != DecomposeMode::Mlp, mode != DecomposeMode::Attn);
         let (mut components, mut labels) = (Vec::new(), Vec::new());
         if incl_embeds {
-            for name in ["hook_embed", "hook_pos_embed"] {
-                if let Ok(t) = self.cache.get(name) {
-                    components.push(t.shallow_clone());
-                    labels.push(name.trim_start_matches("hook_").to_owned());
-                }
+            for (label, t) in self.embeddings() {
+                components.push(t);
+                labels.push(label.to_owned());
             }
         }
         for l in 0..layer {
@@ -279,8 +307,18 @@ impl<'a> CacheAnalysis<'a> {
             return Ok(stack.shallow_clone());
         }
         let layer = self.layer_or_last(layer);
+        if layer == self.n_layers() && !self.model.has_final_norm() {
+            // Nothing normalises the last residual stream: the logits read it as it is.
+            return Ok(stack.shallow_clone());
+        }
         if recompute_ln && layer == self.n_layers() {
             return self.model.apply_ln_final(stack);
+        }
+        if layer < self.n_layers() && !self.model.sublayer_norms_read_residual() {
+            return Err(HookError::Cache(format!(
+                "this model's LayerNorms follow its sublayers: no cached scale normalises the \
+                 residual stream at layer {layer} (only the final one can be normalised)"
+            )));
         }
         let centred = match normalization {
             Normalization::LayerNorm | Normalization::LayerNormPre => {
@@ -345,6 +383,7 @@ impl<'a> CacheAnalysis<'a> {
         apply_ln: bool,
         pos_slice: &Slice,
     ) -> Result<LabelledStack> {
+        self.residual_is_a_sum()?;
         let layer = self.layer_or_last(layer);
         let heads = self.stack_head_results(
             Some(layer + usize::from(mlp_input)),
@@ -373,11 +412,9 @@ impl<'a> CacheAnalysis<'a> {
                 labels.push(format!("{l}_mlp_out"));
             }
         }
-        for name in ["hook_embed", "hook_pos_embed"] {
-            if let Ok(t) = self.cache.get(name) {
-                parts.push(self.pos(t.shallow_clone(), pos_slice)?.unsqueeze(0));
-                labels.push(name.trim_start_matches("hook_").to_owned());
-            }
+        for (label, t) in self.embeddings() {
+            parts.push(self.pos(t, pos_slice)?.unsqueeze(0));
+            labels.push(label.to_owned());
         }
         let like = self.pos(self.act("resid_pre", 0)?, pos_slice)?;
         let bias = self

@@ -428,6 +428,22 @@ pub trait ResidualModel {
     fn n_heads(&self) -> usize;
     /// The normalization before each reader of the residual stream.
     fn normalization(&self) -> Normalization;
+    /// Whether `ln1` / `ln2` normalise the residual stream each sublayer reads, so their cached
+    /// scales are the residual's (not where the norms follow the sublayers, OLMo-2, or the
+    /// residual additions, OPT-350m). `true` by default.
+    fn sublayer_norms_read_residual(&self) -> bool {
+        true
+    }
+    /// Whether a final norm reads the last residual stream (post-LN OPT has none). `true` by
+    /// default.
+    fn has_final_norm(&self) -> bool {
+        true
+    }
+    /// Whether the residual stream is the sum of what the embeddings and sublayers wrote (not
+    /// where LayerNorms renormalise it after each addition, post-LN OPT). `true` by default.
+    fn residual_is_a_sum(&self) -> bool {
+        true
+    }
     /// `W_O` of block `layer`, `[n_heads, d_head, d_model]`.
     fn w_o(&self, layer: usize) -> Tensor;
     /// `W_out` of block `layer`'s MLP, `[d_mlp, d_model]`.

@@ -32,7 +32,10 @@ pub trait Circuits: LensModel {
     /// `[n_layers, n_heads, d_model, d_head]`, `W_O` `[n_layers, n_heads, d_head, d_model]`,
     /// `b_Q` / `b_K` / `b_V` `[n_layers, n_heads, d_head]`, `b_O` `[n_layers, d_model]`,
     /// `W_in` / `W_gate` `[n_layers, d_model, d_mlp]`, `W_out`, `b_in`, `b_out`; and `W_E`,
-    /// `W_pos`, `W_U`, `b_U`, which have no layer axis. With grouped key/value heads `W_K`,
+    /// `W_pos`, `W_U`, `b_U`, which have no layer axis (`W_E` `[d_vocab, d_embed]` and `W_U`
+    /// `[d_embed, d_vocab]` where a narrower embedding is projected, OPT-350m: the residual
+    /// stream reaches them through `embed.W_project_in` / `unembed.W_project_out`, which
+    /// [`crate::model::LensModel::tl_weight`] returns). With grouped key/value heads `W_K`,
     /// `W_V`, `b_K` and `b_V` are expanded to one per query head (as TransformerLens's
     /// properties), and `_W_K`, `_W_V`, `_b_K`, `_b_V` are the grouped weights, one per
     /// key/value head.

@@ -222,6 +222,7 @@ impl HfConfig {
             norms_after_sublayers: llama.is_some_and(|c| c.norm_placement == NormPlacement::After)
                 || self.as_opt().is_some_and(|c| !c.do_layer_norm_before),
             logits_soft_capped: llama.is_some_and(|c| c.final_logit_softcapping.is_some()),
+            no_final_norm: self.as_opt().is_some_and(|c| !c.has_final_layer_norm()),
         }
     }
 

@@ -64,12 +64,16 @@ pub struct ProcessingTraits<'a> {
     pub norms_after_sublayers: bool,
     /// Its logits are soft-capped (Gemma 2): a constant added to them is not a no-op.
     pub logits_soft_capped: bool,
+    /// Nothing normalises the final residual stream (OPT without its final LayerNorm): a
+    /// constant direction removed from what writes to it would reach the logits.
+    pub no_final_norm: bool,
 }
 
 /// The steps TransformerLens 3.9.0 applies when `requested` are asked for a model with
 /// `traits`, and for each step it turns off with a warning, that warning: fold_ln and
 /// center_writing_weights off for post-norm architectures, center_unembed off under a logit
-/// soft cap. center_writing_weights is off for RMSNorm models without a word, as in
+/// soft cap; and, which TransformerLens never meets, center_writing_weights off where no final
+/// norm follows the residual stream. center_writing_weights is off for RMSNorm models without a word, as in
 /// TransformerLens (it is a no-op there).
 pub fn applicable(
     requested: ProcessingOptions,
@@ -96,6 +100,14 @@ pub fn applicable(
     }
     if traits.rms_norm {
         options.center_writing_weights = false;
+    }
+    if traits.no_final_norm && options.center_writing_weights {
+        options.center_writing_weights = false;
+        notes.push(format!(
+            "center_writing_weights=True needs a final norm, which this {arch} lacks \
+             (removing each writing weight's mean would change the logits): \
+             center_writing_weights turned off"
+        ));
     }
     if traits.logits_soft_capped && options.center_unembed {
         options.center_unembed = false;
@@ -243,12 +255,36 @@ fn fold_value_biases(p: &mut Params) {
     }
 }
 
+/// Whether `W_Q W_K^T` is the whole QK circuit, as refactoring needs: not under rotary
+/// attention (no learned positions: the circuit depends on the query's and key's positions,
+/// which TransformerLens refuses too) nor where q/k norms sit between the projections.
+fn refactorable(p: &Params) -> Result<(), String> {
+    let why = if p.W_pos.is_none() {
+        Some("the model has no learned positions (rotary attention makes the QK circuit depend on the positions)")
+    } else if p
+        .blocks
+        .iter()
+        .any(|b| b.attn.q_norm.is_some() || b.attn.k_norm.is_some())
+    {
+        Some("the model normalises its queries and keys between the projections")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(format!(
+            "refactor_factored_attn_matrices does not apply: {why}"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Processes `params` as `options` say and returns the result: new leaves in the original dtype
 /// that require gradients. LayerNorms that were folded come back as `None` (LNPre). The caller
 /// decides whether its LayerNorms are plain LN (only then does fold_ln apply).
 ///
 /// # Errors
-/// None at present; the `Result` leaves room for steps that do not apply to a model.
+/// `refactor_factored_attn_matrices` on a model where `W_Q W_K^T` is not the QK circuit
+/// (rotary attention, q/k norms).
 pub fn process_weights(params: &Params, options: ProcessingOptions) -> Result<Params, String> {
     let kind = params.W_E.kind();
     let _guard = tch::no_grad_guard();
@@ -272,6 +308,7 @@ pub fn process_weights(params: &Params, options: ProcessingOptions) -> Result<Pa
         }
     }
     if options.refactor_factored_attn_matrices {
+        refactorable(&p)?;
         refactor_factored_attn_matrices(&mut p);
     }
     cast_back(p, params, kind)

@@ -3,7 +3,8 @@
 //! views of its HF parameters in this shape, and weight processing works on them.
 //!
 //! What an architecture lacks is `None`: no positional embedding under rotary attention, no
-//! norm bias for RMSNorm, no gate for a plain MLP, no q/k norms outside Qwen3.
+//! norm bias for RMSNorm, no gate for a plain MLP, no q/k norms where the model has none, no
+//! embedding projections outside OPT-350m.
 
 use std::collections::BTreeMap;
 

@@ -193,8 +193,9 @@ impl View {
 pub enum Value {
     /// The same values: the TransformerLens weight is a view, writes reach the model.
     Same,
-    /// One more, computed in f32: Gemma's RMSNorms multiply by `1 + w` and store `w`;
-    /// TransformerLens stores the factor.
+    /// One more, computed and kept in f32: Gemma's RMSNorms multiply by `1 + w` (in f32, as
+    /// transformers does, whatever the model's dtype) and store `w`; TransformerLens stores the
+    /// factor (rounded to the model's dtype, which ours does not do).
     PlusOne,
     /// Times a factor in the parameter's dtype: Gemma scales its embeddings by `sqrt(d_model)`
     /// at run time; TransformerLens folds the scale into `W_E`.
@@ -206,7 +207,7 @@ impl Value {
     pub fn to_tl(self, t: &Tensor) -> Tensor {
         match self {
             Value::Same => t.shallow_clone(),
-            Value::PlusOne => (t.to_kind(tch::Kind::Float) + 1.0).to_kind(t.kind()),
+            Value::PlusOne => t.to_kind(tch::Kind::Float) + 1.0,
             Value::Scaled(factor) => t * Tensor::from(factor).to_kind(t.kind()),
         }
     }
@@ -287,8 +288,12 @@ impl Source {
     /// the view, with the values changed back), in `hf`'s dtype.
     pub fn write(&self, hf: &Tensor, tl: &Tensor) -> Result<(), tch::TchError> {
         let mut view = self.view.apply(hf);
-        let values = self.value.to_hf(&tl.to_kind(view.kind()));
-        view.f_copy_(&values)
+        let values = match self.value {
+            // `w` from `1 + w` in f32, then rounded once, to the parameter's dtype.
+            Value::PlusOne => self.value.to_hf(&tl.to_kind(tch::Kind::Float)),
+            _ => self.value.to_hf(&tl.to_kind(view.kind())),
+        };
+        view.f_copy_(&values.to_kind(view.kind()))
     }
 }
 

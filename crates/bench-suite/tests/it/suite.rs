@@ -395,6 +395,75 @@ fn a_pre_ln_projected_opt_is_processed_through_its_projections() {
     let unprocessed = log_probs(hooked_ref::ProcessingOptions::none());
     let err = (processed - &unprocessed).abs().max().double_value(&[]);
     assert!(err < 1e-5, "processing changed the log-probs by {err:.3e}");
+    // The residual stream is what the projected embedding, the positions and the sublayers
+    // wrote: its decomposition (the embedding side from `hook_project_in`) adds up to it.
+    let model =
+        HookedTransformer::from_pretrained_no_processing(&pre_ln, &LoadOptions::default()).unwrap();
+    let tokens = Tensor::from_slice(&[2i64, 5, 17, 42, 99, 7]).view([1, -1]);
+    let (_, cache) = model
+        .run_with_cache(
+            &tokens,
+            &ForwardOptions::default(),
+            &hookpoint::CacheOptions::default(),
+        )
+        .unwrap();
+    let analysis = hookpoint::CacheAnalysis::new(&cache, &model);
+    let parts = analysis
+        .decompose_resid(
+            Some(2),
+            false,
+            hookpoint::DecomposeMode::All,
+            true,
+            false,
+            &hookpoint::Slice::All,
+        )
+        .unwrap();
+    let summed = parts
+        .stack
+        .sum_dim_intlist([0i64].as_slice(), false, Kind::Float);
+    let resid = cache.get(("resid_post", 1usize)).unwrap();
+    let err = (summed - resid).abs().max().double_value(&[]);
+    assert!(
+        err < 1e-5,
+        "the decomposition misses the residual by {err:.3e}"
+    );
     let results = suite_that_passes_what_it_runs(pre_ln);
     assert_eq!(skipped(&results), [], "pre-LN projected OPT");
+}
+
+/// A pre-LN OPT without its final LayerNorm (`_remove_final_layer_norm`): centring what writes
+/// to the residual stream would reach the logits, so processing turns it off and says so, and
+/// keeps the log-probs.
+#[test]
+fn without_a_final_norm_the_writing_weights_are_not_centred() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = edited_checkpoint(
+        &fixture_model("opt-c"),
+        dir.path(),
+        |c| {
+            c["do_layer_norm_before"] = true.into();
+            c["_remove_final_layer_norm"] = true.into();
+        },
+        |_, t| t,
+    );
+    let tokens = Tensor::from_slice(&[2i64, 5, 17, 42, 99, 7]).view([1, -1]);
+    let load = |processing| {
+        HookedTransformer::from_pretrained(&model, &LoadOptions::default(), processing).unwrap()
+    };
+    let log_probs = |m: &HookedTransformer| {
+        let out = tch::no_grad(|| m.forward(&tokens, &ForwardOptions::default())).unwrap();
+        out.logits.unwrap().log_softmax(-1, Kind::Float)
+    };
+    let processed = load(hooked_ref::ProcessingOptions::default());
+    let note = processed.processing_notes().join("; ");
+    assert!(
+        note.contains("center_writing_weights") && note.contains("final norm"),
+        "{note}"
+    );
+    let unprocessed = load(hooked_ref::ProcessingOptions::none());
+    let err = (log_probs(&processed) - log_probs(&unprocessed))
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(err < 1e-5, "processing changed the log-probs by {err:.3e}");
 }

@@ -290,8 +290,8 @@ impl LensModel for TransformerBridge {
         let source = self.weight_source(name)?;
         let parameter = self.hf.parameter(&source.hf).ok_or_else(|| {
             ModelError::InvalidInput(format!(
-                "{name} is a constant zero the checkpoint has no parameter {} for; it cannot be \
-                 written",
+                "{name} is a constant (a zero bias, or a parameterless LayerNorm's ones and \
+                 zeros) the checkpoint has no parameter {} for; it cannot be written",
                 source.hf
             ))
         })?;
@@ -351,6 +351,29 @@ impl LensModel for TransformerBridge {
 impl ResidualModel for TransformerBridge {
     fn n_layers(&self) -> usize {
         self.dims().n_layers as usize
+    }
+
+    fn sublayer_norms_read_residual(&self) -> bool {
+        let config = self.hf.config();
+        let post_sublayer = config
+            .as_llama()
+            .is_some_and(|c| c.norm_placement == lens_core::config::NormPlacement::After);
+        let post_residual = config.as_opt().is_some_and(|c| !c.do_layer_norm_before);
+        !(post_sublayer || post_residual)
+    }
+
+    fn has_final_norm(&self) -> bool {
+        self.hf
+            .config()
+            .as_opt()
+            .is_none_or(|c| c.has_final_layer_norm())
+    }
+
+    fn residual_is_a_sum(&self) -> bool {
+        self.hf
+            .config()
+            .as_opt()
+            .is_none_or(|c| c.do_layer_norm_before)
     }
 
     fn n_heads(&self) -> usize {

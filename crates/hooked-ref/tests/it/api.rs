@@ -356,4 +356,39 @@ fn a_projected_unembedding_reads_the_residual_stream_through_its_projection() {
     let embedded = cache.get("hook_project_in").unwrap() + cache.get("hook_pos_embed").unwrap();
     assert!(max_err(&embedded, cache.get(("resid_pre", 0usize)).unwrap()) == 0.0);
     assert!(cache.get("ln_final.hook_normalized").is_err());
+    // Post-LN: the residual stream is renormalised after every addition, so no decomposition
+    // adds up to it and only the last stream (which nothing normalises) can be "normalised".
+    let analysis = CacheAnalysis::new(&cache, &model);
+    let all = Slice::All;
+    let refused = analysis.decompose_resid(None, false, DecomposeMode::All, true, false, &all);
+    assert!(refused.is_err_and(|e| e.to_string().contains("post-LN")));
+    assert!(analysis
+        .apply_ln_to_stack(residual, Some(1), false, &all, false)
+        .is_err());
+    let last = analysis
+        .apply_ln_to_stack(residual, None, false, &all, false)
+        .unwrap();
+    assert!(last.equal(residual));
+}
+
+/// Refactoring `W_Q W_K^T` is refused where it is not the QK circuit: under rotary attention
+/// (tests/fixtures/dec-a, a Llama), as TransformerLens refuses it.
+#[test]
+fn refactoring_is_refused_under_rotary_attention() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/dec-a/model");
+    let err = HookedTransformer::from_pretrained(
+        dir.to_str().unwrap(),
+        &LoadOptions::default(),
+        ProcessingOptions {
+            refactor_factored_attn_matrices: true,
+            ..ProcessingOptions::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("refactor_factored_attn_matrices") && err.contains("rotary"),
+        "{err}"
+    );
 }
