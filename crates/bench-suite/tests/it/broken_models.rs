@@ -1055,15 +1055,7 @@ fn opt_forward_benchmarks_fail_when_the_position_offset_is_forgotten() {
 #[test]
 fn opt_forward_benchmarks_fail_when_post_ln_is_read_as_pre_ln() {
     let dir = tempfile::tempdir().unwrap();
-    let broken = edited_checkpoint(
-        &fixture_model("opt-c"),
-        dir.path(),
-        |c| {
-            c["do_layer_norm_before"] = true.into();
-            c["_remove_final_layer_norm"] = true.into();
-        },
-        |_, t| t,
-    );
+    let broken = crate::common::opt_c_read_pre_ln_without_final_norm(dir.path());
     forward_checks_fail_on_broken_checkpoint("opt-c", &broken);
 }
 

@@ -437,15 +437,7 @@ fn a_pre_ln_projected_opt_is_processed_through_its_projections() {
 #[test]
 fn without_a_final_norm_the_writing_weights_are_not_centred() {
     let dir = tempfile::tempdir().unwrap();
-    let model = edited_checkpoint(
-        &fixture_model("opt-c"),
-        dir.path(),
-        |c| {
-            c["do_layer_norm_before"] = true.into();
-            c["_remove_final_layer_norm"] = true.into();
-        },
-        |_, t| t,
-    );
+    let model = crate::common::opt_c_read_pre_ln_without_final_norm(dir.path());
     let tokens = Tensor::from_slice(&[2i64, 5, 17, 42, 99, 7]).view([1, -1]);
     let load = |processing| {
         HookedTransformer::from_pretrained(&model, &LoadOptions::default(), processing).unwrap()

@@ -45,3 +45,18 @@ pub fn edited_checkpoint(
     .unwrap();
     dir.display().to_string()
 }
+
+/// opt-c (OPT-350m's layout: post-LN, projected) copied into `dir` as a pre-LN model without a
+/// final LayerNorm (`do_layer_norm_before: true`, `_remove_final_layer_norm: true`), the same
+/// weights.
+pub fn opt_c_read_pre_ln_without_final_norm(dir: &Path) -> String {
+    edited_checkpoint(
+        &fixture_model("opt-c"),
+        dir,
+        |c| {
+            c["do_layer_norm_before"] = true.into();
+            c["_remove_final_layer_norm"] = true.into();
+        },
+        |_, t| t,
+    )
+}
