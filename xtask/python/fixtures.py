@@ -200,6 +200,35 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+# The prompts each HookedTransformer golden keeps, so that the committed fixtures stay small
+# (every prompt is still run, and the JSON's errors cover all of them): the unprocessed and the
+# hook-flag variants the left-padded batch (a full row and a padded one: masks, positions,
+# padding), the processed variant the 7-token prompt (no mask). hf.safetensors keeps every prompt.
+HOOKED_GOLDEN_PROMPTS = {
+    "hooked_unprocessed": ("padded_batch",),
+    "hooked_flags_unprocessed": ("padded_batch",),
+    "hooked_processed": ("single7",),
+}
+
+
+def kept_prompts(stem: str, prompt_ids) -> list:
+    """The prompt ids golden `stem` stores, in `prompt_ids`' order."""
+    keep = HOOKED_GOLDEN_PROMPTS[stem]
+    return [pid for pid in prompt_ids if pid in keep]
+
+
+def keep_golden_prompts(stem: str, tensors, meta, prompt_ids):
+    """`tensors` and `meta` without the prompts golden `stem` does not store (its weights and
+    other prompt-less entries stay); returns (tensors, meta, the kept prompt ids)."""
+    kept = kept_prompts(stem, prompt_ids)
+    dropped = [pid for pid in prompt_ids if pid not in kept]
+    tensors = OrderedDict(
+        (k, v) for k, v in tensors.items() if k.split("/", 1)[0] not in dropped
+    )
+    meta = OrderedDict((k, v) for k, v in meta.items() if k not in dropped)
+    return tensors, meta, kept
+
+
 def save_tensors(path: Path, tensors: "OrderedDict[str, object]") -> None:
     """Contiguous f32 for floats, int64 for integers; deterministic metadata."""
     import torch
@@ -1038,6 +1067,7 @@ def ht_goldens(spec: dict, hf_model, prompts, fx: Path, tokenizer) -> dict:
         if processed:
             for k, v in model.named_parameters():  # parameters only (no IGNORE/mask buffers)
                 tensors[f"weights/{k}"] = v
+        tensors, meta, kept = keep_golden_prompts(stem, tensors, meta, list(prompts.keys()))
         save_tensors(fx / f"{stem}.safetensors", tensors)
         never_fired = [n for n in hook_names if n not in fired_union]
         doc = {
@@ -1072,7 +1102,7 @@ def ht_goldens(spec: dict, hf_model, prompts, fx: Path, tokenizer) -> dict:
             "firing_sequence_prompt0": firing_sequence,
             "known_issues": known_issues,
             "prompts": meta,
-            "prompt_order": list(prompts.keys()),
+            "prompt_order": kept,
             "tensor_keys": list(tensors.keys()),
             "versions": versions(),
         }

@@ -1401,6 +1401,7 @@ def ht_decoder_goldens(spec: dict, hf_model, model_dir: Path, prompts, fx: Path,
         if processed:
             for k, v in model.named_parameters():  # parameters only (no IGNORE/mask/rotary buffers)
                 tensors[f"weights/{k}"] = v
+        tensors, meta, kept = fixtures.keep_golden_prompts(stem, tensors, meta, list(prompts.keys()))
         fixtures.save_tensors(fx / f"{stem}.safetensors", tensors)
         n_pos = max(len(p["tokens"][0]) for p in prompts.values())
         doc = {
@@ -1438,7 +1439,7 @@ def ht_decoder_goldens(spec: dict, hf_model, model_dir: Path, prompts, fx: Path,
             "never_fired": [n for n in hook_names if n not in fired_union],
             "firing_sequence_prompt0": firing_sequence,
             "prompts": meta,
-            "prompt_order": list(prompts.keys()),
+            "prompt_order": kept,
             "tensor_keys": list(tensors.keys()),
             "versions": fixtures.versions(),
         }

@@ -515,11 +515,7 @@ fn processed_weights_match(config: &str, model: &HookedTransformer) {
 
 #[rstest]
 fn processing_keeps_log_probs(#[values("small", "knobs")] config: &str) {
-    let golden = read_tensors(
-        &fixtures()
-            .join(config)
-            .join("hooked_unprocessed.safetensors"),
-    );
+    let golden = read_tensors(&fixtures().join(config).join("hf.safetensors"));
     let tokens = &golden["single_bos12/tokens"];
     let log_probs = |model: &HookedTransformer| {
         let out = model.forward(tokens, &ForwardOptions::default()).unwrap();
