@@ -16,7 +16,9 @@ use crate::hf::kv_cache::KvCache;
 use crate::hf::llama::LinearParams;
 use crate::hf::mask::AttentionMask;
 use crate::hf::model::CheckedInputs;
-use crate::hf::params::{find_parameter, layer_part, take_leaf, LayerNormParams};
+use crate::hf::params::{
+    find_parameter, layer_part, take_layer_norm, take_leaf, take_linear, LayerNormParams,
+};
 use crate::input;
 use crate::tap::{BlockSite, LinSite, LnSite, Site, Tap};
 
@@ -79,22 +81,10 @@ impl GptNeoParams {
         let mut h = Vec::with_capacity(config.num_layers as usize);
         for l in 0..config.num_layers {
             let p = |s: &str| format!("transformer.h.{l}.{s}");
-            let mut norm = |s: &str| -> ModelResult<LayerNormParams> {
-                Ok(LayerNormParams {
-                    weight: take(&p(&format!("{s}.weight")), &[d])?,
-                    bias: take(&p(&format!("{s}.bias")), &[d])?,
-                })
-            };
+            let mut norm = |s: &str| take_layer_norm(&mut take, &p(s), d);
             let (ln_1, ln_2) = (norm("ln_1")?, norm("ln_2")?);
             let mut linear = |s: &str, n_out: i64, n_in: i64, bias: bool| {
-                Ok::<_, ModelError>(LinearParams {
-                    weight: take(&p(&format!("{s}.weight")), &[n_out, n_in])?,
-                    bias: if bias {
-                        Some(take(&p(&format!("{s}.bias")), &[n_out])?)
-                    } else {
-                        None
-                    },
-                })
+                take_linear(&mut take, &p(s), [n_out, n_in], bias)
             };
             h.push(GptNeoLayerParams {
                 ln_1,

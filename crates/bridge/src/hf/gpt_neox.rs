@@ -19,7 +19,7 @@ use crate::hf::llama::{rotary_cos_sin, rotate, LinearParams};
 use crate::hf::mask::{self, AttentionMask};
 use crate::hf::model::CheckedInputs;
 use crate::hf::params::LayerNormParams;
-use crate::hf::params::{find_parameter, layer_part, take_leaf};
+use crate::hf::params::{find_parameter, layer_part, take_layer_norm, take_leaf, take_linear};
 use crate::input;
 use crate::tap::{BlockSite, LinSite, Site, Tap};
 
@@ -76,23 +76,11 @@ impl GptNeoxParams {
         let mut layers = Vec::with_capacity(config.num_hidden_layers as usize);
         for l in 0..config.num_hidden_layers {
             let p = |s: &str| format!("gpt_neox.layers.{l}.{s}");
-            let mut norm = |s: &str| -> ModelResult<LayerNormParams> {
-                Ok(LayerNormParams {
-                    weight: take(&p(&format!("{s}.weight")), &[d])?,
-                    bias: take(&p(&format!("{s}.bias")), &[d])?,
-                })
-            };
+            let mut norm = |s: &str| take_layer_norm(&mut take, &p(s), d);
             let input_layernorm = norm("input_layernorm")?;
             let post_attention_layernorm = norm("post_attention_layernorm")?;
             let mut linear = |s: &str, n_out: i64, n_in: i64, bias: bool| {
-                Ok::<_, ModelError>(LinearParams {
-                    weight: take(&p(&format!("{s}.weight")), &[n_out, n_in])?,
-                    bias: if bias {
-                        Some(take(&p(&format!("{s}.bias")), &[n_out])?)
-                    } else {
-                        None
-                    },
-                })
+                take_linear(&mut take, &p(s), [n_out, n_in], bias)
             };
             let attention_bias = config.attention_bias;
             layers.push(GptNeoxLayerParams {

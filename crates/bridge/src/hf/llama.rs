@@ -17,7 +17,7 @@ use crate::hf::gpt_neox::rotate_leading;
 use crate::hf::kv_cache::KvCache;
 use crate::hf::mask::{self, AttentionMask};
 use crate::hf::model::CheckedInputs;
-use crate::hf::params::{find_parameter, layer_part, take_leaf};
+use crate::hf::params::{find_parameter, layer_part, take_leaf, take_linear};
 use crate::input;
 use crate::tap::{BlockSite, LinSite, LnSite, Site, Tap};
 
@@ -209,14 +209,7 @@ impl LlamaParams {
         for l in 0..config.num_hidden_layers {
             let p = |s: &str| format!("model.layers.{l}.{s}");
             let mut linear = |s: &str, n_out: i64, n_in: i64, bias: bool| {
-                Ok::<_, ModelError>(LinearParams {
-                    weight: take(&p(&format!("{s}.weight")), &[n_out, n_in])?,
-                    bias: if bias {
-                        Some(take(&p(&format!("{s}.bias")), &[n_out])?)
-                    } else {
-                        None
-                    },
-                })
+                take_linear(&mut take, &p(s), [n_out, n_in], bias)
             };
             let qkv = if config.fused_projections {
                 let rows = q_width + 2 * kv_width;

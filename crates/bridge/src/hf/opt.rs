@@ -17,7 +17,9 @@ use crate::hf::kv_cache::KvCache;
 use crate::hf::llama::LinearParams;
 use crate::hf::mask::AttentionMask;
 use crate::hf::model::CheckedInputs;
-use crate::hf::params::{find_parameter, layer_part, take_leaf, LayerNormParams};
+use crate::hf::params::{
+    find_parameter, layer_part, take_layer_norm, take_leaf, take_linear, LayerNormParams,
+};
 use crate::input;
 use crate::tap::{BlockSite, LinSite, LnSite, Projection, Site, Tap};
 
@@ -99,10 +101,8 @@ impl OptParams {
         let affine = config.layer_norm_elementwise_affine;
         let norm = |weights: &mut Weights, name: &str| -> ModelResult<LayerNormParams> {
             if affine {
-                Ok(LayerNormParams {
-                    weight: take_leaf(weights, &format!("{name}.weight"), &[d], device, kind)?,
-                    bias: take_leaf(weights, &format!("{name}.bias"), &[d], device, kind)?,
-                })
+                let mut take = |n: &str, shape: &[i64]| take_leaf(weights, n, shape, device, kind);
+                take_layer_norm(&mut take, name, d)
             } else {
                 Ok(LayerNormParams {
                     weight: Tensor::ones([d], (kind, device)),
@@ -115,16 +115,10 @@ impl OptParams {
             let prefix = format!("model.decoder.layers.{l}");
             let self_attn_layer_norm = norm(weights, &format!("{prefix}.self_attn_layer_norm"))?;
             let final_layer_norm = norm(weights, &format!("{prefix}.final_layer_norm"))?;
+            let mut take = |n: &str, shape: &[i64]| take_leaf(weights, n, shape, device, kind);
             let mut linear = |s: &str, n_out: i64, n_in: i64| {
-                let name = |part: &str| format!("{prefix}.{s}.{part}");
-                Ok::<_, ModelError>(LinearParams {
-                    weight: take_leaf(weights, &name("weight"), &[n_out, n_in], device, kind)?,
-                    bias: if config.enable_bias {
-                        Some(take_leaf(weights, &name("bias"), &[n_out], device, kind)?)
-                    } else {
-                        None
-                    },
-                })
+                let name = format!("{prefix}.{s}");
+                take_linear(&mut take, &name, [n_out, n_in], config.enable_bias)
             };
             layers.push(OptLayerParams {
                 self_attn_layer_norm,

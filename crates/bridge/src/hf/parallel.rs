@@ -19,7 +19,9 @@ use crate::hf::kv_cache::KvCache;
 use crate::hf::llama::{rotary_cos_sin, rotate, LinearParams};
 use crate::hf::mask::{self, AttentionMask};
 use crate::hf::model::CheckedInputs;
-use crate::hf::params::{find_parameter, layer_part, take_leaf, LayerNormParams};
+use crate::hf::params::{
+    find_parameter, layer_part, take_layer_norm, take_leaf, take_linear, LayerNormParams,
+};
 use crate::input;
 use crate::tap::{BlockSite, LinSite, LnSite, Site, Tap};
 
@@ -132,12 +134,7 @@ impl ParallelParams {
         let mut layers = Vec::with_capacity(config.num_hidden_layers as usize);
         for l in 0..config.num_hidden_layers {
             let p = |s: &str| format!("{}.{l}.{s}", n.layers);
-            let mut norm = |s: &str, width: i64| -> ModelResult<LayerNormParams> {
-                Ok(LayerNormParams {
-                    weight: take(&p(&format!("{s}.weight")), &[width])?,
-                    bias: take(&p(&format!("{s}.bias")), &[width])?,
-                })
-            };
+            let mut norm = |s: &str, width: i64| take_layer_norm(&mut take, &p(s), width);
             let layer_norm = norm(n.norm, d)?;
             let (q_layernorm, k_layernorm) = if config.qk_layernorm {
                 let q = norm(&format!("{}.q_layernorm", n.attn), dh)?;
@@ -146,14 +143,7 @@ impl ParallelParams {
                 (None, None)
             };
             let mut linear = |s: &str, n_out: i64, n_in: i64, bias: bool| {
-                Ok::<_, ModelError>(LinearParams {
-                    weight: take(&p(&format!("{s}.weight")), &[n_out, n_in])?,
-                    bias: if bias {
-                        Some(take(&p(&format!("{s}.bias")), &[n_out])?)
-                    } else {
-                        None
-                    },
-                })
+                take_linear(&mut take, &p(s), [n_out, n_in], bias)
             };
             let attn = |s: &str| format!("{}.{s}", n.attn);
             layers.push(ParallelLayerParams {

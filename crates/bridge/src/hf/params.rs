@@ -8,6 +8,8 @@ use std::sync::Mutex;
 
 use tch::{Device, Kind, Tensor};
 
+use crate::hf::llama::LinearParams;
+
 /// Takes `name` out of `weights` (its shape checked), converted to `kind` on `device`, as a
 /// leaf that requires gradients: how every family loads its parameters.
 pub(crate) fn take_leaf(
@@ -22,6 +24,37 @@ pub(crate) fn take_leaf(
         .f_to_kind(kind)?
         .detach()
         .set_requires_grad(true))
+}
+
+/// A LayerNorm's `{name}.weight` and `{name}.bias`, `[width]` each, loaded by `take` (a
+/// family's [`take_leaf`] on its weights).
+pub(crate) fn take_layer_norm(
+    take: &mut impl FnMut(&str, &[i64]) -> ModelResult<Tensor>,
+    name: &str,
+    width: i64,
+) -> ModelResult<LayerNormParams> {
+    Ok(LayerNormParams {
+        weight: take(&format!("{name}.weight"), &[width])?,
+        bias: take(&format!("{name}.bias"), &[width])?,
+    })
+}
+
+/// A `torch.nn.Linear`'s `{name}.weight` `[n_out, n_in]` and, with `bias`, its `{name}.bias`
+/// `[n_out]`, loaded by `take`.
+pub(crate) fn take_linear(
+    take: &mut impl FnMut(&str, &[i64]) -> ModelResult<Tensor>,
+    name: &str,
+    [n_out, n_in]: [i64; 2],
+    bias: bool,
+) -> ModelResult<LinearParams> {
+    Ok(LinearParams {
+        weight: take(&format!("{name}.weight"), &[n_out, n_in])?,
+        bias: if bias {
+            Some(take(&format!("{name}.bias"), &[n_out])?)
+        } else {
+            None
+        },
+    })
 }
 
 /// The parameter called `name` among `named` (a family's `named()`), sharing storage; the
@@ -123,12 +156,7 @@ impl Gpt2Params {
         let mut h = Vec::with_capacity(config.n_layer as usize);
         for l in 0..config.n_layer {
             let p = |s: &str| format!("transformer.h.{l}.{s}");
-            let mut ln = |s: &str| -> ModelResult<LayerNormParams> {
-                Ok(LayerNormParams {
-                    weight: take(&p(&format!("{s}.weight")), &[d])?,
-                    bias: take(&p(&format!("{s}.bias")), &[d])?,
-                })
-            };
+            let mut ln = |s: &str| take_layer_norm(&mut take, &p(s), d);
             let ln_1 = ln("ln_1")?;
             let ln_2 = ln("ln_2")?;
             let mut conv = |s: &str, n_in: i64, n_out: i64| -> ModelResult<Conv1dParams> {
