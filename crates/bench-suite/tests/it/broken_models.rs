@@ -693,9 +693,19 @@ fn forward_checks_fail_on_broken_checkpoint(config: &str, broken_dir: &str) {
 
 /// The forward checks fail on dec-c with its tensors edited by `edit`.
 fn forward_checks_fail_on_edited_dec_c(edit: impl Fn(&str, Tensor) -> Tensor) {
+    forward_checks_fail_on_edited("dec-c", |_| {}, edit);
+}
+
+/// `config`'s fixture with its config.json edited by `edit_config` and each tensor by
+/// `edit_tensor` fails the forward checks that the intact fixture passes.
+fn forward_checks_fail_on_edited(
+    config: &str,
+    edit_config: impl Fn(&mut serde_json::Value),
+    edit_tensor: impl Fn(&str, Tensor) -> Tensor,
+) {
     let dir = tempfile::tempdir().unwrap();
-    let broken = edited_checkpoint(&fixture_model("dec-c"), dir.path(), |_| {}, edit);
-    forward_checks_fail_on_broken_checkpoint("dec-c", &broken);
+    let broken = edited_checkpoint(&fixture_model(config), dir.path(), edit_config, edit_tensor);
+    forward_checks_fail_on_broken_checkpoint(config, &broken);
 }
 
 /// Rows `index` of `t` along `axis` of its view `shape`, back in `t`'s shape.
@@ -755,10 +765,8 @@ fn llama_family_forward_benchmarks_fail_when_rotary_pairs_are_adjacent() {
 #[test]
 fn llama_family_forward_benchmarks_fail_when_rope_scaling_is_ignored() {
     for config in ["dec-a", "dec-b"] {
-        let dir = tempfile::tempdir().unwrap();
-        let broken = edited_checkpoint(
-            &fixture_model(config),
-            dir.path(),
+        forward_checks_fail_on_edited(
+            config,
             |c| {
                 let theta = c["rope_parameters"]["rope_theta"].clone();
                 c["rope_parameters"] =
@@ -766,7 +774,6 @@ fn llama_family_forward_benchmarks_fail_when_rope_scaling_is_ignored() {
             },
             |_, t| t,
         );
-        forward_checks_fail_on_broken_checkpoint(config, &broken);
     }
 }
 
@@ -774,14 +781,11 @@ fn llama_family_forward_benchmarks_fail_when_rope_scaling_is_ignored() {
 /// attended to the whole prefix; the inputs are 11 tokens long.
 #[test]
 fn llama_family_forward_benchmarks_fail_when_the_sliding_window_is_ignored() {
-    let dir = tempfile::tempdir().unwrap();
-    let broken = edited_checkpoint(
-        &fixture_model("dec-c"),
-        dir.path(),
+    forward_checks_fail_on_edited(
+        "dec-c",
         |c| c["sliding_window"] = serde_json::Value::Null,
         |_, t| t,
     );
-    forward_checks_fail_on_broken_checkpoint("dec-c", &broken);
 }
 
 /// RMSNorm in half precision: layer 0's `input_layernorm` takes its statistics and its
@@ -899,9 +903,7 @@ fn forward_checks_fail_on_edited_neox_a(
     edit: impl Fn(&mut serde_json::Value),
     edit_tensor: impl Fn(&str, Tensor) -> Tensor,
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let broken = edited_checkpoint(&fixture_model("neox-a"), dir.path(), edit, edit_tensor);
-    forward_checks_fail_on_broken_checkpoint("neox-a", &broken);
+    forward_checks_fail_on_edited("neox-a", edit, edit_tensor);
 }
 
 /// GPT-NeoX's parallel block run in sequence (the MLP reading the residual after attention).
@@ -965,10 +967,8 @@ fn gptj_forward_benchmarks_fail_when_rotary_pairs_are_halves() {
         .flat_map(|i| [i, i + half])
         .chain(rotary_dim..head_dim)
         .collect();
-    let dir = tempfile::tempdir().unwrap();
-    let broken = edited_checkpoint(
-        &fixture_model("gptj-a"),
-        dir.path(),
+    forward_checks_fail_on_edited(
+        "gptj-a",
         |_| {},
         |name, t| {
             if name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight") {
@@ -978,7 +978,6 @@ fn gptj_forward_benchmarks_fail_when_rotary_pairs_are_halves() {
             }
         },
     );
-    forward_checks_fail_on_broken_checkpoint("gptj-a", &broken);
 }
 
 /// GPT-J's rotary on every dimension of each head instead of its `rotary_dim`, and Phi's at the
@@ -994,9 +993,7 @@ fn gptj_and_phi_forward_benchmarks_fail_when_the_rotary_width_is_wrong() {
             c["rope_parameters"]["partial_rotary_factor"] = 0.5.into()
         }),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let broken = edited_checkpoint(&fixture_model(config), dir.path(), edit, |_, t| t);
-        forward_checks_fail_on_broken_checkpoint(config, &broken);
+        forward_checks_fail_on_edited(config, edit, |_, t| t);
     }
 }
 
@@ -1004,28 +1001,18 @@ fn gptj_and_phi_forward_benchmarks_fail_when_the_rotary_width_is_wrong() {
 /// unread) fails the forward checks.
 #[test]
 fn phi_forward_benchmarks_fail_when_the_qk_layernorm_is_skipped() {
-    let dir = tempfile::tempdir().unwrap();
-    let broken = edited_checkpoint(
-        &fixture_model("phi-c"),
-        dir.path(),
-        |c| c["qk_layernorm"] = false.into(),
-        |_, t| t,
-    );
-    forward_checks_fail_on_broken_checkpoint("phi-c", &broken);
+    forward_checks_fail_on_edited("phi-c", |c| c["qk_layernorm"] = false.into(), |_, t| t);
 }
 
 /// GPT-Neo's local window ignored: neo-a (a window of 4 keys on its second layer) read as if
 /// every layer attended to the whole prefix; the inputs are 11 tokens long.
 #[test]
 fn gpt_neo_forward_benchmarks_fail_when_the_local_window_is_ignored() {
-    let dir = tempfile::tempdir().unwrap();
-    let broken = edited_checkpoint(
-        &fixture_model("neo-a"),
-        dir.path(),
+    forward_checks_fail_on_edited(
+        "neo-a",
         |c| c["attention_layers"] = serde_json::json!(["global", "global"]),
         |_, t| t,
     );
-    forward_checks_fail_on_broken_checkpoint("neo-a", &broken);
 }
 
 /// OPT's position offset forgotten: a model that looks position `p` up at row `p` where OPT
@@ -1033,10 +1020,8 @@ fn gpt_neo_forward_benchmarks_fail_when_the_local_window_is_ignored() {
 /// correct lookup meets exactly the rows the bug reads.
 #[test]
 fn opt_forward_benchmarks_fail_when_the_position_offset_is_forgotten() {
-    let dir = tempfile::tempdir().unwrap();
-    let broken = edited_checkpoint(
-        &fixture_model("opt-a"),
-        dir.path(),
+    forward_checks_fail_on_edited(
+        "opt-a",
         |_| {},
         |name, t| {
             if name.ends_with("embed_positions.weight") {
@@ -1047,7 +1032,6 @@ fn opt_forward_benchmarks_fail_when_the_position_offset_is_forgotten() {
             }
         },
     );
-    forward_checks_fail_on_broken_checkpoint("opt-a", &broken);
 }
 
 /// OPT-350m's LayerNorms read as if before the sublayers: opt-c (post-LN, projected) loaded
@@ -1063,10 +1047,8 @@ fn opt_forward_benchmarks_fail_when_post_ln_is_read_as_pre_ln() {
 /// so that the correct `1 + w` meets exactly the factor the bug would use.
 #[test]
 fn gemma_forward_benchmarks_fail_when_norms_multiply_by_w() {
-    let dir = tempfile::tempdir().unwrap();
-    let broken = edited_checkpoint(
-        &fixture_model("gemma-a"),
-        dir.path(),
+    forward_checks_fail_on_edited(
+        "gemma-a",
         |_| {},
         |name, t| {
             if name.ends_with("norm.weight") {
@@ -1076,7 +1058,6 @@ fn gemma_forward_benchmarks_fail_when_norms_multiply_by_w() {
             }
         },
     );
-    forward_checks_fail_on_broken_checkpoint("gemma-a", &broken);
 }
 
 /// Gemma's embeddings left unscaled: gemma-a (tied) with an untied copy of its embedding
@@ -1117,14 +1098,11 @@ fn gemma_forward_benchmarks_fail_when_the_embedding_scale_is_dropped() {
 /// read without it.
 #[test]
 fn gemma2_forward_benchmarks_fail_without_the_attention_soft_cap() {
-    let dir = tempfile::tempdir().unwrap();
-    let broken = edited_checkpoint(
-        &fixture_model("gemma2-a"),
-        dir.path(),
+    forward_checks_fail_on_edited(
+        "gemma2-a",
         |c| c["attn_logit_softcapping"] = serde_json::Value::Null,
         |_, t| t,
     );
-    forward_checks_fail_on_broken_checkpoint("gemma2-a", &broken);
 }
 
 /// Gemma 2's final soft cap left out: gemma2-a (a cap of 2.5 on its logits) read without it.
@@ -1148,14 +1126,11 @@ fn gemma2_logit_benchmarks_fail_without_the_final_soft_cap() {
 /// of 4, layer 1 global) read as global, then sliding.
 #[test]
 fn gemma2_forward_benchmarks_fail_when_the_layer_pattern_is_shifted() {
-    let dir = tempfile::tempdir().unwrap();
-    let broken = edited_checkpoint(
-        &fixture_model("gemma2-a"),
-        dir.path(),
+    forward_checks_fail_on_edited(
+        "gemma2-a",
         |c| c["layer_types"] = serde_json::json!(["full_attention", "sliding_attention"]),
         |_, t| t,
     );
-    forward_checks_fail_on_broken_checkpoint("gemma2-a", &broken);
 }
 
 /// A norm after a sublayer skipped: gemma2-a's bridge with layer 0's `ln1_post` replaced by the
@@ -1176,40 +1151,32 @@ fn gemma2_forward_benchmarks_fail_when_a_post_sublayer_norm_is_skipped() {
 /// base (100) replaced by the global one.
 #[test]
 fn gemma3_forward_benchmarks_fail_when_the_local_rotary_base_is_ignored() {
-    let dir = tempfile::tempdir().unwrap();
-    let broken = edited_checkpoint(
-        &fixture_model("gemma3-a"),
-        dir.path(),
+    forward_checks_fail_on_edited(
+        "gemma3-a",
         |c| {
             let global = c["rope_parameters"]["full_attention"]["rope_theta"].clone();
             c["rope_parameters"]["sliding_attention"]["rope_theta"] = global;
         },
         |_, t| t,
     );
-    forward_checks_fail_on_broken_checkpoint("gemma3-a", &broken);
 }
 
 /// Phi-3's partial rotary ignored: phi3-a (half of each head rotated) read as rotating all of it.
 #[test]
 fn phi3_forward_benchmarks_fail_when_every_dimension_rotates() {
-    let dir = tempfile::tempdir().unwrap();
-    let broken = edited_checkpoint(
-        &fixture_model("phi3-a"),
-        dir.path(),
+    forward_checks_fail_on_edited(
+        "phi3-a",
         |c| c["rope_parameters"]["partial_rotary_factor"] = serde_json::json!(1.0),
         |_, t| t,
     );
-    forward_checks_fail_on_broken_checkpoint("phi3-a", &broken);
 }
 
 /// Phi-3's fused gate and up halves swapped: phi3-a with the halves of `gate_up_proj`
 /// exchanged, so that the correct split meets what a model reading up first would compute.
 #[test]
 fn phi3_forward_benchmarks_fail_when_gate_and_up_are_swapped() {
-    let dir = tempfile::tempdir().unwrap();
-    let broken = edited_checkpoint(
-        &fixture_model("phi3-a"),
-        dir.path(),
+    forward_checks_fail_on_edited(
+        "phi3-a",
         |_| {},
         |name, t| {
             if name.ends_with("gate_up_proj.weight") {
@@ -1220,7 +1187,6 @@ fn phi3_forward_benchmarks_fail_when_gate_and_up_are_swapped() {
             }
         },
     );
-    forward_checks_fail_on_broken_checkpoint("phi3-a", &broken);
 }
 
 /// OLMo-2's q/k norms taken per head instead of over the whole projection: olmo2-a's bridge
