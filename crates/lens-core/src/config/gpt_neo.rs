@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::checks;
-use super::llama::{invalid, present, token_ids};
+use super::llama::{first_token_id, invalid, present};
 use crate::config::Activation;
 use crate::error::Result;
 
@@ -157,15 +157,9 @@ impl GptNeoConfig {
                 .parse()?,
             layer_norm_epsilon: raw.layer_norm_epsilon.unwrap_or(1e-5),
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(true),
-            bos_token_id: token_ids("bos_token_id", raw.bos_token_id.as_ref(), Some(50256))?
-                .first()
-                .copied(),
-            eos_token_id: token_ids("eos_token_id", raw.eos_token_id.as_ref(), Some(50256))?
-                .first()
-                .copied(),
-            pad_token_id: token_ids("pad_token_id", raw.pad_token_id.as_ref(), None)?
-                .first()
-                .copied(),
+            bos_token_id: first_token_id("bos_token_id", raw.bos_token_id.as_ref(), Some(50256))?,
+            eos_token_id: first_token_id("eos_token_id", raw.eos_token_id.as_ref(), Some(50256))?,
+            pad_token_id: first_token_id("pad_token_id", raw.pad_token_id.as_ref(), None)?,
             dtype: raw.dtype.or(raw.torch_dtype),
         };
         config.validate()?;

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::checks;
-use super::llama::{invalid, present, token_ids};
+use super::llama::{first_token_id, invalid, present};
 use super::rope::rope_scaling;
 use crate::config::{Activation, Rope};
 use crate::error::Result;
@@ -139,15 +139,9 @@ impl GptNeoxConfig {
                 scaling: rope_scaling(rope)?,
             },
             partial_rotary_factor,
-            bos_token_id: token_ids("bos_token_id", raw.bos_token_id.as_ref(), Some(0))?
-                .first()
-                .copied(),
-            eos_token_id: token_ids("eos_token_id", raw.eos_token_id.as_ref(), Some(2))?
-                .first()
-                .copied(),
-            pad_token_id: token_ids("pad_token_id", raw.pad_token_id.as_ref(), None)?
-                .first()
-                .copied(),
+            bos_token_id: first_token_id("bos_token_id", raw.bos_token_id.as_ref(), Some(0))?,
+            eos_token_id: first_token_id("eos_token_id", raw.eos_token_id.as_ref(), Some(2))?,
+            pad_token_id: first_token_id("pad_token_id", raw.pad_token_id.as_ref(), None)?,
             dtype: raw.dtype.or(raw.torch_dtype),
         };
         config.validate()?;

@@ -413,6 +413,15 @@ pub(crate) fn invalid(message: String) -> LensError {
     }
 }
 
+/// The first of [`token_ids`]: the one id of `key` (a list's first), or `None`.
+pub(crate) fn first_token_id(
+    key: &str,
+    value: Option<&Value>,
+    default: Option<i64>,
+) -> Result<Option<i64>> {
+    Ok(token_ids(key, value, default)?.first().copied())
+}
+
 /// A token id key: an integer, `null`, or (for `eos_token_id`) a list of integers.
 pub(crate) fn token_ids(
     key: &str,
@@ -834,13 +843,17 @@ impl LlamaConfig {
             longrope,
             bidirectional,
             layer_windows: layer_windows(family, &raw, n_layers.max(0))?,
-            bos_token_id: token_ids("bos_token_id", raw.bos_token_id.as_ref(), d.bos_token_id)?
-                .first()
-                .copied(),
+            bos_token_id: first_token_id(
+                "bos_token_id",
+                raw.bos_token_id.as_ref(),
+                d.bos_token_id,
+            )?,
             eos_token_ids: token_ids("eos_token_id", raw.eos_token_id.as_ref(), d.eos_token_id)?,
-            pad_token_id: token_ids("pad_token_id", raw.pad_token_id.as_ref(), d.pad_token_id)?
-                .first()
-                .copied(),
+            pad_token_id: first_token_id(
+                "pad_token_id",
+                raw.pad_token_id.as_ref(),
+                d.pad_token_id,
+            )?,
             dtype: raw.dtype.or(raw.torch_dtype),
             architectures: raw.architectures.unwrap_or_default(),
         };

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::checks;
-use super::llama::{invalid, present, token_ids};
+use super::llama::{first_token_id, invalid, present};
 use super::rope::rope_scaling;
 use crate::config::{Activation, Rope, RopeScaling};
 use crate::error::Result;
@@ -253,15 +253,9 @@ impl ParallelConfig {
             rope,
             rotary_dim,
             qk_layernorm: !gptj && raw.qk_layernorm.unwrap_or(false),
-            bos_token_id: token_ids("bos_token_id", raw.bos_token_id.as_ref(), Some(bos))?
-                .first()
-                .copied(),
-            eos_token_id: token_ids("eos_token_id", raw.eos_token_id.as_ref(), Some(eos))?
-                .first()
-                .copied(),
-            pad_token_id: token_ids("pad_token_id", raw.pad_token_id.as_ref(), None)?
-                .first()
-                .copied(),
+            bos_token_id: first_token_id("bos_token_id", raw.bos_token_id.as_ref(), Some(bos))?,
+            eos_token_id: first_token_id("eos_token_id", raw.eos_token_id.as_ref(), Some(eos))?,
+            pad_token_id: first_token_id("pad_token_id", raw.pad_token_id.as_ref(), None)?,
             dtype: raw.dtype.or(raw.torch_dtype),
         };
         config.validate()?;
