@@ -830,29 +830,7 @@ pub fn gpt_neo(cfg: &GptNeoConfig) -> WeightMap {
             );
         }
         let attn = |s: &str| hf(&format!("attn.attention.{s}"));
-        for (w, proj) in [("Q", "q_proj"), ("K", "k_proj"), ("V", "v_proj")] {
-            let heads = View::LinearHeads {
-                heads: h,
-                d_head: dh,
-            };
-            map.push(
-                tl(&format!("attn.W_{w}")),
-                attn(&format!("{proj}.weight")),
-                &[d, d],
-                heads,
-            );
-            let bias = View::HeadBias {
-                heads: h,
-                d_head: dh,
-            };
-            map.push_optional(
-                tl(&format!("attn.b_{w}")),
-                attn(&format!("{proj}.bias")),
-                &[d],
-                bias,
-                &[h, dh],
-            );
-        }
+        push_separate_qkv(&mut map, &tl, &attn, d, [h, h, dh]);
         let heads_out = View::LinearHeadsOut {
             heads: h,
             d_head: dh,
@@ -932,29 +910,7 @@ pub fn opt(cfg: &OptConfig) -> WeightMap {
             push_opt_norm(&mut map, tl(ln), hf(name), d);
         }
         let attn = |s: &str| hf(&format!("self_attn.{s}"));
-        for (w, proj) in [("Q", "q_proj"), ("K", "k_proj"), ("V", "v_proj")] {
-            let heads = View::LinearHeads {
-                heads: h,
-                d_head: dh,
-            };
-            map.push(
-                tl(&format!("attn.W_{w}")),
-                attn(&format!("{proj}.weight")),
-                &[d, d],
-                heads,
-            );
-            let bias = View::HeadBias {
-                heads: h,
-                d_head: dh,
-            };
-            map.push_optional(
-                tl(&format!("attn.b_{w}")),
-                attn(&format!("{proj}.bias")),
-                &[d],
-                bias,
-                &[h, dh],
-            );
-        }
+        push_separate_qkv(&mut map, &tl, &attn, d, [h, h, dh]);
         let heads_out = View::LinearHeadsOut {
             heads: h,
             d_head: dh,
@@ -1013,6 +969,48 @@ fn push_opt_norm(map: &mut WeightMap, tl: String, hf: String, d: i64) {
     }
 }
 
+/// A layer's separate query, key and value projections (`attn("q_proj.weight")`, ...,
+/// `[heads * d_head, d]`) as TransformerLens's `W_Q`, `W_K`, `W_V` and biases (zeros where the
+/// checkpoint has none), under `tl("attn.W_Q")`, ...; with fewer key/value heads than query
+/// heads, `_W_K`, `_W_V`, `_b_K`, `_b_V`.
+fn push_separate_qkv(
+    map: &mut WeightMap,
+    tl: &impl Fn(&str) -> String,
+    attn: &impl Fn(&str) -> String,
+    d: i64,
+    [h, h_kv, dh]: [i64; 3],
+) {
+    let kv = if h_kv != h { "_" } else { "" };
+    for (w, proj, n) in [
+        ("W_Q".to_string(), "q_proj", h),
+        (format!("{kv}W_K"), "k_proj", h_kv),
+        (format!("{kv}W_V"), "v_proj", h_kv),
+    ] {
+        let view = View::LinearHeads {
+            heads: n,
+            d_head: dh,
+        };
+        map.push(
+            tl(&format!("attn.{w}")),
+            attn(&format!("{proj}.weight")),
+            &[n * dh, d],
+            view,
+        );
+        let b = w.replace('W', "b");
+        let bias_view = View::HeadBias {
+            heads: n,
+            d_head: dh,
+        };
+        map.push_optional(
+            tl(&format!("attn.{b}")),
+            attn(&format!("{proj}.bias")),
+            &[n * dh],
+            bias_view,
+            &[n, dh],
+        );
+    }
+}
+
 /// The HuggingFace names of a parallel-block family's parameters.
 struct ParallelNames {
     embedding: &'static str,
@@ -1063,7 +1061,6 @@ pub fn parallel(cfg: &ParallelConfig) -> WeightMap {
         cfg.num_key_value_heads,
         cfg.head_dim,
     );
-    let kv = if h_kv != h { "_" } else { "" };
     let mut map = WeightMap::default();
     map.push(
         "embed.W_E".into(),
@@ -1089,34 +1086,7 @@ pub fn parallel(cfg: &ParallelConfig) -> WeightMap {
                 View::Same,
             );
         }
-        for (w, proj, n) in [
-            ("W_Q".to_string(), "q_proj", h),
-            (format!("{kv}W_K"), "k_proj", h_kv),
-            (format!("{kv}W_V"), "v_proj", h_kv),
-        ] {
-            let view = View::LinearHeads {
-                heads: n,
-                d_head: dh,
-            };
-            map.push(
-                tl(&format!("attn.{w}")),
-                attn(&format!("{proj}.weight")),
-                &[n * dh, d],
-                view,
-            );
-            let b = w.replace('W', "b");
-            let bias_view = View::HeadBias {
-                heads: n,
-                d_head: dh,
-            };
-            map.push_optional(
-                tl(&format!("attn.{b}")),
-                attn(&format!("{proj}.bias")),
-                &[n * dh],
-                bias_view,
-                &[n, dh],
-            );
-        }
+        push_separate_qkv(&mut map, &tl, &attn, d, [h, h_kv, dh]);
         let heads_out = View::LinearHeadsOut {
             heads: h,
             d_head: dh,
