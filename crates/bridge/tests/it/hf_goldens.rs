@@ -225,17 +225,22 @@ fn gptj_and_phi_match_transformers(
     report.assert_ok(&format!("HF {config}"));
 }
 
+/// A fixture's config and checkpoint, in f32 on the CPU.
+fn load_fixture(config: &str) -> lens_core::LoadedModel {
+    let dir = fixtures().join(config).join("model");
+    lens_core::load(
+        dir.to_str().expect("utf-8 path"),
+        &lens_core::LoadOptions::default(),
+    )
+    .expect("fixture loads")
+}
+
 /// A GPT-Neo fixture's model with one knob of its config changed.
 fn neo_ignoring(
     config: &str,
     change: impl FnOnce(&mut lens_core::GptNeoConfig),
 ) -> GptNeoForCausalLM {
-    let dir = fixtures().join(config).join("model");
-    let loaded = lens_core::load(
-        dir.to_str().expect("utf-8 path"),
-        &lens_core::LoadOptions::default(),
-    )
-    .expect("fixture loads");
+    let loaded = load_fixture(config);
     let mut neo = loaded
         .config
         .as_gpt_neo()
@@ -289,12 +294,7 @@ fn ignoring_any_gpt_neo_knob_fails_the_goldens() {
 
 /// An OPT fixture's model with one knob of its config changed.
 fn opt_ignoring(config: &str, change: impl FnOnce(&mut lens_core::OptConfig)) -> OptForCausalLM {
-    let dir = fixtures().join(config).join("model");
-    let loaded = lens_core::load(
-        dir.to_str().expect("utf-8 path"),
-        &lens_core::LoadOptions::default(),
-    )
-    .expect("fixture loads");
+    let loaded = load_fixture(config);
     let mut opt = loaded.config.as_opt().expect("an OPT config").clone();
     change(&mut opt);
     OptForCausalLM::from_weights(opt, loaded.weights, Device::Cpu, Kind::Float)
@@ -345,12 +345,7 @@ fn parallel_ignoring(
     config: &str,
     change: impl FnOnce(&mut lens_core::ParallelConfig),
 ) -> ParallelForCausalLM {
-    let dir = fixtures().join(config).join("model");
-    let loaded = lens_core::load(
-        dir.to_str().expect("utf-8 path"),
-        &lens_core::LoadOptions::default(),
-    )
-    .expect("fixture loads");
+    let loaded = load_fixture(config);
     let mut parallel = loaded
         .config
         .as_parallel()
@@ -407,12 +402,7 @@ fn neox_ignoring(
     config: &str,
     change: impl FnOnce(&mut lens_core::GptNeoxConfig),
 ) -> GptNeoxForCausalLM {
-    let dir = fixtures().join(config).join("model");
-    let loaded = lens_core::load(
-        dir.to_str().expect("utf-8 path"),
-        &lens_core::LoadOptions::default(),
-    )
-    .expect("fixture loads");
+    let loaded = load_fixture(config);
     let mut neox = loaded
         .config
         .as_gpt_neox()
@@ -476,12 +466,7 @@ fn decoder_ignoring(
     config: &str,
     change: impl FnOnce(&mut lens_core::LlamaConfig),
 ) -> LlamaForCausalLM {
-    let dir = fixtures().join(config).join("model");
-    let loaded = lens_core::load(
-        dir.to_str().expect("utf-8 path"),
-        &lens_core::LoadOptions::default(),
-    )
-    .expect("fixture loads");
+    let loaded = load_fixture(config);
     let mut llama = loaded
         .config
         .as_llama()
