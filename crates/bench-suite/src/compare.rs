@@ -208,25 +208,51 @@ pub fn max_abs(x: &Tensor) -> f64 {
     }
 }
 
-/// `max|a - b|` over same-shaped tensors, a chunk at a time.
+/// `max|a - b|` over same-shaped tensors, a chunk at a time ([`max_abs_difference_of_sum`]).
 fn max_abs_difference(a: &Tensor, b: &Tensor) -> f64 {
-    let (a, b) = (a.reshape([-1]), b.reshape([-1]));
-    let n = a.numel() as i64;
-    let mut worst = 0.0f64;
-    let mut start = 0;
-    while start < n {
-        let len = CHUNK.min(n - start);
-        let chunk = max_abs(&(a.narrow(0, start, len) - b.narrow(0, start, len)));
-        // NaN (an overflowing difference) must win.
-        if chunk.is_nan() || chunk > worst {
-            worst = chunk;
+    max_abs_difference_of_sum(a, std::slice::from_ref(b)).0
+}
+
+/// `(max|a - sum(parts)|, max|sum(parts)|)` over same-shaped tensors, a chunk of rows at a
+/// time: no temporary of the tensors' size, even for strided views (a transposed gradient,
+/// which flattening would copy) or a sum of several parts (a tied weight's two gradients).
+/// NaN wherever an entry is NaN.
+pub fn max_abs_difference_of_sum(a: &Tensor, parts: &[Tensor]) -> (f64, f64) {
+    let as_rows = |t: &Tensor| {
+        if t.dim() == 0 {
+            t.reshape([1])
+        } else {
+            t.shallow_clone()
         }
-        if worst.is_nan() {
+    };
+    let a = as_rows(a);
+    let parts: Vec<Tensor> = parts.iter().map(as_rows).collect();
+    let rows = a.size()[0];
+    let row_len = (a.numel() as i64 / rows.max(1)).max(1);
+    let step = (CHUNK / row_len).max(1);
+    let (mut difference, mut sum_max) = (0.0f64, 0.0f64);
+    let mut start = 0;
+    while start < rows {
+        let len = step.min(rows - start);
+        let mut sum = parts[0].narrow(0, start, len).shallow_clone();
+        for part in &parts[1..] {
+            sum = sum + part.narrow(0, start, len);
+        }
+        let chunk_difference = max_abs(&(a.narrow(0, start, len) - &sum));
+        let chunk_sum = max_abs(&sum);
+        // NaN (an overflowing difference) must win.
+        if chunk_difference.is_nan() || chunk_difference > difference {
+            difference = chunk_difference;
+        }
+        if chunk_sum.is_nan() || chunk_sum > sum_max {
+            sum_max = chunk_sum;
+        }
+        if difference.is_nan() {
             break;
         }
         start += len;
     }
-    worst
+    (difference, sum_max)
 }
 
 #[cfg(test)]

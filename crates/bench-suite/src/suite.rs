@@ -172,6 +172,8 @@ pub fn run_suite(options: &SuiteOptions, progress: Progress) -> ModelResult<Suit
     let mut bridge = TransformerBridge::boot(&options.model, options.device, options.dtype)?;
     let inputs = inputs(&bridge, &options.test_text)?;
     let load_seconds = started.elapsed().as_secs_f64();
+    // Loading's temporaries go back to the kernel (glibc would keep them for reuse).
+    lens_core::allocator::release_freed_memory();
     let mut results = Vec::new();
     let mut phases = Vec::new();
     let phase = |n: u8| options.phases.contains(&n);
@@ -197,6 +199,7 @@ pub fn run_suite(options: &SuiteOptions, progress: Progress) -> ModelResult<Suit
     } else {
         None
     };
+    lens_core::allocator::release_freed_memory();
     if phase(2) {
         results.extend(compare_phase(
             2,

@@ -376,6 +376,11 @@ impl LensModel for HookedTransformer {
         Ok(grad.defined().then_some(grad))
     }
 
+    /// Every weight is a parameter of its own.
+    fn tl_weight_leaf(&self, name: &str) -> ModelResult<Option<Tensor>> {
+        self.param(name).map(Some)
+    }
+
     fn zero_grad(&self) {
         for (_, t) in self.params().named() {
             // Dropping the gradient frees it; a parameter that never had one is untouched.

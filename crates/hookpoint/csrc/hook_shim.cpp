@@ -8,6 +8,8 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/core/grad_mode.h>
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
 
 #include <cstdint>
 #include <cstdlib>
@@ -24,6 +26,9 @@ typedef int (*hp_callback)(void *data, at::Tensor *grad, at::Tensor **replacemen
                            uint64_t *failure_id);
 // Frees the Rust state behind `data`; called exactly once, when libtorch drops the hook.
 typedef void (*hp_drop)(void *data);
+// Called after libtorch accumulated a gradient into a leaf's `.grad`, with the leaf (ownership
+// passes to Rust) and the index it was registered under. Never fails: Rust records failures.
+typedef void (*hp_leaf_callback)(void *data, size_t index, at::Tensor *leaf);
 }
 
 namespace {
@@ -50,6 +55,19 @@ struct RustHook {
   RustHook(const RustHook &) = delete;
   RustHook &operator=(const RustHook &) = delete;
   ~RustHook() { drop(data); }
+};
+
+// libtorch's post-accumulate-grad hook (Python's `register_post_accumulate_grad_hook`), calling
+// back into Rust. A leaf holds at most one; the Rust side removes it before its state is freed.
+struct RustLeafHook : torch::autograd::PostAccumulateGradHook {
+  hp_leaf_callback callback;
+  void *data;
+  size_t index;
+
+  RustLeafHook(hp_leaf_callback c, void *p, size_t i) : callback(c), data(p), index(i) {}
+  void operator()(const torch::autograd::Variable &leaf) override {
+    callback(data, index, new at::Tensor(leaf));
+  }
 };
 
 }  // namespace
@@ -91,6 +109,22 @@ char *hp_register_hook(const at::Tensor *tensor, hp_callback callback, hp_drop d
       delete replacement;
       return out;
     });
+  } catch (const std::exception &e) {
+    return copy_message(e.what());
+  }
+  return nullptr;
+}
+
+// Sets (callback non-null) or removes (callback null) the accumulated-gradient hook of the leaf
+// `tensor`, replacing any it had. Null on success, else an error message.
+char *hp_set_leaf_hook(const at::Tensor *tensor, hp_leaf_callback callback, void *data,
+                       size_t index) {
+  try {
+    std::unique_ptr<torch::autograd::PostAccumulateGradHook> hook;
+    if (callback != nullptr) {
+      hook = std::make_unique<RustLeafHook>(callback, data, index);
+    }
+    torch::autograd::impl::set_post_acc_grad_hooks(*tensor, std::move(hook));
   } catch (const std::exception &e) {
     return copy_message(e.what());
   }

@@ -9,7 +9,9 @@
 //!   compiled against the same libtorch does),
 //! * scope hooks so they are removed however the scope ends ([`HookRegistry::with_hooks`],
 //!   [`HookRegistry::scope`]), or own them through a [`HookHandle`],
-//! * record activations and gradients in an [`ActivationCache`] ([`run_with_cache`]).
+//! * record activations and gradients in an [`ActivationCache`] ([`run_with_cache`]),
+//! * consume each parameter's gradient as a backward pass accumulates it
+//!   ([`with_accumulated_gradient_hooks`]).
 //!
 //! A point with no hooks costs one atomic load and a branch; the activation is neither copied
 //! nor given an autograd node.
@@ -34,6 +36,7 @@
 //! # Ok::<(), hookpoint::HookError>(())
 //! ```
 
+mod accumulated;
 mod analysis;
 mod cache;
 mod error;
@@ -43,6 +46,7 @@ mod native;
 mod point;
 mod registry;
 
+pub use accumulated::with_accumulated_gradient_hooks;
 pub use analysis::{CacheAnalysis, DecomposeMode, LabelledStack};
 pub use cache::{
     run_with_cache, ActivationCache, CacheOptions, Normalization, ResidualModel, Slice,

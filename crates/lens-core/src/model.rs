@@ -248,6 +248,15 @@ pub trait LensModel {
     /// The gradient accumulated on a weight, in TransformerLens's layout (`None` before any
     /// backward pass reached it).
     fn tl_weight_grad(&self, name: &str) -> ModelResult<Option<Tensor>>;
+
+    /// The parameter (an autograd leaf) that weight `name` is, where the weight is a parameter
+    /// itself, so that its gradient is exactly the leaf's `.grad` (the HookedTransformer's
+    /// weights are); `None` where it is a view or a copy of one (the bridge's, in HF layout).
+    /// Consumers such as the suite's gradient comparison use it to read each gradient as a
+    /// backward pass accumulates it ([`hookpoint::with_accumulated_gradient_hooks`]).
+    fn tl_weight_leaf(&self, _name: &str) -> ModelResult<Option<Tensor>> {
+        Ok(None)
+    }
     /// The value of a weight that is a constant with no parameter behind it, so no gradient can
     /// reach it (a bridge serves zeros for the biases a checkpoint does not have, and ones and
     /// zeros for a LayerNorm without parameters, as TransformerLens's HookedTransformer holds

@@ -11,8 +11,9 @@ use super::{
     capture_both, compare_caches, describe, guarded, judge_one_recording, reference_error,
     sample_of, GradientTarget, Inputs,
 };
-use crate::compare::{compare_at_scale, max_abs, Comparison};
+use crate::compare::{compare, max_abs, max_abs_difference_of_sum, Comparison};
 use crate::result::BenchmarkResult;
+use lens_core::weight_map::Value;
 
 /// The gradient of `target` at every hook of the reference, compared with the model's.
 pub fn backward_hooks(
@@ -164,6 +165,10 @@ fn judge_gradients(
 /// the scale of its block's gradients; each gradient's error is therefore measured against the
 /// largest reference gradient of its block (`blocks.3`, `embed`, `unembed`...), which bounds
 /// that noise without leaving any parameter out.
+///
+/// The model's backward pass runs first; the reference's gradients are then compared as its
+/// backward pass accumulates them and freed at once ([`judge_parameter_gradients`]), so the two
+/// models' full gradient sets never exist together.
 pub fn gradient_computation(
     model: &dyn LensModel,
     reference: Option<&dyn LensModel>,
@@ -171,98 +176,345 @@ pub fn gradient_computation(
     target: GradientTarget,
     tolerance: f64,
 ) -> BenchmarkResult {
-    let name = "gradient_computation";
-    guarded(name, || {
+    guarded(GRADIENT_COMPUTATION, || {
         backward_once(model, inputs, target)?;
-        if let Some(reference) = reference {
-            backward_once(reference, inputs, target).map_err(reference_error)?;
-        }
-        let names = model.tl_weight_names();
-        let reference_names = reference.map(|r| r.tl_weight_names()).unwrap_or_default();
-        let our_storage = storage_of(model, &names);
-        let their_storage = reference
-            .map(|r| storage_of(r, &reference_names))
-            .unwrap_or_default();
-        let mut without = Vec::new();
-        let mut pairs: Vec<(String, Tensor, Tensor)> = Vec::new();
-        // Constants (zero biases a checkpoint lacks, a parameterless LayerNorm's ones and
-        // zeros) have no parameter to reach; they are counted in the result, must hold the value
-        // they are declared to, and every other weight must get its gradient.
-        let (constant, trainable): (Vec<&String>, Vec<&String>) =
-            names.iter().partition(|w| model.tl_weight_is_constant(w));
-        let mut mismatches = Vec::new();
-        for weight in &constant {
-            let fill = model.tl_weight_constant(weight).unwrap_or(0.0);
-            if max_abs(&(model.tl_weight(weight)? - fill)) != 0.0 {
-                mismatches.push(format!(
-                    "{weight}: declared the constant {fill}, but is not"
-                ));
+        match reference {
+            Some(reference) => {
+                let mut backward = || backward_once(reference, inputs, target);
+                judge_parameter_gradients(model, Some((reference, &mut backward)), tolerance)
             }
+            None => judge_parameter_gradients(model, None, tolerance),
         }
-        for weight in trainable {
-            let Some(ours) = model.tl_weight_grad(weight)? else {
-                without.push(weight.clone());
-                continue;
-            };
+    })
+}
+
+/// The benchmark [`gradient_computation`] and [`judge_parameter_gradients`] report as.
+pub const GRADIENT_COMPUTATION: &str = "gradient_computation";
+
+/// Runs the reference's backward pass (whose parameter gradients are judged as they arrive).
+pub type ReferenceBackward<'a> = dyn FnMut() -> ModelResult<()> + 'a;
+
+/// [`gradient_computation`]'s judgement, once the model's backward pass has accumulated its
+/// parameter gradients: checks them, runs the reference's backward pass (with a reference) and
+/// compares each of its parameter gradients with the model's as libtorch accumulates it, freeing
+/// it as soon as every weight that reads it is judged, then clears both models' gradients.
+/// Streaming needs the reference's weights to be parameters of their own
+/// ([`LensModel::tl_weight_leaf`]: the HookedTransformer's are); otherwise its gradients are read
+/// after its pass, all at once.
+pub fn judge_parameter_gradients(
+    model: &dyn LensModel,
+    reference: Option<(&dyn LensModel, &mut ReferenceBackward)>,
+    tolerance: f64,
+) -> ModelResult<BenchmarkResult> {
+    let reference_model = reference.as_ref().map(|(r, _)| *r);
+    let outcome = gradient_outcomes(model, reference);
+    // Only now: the gradients compared are views of the parameters' .grad storage.
+    model.zero_grad();
+    if let Some(reference) = reference_model {
+        reference.zero_grad();
+    }
+    let (constant, without, mut mismatches, outcomes) = outcome?;
+    let mut scales: BTreeMap<&str, f64> = BTreeMap::new();
+    for outcome in &outcomes {
+        let scale = scales.entry(group_of(&outcome.weight)).or_insert(1.0);
+        *scale = scale.max(outcome.reference_max);
+    }
+    let mut worst = 0.0f64;
+    for outcome in &outcomes {
+        match &outcome.comparison {
+            Comparison::Compared { err } => {
+                // `compare` divided by max(1, max|theirs|); the block's scale replaces it.
+                let err = err * outcome.reference_max.max(1.0) / scales[group_of(&outcome.weight)];
+                worst = worst.max(err);
+                // NaN counts as a mismatch.
+                if err.is_nan() || err > tolerance {
+                    mismatches.push(format!("{}: err {err:.2e}", outcome.weight));
+                }
+            }
+            other => mismatches.push(format!("{}: {}", outcome.weight, other.describe())),
+        }
+    }
+    let name = GRADIENT_COMPUTATION;
+    Ok(if without.is_empty() && mismatches.is_empty() {
+        BenchmarkResult::pass(
+            name,
+            format!(
+                "every parameter got a gradient; {} compared with the reference",
+                outcomes.len()
+            ),
+        )
+    } else {
+        BenchmarkResult::fail(
+            name,
+            format!(
+                "{} parameters without gradient, {} mismatches, {} compared",
+                without.len(),
+                mismatches.len(),
+                outcomes.len()
+            ),
+        )
+        .with("without_gradient", sample_of(&without))
+        .with("mismatches", sample_of(&mismatches))
+    }
+    .with("constants", constant)
+    .with("worst_err", worst))
+}
+
+/// What [`gradient_outcomes`] found: the constants counted, weights without a gradient,
+/// mismatches so far, and one outcome per compared weight.
+type Outcomes = (usize, Vec<String>, Vec<String>, Vec<WeightOutcome>);
+
+fn gradient_outcomes(
+    model: &dyn LensModel,
+    reference: Option<(&dyn LensModel, &mut ReferenceBackward)>,
+) -> ModelResult<Outcomes> {
+    let names = model.tl_weight_names();
+    // Constants (zero biases a checkpoint lacks, a parameterless LayerNorm's ones and zeros)
+    // have no parameter to reach; they are counted in the result, must hold the value they are
+    // declared to, and every other weight must get its gradient.
+    let (constant, trainable): (Vec<&String>, Vec<&String>) =
+        names.iter().partition(|w| model.tl_weight_is_constant(w));
+    let mut mismatches = Vec::new();
+    for weight in &constant {
+        let fill = model.tl_weight_constant(weight).unwrap_or(0.0);
+        if max_abs(&(model.tl_weight(weight)? - fill)) != 0.0 {
+            mismatches.push(format!(
+                "{weight}: declared the constant {fill}, but is not"
+            ));
+        }
+    }
+    let mut without = Vec::new();
+    let mut ours = Vec::new();
+    for weight in trainable {
+        match model.tl_weight_grad(weight)? {
+            Some(gradient) => ours.push((weight.clone(), gradient)),
+            None => without.push(weight.clone()),
+        }
+    }
+    let mut outcomes = Vec::new();
+    if let Some((reference, run_backward)) = reference {
+        let mut judging = Judging::plan(model, reference, ours)?;
+        judging.run(reference, run_backward)?;
+        without.extend(judging.unjudged());
+        outcomes = judging.outcomes;
+    }
+    Ok((constant.len(), without, mismatches, outcomes))
+}
+
+/// How one weight's gradient compared with the reference's.
+struct WeightOutcome {
+    weight: String,
+    /// Against the reference gradient's own scale, max(1, max|theirs|).
+    comparison: Comparison,
+    /// max|theirs|.
+    reference_max: f64,
+}
+
+/// A weight of the model waiting for the reference gradients it is compared with.
+struct Pending {
+    weight: String,
+    /// The model's gradient (a view of its parameter's .grad).
+    ours: Tensor,
+    /// Index into [`Judging::needed`] of the reference's gradient for the same weight.
+    own: usize,
+    /// Reference gradients added to it: those of weights tied to it in the model but not in the
+    /// reference, each with the model's value relations of the weight and of the other.
+    tied: Vec<(usize, Value, Value)>,
+}
+
+impl Pending {
+    fn needs(&self) -> impl Iterator<Item = usize> + '_ {
+        std::iter::once(self.own).chain(self.tied.iter().map(|(k, _, _)| *k))
+    }
+}
+
+/// The comparison's state while the reference's backward pass runs: every pending weight, the
+/// reference gradients it needs (held only until every weight needing them is judged), and the
+/// outcomes so far.
+struct Judging {
+    /// Reference weights whose gradients are read.
+    needed: Vec<String>,
+    /// Their parameters, when every one is a parameter of its own (streaming), else empty.
+    leaves: Vec<Tensor>,
+    /// Per needed weight: how many pending weights still need it.
+    users: Vec<usize>,
+    /// Per needed weight: its gradient, once it arrived and while it is needed.
+    available: Vec<Option<Tensor>>,
+    pending: Vec<Option<Pending>>,
+    outcomes: Vec<WeightOutcome>,
+}
+
+impl Judging {
+    fn plan(
+        model: &dyn LensModel,
+        reference: &dyn LensModel,
+        ours: Vec<(String, Tensor)>,
+    ) -> ModelResult<Self> {
+        let names = model.tl_weight_names();
+        let reference_names = reference.tl_weight_names();
+        let our_storage = storage_of(model, &names);
+        let their_storage = storage_of(reference, &reference_names);
+        let mut needed: Vec<String> = Vec::new();
+        let mut index_of = |name: &str| match needed.iter().position(|n| n == name) {
+            Some(k) => k,
+            None => {
+                needed.push(name.to_owned());
+                needed.len() - 1
+            }
+        };
+        let mut pending = Vec::new();
+        for (weight, gradient) in ours {
             // Weights the reference does not have (a processed HookedTransformer has no
             // LayerNorm weights) are only required to get a gradient.
-            if let Some(reference) = reference.filter(|_| reference_names.contains(weight)) {
-                match reference_gradient(model, reference, weight, &our_storage, &their_storage)
-                    .map_err(reference_error)?
-                {
-                    Some(theirs) => pairs.push((weight.clone(), ours, theirs)),
-                    None => without.push(format!("{weight} (reference)")),
-                }
+            if !reference_names.contains(&weight) {
+                continue;
+            }
+            let tied = tied_to(&our_storage, &weight)
+                .filter(|other| !tied_to(&their_storage, &weight).any(|t| t == *other))
+                .filter(|other| reference_names.iter().any(|n| n == other))
+                .map(|other| {
+                    let relations = (model.tl_weight_value(&weight), model.tl_weight_value(other));
+                    (other.to_owned(), relations)
+                })
+                .collect::<Vec<_>>();
+            pending.push(Some(Pending {
+                own: index_of(&weight),
+                tied: tied
+                    .into_iter()
+                    .map(|(other, (value, other_value))| (index_of(&other), value, other_value))
+                    .collect(),
+                weight,
+                ours: gradient,
+            }));
+        }
+        let leaves = needed
+            .iter()
+            .map(|name| reference.tl_weight_leaf(name))
+            .collect::<ModelResult<Option<Vec<Tensor>>>>()
+            .map_err(reference_error)?
+            .unwrap_or_default();
+        let mut users = vec![0; needed.len()];
+        for entry in pending.iter().flatten() {
+            for k in entry.needs() {
+                users[k] += 1;
             }
         }
-        let mut scales: BTreeMap<&str, f64> = BTreeMap::new();
-        for (weight, _, theirs) in &pairs {
-            let scale = scales.entry(group_of(weight)).or_insert(1.0);
-            *scale = scale.max(max_abs(theirs));
+        Ok(Judging {
+            available: (0..needed.len()).map(|_| None).collect(),
+            needed,
+            leaves,
+            users,
+            pending,
+            outcomes: Vec::new(),
+        })
+    }
+
+    /// Runs the reference's backward pass, judging each weight as its gradients arrive.
+    fn run(
+        &mut self,
+        reference: &dyn LensModel,
+        run_backward: &mut ReferenceBackward,
+    ) -> ModelResult<()> {
+        if self.leaves.is_empty() && !self.needed.is_empty() {
+            run_backward().map_err(reference_error)?;
+            for k in 0..self.needed.len() {
+                if let Some(gradient) = reference.tl_weight_grad(&self.needed[k])? {
+                    self.arrive(k, gradient);
+                }
+            }
+            return Ok(());
         }
-        let mut worst = 0.0f64;
-        for (weight, ours, theirs) in &pairs {
-            let theirs = theirs.to_device(ours.device());
-            match compare_at_scale(ours, &theirs, None, scales[group_of(weight)]) {
-                Comparison::Compared { err } => {
-                    worst = worst.max(err);
-                    // NaN counts as a mismatch.
-                    if err.is_nan() || err > tolerance {
-                        mismatches.push(format!("{weight}: err {err:.2e}"));
+        let leaves: Vec<Tensor> = self.leaves.iter().map(Tensor::shallow_clone).collect();
+        let mut on_gradient = |k: usize, leaf: &Tensor| self.arrive(k, leaf.grad());
+        hookpoint::with_accumulated_gradient_hooks(&leaves, &mut on_gradient, run_backward)?
+            .map_err(reference_error)
+    }
+
+    /// Reference gradient `k` arrived: judges every weight that now has all it needs and frees
+    /// the gradients no pending weight needs any more (the parameter's .grad too, streaming).
+    fn arrive(&mut self, k: usize, gradient: Tensor) {
+        if !gradient.defined() || self.users[k] == 0 {
+            return;
+        }
+        self.available[k] = Some(gradient);
+        for slot in 0..self.pending.len() {
+            let ready = self.pending[slot].as_ref().is_some_and(|entry| {
+                entry.needs().any(|n| n == k) && entry.needs().all(|n| self.available[n].is_some())
+            });
+            if !ready {
+                continue;
+            }
+            let Some(entry) = self.pending[slot].take() else {
+                continue;
+            };
+            self.outcomes.push(judge_weight(&entry, &self.available));
+            for n in entry.needs() {
+                self.users[n] -= 1;
+                if self.users[n] == 0 {
+                    self.available[n] = None;
+                    if let Some(leaf) = self.leaves.get(n) {
+                        // Freeing is an optimisation: a failure leaves the memory to zero_grad.
+                        let _ = hookpoint::clear_grad(leaf);
                     }
                 }
-                other => mismatches.push(format!("{weight}: {}", other.describe())),
             }
         }
-        // Only now: the gradients above are views of the parameters' .grad storage.
-        model.zero_grad();
-        if let Some(reference) = reference {
-            reference.zero_grad();
-        }
-        Ok(if without.is_empty() && mismatches.is_empty() {
-            BenchmarkResult::pass(
-                name,
-                format!(
-                    "every parameter got a gradient; {} compared with the reference",
-                    pairs.len()
-                ),
-            )
+    }
+
+    /// The weights whose reference gradient never arrived.
+    fn unjudged(&self) -> Vec<String> {
+        self.pending
+            .iter()
+            .flatten()
+            .map(|entry| format!("{} (reference)", entry.weight))
+            .collect()
+    }
+}
+
+/// Compares one weight's gradient with the reference's (summed over the weights tied to it in
+/// the model but not in the reference, transposed into its layout and carried through the
+/// model's value relations: Gemma's `W_E` is the tied embedding scaled, so the parameter's
+/// gradient is `s` times W_E's plus W_U's).
+fn judge_weight(entry: &Pending, available: &[Option<Tensor>]) -> WeightOutcome {
+    let gradient = |k: usize| available[k].as_ref().expect("judged only once available");
+    let own = gradient(entry.own);
+    let device = entry.ours.device();
+    let mut parts = vec![own.to_device(device)];
+    for (k, value, other_value) in &entry.tied {
+        let extra = gradient(*k);
+        let extra = if extra.size() == own.size() {
+            extra.shallow_clone()
         } else {
-            BenchmarkResult::fail(
-                name,
-                format!(
-                    "{} parameters without gradient, {} mismatches, {} compared",
-                    without.len(),
-                    mismatches.len(),
-                    pairs.len()
-                ),
-            )
-            .with("without_gradient", sample_of(&without))
-            .with("mismatches", sample_of(&mismatches))
+            extra.transpose(0, 1)
+        };
+        parts.push(
+            value
+                .grad_to_tl(&other_value.grad_to_hf(&extra))
+                .to_device(device),
+        );
+    }
+    let outcome = |comparison, reference_max| WeightOutcome {
+        weight: entry.weight.clone(),
+        comparison,
+        reference_max,
+    };
+    let comparable = parts
+        .iter()
+        .all(|p| p.size() == entry.ours.size() && p.kind() == entry.ours.kind());
+    if comparable && entry.ours.numel() > 0 {
+        // The common case, with no temporary of the gradient's size.
+        let (difference, reference_max) = max_abs_difference_of_sum(&entry.ours, &parts);
+        if difference.is_finite() && reference_max.is_finite() {
+            let err = difference / reference_max.max(1.0);
+            return outcome(Comparison::Compared { err }, reference_max);
         }
-        .with("constants", constant.len())
-        .with("worst_err", worst))
-    })
+    }
+    // Non-finite entries or shapes that differ: the general comparison, on the summed gradient.
+    let total = parts
+        .iter()
+        .skip(1)
+        .fold(parts[0].shallow_clone(), |total, part| total + part);
+    outcome(compare(&entry.ours, &total, None), max_abs(&total))
 }
 
 /// `blocks.3.attn.W_Q` -> `blocks.3`; `unembed.W_U` -> `unembed`.
@@ -294,41 +546,6 @@ fn tied_to<'a>(
         .iter()
         .filter(move |(name, place)| name.as_str() != weight && Some(**place) == own)
         .map(|(name, _)| name.as_str())
-}
-
-/// The reference's gradient for `weight`, summed over the weights tied to it in the model
-/// (`ours`, by [`storage_of`]) but not in the reference (`theirs`), transposed into `weight`'s
-/// layout and carried through the model's value relations where needed.
-fn reference_gradient(
-    model: &dyn LensModel,
-    reference: &dyn LensModel,
-    weight: &str,
-    ours: &BTreeMap<String, (usize, i64)>,
-    theirs: &BTreeMap<String, (usize, i64)>,
-) -> ModelResult<Option<Tensor>> {
-    let Some(mut total) = reference.tl_weight_grad(weight)? else {
-        return Ok(None);
-    };
-    for other in tied_to(ours, weight) {
-        if tied_to(theirs, weight).any(|t| t == other) {
-            continue;
-        }
-        if let Some(extra) = reference.tl_weight_grad(other)? {
-            let extra = if extra.size() == total.size() {
-                extra
-            } else {
-                extra.transpose(0, 1)
-            };
-            // Through the model's relations to the shared parameter: Gemma's `W_E` is the
-            // tied embedding scaled, so the parameter's gradient is `s` times W_E's plus W_U's.
-            let extra = model
-                .tl_weight_value(weight)
-                .grad_to_tl(&model.tl_weight_value(other).grad_to_hf(&extra));
-            // Not `+=`: `total` may be the reference's own .grad storage.
-            total = &total + extra;
-        }
-    }
-    Ok(Some(total))
 }
 
 fn backward_once(

@@ -4,5 +4,6 @@
 
 mod common;
 
+mod accumulated;
 mod cache;
 mod hooks;
