@@ -198,7 +198,7 @@ pub fn max_abs(x: &Tensor) -> f64 {
     if x.numel() == 0 {
         return 0.0;
     }
-    let (min, max) = x.aminmax(None::<i64>, false);
+    let (min, max) = in_memory_order(x).aminmax(None::<i64>, false);
     let value = |t: Tensor| t.to_kind(Kind::Double).double_value(&[]);
     let (min, max) = (value(min), value(max));
     if min.is_nan() || max.is_nan() {
@@ -213,20 +213,16 @@ fn max_abs_difference(a: &Tensor, b: &Tensor) -> f64 {
     max_abs_difference_of_sum(a, std::slice::from_ref(b)).0
 }
 
-/// `(max|a - sum(parts)|, max|sum(parts)|)` over same-shaped tensors, a chunk of rows at a
-/// time: no temporary of the tensors' size, even for strided views (a transposed gradient,
-/// which flattening would copy) or a sum of several parts (a tied weight's two gradients).
-/// NaN wherever an entry is NaN.
+/// `(max|a - sum(parts)|, max|sum(parts)|)` over same-shaped tensors, a chunk at a time: no
+/// temporary of the tensors' size, even for a sum of several parts (a tied weight's two
+/// gradients). Every tensor is first viewed in `a`'s memory order ([`in_memory_order`]), so
+/// chunks of `a` are contiguous blocks: a transposed `a` (the bridge's `W_U`, a view of
+/// `lm_head.weight`) would otherwise be strided through, several times slower. NaN wherever an
+/// entry is NaN.
 pub fn max_abs_difference_of_sum(a: &Tensor, parts: &[Tensor]) -> (f64, f64) {
-    let as_rows = |t: &Tensor| {
-        if t.dim() == 0 {
-            t.reshape([1])
-        } else {
-            t.shallow_clone()
-        }
-    };
-    let a = as_rows(a);
-    let parts: Vec<Tensor> = parts.iter().map(as_rows).collect();
+    let order = memory_order(a);
+    let a = in_order(a, &order);
+    let parts: Vec<Tensor> = parts.iter().map(|p| in_order(p, &order)).collect();
     let rows = a.size()[0];
     let row_len = (a.numel() as i64 / rows.max(1)).max(1);
     let step = (CHUNK / row_len).max(1);
@@ -234,7 +230,7 @@ pub fn max_abs_difference_of_sum(a: &Tensor, parts: &[Tensor]) -> (f64, f64) {
     let mut start = 0;
     while start < rows {
         let len = step.min(rows - start);
-        let mut sum = parts[0].narrow(0, start, len).shallow_clone();
+        let mut sum = parts[0].narrow(0, start, len);
         for part in &parts[1..] {
             sum = sum + part.narrow(0, start, len);
         }
@@ -253,6 +249,30 @@ pub fn max_abs_difference_of_sum(a: &Tensor, parts: &[Tensor]) -> (f64, f64) {
         start += len;
     }
     (difference, sum_max)
+}
+
+/// The dimensions of `t` from the largest stride to the smallest (ties keep their order).
+fn memory_order(t: &Tensor) -> Vec<i64> {
+    let stride = t.stride();
+    let mut order: Vec<i64> = (0..t.dim() as i64).collect();
+    order.sort_by_key(|&d| std::cmp::Reverse(stride[d as usize]));
+    order
+}
+
+/// `t` permuted into `order`, as at least a vector (a scalar becomes one entry).
+fn in_order(t: &Tensor, order: &[i64]) -> Tensor {
+    if t.dim() == 0 {
+        t.reshape([1])
+    } else {
+        t.permute(order)
+    }
+}
+
+/// `t` viewed with its dimensions in memory order: contiguous when `t` is a permutation of a
+/// contiguous tensor (a transposed weight), which whole-tensor reductions run on ten times
+/// faster than on the strided view (110 ms against 10 ms for `aminmax` over GPT-2's `W_U`).
+pub fn in_memory_order(t: &Tensor) -> Tensor {
+    in_order(t, &memory_order(t))
 }
 
 #[cfg(test)]
@@ -296,6 +316,28 @@ mod tests {
             max_abs(&Tensor::zeros([0], (Kind::Float, Device::Cpu))),
             0.0
         );
+    }
+
+    #[test]
+    fn a_transposed_matrix_is_compared_entry_for_entry() {
+        let rows = Tensor::arange(12, (Kind::Float, Device::Cpu)).reshape([3, 4]);
+        let transposed = rows.transpose(0, 1).contiguous().transpose(0, 1);
+        assert!(in_memory_order(&transposed).is_contiguous());
+        assert_eq!(
+            max_abs_difference_of_sum(&transposed, &[rows.copy()]),
+            (0.0, 11.0)
+        );
+        let off = rows.copy();
+        let _ = off.get(2).get(1).fill_(100.0);
+        let (difference, _) = max_abs_difference_of_sum(&transposed, &[off.shallow_clone()]);
+        assert_eq!(difference, 91.0);
+        // Two parts, one transposed, summed before the difference.
+        let half = &rows / 2.0;
+        let parts = [
+            half.shallow_clone(),
+            half.transpose(0, 1).contiguous().transpose(0, 1),
+        ];
+        assert_eq!(max_abs_difference_of_sum(&rows, &parts), (0.0, 11.0));
     }
 
     #[test]

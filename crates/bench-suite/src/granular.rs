@@ -10,7 +10,7 @@ use bridge::{CompatibilityOptions, HfForward, TransformerBridge};
 use hooked_ref::{HookedTransformer, ProcessingOptions};
 use lens_core::model::{LensModel, ModelResult};
 
-use crate::benchmarks::{forward, hooks, Inputs};
+use crate::benchmarks::{forward, hooks, recording, Inputs};
 use crate::compare::Tolerances;
 use crate::result::BenchmarkResult;
 use crate::suite::{load_options, Clock, Progress, SuiteOptions};
@@ -145,17 +145,25 @@ fn run_set(
         step_set.processing(),
     )?;
     let reference: &dyn LensModel = &reference;
-    checks.push(forward::logits_equivalence(&bridge, reference, inputs, tol));
-    checks.push(forward::loss_equivalence(&bridge, reference, inputs, tol));
+    // Logits, loss and both hook checks judge one forward pass of each model.
+    let mut judged = match recording::record_forward(&bridge, reference, inputs) {
+        Ok([ours, theirs]) => recording::judge_forward(&bridge, reference, [&ours, &theirs], tol),
+        Err(error) => recording::FORWARD_JUDGED
+            .iter()
+            .map(|name| {
+                BenchmarkResult::error(name, format!("could not record both models: {error}"))
+            })
+            .collect(),
+    };
+    let hook_checks = judged.split_off(2);
+    checks.extend(judged);
     checks.push(hooks::hook_functionality(
         &bridge,
         Some(reference),
         inputs,
         tol,
     ));
-    checks.extend(hooks::critical_and_all_forward_hooks(
-        &bridge, reference, inputs, tol,
-    ));
+    checks.extend(hook_checks);
     Ok(checks)
 }
 

@@ -392,6 +392,7 @@ mod tests {
                 phase: 2,
                 seconds: 1.0,
                 peak_rss_mib: None,
+                recording_seconds: None,
             }],
             results: vec![result],
         };

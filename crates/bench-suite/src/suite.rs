@@ -19,7 +19,7 @@ use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 use crate::benchmarks::{
-    backward, cache, forward, generation, hooks, weights, GradientTarget, Inputs,
+    backward, cache, forward, generation, hooks, recording, weights, GradientTarget, Inputs,
 };
 use crate::compare::{tolerances_for, Tolerances};
 use crate::process::peak_rss_mib;
@@ -81,6 +81,10 @@ pub struct PhaseTotals {
     pub seconds: f64,
     /// The process's peak resident set (MiB) at the end of the phase.
     pub peak_rss_mib: Option<f64>,
+    /// Of `seconds`, the time spent recording both models once for the benchmarks that judge a
+    /// recording (Phases 2 and 3 with a reference; their own times leave it out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording_seconds: Option<f64>,
 }
 
 /// A suite run: every result, and the totals of each phase that ran.
@@ -178,18 +182,19 @@ pub fn run_suite(options: &SuiteOptions, progress: Progress) -> ModelResult<Suit
     let mut phases = Vec::new();
     let phase = |n: u8| options.phases.contains(&n);
     let mut phase_clock = Instant::now();
-    let mut close_phase = |n: u8, phases: &mut Vec<PhaseTotals>| {
+    let mut close_phase = |n: u8, recording_seconds: Option<f64>, phases: &mut Vec<PhaseTotals>| {
         phases.push(PhaseTotals {
             phase: n,
             seconds: phase_clock.elapsed().as_secs_f64(),
             peak_rss_mib: peak_rss_mib(),
+            recording_seconds,
         });
         phase_clock = Instant::now();
     };
 
     if phase(1) {
         results.extend(phase_one(&bridge, &inputs, options, tolerance, progress));
-        close_phase(1, &mut phases);
+        close_phase(1, None, &mut phases);
     }
     let mut reference = if options.use_ht_reference && (phase(2) || phase(3)) {
         Some(HookedTransformer::from_pretrained_no_processing(
@@ -201,7 +206,7 @@ pub fn run_suite(options: &SuiteOptions, progress: Progress) -> ModelResult<Suit
     };
     lens_core::allocator::release_freed_memory();
     if phase(2) {
-        results.extend(compare_phase(
+        let (compared, recording) = compare_phase(
             2,
             &mut bridge,
             reference.as_mut().map(|r| r as &mut dyn LensModel),
@@ -209,10 +214,12 @@ pub fn run_suite(options: &SuiteOptions, progress: Progress) -> ModelResult<Suit
             tolerance,
             GradientTarget::SumLastLogits,
             progress,
-        ));
-        close_phase(2, &mut phases);
+        );
+        results.extend(compared);
+        close_phase(2, recording, &mut phases);
     }
     if phase(3) && options.enable_compatibility_mode {
+        let mut recording_seconds = None;
         progress("enable_compatibility_mode");
         match bridge.enable_compatibility_mode(CompatibilityOptions::default()) {
             Ok(()) => {
@@ -229,7 +236,7 @@ pub fn run_suite(options: &SuiteOptions, progress: Progress) -> ModelResult<Suit
                     tolerance,
                     progress,
                 ));
-                results.extend(compare_phase(
+                let (compared, recording) = compare_phase(
                     3,
                     &mut bridge,
                     reference.as_mut().map(|r| r as &mut dyn LensModel),
@@ -237,7 +244,9 @@ pub fn run_suite(options: &SuiteOptions, progress: Progress) -> ModelResult<Suit
                     tolerance,
                     GradientTarget::LastLogProbsProjection,
                     progress,
-                ));
+                );
+                results.extend(compared);
+                recording_seconds = recording;
             }
             // An architecture without compatibility mode yet is reported, never passed over:
             // skipped says phase 3 did not run; any other failure is an error.
@@ -247,12 +256,12 @@ pub fn run_suite(options: &SuiteOptions, progress: Progress) -> ModelResult<Suit
             Err(other) => results
                 .push(BenchmarkResult::error("compatibility_mode", other.to_string()).in_phase(3)),
         }
-        close_phase(3, &mut phases);
+        close_phase(3, recording_seconds, &mut phases);
     } else if phase(3) {
         results.push(
             BenchmarkResult::skipped("compatibility_mode", "disabled (--no-compat)").in_phase(3),
         );
-        close_phase(3, &mut phases);
+        close_phase(3, None, &mut phases);
     }
     // Phases 5 and 6 process fresh models of their own: the ones above are done with.
     drop(reference);
@@ -261,7 +270,7 @@ pub fn run_suite(options: &SuiteOptions, progress: Progress) -> ModelResult<Suit
             results.extend(crate::granular::run_phase(
                 granular, options, &inputs, tolerance, progress,
             ));
-            close_phase(granular, &mut phases);
+            close_phase(granular, None, &mut phases);
         }
     }
     Ok(SuiteReport {
@@ -280,8 +289,10 @@ impl Clock {
         Clock(Instant::now())
     }
 
+    /// A result that already has its time (judged on a recording) keeps it.
     pub(crate) fn stamp(&mut self, mut result: BenchmarkResult) -> BenchmarkResult {
-        result.seconds = Some(self.0.elapsed().as_secs_f64());
+        let elapsed = self.0.elapsed().as_secs_f64();
+        result.seconds.get_or_insert(elapsed);
         result.peak_rss_mib = peak_rss_mib();
         self.0 = Instant::now();
         result
@@ -454,7 +465,9 @@ fn processed_checks(
     results
 }
 
-/// The comparison benchmarks of Phases 2 and 3, in the Python suite's order.
+/// The comparison benchmarks of Phases 2 and 3, in the Python suite's order, and the seconds
+/// spent recording both models (with a reference): the benchmarks that only read a pass judge
+/// one recording ([`recording::recorded_benchmarks`]); the others run their own passes.
 fn compare_phase(
     phase: u8,
     bridge: &mut TransformerBridge,
@@ -463,12 +476,28 @@ fn compare_phase(
     tolerance: Tolerances,
     target: GradientTarget,
     progress: Progress,
-) -> Vec<BenchmarkResult> {
+) -> (Vec<BenchmarkResult>, Option<f64>) {
+    let (mut recorded, recording_seconds) = match reference.as_deref() {
+        Some(r) => {
+            progress("recording both models");
+            let (results, seconds) =
+                recording::recorded_benchmarks(bridge, r, inputs, target, tolerance);
+            (results, Some(seconds))
+        }
+        None => (Vec::new(), None),
+    };
     let mut results = Vec::new();
     let mut clock = Clock::start();
     let mut push = |name: &str, result: BenchmarkResult, progress: &mut dyn FnMut(&str)| {
         progress(name);
         results.push(clock.stamp(result.in_phase(phase)));
+    };
+    // A judged result keeps the time its judgement took (its passes were the recording's).
+    let mut judged = |name: &str| match recorded.iter().position(|r| r.name == name) {
+        Some(i) => recorded.remove(i),
+        None => {
+            BenchmarkResult::skipped(name, "no HookedTransformer reference (--no-ht-reference)")
+        }
     };
     let skipped = |name: &str| {
         BenchmarkResult::skipped(name, "no HookedTransformer reference (--no-ht-reference)")
@@ -491,42 +520,23 @@ fn compare_phase(
             progress,
         );
     }
-    match reference.as_deref() {
-        Some(r) => {
-            push(
-                "logits_equivalence",
-                forward::logits_equivalence(bridge, r, inputs, tolerance.activations),
-                progress,
-            );
-            push(
-                "loss_equivalence",
-                forward::loss_equivalence(bridge, r, inputs, tolerance.activations),
-                progress,
-            );
-            push("hook_registry", hooks::hook_registry(bridge, r), progress);
-            push(
-                "hook_functionality",
-                hooks::hook_functionality(bridge, Some(r), inputs, tolerance.activations),
-                progress,
-            );
-            let [critical, all] =
-                hooks::critical_and_all_forward_hooks(bridge, r, inputs, tolerance.activations);
-            push("critical_forward_hooks", critical, progress);
-            push("forward_hooks", all, progress);
-        }
-        None => {
-            for name in ["logits_equivalence", "loss_equivalence", "hook_registry"] {
-                push(name, skipped(name), progress);
-            }
-            push(
-                "hook_functionality",
-                hooks::hook_functionality(bridge, None, inputs, tolerance.activations),
-                progress,
-            );
-            for name in ["critical_forward_hooks", "forward_hooks"] {
-                push(name, skipped(name), progress);
-            }
-        }
+    let activations = tolerance.activations;
+    let r = reference.as_deref();
+    for name in ["logits_equivalence", "loss_equivalence"] {
+        push(name, judged(name), progress);
+    }
+    let registry = match r {
+        Some(r) => hooks::hook_registry(bridge, r),
+        None => skipped("hook_registry"),
+    };
+    push("hook_registry", registry, progress);
+    push(
+        "hook_functionality",
+        hooks::hook_functionality(bridge, r, inputs, activations),
+        progress,
+    );
+    for name in ["critical_forward_hooks", "forward_hooks"] {
+        push(name, judged(name), progress);
     }
     push(
         "gated_hooks_fire",
@@ -538,53 +548,28 @@ fn compare_phase(
         result.name = "gated_hooks_fire_reference".to_owned();
         push("gated_hooks_fire_reference", result, progress);
     }
-    let reference = reference.as_deref();
-    push(
-        "run_with_cache",
-        cache::run_with_cache(bridge, reference, inputs),
-        progress,
-    );
-    match reference {
-        Some(r) => {
-            push(
-                "activation_cache",
-                cache::activation_cache(bridge, r, inputs, tolerance.activations),
-                progress,
-            );
-            push(
-                "gradient_computation",
-                backward::gradient_computation(
-                    bridge,
-                    Some(r),
-                    inputs,
-                    target,
-                    tolerance.gradients,
-                ),
-                progress,
-            );
-            let [critical, all] = backward::critical_and_all_backward_hooks(
-                bridge,
-                r,
-                inputs,
-                target,
-                tolerance.gradients,
-            );
-            push("critical_backward_hooks", critical, progress);
-            push("backward_hooks", all, progress);
+    if reference.is_some() {
+        for name in recording::PHASE_JUDGED {
+            push(name, judged(name), progress);
         }
-        None => {
-            push("activation_cache", skipped("activation_cache"), progress);
-            push(
-                "gradient_computation",
-                backward::gradient_computation(bridge, None, inputs, target, tolerance.gradients),
-                progress,
-            );
-            for name in ["critical_backward_hooks", "backward_hooks"] {
-                push(name, skipped(name), progress);
-            }
+    } else {
+        let gradients = tolerance.gradients;
+        push(
+            "run_with_cache",
+            cache::run_with_cache(bridge, None, inputs),
+            progress,
+        );
+        push("activation_cache", skipped("activation_cache"), progress);
+        push(
+            "gradient_computation",
+            backward::gradient_computation(bridge, None, inputs, target, gradients),
+            progress,
+        );
+        for name in ["critical_backward_hooks", "backward_hooks"] {
+            push(name, skipped(name), progress);
         }
     }
-    results
+    (results, recording_seconds)
 }
 
 /// A readable error for a device that is not there (shared with the models).

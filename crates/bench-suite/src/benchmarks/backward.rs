@@ -8,8 +8,8 @@ use tch::Tensor;
 
 use super::hooks::critical_forward_hooks_of;
 use super::{
-    capture_both, compare_caches, describe, guarded, judge_one_recording, reference_error,
-    sample_of, GradientTarget, Inputs,
+    capture_both, compare_caches, describe, guarded, reference_error, sample_of, GradientTarget,
+    Inputs,
 };
 use crate::compare::{compare, max_abs, max_abs_difference_of_sum, Comparison};
 use crate::result::BenchmarkResult;
@@ -54,38 +54,8 @@ pub fn critical_backward_hooks(
     )
 }
 
-/// [`critical_backward_hooks`] and [`backward_hooks`], in that order, from one recorded forward
-/// and backward pass per model (the two compare the same recording on different names; the
-/// suite runs them this way to halve its backward passes).
-pub fn critical_and_all_backward_hooks(
-    model: &dyn LensModel,
-    reference: &dyn LensModel,
-    inputs: &Inputs,
-    target: GradientTarget,
-    tolerance: f64,
-) -> [BenchmarkResult; 2] {
-    let critical = "critical_backward_hooks";
-    let all = "backward_hooks";
-    judge_one_recording(
-        model,
-        reference,
-        inputs,
-        Some(target),
-        [
-            (critical, &|ours, theirs| {
-                let names = Some(critical_gradient_names(reference));
-                Ok(judge_gradients(
-                    critical, ours, theirs, names, target, tolerance,
-                ))
-            }),
-            (all, &|ours, theirs| {
-                Ok(judge_gradients(all, ours, theirs, None, target, tolerance))
-            }),
-        ],
-    )
-}
-
-fn critical_gradient_names(reference: &dyn LensModel) -> Vec<String> {
+/// The critical hooks' gradient names ([`critical_backward_hooks`]).
+pub fn critical_gradient_names(reference: &dyn LensModel) -> Vec<String> {
     critical_forward_hooks_of(reference)
         .into_iter()
         .filter(|n| !matches!(n.as_str(), "hook_pos_embed" | "ln_final.hook_normalized"))
@@ -111,8 +81,8 @@ fn compare_gradients(
 }
 
 /// Compares the recorded hook gradients `names` (every gradient the reference recorded when
-/// `None`).
-fn judge_gradients(
+/// `None`): the verdict of [`critical_backward_hooks`] and [`backward_hooks`].
+pub fn judge_gradients(
     name: &str,
     ours: &ActivationCache,
     theirs: &ActivationCache,

@@ -1,7 +1,7 @@
 //! Forward-pass benchmarks: logits and loss against a reference.
 
 use bridge::{HfForward, TransformerBridge};
-use lens_core::model::{ForwardOptions, LensModel, ReturnType};
+use lens_core::model::{ForwardOptions, ForwardOutput, LensModel, ModelResult, ReturnType};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tch::{Kind, Tensor};
@@ -66,22 +66,9 @@ pub fn logits_equivalence(
     inputs: &Inputs,
     tolerance: f64,
 ) -> BenchmarkResult {
-    let name = "logits_equivalence";
-    guarded(name, || {
-        let _no_grad = tch::no_grad_guard();
-        let ours = model
-            .forward(&inputs.tokens, &ForwardOptions::default())?
-            .logits()?
-            .shallow_clone();
-        let theirs = reference
-            .forward(&inputs.tokens, &ForwardOptions::default())
-            .map_err(reference_error)?;
-        Ok(verdict(
-            name,
-            compare(&ours, theirs.logits()?, None),
-            tolerance,
-            "logits",
-        ))
+    guarded("logits_equivalence", || {
+        let (ours, theirs) = both_forward(model, reference, inputs)?;
+        judge_logits(&ours, &theirs, tolerance)
     })
 }
 
@@ -92,29 +79,52 @@ pub fn loss_equivalence(
     inputs: &Inputs,
     tolerance: f64,
 ) -> BenchmarkResult {
-    let name = "loss_equivalence";
-    guarded(name, || {
-        let _no_grad = tch::no_grad_guard();
-        let options = ForwardOptions {
-            return_type: ReturnType::Loss,
-            ..ForwardOptions::default()
-        };
-        let ours = model
-            .forward(&inputs.tokens, &options)?
-            .loss()?
-            .shallow_clone();
-        let theirs = reference
-            .forward(&inputs.tokens, &options)
-            .map_err(reference_error)?
-            .loss()?
-            .shallow_clone();
-        let (a, b) = (ours.double_value(&[]), theirs.double_value(&[]));
-        Ok(
-            verdict(name, compare(&ours, &theirs, None), tolerance, "loss")
-                .with("loss", a)
-                .with("reference_loss", b),
-        )
+    guarded("loss_equivalence", || {
+        let (ours, theirs) = both_forward(model, reference, inputs)?;
+        judge_loss(&ours, &theirs, tolerance)
     })
+}
+
+/// Both models' logits and loss on the text, without a graph.
+fn both_forward(
+    model: &dyn LensModel,
+    reference: &dyn LensModel,
+    inputs: &Inputs,
+) -> ModelResult<(ForwardOutput, ForwardOutput)> {
+    let _no_grad = tch::no_grad_guard();
+    let options = ForwardOptions {
+        return_type: ReturnType::Both,
+        ..ForwardOptions::default()
+    };
+    let ours = model.forward(&inputs.tokens, &options)?;
+    let theirs = reference
+        .forward(&inputs.tokens, &options)
+        .map_err(reference_error)?;
+    Ok((ours, theirs))
+}
+
+/// [`logits_equivalence`]'s verdict on two forward outputs.
+pub fn judge_logits(
+    ours: &ForwardOutput,
+    theirs: &ForwardOutput,
+    tolerance: f64,
+) -> ModelResult<BenchmarkResult> {
+    let outcome = compare(ours.logits()?, theirs.logits()?, None);
+    Ok(verdict("logits_equivalence", outcome, tolerance, "logits"))
+}
+
+/// [`loss_equivalence`]'s verdict on two forward outputs.
+pub fn judge_loss(
+    ours: &ForwardOutput,
+    theirs: &ForwardOutput,
+    tolerance: f64,
+) -> ModelResult<BenchmarkResult> {
+    let (ours, theirs) = (ours.loss()?, theirs.loss()?);
+    let (a, b) = (ours.double_value(&[]), theirs.double_value(&[]));
+    let outcome = compare(ours, theirs, None);
+    Ok(verdict("loss_equivalence", outcome, tolerance, "loss")
+        .with("loss", a)
+        .with("reference_loss", b))
 }
 
 fn verdict(

@@ -20,7 +20,7 @@ fn greedy(use_cache: bool, max_new_tokens: usize) -> GenerateOptions {
 
 fn sampled(seed: u64) -> GenerateOptions {
     GenerateOptions {
-        max_new_tokens: NEW_TOKENS,
+        max_new_tokens: CHECK_TOKENS,
         do_sample: true,
         temperature: 0.7,
         seed: Some(seed),
@@ -123,38 +123,43 @@ fn tie_gap(
     Ok((logits.double_value(&[a]) - logits.double_value(&[b])).abs() / scale)
 }
 
-/// Greedy generation with the KV cache is token-identical to generation without it: for the
-/// input text alone, and for the prompts as one left-padded batch (padding, position ids and the
-/// cache together; one batched run instead of one per prompt, as a step costs about the same
-/// for a batch: it reads every weight once); and sampling with a fixed seed reproduces itself.
-/// For a model whose cached generation differs by definition (Gemma 3's bidirectional
-/// attention), both runs are made and the reason said instead of the comparison.
+/// Steps of the cache and batching checks: the first step fills the cache from the prompt,
+/// the rest each read it and extend it, so four steps exercise it three times over; more steps
+/// repeat the same computation.
+const CHECK_TOKENS: usize = 4;
+
+/// Greedy generation with the KV cache is token-identical to generation without it, on the text
+/// and the prompts as one left-padded batch (padding, position ids and the cache together, in
+/// one run of each: a step costs about the same for a batch, it reads every weight once); and
+/// sampling with a fixed seed reproduces itself. For a model whose cached generation differs by
+/// definition (Gemma 3's bidirectional attention), both runs are made and the reason said
+/// instead of the comparison.
 pub fn generation_with_kv_cache(model: &dyn LensModel, inputs: &Inputs) -> BenchmarkResult {
     let name = "generation_with_kv_cache";
     guarded(name, || {
         let mut problems = Vec::new();
         let dependence = model.cache_dependence();
-        let mut compare_runs = |what: &str, prompt: &Tensor, mask: Option<&Tensor>| {
-            let cached = run(model, prompt, mask, &greedy(true, NEW_TOKENS))?;
-            let uncached = run(model, prompt, mask, &greedy(false, NEW_TOKENS))?;
-            if dependence.is_none() && !cached.equal(&uncached) {
-                for row in 0..cached.size()[0] {
-                    let (c, u) = (cached.get(row), uncached.get(row));
-                    if !c.equal(&u) {
-                        problems.push(format!(
-                            "{what}, row {row}: cached {:?} vs uncached {:?}",
-                            tokens_of(&c),
-                            tokens_of(&u)
-                        ));
-                    }
+        let mut texts = vec![inputs.tokens.shallow_clone()];
+        texts.extend(inputs.prompts.iter().map(Tensor::shallow_clone));
+        let (batch, mask) = left_padded(&texts, pad_token(model));
+        let cached = run(model, &batch, Some(&mask), &greedy(true, CHECK_TOKENS))?;
+        let uncached = run(model, &batch, Some(&mask), &greedy(false, CHECK_TOKENS))?;
+        if dependence.is_none() && !cached.equal(&uncached) {
+            for row in 0..cached.size()[0] {
+                let (c, u) = (cached.get(row), uncached.get(row));
+                if !c.equal(&u) {
+                    let what = if row == 0 {
+                        "the text".to_owned()
+                    } else {
+                        format!("prompt {}", row - 1)
+                    };
+                    problems.push(format!(
+                        "{what}: cached {:?} vs uncached {:?}",
+                        tokens_of(&c),
+                        tokens_of(&u)
+                    ));
                 }
             }
-            ModelResult::Ok(())
-        };
-        compare_runs("the input text", &inputs.tokens, None)?;
-        if !inputs.prompts.is_empty() {
-            let (batch, mask) = left_padded(&inputs.prompts, pad_token(model));
-            compare_runs("the prompts, left-padded", &batch, Some(&mask))?;
         }
         let first = run(model, &inputs.tokens, None, &sampled(42))?;
         let second = run(model, &inputs.tokens, None, &sampled(42))?;
@@ -169,7 +174,7 @@ pub fn generation_with_kv_cache(model: &dyn LensModel, inputs: &Inputs) -> Bench
             BenchmarkResult::pass(
                 name,
                 format!(
-                    "{compared} on the text and a left-padded batch of {} prompts; seeded \
+                    "{compared} on a left-padded batch of the text and {} prompts; seeded \
                      sampling reproducible",
                     inputs.prompts.len()
                 ),
@@ -189,31 +194,29 @@ fn pad_token(model: &dyn LensModel) -> i64 {
         .unwrap_or(0)
 }
 
-/// Repeated calls give the same tokens, and a left-padded batch of the prompts gives each
-/// prompt's own greedy continuation (for a model whose computation depends on the batch,
-/// Phi-3's `longrope`, the batch is generated and its reason said instead of compared).
+/// Repeated calls give the same tokens (the prompts' left-padded batch, twice), and each row of
+/// that batch is its prompt's own greedy continuation (for a model whose computation depends on
+/// the batch, Phi-3's `longrope`, the rows are generated and its reason said instead of
+/// compared).
 pub fn multiple_generation_calls(model: &dyn LensModel, inputs: &Inputs) -> BenchmarkResult {
     let name = "multiple_generation_calls";
     guarded(name, || {
-        let new_tokens = 5;
         let mut problems = Vec::new();
-        let mut singles = Vec::new();
-        for (i, prompt) in inputs.prompts.iter().enumerate() {
-            let a = run(model, prompt, None, &greedy(true, new_tokens))?;
-            let b = run(model, prompt, None, &greedy(true, new_tokens))?;
-            if !a.equal(&b) {
-                problems.push(format!("prompt {i}: two calls differ"));
-            }
-            singles.push(a);
+        let (batch, mask) = left_padded(&inputs.prompts, pad_token(model));
+        let options = greedy(true, CHECK_TOKENS);
+        let batched = run(model, &batch, Some(&mask), &options)?;
+        if !run(model, &batch, Some(&mask), &options)?.equal(&batched) {
+            problems.push("two calls on the same batch differ".to_owned());
         }
         let dependence = model.batch_dependence();
         if inputs.prompts.len() > 1 && dependence.is_none() {
-            let (batch, mask) = left_padded(&inputs.prompts, pad_token(model));
-            let batched = run(model, &batch, Some(&mask), &greedy(true, new_tokens))?;
             let width = batch.size()[1];
-            for (i, (single, prompt)) in singles.iter().zip(&inputs.prompts).enumerate() {
-                let generated = batched.get(i as i64).narrow(0, width, new_tokens as i64);
-                let expected = single.get(0).narrow(0, prompt.size()[1], new_tokens as i64);
+            for (i, prompt) in inputs.prompts.iter().enumerate() {
+                let single = run(model, prompt, None, &options)?;
+                let generated = batched.get(i as i64).narrow(0, width, CHECK_TOKENS as i64);
+                let expected = single
+                    .get(0)
+                    .narrow(0, prompt.size()[1], CHECK_TOKENS as i64);
                 if !generated.equal(&expected) {
                     problems.push(format!(
                         "prompt {i}: batched {:?} vs alone {:?}",

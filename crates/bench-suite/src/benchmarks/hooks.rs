@@ -8,8 +8,8 @@ use lens_core::model::{ForwardOptions, LensModel, ModelResult, ReturnType};
 use tch::Tensor;
 
 use super::{
-    capture_both, compare_caches, describe, guarded, judge_one_recording, never_fired,
-    reference_error, sample_of, Inputs,
+    capture_both, compare_caches, describe, guarded, never_fired, reference_error, sample_of,
+    Inputs,
 };
 use crate::compare::compare;
 use crate::result::BenchmarkResult;
@@ -122,7 +122,14 @@ pub fn forward_hooks(
     let name = "forward_hooks";
     guarded(name, || {
         let (ours, theirs) = capture_both(model, reference, inputs, None)?;
-        judge_all(name, model, reference, inputs, &ours, &theirs, tolerance)
+        let counts = both_firing_counts(model, reference, inputs)?;
+        Ok(judge_forward_hooks(
+            model,
+            reference,
+            [&ours, &theirs],
+            [&counts.0, &counts.1],
+            tolerance,
+        ))
     })
 }
 
@@ -146,42 +153,28 @@ pub fn critical_forward_hooks(
     })
 }
 
-/// [`critical_forward_hooks`] and [`forward_hooks`], in that order, from one recorded pass per
-/// model (the suite runs them this way to halve its passes).
-pub fn critical_and_all_forward_hooks(
+/// How often each hook fires in one forward pass: the model's and the reference's.
+pub type FiringCounts = BTreeMap<String, usize>;
+
+fn both_firing_counts(
     model: &dyn LensModel,
     reference: &dyn LensModel,
     inputs: &Inputs,
-    tolerance: f64,
-) -> [BenchmarkResult; 2] {
-    let critical = "critical_forward_hooks";
-    let all = "forward_hooks";
-    judge_one_recording(
-        model,
-        reference,
-        inputs,
-        None,
-        [
-            (critical, &|ours, theirs| {
-                let names = critical_forward_hooks_of(reference);
-                Ok(judge_critical(critical, &names, ours, theirs, tolerance))
-            }),
-            (all, &|ours, theirs| {
-                judge_all(all, model, reference, inputs, ours, theirs, tolerance)
-            }),
-        ],
-    )
+) -> ModelResult<(FiringCounts, FiringCounts)> {
+    let ours = firing_counts(model, &inputs.tokens)?;
+    let theirs = firing_counts(reference, &inputs.tokens).map_err(reference_error)?;
+    Ok((ours, theirs))
 }
 
-fn judge_all(
-    name: &str,
+/// [`forward_hooks`]'s verdict on both models' caches and firing counts of one forward pass.
+pub fn judge_forward_hooks(
     model: &dyn LensModel,
     reference: &dyn LensModel,
-    inputs: &Inputs,
-    ours: &ActivationCache,
-    theirs: &ActivationCache,
+    [ours, theirs]: [&ActivationCache; 2],
+    [our_counts, reference_counts]: [&FiringCounts; 2],
     tolerance: f64,
-) -> ModelResult<BenchmarkResult> {
+) -> BenchmarkResult {
+    let name = "forward_hooks";
     let report = compare_caches(ours, theirs, None, tolerance);
     let mut silent = never_fired(model, ours);
     silent.extend(
@@ -189,14 +182,19 @@ fn judge_all(
             .into_iter()
             .map(|n| format!("{n} (reference)")),
     );
-    let reference_counts = firing_counts(reference, &inputs.tokens).map_err(reference_error)?;
-    let repeated: Vec<String> = firing_counts(model, &inputs.tokens)?
-        .into_iter()
-        .filter_map(|(n, c)| {
-            let expected = expected_firings(model, &n, &reference_counts);
+    let mut repeated: Vec<String> = our_counts
+        .iter()
+        .filter_map(|(n, &c)| {
+            let expected = expected_firings(model, n, reference_counts);
             (c != expected).then(|| format!("{n} fired {c} times, not {expected}"))
         })
         .collect();
+    // Counts that miss a cached hook were not taken in the cached pass: nothing is judged.
+    repeated.extend(
+        ours.keys()
+            .filter(|n| !our_counts.contains_key(*n))
+            .map(|n| format!("{n} cached but never counted")),
+    );
     let problems = report.missing.len() + report.mismatches.len() + silent.len() + repeated.len();
     let result = if problems == 0 {
         BenchmarkResult::pass(
@@ -222,11 +220,11 @@ fn judge_all(
         .with("never_fired", sample_of(&silent))
         .with("fired_more_than_once", sample_of(&repeated))
     };
-    Ok(result
+    result
         .with("compared", report.compared)
         .with("worst_err", report.worst)
         .with("tolerance", tolerance)
-        .with_errors(report.errors))
+        .with_errors(report.errors)
 }
 
 /// How often hook `name` must fire: as often as the reference fires it (or one of its aliases); a
@@ -260,7 +258,8 @@ fn expected_firings(
         .unwrap_or(1)
 }
 
-fn judge_critical(
+/// [`critical_forward_hooks`]'s verdict on both models' caches of one forward pass.
+pub fn judge_critical(
     name: &str,
     names: &[String],
     ours: &ActivationCache,

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod forward;
 pub mod generation;
 pub mod hooks;
+pub mod recording;
 pub mod weights;
 
 use std::collections::BTreeMap;
@@ -121,30 +122,6 @@ pub fn capture_both(
     let ours = capture(model, &inputs.tokens, target)?;
     let theirs = capture(reference, &inputs.tokens, target).map_err(reference_error)?;
     Ok((ours, theirs))
-}
-
-/// How a benchmark judges a recording of both models: `(ours, theirs)` to its result.
-pub type JudgeRecording<'a> =
-    &'a dyn Fn(&ActivationCache, &ActivationCache) -> ModelResult<BenchmarkResult>;
-
-/// Two benchmarks judged on one recording of both models ([`capture_both`]): each judge runs
-/// under [`guarded`] with its benchmark's name; a recording that fails or panics is an ERROR
-/// result under both names.
-pub fn judge_one_recording(
-    model: &dyn LensModel,
-    reference: &dyn LensModel,
-    inputs: &Inputs,
-    target: Option<GradientTarget>,
-    judges: [(&str, JudgeRecording<'_>); 2],
-) -> [BenchmarkResult; 2] {
-    let recorded = catch_unwind(AssertUnwindSafe(|| {
-        capture_both(model, reference, inputs, target)
-    }));
-    judges.map(|(name, judge)| match &recorded {
-        Ok(Ok((ours, theirs))) => guarded(name, || judge(ours, theirs)),
-        Ok(Err(error)) => BenchmarkResult::error(name, format!("could not run: {error}")),
-        Err(_) => BenchmarkResult::error(name, "panicked while recording both models"),
-    })
 }
 
 /// Hook points of `model` that are not gated off but are absent from `cache` (never fired).

@@ -5,7 +5,7 @@ use lens_core::model::{ForwardOptions, LensModel, ModelResult, ReturnType};
 use tch::{Kind, Tensor};
 
 use super::{guarded, reference_error, sample_of, Inputs};
-use crate::compare::{compare, max_abs, Comparison};
+use crate::compare::{compare, in_memory_order, max_abs, Comparison};
 use crate::result::BenchmarkResult;
 
 fn weights_matching(model: &dyn LensModel, suffix: &str) -> Vec<String> {
@@ -79,14 +79,18 @@ pub fn weight_magnitudes(model: &dyn LensModel) -> BenchmarkResult {
         let mut bad = Vec::new();
         let names = model.tl_weight_names();
         for weight in &names {
-            let w = model.tl_weight(weight)?.detach();
+            // In memory order: the reductions below stride through a transposed view slowly.
+            let w = in_memory_order(&model.tl_weight(weight)?.detach());
             let max = max_abs(&w);
-            // The L1 norm: mean |w| without an |w| temporary.
+            // The L1 norm over every dimension: mean |w| without an |w| temporary, or a copy
+            // (which flattening a view would make).
+            let every_dim: Vec<i64> = (0..w.dim() as i64).collect();
             let mean = if w.numel() == 0 {
                 0.0
+            } else if w.dim() == 0 {
+                w.abs().to_kind(Kind::Double).double_value(&[])
             } else {
-                w.reshape([-1])
-                    .norm_scalaropt_dim(1.0, [0i64].as_slice(), false)
+                w.norm_scalaropt_dim(1.0, every_dim.as_slice(), false)
                     .to_kind(Kind::Double)
                     .double_value(&[])
                     / w.numel() as f64

@@ -2,8 +2,9 @@
 //! check is one that cannot fail.
 
 use bench_suite::benchmarks::{
-    backward, cache, forward, generation, hooks, weights, GradientTarget, Inputs,
+    backward, cache, forward, generation, hooks, recording, weights, GradientTarget, Inputs,
 };
+use bench_suite::compare::tolerances_for;
 use bench_suite::BenchmarkResult;
 use bridge::{CompatibilityOptions, HfForward, TransformerBridge};
 use hooked_ref::{HookedTransformer, ProcessingOptions};
@@ -62,6 +63,30 @@ fn fails_only_when_broken(name: &str, intact: BenchmarkResult, broken: Benchmark
         "{name} should fail on the broken model:\n{broken}"
     );
     assert_eq!(broken.name, intact.name);
+}
+
+/// The checks the suite judges on one recording of both models: each passes for the intact model
+/// and those named in `failing` fail for the broken one (the rest pass).
+fn recorded_checks_fail_only_when_broken(
+    intact: &dyn LensModel,
+    broken: &dyn LensModel,
+    reference: &dyn LensModel,
+    inputs: &Inputs,
+    failing: &[&str],
+) {
+    let tolerances = tolerances_for(Kind::Float);
+    let t = GradientTarget::SumLastLogits;
+    let (passing, _) = recording::recorded_benchmarks(intact, reference, inputs, t, tolerances);
+    let (judged, _) = recording::recorded_benchmarks(broken, reference, inputs, t, tolerances);
+    assert_eq!(passing.len(), 9);
+    for (intact, broken) in passing.into_iter().zip(judged) {
+        let name = intact.name.clone();
+        if failing.contains(&name.as_str()) {
+            fails_only_when_broken(&name, intact, broken);
+        } else {
+            assert!(intact.passed && broken.passed, "{intact}\n{broken}");
+        }
+    }
 }
 
 /// Adds `delta` to the first feature of an activation, permanently (not to every feature: a
@@ -294,14 +319,23 @@ fn forward_benchmarks_fail_on_a_perturbed_activation(#[values(MODELS[0], MODELS[
         forward::all_components(&intact, TOL),
         forward::all_components(&broken, TOL),
     );
-    // The suite's way: both from one recording per model.
-    let shared = |model| hooks::critical_and_all_forward_hooks(model, &reference, &inputs, TOL);
-    let ([intact_critical, intact_all], [broken_critical, broken_all]) =
-        (shared(&intact), shared(&broken));
-    assert_eq!(intact_critical.name, "critical_forward_hooks");
-    assert_eq!(intact_all.name, "forward_hooks");
-    fails_only_when_broken("critical_forward_hooks", intact_critical, broken_critical);
-    fails_only_when_broken("forward_hooks", intact_all, broken_all);
+    // The suite's way: every check of one recording per model and phase.
+    recorded_checks_fail_only_when_broken(
+        &intact,
+        &broken,
+        &reference,
+        &inputs,
+        &[
+            "logits_equivalence",
+            "loss_equivalence",
+            "critical_forward_hooks",
+            "forward_hooks",
+            "activation_cache",
+            "gradient_computation",
+            "critical_backward_hooks",
+            "backward_hooks",
+        ],
+    );
     fails_only_when_broken(
         "activation_cache",
         cache::activation_cache(&intact, &reference, &inputs, TOL),
@@ -331,15 +365,18 @@ fn backward_benchmarks_fail_on_a_perturbed_gradient(#[values(MODELS[0], MODELS[1
         backward::gradient_computation(&intact, Some(&reference), &inputs, t, TOL),
         backward::gradient_computation(&broken, Some(&reference), &inputs, t, TOL),
     );
-    // The suite's way: both hook-gradient benchmarks from one recording per model.
-    let shared =
-        |model| backward::critical_and_all_backward_hooks(model, &reference, &inputs, t, TOL);
-    let ([intact_critical, intact_all], [broken_critical, broken_all]) =
-        (shared(&intact), shared(&broken));
-    assert_eq!(intact_critical.name, "critical_backward_hooks");
-    assert_eq!(intact_all.name, "backward_hooks");
-    fails_only_when_broken("critical_backward_hooks", intact_critical, broken_critical);
-    fails_only_when_broken("backward_hooks", intact_all, broken_all);
+    // The suite's way: every check of one recording per model and phase.
+    recorded_checks_fail_only_when_broken(
+        &intact,
+        &broken,
+        &reference,
+        &inputs,
+        &[
+            "gradient_computation",
+            "critical_backward_hooks",
+            "backward_hooks",
+        ],
+    );
 }
 
 #[rstest::rstest]

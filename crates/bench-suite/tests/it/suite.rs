@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use bench_suite::benchmarks::{backward, hooks, GradientTarget, Inputs};
+use bench_suite::benchmarks::{recording, GradientTarget, Inputs};
 use bench_suite::compare::tolerances_for;
 use bench_suite::{run_benchmark_suite, BenchmarkResult, SuiteOptions};
 use bridge::TransformerBridge;
@@ -74,6 +74,52 @@ fn without_references_the_checks_needing_them_are_skipped_not_passed() {
         .map(|r| r.to_string())
         .collect();
     assert!(ran_and_failed.is_empty(), "{}", ran_and_failed.join("\n"));
+}
+
+/// The reference's parameter gradients are compared as its backward pass makes them and freed
+/// at once: when the pass ends none is left (the two full gradient sets never coexist), and the
+/// comparison still passes; then both models' gradients are cleared.
+#[test]
+fn gradient_computation_frees_each_reference_gradient_during_its_backward_pass() {
+    let bridge =
+        TransformerBridge::boot(lens_core::DEFAULT_MODEL, Device::Cpu, Kind::Float).unwrap();
+    let reference = HookedTransformer::from_pretrained_no_processing(
+        lens_core::DEFAULT_MODEL,
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let tokens = bridge
+        .to_tokens(&["Hello world, again"], None, None)
+        .unwrap()
+        .ids;
+    let backward = |model: &dyn LensModel| -> lens_core::model::ModelResult<()> {
+        let output = model.forward(&tokens, &ForwardOptions::default())?;
+        hookpoint::backward(&GradientTarget::SumLastLogits.of(&output)?)?;
+        Ok(())
+    };
+    let with_gradient = |model: &dyn LensModel| {
+        let names = model.tl_weight_names();
+        names
+            .iter()
+            .filter(|n| model.tl_weight_grad(n).unwrap().is_some())
+            .count()
+    };
+    backward(&bridge).unwrap();
+    let mut left_after_the_pass = None;
+    let mut reference_backward = || {
+        backward(&reference)?;
+        left_after_the_pass = Some(with_gradient(&reference));
+        Ok(())
+    };
+    let result = bench_suite::benchmarks::backward::judge_parameter_gradients(
+        &bridge,
+        Some((&reference, &mut reference_backward)),
+        1e-5,
+    )
+    .unwrap();
+    assert!(result.passed, "{result}");
+    assert_eq!(left_after_the_pass, Some(0));
+    assert_eq!((with_gradient(&bridge), with_gradient(&reference)), (0, 0));
 }
 
 /// The Llama family (tests/fixtures/dec-a..e: GQA, biases, rope scalings, sliding windows, q/k
@@ -268,20 +314,13 @@ fn llama_family_hook_options_match_the_hooked_transformer(
         let (mut bridge, mut reference) = load();
         bridge.set_hook_flag(flag, true).unwrap();
         reference.set_hook_flag(flag, true).unwrap();
-        let mut results: Vec<BenchmarkResult> = hooks::critical_and_all_forward_hooks(
-            &bridge,
-            &reference,
-            &inputs,
-            tolerance.activations,
-        )
-        .into();
-        results.extend(backward::critical_and_all_backward_hooks(
+        let (results, _) = recording::recorded_benchmarks(
             &bridge,
             &reference,
             &inputs,
             GradientTarget::SumLastLogits,
-            tolerance.gradients,
-        ));
+            tolerance,
+        );
         let failed: Vec<String> = results
             .iter()
             .filter(|r| !r.passed || !r.ran())
