@@ -15,11 +15,13 @@ use lens_core::model::{LensModel, ModelError, ModelResult};
 use lens_core::processing::applicable;
 use lens_core::LoadOptions;
 use serde::{Deserialize, Serialize};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 use crate::benchmarks::{
-    backward, cache, forward, generation, hooks, recording, weights, GradientTarget, Inputs,
+    backward, cache, forward, generation, hooks, recording, weights, CleanLosses, GradientTarget,
+    Inputs,
 };
 use crate::compare::{tolerances_for, Tolerances};
 use crate::process::peak_rss_mib;
@@ -206,17 +208,27 @@ pub fn run_suite(options: &SuiteOptions, progress: Progress) -> ModelResult<Suit
     };
     lens_core::allocator::release_freed_memory();
     if phase(2) {
-        let (compared, recording) = compare_phase(
+        let target = GradientTarget::SumLastLogits;
+        let recorded = record(
+            &bridge,
+            reference.as_ref(),
+            &inputs,
+            target,
+            tolerance,
+            progress,
+        );
+        let seconds = recorded.as_ref().map(|r| r.seconds);
+        results.extend(compare_phase(
             2,
             &mut bridge,
             reference.as_mut().map(|r| r as &mut dyn LensModel),
             &inputs,
             tolerance,
-            GradientTarget::SumLastLogits,
+            target,
+            recorded,
             progress,
-        );
-        results.extend(compared);
-        close_phase(2, recording, &mut phases);
+        ));
+        close_phase(2, seconds, &mut phases);
     }
     if phase(3) && options.enable_compatibility_mode {
         let mut recording_seconds = None;
@@ -229,24 +241,34 @@ pub fn run_suite(options: &SuiteOptions, progress: Progress) -> ModelResult<Suit
                 // Processing replaced most weights of both models: the old ones go back to
                 // the kernel.
                 lens_core::allocator::release_freed_memory();
+                let target = GradientTarget::LastLogProbsProjection;
+                let recorded = record(
+                    &bridge,
+                    reference.as_ref(),
+                    &inputs,
+                    target,
+                    tolerance,
+                    progress,
+                );
+                recording_seconds = recorded.as_ref().map(|r| r.seconds);
                 results.extend(processed_checks(
                     &bridge,
                     reference.as_ref().map(|r| r as &dyn LensModel),
                     &inputs,
                     tolerance,
+                    recorded.as_ref().and_then(|r| r.clean_losses),
                     progress,
                 ));
-                let (compared, recording) = compare_phase(
+                results.extend(compare_phase(
                     3,
                     &mut bridge,
                     reference.as_mut().map(|r| r as &mut dyn LensModel),
                     &inputs,
                     tolerance,
-                    GradientTarget::LastLogProbsProjection,
+                    target,
+                    recorded,
                     progress,
-                );
-                results.extend(compared);
-                recording_seconds = recording;
+                ));
             }
             // An architecture without compatibility mode yet is reported, never passed over:
             // skipped says phase 3 did not run; any other failure is an error.
@@ -385,6 +407,7 @@ fn processed_checks(
     reference: Option<&dyn LensModel>,
     inputs: &Inputs,
     tolerance: Tolerances,
+    clean_losses: Option<CleanLosses>,
     progress: Progress,
 ) -> Vec<BenchmarkResult> {
     let mut results = Vec::new();
@@ -446,8 +469,15 @@ fn processed_checks(
             run("weight_processing", &|| {
                 weights::weight_processing(bridge, reference, tolerance.activations)
             });
-            run("weight_sharing", &|| {
-                weights::weight_sharing(bridge, reference, inputs, tolerance.activations)
+            run("weight_sharing", &|| match clean_losses {
+                Some(clean) => weights::weight_sharing_given(
+                    bridge,
+                    reference,
+                    inputs,
+                    clean,
+                    tolerance.activations,
+                ),
+                None => weights::weight_sharing(bridge, reference, inputs, tolerance.activations),
             });
         }
         None => {
@@ -459,15 +489,34 @@ fn processed_checks(
             });
         }
     }
-    run("weight_modification", &|| {
-        weights::weight_modification(bridge, inputs)
+    run("weight_modification", &|| match clean_losses {
+        Some(clean) => weights::weight_modification_given(bridge, inputs, clean.ours),
+        None => weights::weight_modification(bridge, inputs),
     });
     results
 }
 
-/// The comparison benchmarks of Phases 2 and 3, in the Python suite's order, and the seconds
-/// spent recording both models (with a reference): the benchmarks that only read a pass judge
-/// one recording ([`recording::recorded_benchmarks`]); the others run their own passes.
+/// Records both models for a comparison phase ([`recording::recorded_benchmarks`]), when there
+/// is a reference.
+fn record(
+    bridge: &TransformerBridge,
+    reference: Option<&HookedTransformer>,
+    inputs: &Inputs,
+    target: GradientTarget,
+    tolerance: Tolerances,
+    progress: Progress,
+) -> Option<recording::RecordedPhase> {
+    let reference = reference?;
+    progress("recording both models");
+    Some(recording::recorded_benchmarks(
+        bridge, reference, inputs, target, tolerance,
+    ))
+}
+
+/// The comparison benchmarks of Phases 2 and 3, in the Python suite's order: those that only
+/// read a pass come `recorded` (judged on one recording of both models); the others run their
+/// own passes.
+#[allow(clippy::too_many_arguments)]
 fn compare_phase(
     phase: u8,
     bridge: &mut TransformerBridge,
@@ -475,17 +524,11 @@ fn compare_phase(
     inputs: &Inputs,
     tolerance: Tolerances,
     target: GradientTarget,
+    recorded: Option<recording::RecordedPhase>,
     progress: Progress,
-) -> (Vec<BenchmarkResult>, Option<f64>) {
-    let (mut recorded, recording_seconds) = match reference.as_deref() {
-        Some(r) => {
-            progress("recording both models");
-            let (results, seconds) =
-                recording::recorded_benchmarks(bridge, r, inputs, target, tolerance);
-            (results, Some(seconds))
-        }
-        None => (Vec::new(), None),
-    };
+) -> Vec<BenchmarkResult> {
+    let clean_losses = recorded.as_ref().and_then(|r| r.clean_losses);
+    let mut recorded = recorded.map(|r| r.results).unwrap_or_default();
     let mut results = Vec::new();
     let mut clock = Clock::start();
     let mut push = |name: &str, result: BenchmarkResult, progress: &mut dyn FnMut(&str)| {
@@ -503,22 +546,35 @@ fn compare_phase(
         BenchmarkResult::skipped(name, "no HookedTransformer reference (--no-ht-reference)")
     };
     if phase == 2 {
+        // One cached greedy run of the bridge, which each generation check compares with runs
+        // of its own (its time counts towards the first).
+        let greedy = catch_unwind(AssertUnwindSafe(|| {
+            generation::GreedyBatch::generate(bridge, inputs)
+        }));
+        let greedy = match greedy {
+            Ok(Ok(greedy)) => Ok(greedy),
+            Ok(Err(error)) => Err(format!("could not generate: {error}")),
+            Err(_) => Err("panicked while generating".to_owned()),
+        };
+        let on_greedy =
+            |name: &str, check: &dyn Fn(&generation::GreedyBatch) -> BenchmarkResult| match &greedy
+            {
+                Ok(greedy) => check(greedy),
+                Err(why) => BenchmarkResult::error(name, why.clone()),
+            };
         let reference = reference.as_deref();
-        push(
-            "generation",
-            generation::generation(bridge, reference, inputs, tolerance.activations),
-            progress,
-        );
-        push(
-            "generation_with_kv_cache",
-            generation::generation_with_kv_cache(bridge, inputs),
-            progress,
-        );
-        push(
-            "multiple_generation_calls",
-            generation::multiple_generation_calls(bridge, inputs),
-            progress,
-        );
+        let result = on_greedy("generation", &|g| {
+            generation::generation_given(bridge, reference, g, tolerance.activations)
+        });
+        push("generation", result, progress);
+        let result = on_greedy("generation_with_kv_cache", &|g| {
+            generation::generation_with_kv_cache_given(bridge, inputs, g)
+        });
+        push("generation_with_kv_cache", result, progress);
+        let result = on_greedy("multiple_generation_calls", &|g| {
+            generation::multiple_generation_calls_given(bridge, inputs, g)
+        });
+        push("multiple_generation_calls", result, progress);
     }
     let activations = tolerance.activations;
     let r = reference.as_deref();
@@ -530,11 +586,17 @@ fn compare_phase(
         None => skipped("hook_registry"),
     };
     push("hook_registry", registry, progress);
-    push(
-        "hook_functionality",
-        hooks::hook_functionality(bridge, r, inputs, activations),
-        progress,
-    );
+    let functionality = match (r, clean_losses) {
+        (Some(r), Some(clean)) => hooks::hook_functionality_given(
+            bridge,
+            Some((r, clean.theirs)),
+            inputs,
+            clean.ours,
+            activations,
+        ),
+        _ => hooks::hook_functionality(bridge, r, inputs, activations),
+    };
+    push("hook_functionality", functionality, progress);
     for name in ["critical_forward_hooks", "forward_hooks"] {
         push(name, judged(name), progress);
     }
@@ -569,7 +631,7 @@ fn compare_phase(
             push(name, skipped(name), progress);
         }
     }
-    (results, recording_seconds)
+    results
 }
 
 /// A readable error for a device that is not there (shared with the models).

@@ -120,11 +120,21 @@ pub fn load_tokenizer(
 }
 
 /// Resolves `model` ([`ModelSource::resolve`]) and loads its config, weights and tokenizer.
+///
+/// The tokenizer is parsed on a thread of its own while the weights are read: the two are
+/// independent, and for GPT-2 the tokenizer alone takes a third as long as the weights.
 pub fn load(model: &str, opts: &LoadOptions) -> Result<LoadedModel> {
     let files = ModelSource::resolve(model, &opts.resolve)?;
     let config = HfConfig::from_file(&files.config)?;
-    let weights = Weights::load(&files.weight_sources(), opts.kind, opts.device)?;
-    let tokenizer = load_tokenizer(&files, &config, &opts.tokenizer)?;
+    let (weights, tokenizer) = std::thread::scope(|scope| {
+        let tokenizer = scope.spawn(|| load_tokenizer(&files, &config, &opts.tokenizer));
+        let weights = Weights::load(&files.weight_sources(), opts.kind, opts.device);
+        let tokenizer = tokenizer
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (weights, tokenizer)
+    });
+    let (weights, tokenizer) = (weights?, tokenizer?);
     Ok(LoadedModel {
         config,
         weights,

@@ -6,9 +6,12 @@ use tch::{Kind, Tensor};
 use super::{guarded, reference_error, Inputs};
 use crate::result::BenchmarkResult;
 
-const NEW_TOKENS: usize = 10;
+/// New tokens of each generation check: the first step fills the cache from the prompt,
+/// the rest each read it and extend it, so four steps exercise it three times over; more steps
+/// repeat the same computation.
+const CHECK_TOKENS: usize = 4;
 
-fn greedy(use_cache: bool, max_new_tokens: usize) -> GenerateOptions {
+fn greedy_options(use_cache: bool, max_new_tokens: usize) -> GenerateOptions {
     GenerateOptions {
         max_new_tokens,
         do_sample: false,
@@ -39,44 +42,120 @@ fn run(
     model.generate(tokens, mask, options)
 }
 
-/// Greedy generation adds exactly the requested tokens, and (with a reference) the same ones —
-/// or, where the two part ways, the step was a tie within the dtype's resolution: the model's
-/// logits for its own token and for the reference's differ by at most `tolerance` of their scale
-/// (after that step the continuations legitimately differ).
+/// The model's cached greedy continuation of the text and the prompts as one left-padded batch
+/// ([`CHECK_TOKENS`] new tokens): made once and read by all three generation checks, each of
+/// which compares it with runs of its own.
+pub struct GreedyBatch {
+    /// The text's tokens, then each prompt's, unpadded.
+    texts: Vec<Tensor>,
+    /// Them left-padded.
+    batch: Tensor,
+    /// The batch's attention mask.
+    mask: Tensor,
+    /// The batch with its new tokens.
+    generated: Tensor,
+}
+
+impl GreedyBatch {
+    /// Runs the model's cached greedy generation on the batch.
+    pub fn generate(model: &dyn LensModel, inputs: &Inputs) -> ModelResult<Self> {
+        let texts = text_and_prompts(inputs);
+        let (batch, mask) = left_padded(&texts, pad_token(model));
+        let generated = run(
+            model,
+            &batch,
+            Some(&mask),
+            &greedy_options(true, CHECK_TOKENS),
+        )?;
+        Ok(GreedyBatch {
+            texts,
+            batch,
+            mask,
+            generated,
+        })
+    }
+
+    /// Row `row` of `t` (the batch with new tokens) without its padding, `[1, len]`.
+    fn unpadded(&self, t: &Tensor, row: usize) -> Tensor {
+        let padding = self.batch.size()[1] - self.texts[row].size()[1];
+        let tokens = t.get(row as i64);
+        tokens
+            .narrow(0, padding, tokens.size()[0] - padding)
+            .unsqueeze(0)
+    }
+}
+
+/// Runs `check` on the model's [`GreedyBatch`], or reports why it could not be generated.
+fn with_greedy_batch(
+    name: &str,
+    model: &dyn LensModel,
+    inputs: &Inputs,
+    check: impl FnOnce(&GreedyBatch) -> BenchmarkResult,
+) -> BenchmarkResult {
+    let mut greedy = None;
+    let failed = guarded(name, || {
+        greedy = Some(GreedyBatch::generate(model, inputs)?);
+        Ok(BenchmarkResult::pass(name, "generated"))
+    });
+    match greedy {
+        Some(greedy) => check(&greedy),
+        None => failed,
+    }
+}
+
+/// Greedy generation adds exactly the requested tokens, and (with a reference) the same ones,
+/// for the text and the prompts as one left-padded batch — or, where the two part ways, the step
+/// was a tie within the dtype's resolution: the model's logits for its own token and for the
+/// reference's differ by at most `tolerance` of their scale (after that step the continuations
+/// legitimately differ).
 pub fn generation(
     model: &dyn LensModel,
     reference: Option<&dyn LensModel>,
     inputs: &Inputs,
     tolerance: f64,
 ) -> BenchmarkResult {
+    with_greedy_batch("generation", model, inputs, |greedy| {
+        generation_given(model, reference, greedy, tolerance)
+    })
+}
+
+/// [`generation`] on the model's [`GreedyBatch`], made elsewhere.
+pub fn generation_given(
+    model: &dyn LensModel,
+    reference: Option<&dyn LensModel>,
+    greedy: &GreedyBatch,
+    tolerance: f64,
+) -> BenchmarkResult {
     let name = "generation";
     guarded(name, || {
-        let ours = run(model, &inputs.tokens, None, &greedy(true, NEW_TOKENS))?;
-        let expected_len = inputs.tokens.size()[1] + NEW_TOKENS as i64;
-        if ours.size()[1] != expected_len {
+        let (batch, mask, ours) = (&greedy.batch, &greedy.mask, &greedy.generated);
+        let expected = [batch.size()[0], batch.size()[1] + CHECK_TOKENS as i64];
+        if ours.size() != expected {
             return Ok(BenchmarkResult::fail(
                 name,
-                format!(
-                    "generated {} positions, expected {expected_len}",
-                    ours.size()[1]
-                ),
+                format!("generated {:?}, expected {expected:?}", ours.size()),
             ));
         }
+        let rows = greedy.texts.len();
         let Some(reference) = reference else {
             return Ok(BenchmarkResult::pass(
                 name,
-                format!("{NEW_TOKENS} tokens generated"),
+                format!("{CHECK_TOKENS} tokens generated for each of {rows} rows"),
             ));
         };
-        let theirs = run(reference, &inputs.tokens, None, &greedy(true, NEW_TOKENS))
-            .map_err(reference_error)?;
+        let options = greedy_options(true, CHECK_TOKENS);
+        let theirs = run(reference, batch, Some(mask), &options).map_err(reference_error)?;
         if ours.equal(&theirs) {
             return Ok(BenchmarkResult::pass(
                 name,
-                format!("{NEW_TOKENS} greedy tokens identical to the reference's"),
+                format!("{CHECK_TOKENS} greedy tokens for each of {rows} rows identical to the reference's"),
             ));
         }
-        let (a, b) = (tokens_of(&ours), tokens_of(&theirs));
+        let row = (0..rows)
+            .find(|&r| !ours.get(r as i64).equal(&theirs.get(r as i64)))
+            .unwrap_or(0);
+        let (ours_row, theirs_row) = (greedy.unpadded(ours, row), greedy.unpadded(&theirs, row));
+        let (a, b) = (tokens_of(&ours_row), tokens_of(&theirs_row));
         let step = a
             .iter()
             .zip(&b)
@@ -84,19 +163,27 @@ pub fn generation(
             .unwrap_or(a.len().min(b.len()));
         let gap = tie_gap(
             model,
-            &ours,
+            &ours_row,
             step,
             a.get(step).copied(),
             b.get(step).copied(),
         )?;
         Ok(if gap <= tolerance {
-            BenchmarkResult::pass(name, format!("identical to the reference's up to a tie at position {step} (logit gap {gap:.2e})"))
+            BenchmarkResult::pass(name, format!("identical to the reference's up to a tie in row {row} at position {step} (logit gap {gap:.2e})"))
         } else {
-            BenchmarkResult::fail(name, format!("greedy tokens differ from the reference's at position {step} (logit gap {gap:.2e})"))
+            BenchmarkResult::fail(name, format!("greedy tokens of row {row} differ from the reference's at position {step} (logit gap {gap:.2e})"))
                 .with("ours", a)
                 .with("reference", b)
         })
     })
+}
+
+/// The text first, then the prompts.
+fn text_and_prompts(inputs: &Inputs) -> Vec<Tensor> {
+    std::iter::once(&inputs.tokens)
+        .chain(&inputs.prompts)
+        .map(Tensor::shallow_clone)
+        .collect()
 }
 
 /// How far apart the model's logits for the two candidate tokens are at `step`, relative to
@@ -123,11 +210,6 @@ fn tie_gap(
     Ok((logits.double_value(&[a]) - logits.double_value(&[b])).abs() / scale)
 }
 
-/// Steps of the cache and batching checks: the first step fills the cache from the prompt,
-/// the rest each read it and extend it, so four steps exercise it three times over; more steps
-/// repeat the same computation.
-const CHECK_TOKENS: usize = 4;
-
 /// Greedy generation with the KV cache is token-identical to generation without it, on the text
 /// and the prompts as one left-padded batch (padding, position ids and the cache together, in
 /// one run of each: a step costs about the same for a batch, it reads every weight once); and
@@ -135,15 +217,28 @@ const CHECK_TOKENS: usize = 4;
 /// definition (Gemma 3's bidirectional attention), both runs are made and the reason said
 /// instead of the comparison.
 pub fn generation_with_kv_cache(model: &dyn LensModel, inputs: &Inputs) -> BenchmarkResult {
+    with_greedy_batch("generation_with_kv_cache", model, inputs, |greedy| {
+        generation_with_kv_cache_given(model, inputs, greedy)
+    })
+}
+
+/// [`generation_with_kv_cache`] on the model's [`GreedyBatch`], made elsewhere.
+pub fn generation_with_kv_cache_given(
+    model: &dyn LensModel,
+    inputs: &Inputs,
+    greedy: &GreedyBatch,
+) -> BenchmarkResult {
     let name = "generation_with_kv_cache";
     guarded(name, || {
         let mut problems = Vec::new();
         let dependence = model.cache_dependence();
-        let mut texts = vec![inputs.tokens.shallow_clone()];
-        texts.extend(inputs.prompts.iter().map(Tensor::shallow_clone));
-        let (batch, mask) = left_padded(&texts, pad_token(model));
-        let cached = run(model, &batch, Some(&mask), &greedy(true, CHECK_TOKENS))?;
-        let uncached = run(model, &batch, Some(&mask), &greedy(false, CHECK_TOKENS))?;
+        let (batch, mask, cached) = (&greedy.batch, &greedy.mask, &greedy.generated);
+        let uncached = run(
+            model,
+            batch,
+            Some(mask),
+            &greedy_options(false, CHECK_TOKENS),
+        )?;
         if dependence.is_none() && !cached.equal(&uncached) {
             for row in 0..cached.size()[0] {
                 let (c, u) = (cached.get(row), uncached.get(row));
@@ -194,26 +289,39 @@ fn pad_token(model: &dyn LensModel) -> i64 {
         .unwrap_or(0)
 }
 
-/// Repeated calls give the same tokens (the prompts' left-padded batch, twice), and each row of
-/// that batch is its prompt's own greedy continuation (for a model whose computation depends on
+/// Repeated calls give the same tokens (the [`GreedyBatch`] twice), and each prompt's row of
+/// that batch is the prompt's own greedy continuation (for a model whose computation depends on
 /// the batch, Phi-3's `longrope`, the rows are generated and its reason said instead of
 /// compared).
 pub fn multiple_generation_calls(model: &dyn LensModel, inputs: &Inputs) -> BenchmarkResult {
+    with_greedy_batch("multiple_generation_calls", model, inputs, |greedy| {
+        multiple_generation_calls_given(model, inputs, greedy)
+    })
+}
+
+/// [`multiple_generation_calls`] on the model's [`GreedyBatch`] (its first call), made
+/// elsewhere.
+pub fn multiple_generation_calls_given(
+    model: &dyn LensModel,
+    inputs: &Inputs,
+    greedy: &GreedyBatch,
+) -> BenchmarkResult {
     let name = "multiple_generation_calls";
     guarded(name, || {
         let mut problems = Vec::new();
-        let (batch, mask) = left_padded(&inputs.prompts, pad_token(model));
-        let options = greedy(true, CHECK_TOKENS);
-        let batched = run(model, &batch, Some(&mask), &options)?;
-        if !run(model, &batch, Some(&mask), &options)?.equal(&batched) {
+        let (batch, mask, batched) = (&greedy.batch, &greedy.mask, &greedy.generated);
+        let options = greedy_options(true, CHECK_TOKENS);
+        if !run(model, batch, Some(mask), &options)?.equal(batched) {
             problems.push("two calls on the same batch differ".to_owned());
         }
         let dependence = model.batch_dependence();
         if inputs.prompts.len() > 1 && dependence.is_none() {
             let width = batch.size()[1];
+            // Row 0 is the text; the prompts follow.
             for (i, prompt) in inputs.prompts.iter().enumerate() {
                 let single = run(model, prompt, None, &options)?;
-                let generated = batched.get(i as i64).narrow(0, width, CHECK_TOKENS as i64);
+                let row = batched.get(i as i64 + 1);
+                let generated = row.narrow(0, width, CHECK_TOKENS as i64);
                 let expected = single
                     .get(0)
                     .narrow(0, prompt.size()[1], CHECK_TOKENS as i64);

@@ -8,8 +8,8 @@ use lens_core::model::{ForwardOptions, LensModel, ModelResult, ReturnType};
 use tch::Tensor;
 
 use super::{
-    capture_both, compare_caches, describe, guarded, never_fired, reference_error, sample_of,
-    Inputs,
+    capture_both, clean_loss, compare_caches, describe, guarded, never_fired, reference_error,
+    sample_of, Inputs,
 };
 use crate::compare::compare;
 use crate::result::BenchmarkResult;
@@ -295,9 +295,36 @@ pub fn hook_functionality(
     inputs: &Inputs,
     tolerance: f64,
 ) -> BenchmarkResult {
+    let clean = clean_loss(model, inputs).and_then(|ours| {
+        let theirs = match reference {
+            Some(reference) => Some(clean_loss(reference, inputs).map_err(reference_error)?),
+            None => None,
+        };
+        Ok((ours, theirs))
+    });
+    match clean {
+        Ok((ours, theirs)) => {
+            let reference = reference.zip(theirs);
+            hook_functionality_given(model, reference, inputs, ours, tolerance)
+        }
+        Err(error) => {
+            BenchmarkResult::error("hook_functionality", format!("could not run: {error}"))
+        }
+    }
+}
+
+/// [`hook_functionality`] from the clean losses of the model (`clean`) and of the reference
+/// (beside it), computed elsewhere ([`clean_loss`]).
+pub fn hook_functionality_given(
+    model: &dyn LensModel,
+    reference: Option<(&dyn LensModel, f64)>,
+    inputs: &Inputs,
+    clean: f64,
+    tolerance: f64,
+) -> BenchmarkResult {
     let name = "hook_functionality";
     guarded(name, || {
-        let ours = ablation_effect(model, &inputs.tokens)?;
+        let ours = ablated_loss(model, &inputs.tokens)? - clean;
         if ours.abs() < 1e-6 {
             return Ok(BenchmarkResult::fail(
                 name,
@@ -306,14 +333,15 @@ pub fn hook_functionality(
                 ),
             ));
         }
-        let Some(reference) = reference else {
+        let Some((reference, reference_clean)) = reference else {
             return Ok(BenchmarkResult::pass(
                 name,
                 format!("ablation changed the loss by {ours:.6}"),
             )
             .with("effect", ours));
         };
-        let theirs = ablation_effect(reference, &inputs.tokens).map_err(reference_error)?;
+        let theirs =
+            ablated_loss(reference, &inputs.tokens).map_err(reference_error)? - reference_clean;
         let outcome = compare(&Tensor::from(ours), &Tensor::from(theirs), None);
         Ok(if outcome.within(tolerance) {
             BenchmarkResult::pass(
@@ -334,27 +362,26 @@ pub fn hook_functionality(
     })
 }
 
-fn ablation_effect(model: &dyn LensModel, tokens: &Tensor) -> ModelResult<f64> {
+/// The loss with head 0 of block 0's values zeroed.
+fn ablated_loss(model: &dyn LensModel, tokens: &Tensor) -> ModelResult<f64> {
     let _no_grad = tch::no_grad_guard();
     let options = ForwardOptions {
         return_type: ReturnType::Loss,
         ..ForwardOptions::default()
     };
-    let clean = model.forward(tokens, &options)?.loss()?.double_value(&[]);
     let zero_head = Hook::new(|v, _| {
         let ablated = v.copy();
         let _ = ablated.select(2, 0).fill_(0.0);
         Some(ablated)
     });
-    let ablated = model
+    Ok(model
         .run_with_hooks(
             tokens,
             &options,
             &[HookSpec::forward("blocks.0.attn.hook_v", zero_head)],
         )?
         .loss()?
-        .double_value(&[]);
-    Ok(ablated - clean)
+        .double_value(&[]))
 }
 
 /// Each gating option, enabled alone, makes each of its hook points fire exactly once; the

@@ -31,6 +31,29 @@ pub struct Inputs {
     pub prompts: Vec<Tensor>,
 }
 
+/// A model's mean next-token loss on the text (the loss of a plain forward pass), computed once
+/// and given to the benchmarks that measure a change of it.
+pub fn clean_loss(model: &dyn LensModel, inputs: &Inputs) -> ModelResult<f64> {
+    let _no_grad = tch::no_grad_guard();
+    let options = ForwardOptions {
+        return_type: lens_core::model::ReturnType::Loss,
+        ..ForwardOptions::default()
+    };
+    Ok(model
+        .forward(&inputs.tokens, &options)?
+        .loss()?
+        .double_value(&[]))
+}
+
+/// Both models' [`clean_loss`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CleanLosses {
+    /// The model's.
+    pub ours: f64,
+    /// The reference's.
+    pub theirs: f64,
+}
+
 /// The scalar whose gradients the backward benchmarks compare.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GradientTarget {

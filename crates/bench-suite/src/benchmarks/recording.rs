@@ -17,7 +17,9 @@ use lens_core::model::{ForwardOptions, ForwardOutput, LensModel, ModelResult, Re
 use tch::Tensor;
 
 use super::hooks::FiringCounts;
-use super::{backward, cache, forward, guarded, hooks, reference_error, GradientTarget, Inputs};
+use super::{
+    backward, cache, forward, guarded, hooks, reference_error, CleanLosses, GradientTarget, Inputs,
+};
 use crate::compare::Tolerances;
 use crate::result::BenchmarkResult;
 
@@ -261,15 +263,26 @@ pub fn judge_phase(
     results
 }
 
+/// What [`recorded_benchmarks`] gives the rest of a phase.
+pub struct RecordedPhase {
+    /// Every benchmark of [`FORWARD_JUDGED`] and [`PHASE_JUDGED`], in that order.
+    pub results: Vec<BenchmarkResult>,
+    /// Seconds spent recording.
+    pub seconds: f64,
+    /// Both models' clean losses from the forward recording, for the benchmarks that measure a
+    /// change of the loss (`None` when the recording failed).
+    pub clean_losses: Option<CleanLosses>,
+}
+
 /// Records both models and judges every benchmark of [`FORWARD_JUDGED`] and [`PHASE_JUDGED`]
-/// (a recording that fails makes each an ERROR); with the seconds the recording took.
+/// (a recording that fails makes each an ERROR).
 pub fn recorded_benchmarks(
     model: &dyn LensModel,
     reference: &dyn LensModel,
     inputs: &Inputs,
     target: GradientTarget,
     tolerance: Tolerances,
-) -> (Vec<BenchmarkResult>, f64) {
+) -> RecordedPhase {
     let started = Instant::now();
     let recorded = catch_unwind(AssertUnwindSafe(|| {
         record_phase(model, reference, inputs, target, tolerance.gradients)
@@ -277,10 +290,15 @@ pub fn recorded_benchmarks(
     let seconds = started.elapsed().as_secs_f64();
     let why = match recorded {
         Ok(Ok(recording)) => {
-            return (
-                judge_phase(model, reference, &recording, target, tolerance),
+            let loss = |r: &Recording| r.forward.output.loss().ok().map(|l| l.double_value(&[]));
+            let clean_losses = loss(&recording.ours)
+                .zip(loss(&recording.theirs))
+                .map(|(ours, theirs)| CleanLosses { ours, theirs });
+            return RecordedPhase {
+                results: judge_phase(model, reference, &recording, target, tolerance),
                 seconds,
-            )
+                clean_losses,
+            };
         }
         Ok(Err(error)) => format!("could not record both models: {error}"),
         Err(_) => "panicked while recording both models".to_owned(),
@@ -290,7 +308,11 @@ pub fn recorded_benchmarks(
         .chain(&PHASE_JUDGED)
         .map(|name| BenchmarkResult::error(name, why.clone()))
         .collect();
-    (results, seconds)
+    RecordedPhase {
+        results,
+        seconds,
+        clean_losses: None,
+    }
 }
 
 /// A benchmark's verdict on a recording.

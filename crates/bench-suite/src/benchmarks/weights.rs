@@ -1,10 +1,10 @@
 //! Weight benchmarks: what weight processing must produce (Phase 3), and that weights written
 //! through the TransformerLens views reach the model.
 
-use lens_core::model::{ForwardOptions, LensModel, ModelResult, ReturnType};
+use lens_core::model::{LensModel, ModelResult};
 use tch::{Kind, Tensor};
 
-use super::{guarded, reference_error, sample_of, Inputs};
+use super::{clean_loss, guarded, reference_error, sample_of, CleanLosses, Inputs};
 use crate::compare::{compare, in_memory_order, max_abs, Comparison};
 use crate::result::BenchmarkResult;
 
@@ -296,43 +296,55 @@ fn probe_weight(model: &dyn LensModel) -> &'static str {
     }
 }
 
-fn loss(model: &dyn LensModel, inputs: &Inputs) -> ModelResult<f64> {
-    let _no_grad = tch::no_grad_guard();
-    let options = ForwardOptions {
-        return_type: ReturnType::Loss,
-        ..ForwardOptions::default()
-    };
-    Ok(model
-        .forward(&inputs.tokens, &options)?
-        .loss()?
-        .double_value(&[]))
-}
-
 /// Zeroes head 0 of the probe weight ([`probe_weight`]) through the TL view, measures the loss, restores the weight.
-fn loss_change_when_zeroing(model: &dyn LensModel, inputs: &Inputs) -> ModelResult<(f64, f64)> {
-    let before = loss(model, inputs)?;
+/// The loss change when `probe_weight[0]` is zeroed, from the loss `before` (the clean loss),
+/// and with `check_restore`, how far restoring the weight leaves the loss from `before` (else 0).
+fn loss_change_when_zeroing(
+    model: &dyn LensModel,
+    inputs: &Inputs,
+    before: f64,
+    check_restore: bool,
+) -> ModelResult<(f64, f64)> {
     let view = model.tl_weight(probe_weight(model))?;
     let original = view.detach().copy();
     let after = {
         let _no_grad = tch::no_grad_guard();
         let _ = view.get(0).fill_(0.0);
-        loss(model, inputs)
+        clean_loss(model, inputs)
     };
     {
         let _no_grad = tch::no_grad_guard();
         let mut view = view;
         view.copy_(&original);
     }
-    let restored = loss(model, inputs)?;
-    Ok((after? - before, restored - before))
+    let residue = if check_restore {
+        clean_loss(model, inputs)? - before
+    } else {
+        0.0
+    };
+    Ok((after? - before, residue))
 }
 
 /// Writing through the TL view changes the model, and restoring the weight restores the output.
 pub fn weight_modification(model: &dyn LensModel, inputs: &Inputs) -> BenchmarkResult {
+    match clean_loss(model, inputs) {
+        Ok(clean) => weight_modification_given(model, inputs, clean),
+        Err(error) => {
+            BenchmarkResult::error("weight_modification", format!("could not run: {error}"))
+        }
+    }
+}
+
+/// [`weight_modification`] from the model's clean loss, computed elsewhere ([`clean_loss`]).
+pub fn weight_modification_given(
+    model: &dyn LensModel,
+    inputs: &Inputs,
+    clean: f64,
+) -> BenchmarkResult {
     let name = "weight_modification";
     guarded(name, || {
         let probe = probe_weight(model);
-        let (change, residue) = loss_change_when_zeroing(model, inputs)?;
+        let (change, residue) = loss_change_when_zeroing(model, inputs, clean, true)?;
         Ok(if change.abs() < 1e-6 {
             BenchmarkResult::fail(
                 name,
@@ -361,6 +373,24 @@ pub fn weight_sharing(
     inputs: &Inputs,
     tolerance: f64,
 ) -> BenchmarkResult {
+    let clean = clean_loss(model, inputs).and_then(|ours| {
+        let theirs = clean_loss(reference, inputs).map_err(reference_error)?;
+        Ok(CleanLosses { ours, theirs })
+    });
+    match clean {
+        Ok(clean) => weight_sharing_given(model, reference, inputs, clean, tolerance),
+        Err(error) => BenchmarkResult::error("weight_sharing", format!("could not run: {error}")),
+    }
+}
+
+/// [`weight_sharing`] from both models' clean losses, computed elsewhere.
+pub fn weight_sharing_given(
+    model: &dyn LensModel,
+    reference: &dyn LensModel,
+    inputs: &Inputs,
+    clean: CleanLosses,
+    tolerance: f64,
+) -> BenchmarkResult {
     let name = "weight_sharing";
     guarded(name, || {
         let probe = probe_weight(model);
@@ -378,8 +408,10 @@ pub fn weight_sharing(
                 format!("{probe} differs: {}", same.describe()),
             ));
         }
-        let (ours, _) = loss_change_when_zeroing(model, inputs)?;
-        let (theirs, _) = loss_change_when_zeroing(reference, inputs).map_err(reference_error)?;
+        // Restoring is weight_modification's check; here only the two changes are compared.
+        let (ours, _) = loss_change_when_zeroing(model, inputs, clean.ours, false)?;
+        let (theirs, _) = loss_change_when_zeroing(reference, inputs, clean.theirs, false)
+            .map_err(reference_error)?;
         let outcome = compare(&Tensor::from(ours), &Tensor::from(theirs), None);
         Ok(if outcome.within(tolerance) {
             BenchmarkResult::pass(

@@ -76,8 +76,8 @@ fn recorded_checks_fail_only_when_broken(
 ) {
     let tolerances = tolerances_for(Kind::Float);
     let t = GradientTarget::SumLastLogits;
-    let (passing, _) = recording::recorded_benchmarks(intact, reference, inputs, t, tolerances);
-    let (judged, _) = recording::recorded_benchmarks(broken, reference, inputs, t, tolerances);
+    let passing = recording::recorded_benchmarks(intact, reference, inputs, t, tolerances).results;
+    let judged = recording::recorded_benchmarks(broken, reference, inputs, t, tolerances).results;
     assert_eq!(passing.len(), 9);
     for (intact, broken) in passing.into_iter().zip(judged) {
         let name = intact.name.clone();

@@ -314,13 +314,14 @@ fn llama_family_hook_options_match_the_hooked_transformer(
         let (mut bridge, mut reference) = load();
         bridge.set_hook_flag(flag, true).unwrap();
         reference.set_hook_flag(flag, true).unwrap();
-        let (results, _) = recording::recorded_benchmarks(
+        let results = recording::recorded_benchmarks(
             &bridge,
             &reference,
             &inputs,
             GradientTarget::SumLastLogits,
             tolerance,
-        );
+        )
+        .results;
         let failed: Vec<String> = results
             .iter()
             .filter(|r| !r.passed || !r.ran())
