@@ -611,7 +611,10 @@ fn compare_phase(
         push("gated_hooks_fire_reference", result, progress);
     }
     if reference.is_some() {
-        for name in recording::PHASE_JUDGED {
+        for name in recording::CACHE_JUDGED
+            .iter()
+            .chain(&recording::BACKWARD_JUDGED)
+        {
             push(name, judged(name), progress);
         }
     } else {

@@ -5,7 +5,7 @@ use hookpoint::{HookRegistry, Normalization, ResidualModel};
 use lens_core::generation::generate_with;
 use lens_core::model::{
     check_device, ForwardOptions, ForwardOutput, GenerateOptions, LensModel, ModelDims, ModelError,
-    ModelResult,
+    ModelResult, WeightParameter,
 };
 use lens_core::{load, HfConfig, LoadOptions, Tokenizer};
 use tch::{Device, Kind, Tensor};
@@ -377,8 +377,11 @@ impl LensModel for HookedTransformer {
     }
 
     /// Every weight is a parameter of its own.
-    fn tl_weight_leaf(&self, name: &str) -> ModelResult<Option<Tensor>> {
-        self.param(name).map(Some)
+    fn tl_weight_parameter(&self, name: &str) -> ModelResult<Option<WeightParameter>> {
+        Ok(Some(WeightParameter {
+            leaf: self.param(name)?,
+            is_the_weight: true,
+        }))
     }
 
     fn zero_grad(&self) {

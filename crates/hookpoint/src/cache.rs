@@ -139,6 +139,19 @@ impl ActivationCache {
         }
     }
 
+    /// Keeps only the entries whose name `keep` accepts (in their order), freeing the others:
+    /// for example only the gradients (`name.ends_with("_grad")`) of a cache whose activations
+    /// are already kept elsewhere.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.entries.retain(|(name, _)| keep(name));
+        self.index = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| (name.clone(), i))
+            .collect();
+    }
+
     /// The full name `key` resolves to in this cache, or the error naming it.
     pub fn resolve(&self, key: impl Into<ActKey>) -> Result<String> {
         let key = key.into();

@@ -249,12 +249,13 @@ pub trait LensModel {
     /// backward pass reached it).
     fn tl_weight_grad(&self, name: &str) -> ModelResult<Option<Tensor>>;
 
-    /// The parameter (an autograd leaf) that weight `name` is, where the weight is a parameter
-    /// itself, so that its gradient is exactly the leaf's `.grad` (the HookedTransformer's
-    /// weights are); `None` where it is a view or a copy of one (the bridge's, in HF layout).
+    /// The parameter (an autograd leaf) weight `name` is stored in: the weight itself (the
+    /// HookedTransformer's weights are parameters of their own), or the parameter it is a view
+    /// or a copy of (the bridge's, in HF layout); `None` for a constant without a parameter.
     /// Consumers such as the suite's gradient comparison use it to read each gradient as a
-    /// backward pass accumulates it ([`hookpoint::with_accumulated_gradient_hooks`]).
-    fn tl_weight_leaf(&self, _name: &str) -> ModelResult<Option<Tensor>> {
+    /// backward pass accumulates it ([`hookpoint::with_accumulated_gradient_hooks`]) and to free
+    /// it once read.
+    fn tl_weight_parameter(&self, _name: &str) -> ModelResult<Option<WeightParameter>> {
         Ok(None)
     }
     /// The value of a weight that is a constant with no parameter behind it, so no gradient can
@@ -330,6 +331,17 @@ pub trait LensModel {
         };
         record(self, tokens, options, &cache, Some(target))
     }
+}
+
+/// Where a TransformerLens weight lives among a model's parameters
+/// ([`LensModel::tl_weight_parameter`]).
+#[derive(Debug)]
+pub struct WeightParameter {
+    /// The parameter (an autograd leaf).
+    pub leaf: Tensor,
+    /// Whether the weight is the parameter itself, so that its gradient is exactly the leaf's
+    /// `.grad` (else a view of it or a value computed from it).
+    pub is_the_weight: bool,
 }
 
 /// The scalar a backward pass starts from, computed from a forward pass's output.

@@ -169,7 +169,7 @@ pub type ReferenceBackward<'a> = dyn FnMut() -> ModelResult<()> + 'a;
 /// compares each of its parameter gradients with the model's as libtorch accumulates it, freeing
 /// it as soon as every weight that reads it is judged, then clears both models' gradients.
 /// Streaming needs the reference's weights to be parameters of their own
-/// ([`LensModel::tl_weight_leaf`]: the HookedTransformer's are); otherwise its gradients are read
+/// ([`LensModel::tl_weight_parameter`]: the HookedTransformer's are); otherwise its gradients are read
 /// after its pass, all at once.
 pub fn judge_parameter_gradients(
     model: &dyn LensModel,
@@ -290,6 +290,8 @@ struct Pending {
     /// Reference gradients added to it: those of weights tied to it in the model but not in the
     /// reference, each with the model's value relations of the weight and of the other.
     tied: Vec<(usize, Value, Value)>,
+    /// Index into [`Judging::our_leaves`] of the model's parameter it is stored in.
+    our_leaf: Option<usize>,
 }
 
 impl Pending {
@@ -310,6 +312,10 @@ struct Judging {
     users: Vec<usize>,
     /// Per needed weight: its gradient, once it arrived and while it is needed.
     available: Vec<Option<Tensor>>,
+    /// The model's parameters the pending weights are stored in, and per parameter how many
+    /// pending weights still read its gradient (freed once none does).
+    our_leaves: Vec<Tensor>,
+    our_users: Vec<usize>,
     pending: Vec<Option<Pending>>,
     outcomes: Vec<WeightOutcome>,
 }
@@ -332,11 +338,33 @@ impl Judging {
                 needed.len() - 1
             }
         };
+        // The model's parameters, by storage: tied weights share one.
+        let (mut our_leaves, mut our_users) = (Vec::<Tensor>::new(), Vec::<usize>::new());
+        let mut our_leaf_of = |weight: &str, pending: bool| -> ModelResult<Option<usize>> {
+            let Some(parameter) = model.tl_weight_parameter(weight)? else {
+                return Ok(None);
+            };
+            let place = |t: &Tensor| (t.data_ptr() as usize, t.numel());
+            let k = match our_leaves
+                .iter()
+                .position(|l| place(l) == place(&parameter.leaf))
+            {
+                Some(k) => k,
+                None => {
+                    our_leaves.push(parameter.leaf);
+                    our_users.push(0);
+                    our_leaves.len() - 1
+                }
+            };
+            our_users[k] += usize::from(pending);
+            Ok(Some(k))
+        };
         let mut pending = Vec::new();
         for (weight, gradient) in ours {
             // Weights the reference does not have (a processed HookedTransformer has no
-            // LayerNorm weights) are only required to get a gradient.
+            // LayerNorm weights) are only required to get a gradient, which they had.
             if !reference_names.contains(&weight) {
+                our_leaf_of(&weight, false)?;
                 continue;
             }
             let tied = tied_to(&our_storage, &weight)
@@ -353,13 +381,18 @@ impl Judging {
                     .into_iter()
                     .map(|(other, (value, other_value))| (index_of(&other), value, other_value))
                     .collect(),
+                our_leaf: our_leaf_of(&weight, true)?,
                 weight,
                 ours: gradient,
             }));
         }
+        // Streaming needs every reference weight to be a parameter of its own.
         let leaves = needed
             .iter()
-            .map(|name| reference.tl_weight_leaf(name))
+            .map(|name| {
+                let parameter = reference.tl_weight_parameter(name)?;
+                Ok(parameter.filter(|p| p.is_the_weight).map(|p| p.leaf))
+            })
             .collect::<ModelResult<Option<Vec<Tensor>>>>()
             .map_err(reference_error)?
             .unwrap_or_default();
@@ -369,11 +402,17 @@ impl Judging {
                 users[k] += 1;
             }
         }
+        // The model's gradients nothing compares are not needed any more.
+        for (leaf, _) in our_leaves.iter().zip(&our_users).filter(|(_, &u)| u == 0) {
+            let _ = hookpoint::clear_grad(leaf);
+        }
         Ok(Judging {
             available: (0..needed.len()).map(|_| None).collect(),
             needed,
             leaves,
             users,
+            our_leaves,
+            our_users,
             pending,
             outcomes: Vec::new(),
         })
@@ -401,7 +440,8 @@ impl Judging {
     }
 
     /// Reference gradient `k` arrived: judges every weight that now has all it needs and frees
-    /// the gradients no pending weight needs any more (the parameter's .grad too, streaming).
+    /// the gradients no pending weight needs any more: the reference's (its parameter's .grad
+    /// too, streaming) and the model's.
     fn arrive(&mut self, k: usize, gradient: Tensor) {
         if !gradient.defined() || self.users[k] == 0 {
             return;
@@ -418,7 +458,17 @@ impl Judging {
                 continue;
             };
             self.outcomes.push(judge_weight(&entry, &self.available));
-            for n in entry.needs() {
+            let (needs, our_leaf): (Vec<usize>, _) = (entry.needs().collect(), entry.our_leaf);
+            // The model's gradient view goes before its parameter's gradient can be freed.
+            drop(entry);
+            if let Some(leaf) = our_leaf {
+                self.our_users[leaf] -= 1;
+                if self.our_users[leaf] == 0 {
+                    // Freeing is an optimisation: a failure leaves the memory to zero_grad.
+                    let _ = hookpoint::clear_grad(&self.our_leaves[leaf]);
+                }
+            }
+            for n in needs {
                 self.users[n] -= 1;
                 if self.users[n] == 0 {
                     self.available[n] = None;

@@ -1,12 +1,14 @@
 //! What a comparison phase records of both models once, for every benchmark that only reads a
 //! pass: a forward pass with every hook cached and counted (logits and loss, activations, how
-//! often each hook fired), and a forward and backward pass from the phase's gradient target with
+//! often each hook fired), then a forward and backward pass from the phase's gradient target with
 //! every hook's gradient and every parameter's gradient. The benchmarks that must run passes of
 //! their own (ablation, hook options, weight edits, generation) still do.
 //!
-//! The parameter gradients are judged while the reference's backward pass runs
-//! ([`backward::judge_parameter_gradients`]), so the recording holds the model's gradient set and
-//! never the reference's.
+//! Memory: the forward recordings are judged and dropped before the backward passes; the model's
+//! gradient recording keeps only gradients; and the parameter gradients are judged while the
+//! reference's backward pass runs ([`backward::judge_parameter_gradients`]), each pair freed as
+//! soon as it is judged, so the model's full gradient set exists once, briefly, and the
+//! reference's never.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
@@ -33,77 +35,109 @@ pub struct ForwardRecording {
     pub firings: FiringCounts,
 }
 
-/// One model's passes.
-pub struct Recording {
-    /// The forward pass.
-    pub forward: ForwardRecording,
-    /// Every hook's activation and gradient (`<hook>_grad`) in the forward and backward pass.
-    pub gradients: ActivationCache,
-}
-
-/// Both models' recordings, and `gradient_computation`'s result.
-pub struct PhaseRecording {
-    /// The model under test.
-    pub ours: Recording,
-    /// The reference.
-    pub theirs: Recording,
+/// Both models' backward recordings, and `gradient_computation`'s result.
+pub struct BackwardRecording {
+    /// The model's hook gradients (`<hook>_grad`; its activations are the forward recording's).
+    pub ours: ActivationCache,
+    /// The reference's hook activations and gradients.
+    pub theirs: ActivationCache,
     /// The parameter gradients compared, judged during the reference's backward pass.
     pub parameter_gradients: BenchmarkResult,
 }
 
-/// Records both models on the text. An error of either model's passes is returned (marked as
-/// the reference's where it is); both models' parameter gradients are cleared however it ends.
-pub fn record_phase(
+/// The benchmarks judged on both models' forward recordings, in the suite's order.
+pub const FORWARD_JUDGED: [&str; 4] = [
+    "logits_equivalence",
+    "loss_equivalence",
+    "critical_forward_hooks",
+    "forward_hooks",
+];
+
+/// The benchmarks judged on both models' caches of the forward recording, in the suite's order.
+pub const CACHE_JUDGED: [&str; 2] = ["run_with_cache", "activation_cache"];
+
+/// The benchmarks judged on the backward recordings, in the suite's order.
+pub const BACKWARD_JUDGED: [&str; 3] = [
+    "gradient_computation",
+    "critical_backward_hooks",
+    "backward_hooks",
+];
+
+/// What [`recorded_benchmarks`] gives the rest of a phase.
+pub struct RecordedPhase {
+    /// Every benchmark of [`FORWARD_JUDGED`], [`CACHE_JUDGED`] and [`BACKWARD_JUDGED`], in
+    /// that order.
+    pub results: Vec<BenchmarkResult>,
+    /// Seconds spent in the recorded passes (the judgements' own times are in the results).
+    pub seconds: f64,
+    /// Both models' clean losses from the forward recording, for the benchmarks that measure a
+    /// change of the loss (`None` when the recording failed).
+    pub clean_losses: Option<CleanLosses>,
+}
+
+/// Records both models, forward then backward, and judges every benchmark that reads the
+/// recordings (a recording that fails makes each benchmark reading it an ERROR).
+pub fn recorded_benchmarks(
     model: &dyn LensModel,
     reference: &dyn LensModel,
     inputs: &Inputs,
     target: GradientTarget,
-    gradient_tolerance: f64,
-) -> ModelResult<PhaseRecording> {
-    let tokens = &inputs.tokens;
-    let forward = forward_pass(model, tokens)?;
-    let gradients = match backward_pass(model, tokens, target) {
-        Ok(gradients) => gradients,
-        Err(error) => {
-            model.zero_grad();
-            return Err(error);
-        }
-    };
-    let ours = Recording { forward, gradients };
-    let theirs_forward = forward_pass(reference, tokens).map_err(reference_error);
-    let forward = match theirs_forward {
-        Ok(recorded) => recorded,
-        Err(error) => {
-            model.zero_grad();
-            return Err(error);
-        }
-    };
-    let mut theirs_gradients = None;
-    let mut reference_backward = || {
-        theirs_gradients = Some(backward_pass(reference, tokens, target)?);
-        Ok(())
-    };
-    // Clears both models' gradients, whatever the outcome.
-    let parameter_gradients = guarded(backward::GRADIENT_COMPUTATION, || {
-        backward::judge_parameter_gradients(
-            model,
-            Some((reference, &mut reference_backward)),
-            gradient_tolerance,
-        )
+    tolerance: Tolerances,
+) -> RecordedPhase {
+    let started = Instant::now();
+    let forward = recorded("record both models", || {
+        record_forward(model, reference, inputs)
     });
-    let Some(gradients) = theirs_gradients else {
-        return Err(reference_error(lens_core::model::ModelError::InvalidInput(
-            parameter_gradients.message.clone(),
-        )));
+    let mut seconds = started.elapsed().as_secs_f64();
+    let (mut results, clean_losses) = match forward {
+        Ok([ours, theirs]) => {
+            let loss = |r: &ForwardRecording| r.output.loss().ok().map(|l| l.double_value(&[]));
+            let clean_losses = loss(&ours)
+                .zip(loss(&theirs))
+                .map(|(ours, theirs)| CleanLosses { ours, theirs });
+            let recordings = [&ours, &theirs];
+            let mut results = judge_forward(model, reference, recordings, tolerance.activations);
+            results.extend(judge_caches(model, recordings, tolerance.activations));
+            (results, clean_losses)
+        }
+        Err(why) => (
+            errors(FORWARD_JUDGED.iter().chain(&CACHE_JUDGED), &why),
+            None,
+        ),
     };
-    Ok(PhaseRecording {
-        ours,
-        theirs: Recording { forward, gradients },
-        parameter_gradients,
-    })
+    let started = Instant::now();
+    let backward = recorded("record both models' gradients", || {
+        record_backward(model, reference, inputs, target, tolerance.gradients)
+    });
+    seconds += started.elapsed().as_secs_f64();
+    results.extend(match backward {
+        Ok(recording) => judge_backward(reference, &recording, target, tolerance.gradients),
+        Err(why) => errors(BACKWARD_JUDGED.iter(), &why),
+    });
+    RecordedPhase {
+        results,
+        seconds,
+        clean_losses,
+    }
 }
 
-/// Both models' forward passes ([`forward_pass`]), for phases without gradients.
+/// Runs a recording, turning an error or a panic into the reason every benchmark reading it
+/// reports.
+fn recorded<T>(what: &str, record: impl FnOnce() -> ModelResult<T>) -> Result<T, String> {
+    match catch_unwind(AssertUnwindSafe(record)) {
+        Ok(Ok(recording)) => Ok(recording),
+        Ok(Err(error)) => Err(format!("could not {what}: {error}")),
+        Err(_) => Err(format!("panicked trying to {what}")),
+    }
+}
+
+fn errors<'a>(names: impl Iterator<Item = &'a &'a str>, why: &str) -> Vec<BenchmarkResult> {
+    names
+        .map(|name| BenchmarkResult::error(name, why))
+        .collect()
+}
+
+/// Both models' forward passes ([`forward_pass`]).
 pub fn record_forward(
     model: &dyn LensModel,
     reference: &dyn LensModel,
@@ -132,14 +166,58 @@ pub fn forward_pass(model: &dyn LensModel, tokens: &Tensor) -> ModelResult<Forwa
         ..ForwardOptions::default()
     };
     let counting = [HookSpec::forward(NamesFilter::All, counter)];
-    let (output, cache) = model.hooks().with_hooks(&counting, || {
+    let (output, activations) = model.hooks().with_hooks(&counting, || {
         model.run_with_cache(tokens, &options, &CacheOptions::default())
     })??;
     let firings = counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Ok(ForwardRecording {
         output,
-        activations: cache,
+        activations,
         firings,
+    })
+}
+
+/// Both models' forward and backward passes from `target`, the parameter gradients judged
+/// during the reference's. Both models' parameter gradients are cleared however it ends.
+pub fn record_backward(
+    model: &dyn LensModel,
+    reference: &dyn LensModel,
+    inputs: &Inputs,
+    target: GradientTarget,
+    gradient_tolerance: f64,
+) -> ModelResult<BackwardRecording> {
+    let tokens = &inputs.tokens;
+    let mut ours = match backward_pass(model, tokens, target) {
+        Ok(gradients) => gradients,
+        Err(error) => {
+            model.zero_grad();
+            return Err(error);
+        }
+    };
+    // The activations are the forward recording's: only the gradients are judged.
+    ours.retain(|name| name.ends_with("_grad"));
+    let mut theirs = None;
+    let mut reference_backward = || {
+        theirs = Some(backward_pass(reference, tokens, target)?);
+        Ok(())
+    };
+    // Clears both models' gradients, whatever the outcome.
+    let parameter_gradients = guarded(backward::GRADIENT_COMPUTATION, || {
+        backward::judge_parameter_gradients(
+            model,
+            Some((reference, &mut reference_backward)),
+            gradient_tolerance,
+        )
+    });
+    let Some(theirs) = theirs else {
+        return Err(reference_error(lens_core::model::ModelError::InvalidInput(
+            parameter_gradients.message.clone(),
+        )));
+    };
+    Ok(BackwardRecording {
+        ours,
+        theirs,
+        parameter_gradients,
     })
 }
 
@@ -159,24 +237,6 @@ fn backward_pass(
     )?;
     Ok(cache)
 }
-
-/// The benchmarks judged on a forward recording, in the suite's order.
-pub const FORWARD_JUDGED: [&str; 4] = [
-    "logits_equivalence",
-    "loss_equivalence",
-    "critical_forward_hooks",
-    "forward_hooks",
-];
-
-/// The benchmarks judged on a phase's recording, in the suite's order: those of
-/// [`FORWARD_JUDGED`], then these.
-pub const PHASE_JUDGED: [&str; 5] = [
-    "run_with_cache",
-    "activation_cache",
-    "gradient_computation",
-    "critical_backward_hooks",
-    "backward_hooks",
-];
 
 /// Judges [`FORWARD_JUDGED`] on both models' forward passes, each timed.
 pub fn judge_forward(
@@ -211,108 +271,49 @@ pub fn judge_forward(
     timed(&FORWARD_JUDGED, &judges)
 }
 
-/// Judges [`FORWARD_JUDGED`] and [`PHASE_JUDGED`] on a phase's recording, each timed.
-pub fn judge_phase(
+/// Judges [`CACHE_JUDGED`] on both models' forward passes, each timed.
+fn judge_caches(
     model: &dyn LensModel,
-    reference: &dyn LensModel,
-    recording: &PhaseRecording,
-    target: GradientTarget,
-    tolerance: Tolerances,
+    [ours, theirs]: [&ForwardRecording; 2],
+    tolerance: f64,
 ) -> Vec<BenchmarkResult> {
-    let (ours, theirs) = (&recording.ours, &recording.theirs);
-    let mut results = judge_forward(
-        model,
-        reference,
-        [&ours.forward, &theirs.forward],
-        tolerance.activations,
-    );
-    let critical_gradients = backward::critical_gradient_names(reference);
-    let gradients = |name: &str, names: Option<Vec<String>>| {
-        let (ours, theirs) = (&ours.gradients, &theirs.gradients);
-        Ok(backward::judge_gradients(
-            name,
-            ours,
-            theirs,
-            names,
-            target,
-            tolerance.gradients,
-        ))
-    };
-    let judges: [Judge; 5] = [
+    let judges: [Judge; 2] = [
         &|| {
-            let theirs = Some(&theirs.forward.activations);
+            let theirs = Some(&theirs.activations);
             Ok(cache::judge_run_with_cache(
                 model,
-                &ours.forward.activations,
+                &ours.activations,
                 theirs,
             ))
         },
         &|| {
-            let caches = (&ours.forward.activations, &theirs.forward.activations);
-            Ok(cache::judge_activation_cache(
-                caches.0,
-                caches.1,
-                tolerance.activations,
-            ))
+            let caches = (&ours.activations, &theirs.activations);
+            Ok(cache::judge_activation_cache(caches.0, caches.1, tolerance))
         },
-        &|| Ok(recording.parameter_gradients.clone()),
-        &|| gradients(PHASE_JUDGED[3], Some(critical_gradients.clone())),
-        &|| gradients(PHASE_JUDGED[4], None),
     ];
-    results.extend(timed(&PHASE_JUDGED, &judges));
-    results
+    timed(&CACHE_JUDGED, &judges)
 }
 
-/// What [`recorded_benchmarks`] gives the rest of a phase.
-pub struct RecordedPhase {
-    /// Every benchmark of [`FORWARD_JUDGED`] and [`PHASE_JUDGED`], in that order.
-    pub results: Vec<BenchmarkResult>,
-    /// Seconds spent recording.
-    pub seconds: f64,
-    /// Both models' clean losses from the forward recording, for the benchmarks that measure a
-    /// change of the loss (`None` when the recording failed).
-    pub clean_losses: Option<CleanLosses>,
-}
-
-/// Records both models and judges every benchmark of [`FORWARD_JUDGED`] and [`PHASE_JUDGED`]
-/// (a recording that fails makes each an ERROR).
-pub fn recorded_benchmarks(
-    model: &dyn LensModel,
+/// Judges [`BACKWARD_JUDGED`] on the backward recordings, each timed.
+fn judge_backward(
     reference: &dyn LensModel,
-    inputs: &Inputs,
+    recording: &BackwardRecording,
     target: GradientTarget,
-    tolerance: Tolerances,
-) -> RecordedPhase {
-    let started = Instant::now();
-    let recorded = catch_unwind(AssertUnwindSafe(|| {
-        record_phase(model, reference, inputs, target, tolerance.gradients)
-    }));
-    let seconds = started.elapsed().as_secs_f64();
-    let why = match recorded {
-        Ok(Ok(recording)) => {
-            let loss = |r: &Recording| r.forward.output.loss().ok().map(|l| l.double_value(&[]));
-            let clean_losses = loss(&recording.ours)
-                .zip(loss(&recording.theirs))
-                .map(|(ours, theirs)| CleanLosses { ours, theirs });
-            return RecordedPhase {
-                results: judge_phase(model, reference, &recording, target, tolerance),
-                seconds,
-                clean_losses,
-            };
-        }
-        Ok(Err(error)) => format!("could not record both models: {error}"),
-        Err(_) => "panicked while recording both models".to_owned(),
+    tolerance: f64,
+) -> Vec<BenchmarkResult> {
+    let critical = backward::critical_gradient_names(reference);
+    let gradients = |name: &str, names: Option<Vec<String>>| {
+        let (ours, theirs) = (&recording.ours, &recording.theirs);
+        Ok(backward::judge_gradients(
+            name, ours, theirs, names, target, tolerance,
+        ))
     };
-    let results = FORWARD_JUDGED
-        .iter()
-        .chain(&PHASE_JUDGED)
-        .map(|name| BenchmarkResult::error(name, why.clone()))
-        .collect();
-    RecordedPhase {
-        results,
-        seconds,
-        clean_losses: None,
-    }
+    let judges: [Judge; 3] = [
+        &|| Ok(recording.parameter_gradients.clone()),
+        &|| gradients(BACKWARD_JUDGED[1], Some(critical.clone())),
+        &|| gradients(BACKWARD_JUDGED[2], None),
+    ];
+    timed(&BACKWARD_JUDGED, &judges)
 }
 
 /// A benchmark's verdict on a recording.

@@ -77,8 +77,8 @@ fn without_references_the_checks_needing_them_are_skipped_not_passed() {
 }
 
 /// The reference's parameter gradients are compared as its backward pass makes them and freed
-/// at once: when the pass ends none is left (the two full gradient sets never coexist), and the
-/// comparison still passes; then both models' gradients are cleared.
+/// at once, each with the model's it was compared with: when the pass ends neither model has a
+/// gradient left (the two full gradient sets never coexist), and the comparison still passes.
 #[test]
 fn gradient_computation_frees_each_reference_gradient_during_its_backward_pass() {
     let bridge =
@@ -108,7 +108,7 @@ fn gradient_computation_frees_each_reference_gradient_during_its_backward_pass()
     let mut left_after_the_pass = None;
     let mut reference_backward = || {
         backward(&reference)?;
-        left_after_the_pass = Some(with_gradient(&reference));
+        left_after_the_pass = Some((with_gradient(&bridge), with_gradient(&reference)));
         Ok(())
     };
     let result = bench_suite::benchmarks::backward::judge_parameter_gradients(
@@ -118,7 +118,7 @@ fn gradient_computation_frees_each_reference_gradient_during_its_backward_pass()
     )
     .unwrap();
     assert!(result.passed, "{result}");
-    assert_eq!(left_after_the_pass, Some(0));
+    assert_eq!(left_after_the_pass, Some((0, 0)));
     assert_eq!((with_gradient(&bridge), with_gradient(&reference)), (0, 0));
 }
 

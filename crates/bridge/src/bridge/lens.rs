@@ -5,6 +5,7 @@ use hookpoint::{HookError, HookRegistry, Normalization, ResidualModel};
 use lens_core::layer_stacks;
 use lens_core::model::{
     ForwardOptions, ForwardOutput, GenerateOptions, LensModel, ModelDims, ModelError, ModelResult,
+    WeightParameter,
 };
 use lens_core::Tokenizer;
 use tch::{Device, Kind, Tensor};
@@ -267,6 +268,15 @@ impl LensModel for TransformerBridge {
         };
         let grad = t.grad();
         Ok(grad.defined().then(|| source.tl_grad_of(&grad)))
+    }
+
+    /// The HF parameter the weight is a view of (or computed from).
+    fn tl_weight_parameter(&self, name: &str) -> ModelResult<Option<WeightParameter>> {
+        let source = self.weight_source(name)?;
+        Ok(self.hf.parameter(&source.hf).map(|leaf| WeightParameter {
+            leaf,
+            is_the_weight: false,
+        }))
     }
 
     fn tl_weight_storage(&self, name: &str) -> ModelResult<(usize, i64)> {

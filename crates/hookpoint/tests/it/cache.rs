@@ -81,6 +81,19 @@ fn autograd_grads(model: &TinyModel, x: &Tensor) -> (Tensor, Tensor) {
 }
 
 #[test]
+fn retain_keeps_the_chosen_entries_in_order_and_still_finds_them() {
+    let model = TinyModel::new(Device::Cpu);
+    let mut cache = cache_of(&model, &input(Device::Cpu), &CacheOptions::default());
+    let kept: Vec<&str> = HOOK_NAMES.iter().copied().skip(1).step_by(2).collect();
+    cache.retain(|name| kept.contains(&name));
+    assert_eq!(cache.keys().collect::<Vec<_>>(), kept);
+    for name in &kept {
+        assert!(cache.get(*name).is_ok(), "{name}");
+    }
+    assert!(!cache.contains(HOOK_NAMES[0]));
+}
+
+#[test]
 fn incl_bwd_needs_a_scalar_output() {
     let model = TinyModel::new(Device::Cpu);
     let options = CacheOptions {
