@@ -237,7 +237,8 @@ pub fn max_abs_difference_of_sum(a: &Tensor, parts: &[Tensor]) -> (f64, f64) {
         let len = step.min(rows - start);
         let mut sum = parts[0].narrow(0, start, len);
         for part in &parts[1..] {
-            sum = sum + part.narrow(0, start, len);
+            // A new tensor, never `+=`: the first part is a view of the reference's gradient.
+            sum = &sum + part.narrow(0, start, len);
         }
         let chunk_difference = max_abs(&(a.narrow(0, start, len) - &sum));
         let chunk_sum = max_abs(&sum);

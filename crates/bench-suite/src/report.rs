@@ -62,7 +62,11 @@ pub fn summary(report: &SuiteReport) -> String {
             if let Some(p) = phase {
                 match report.phases.iter().find(|t| t.phase == p) {
                     Some(totals) => {
-                        let _ = writeln!(out, "Phase {p} ({:.2} s)", totals.seconds);
+                        let recording = match totals.recording_seconds {
+                            Some(r) => format!(", of which {r:.2} s recording both models"),
+                            None => String::new(),
+                        };
+                        let _ = writeln!(out, "Phase {p} ({:.2} s{recording})", totals.seconds);
                     }
                     None => {
                         let _ = writeln!(out, "Phase {p}");

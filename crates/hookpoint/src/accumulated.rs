@@ -31,9 +31,12 @@ extern "C" {
 /// The name failures of these hooks are reported under.
 const HOOK_NAME: &str = "accumulated-gradient hook";
 
+/// The caller's function: called with a leaf's index and the leaf.
+type OnGradient<'f> = &'f mut (dyn FnMut(usize, &Tensor) + Send);
+
 /// What the shim's hooks point at: the caller's function and the first panic it raised.
 struct LeafState<'f> {
-    on_gradient: Mutex<&'f mut (dyn FnMut(usize, &Tensor) + Send)>,
+    on_gradient: Mutex<OnGradient<'f>>,
     panicked: Mutex<Option<String>>,
 }
 

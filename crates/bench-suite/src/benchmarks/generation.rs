@@ -9,7 +9,7 @@ use crate::result::BenchmarkResult;
 /// New tokens of each generation check: the first step fills the cache from the prompt,
 /// the rest each read it and extend it, so four steps exercise it three times over; more steps
 /// repeat the same computation.
-const CHECK_TOKENS: usize = 4;
+pub const CHECK_TOKENS: usize = 4;
 
 fn greedy_options(use_cache: bool, max_new_tokens: usize) -> GenerateOptions {
     GenerateOptions {

@@ -18,6 +18,7 @@ mod cli;
 mod measure;
 mod profile;
 mod render;
+mod suite_times;
 mod system;
 mod targets;
 mod timing;

@@ -310,7 +310,21 @@ fn run_suite_child(model: &str, device: Device) -> AnyResult<Value> {
         .filter(|l| l.contains("[FAIL]") || l.contains("[ERROR]"))
         .map(|l| l.trim().to_owned())
         .collect();
+    // Where the time went, from the suite's own report: load, each phase (its recording of
+    // both models included), each benchmark.
+    let benchmarks: Vec<Value> = results
+        .get("results")
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .map(|r| json!({"phase": r.get("phase"), "name": r.get("name"), "seconds": r.get("seconds")}))
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(json!({
+        "load_s": results.get("load_seconds"),
+        "phases": results.get("phases"),
+        "benchmarks": benchmarks,
         "command": format!("tl-bench --quiet --model <dir> --device {}", device_name(device)),
         "wall_s": wall,
         "peak_rss_mb": maxrss,

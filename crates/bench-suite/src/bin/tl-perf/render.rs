@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use serde_json::Value;
 
 use crate::causes::cause;
+use crate::suite_times::SuiteTimes;
 use crate::targets::{fmt_opt, get, ratio, Target, ANCHOR_SUITE_RSS_MB, ANCHOR_SUITE_S};
 
 /// (largest `others_cores`, total `retaken`) over every timing found under `v`.
@@ -302,7 +303,7 @@ pub(crate) fn render_markdown(
         );
         let mut seen = std::collections::BTreeSet::new();
         for t in missed {
-            if let Some((key, text)) = cause(&t.id, rust, python) {
+            if let Some((key, text)) = cause(&t.id, rust, python, tl4) {
                 if seen.insert(key) {
                     let _ = writeln!(out, "* {text}\n");
                 }
@@ -609,6 +610,9 @@ pub(crate) fn render_markdown(
             let _ = writeln!(out, "\nRust suite failure: `{f}`");
         }
     }
+    if let Some(times) = SuiteTimes::of(rust) {
+        render_suite_times(&mut out, &times, r("suite.wall_s"));
+    }
     if let Some(steps) = rust
         .pointer("/suite_profile/steps")
         .and_then(Value::as_array)
@@ -663,4 +667,53 @@ pub(crate) fn render_markdown(
         m.get("torch_threads").and_then(Value::as_i64).unwrap_or(0)
     );
     out
+}
+
+/// The Rust suite's own account of its time: load, each phase, and the groups of checks that
+/// take most of it.
+fn render_suite_times(out: &mut String, times: &SuiteTimes, wall: Option<f64>) {
+    let _ = writeln!(
+        out,
+        "\n### Where the Rust suite's time goes (its own report, `tl-bench --json`)\n\n\
+         | | seconds | of which recording both models once | peak RSS at its end (MiB) |\n\
+         |---|---|---|---|"
+    );
+    let _ = writeln!(
+        out,
+        "| booting the bridge, tokenizing the inputs | {} | | |",
+        fmt_opt(times.load_s, 2)
+    );
+    let label = |n: u8| match n {
+        2 => "Phase 2 (the HookedTransformer's load included)",
+        3 => "Phase 3 (processing both models' weights included)",
+        _ => "Phase 1",
+    };
+    for phase in &times.phases {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            label(phase.phase),
+            fmt_opt(Some(phase.seconds), 2),
+            fmt_opt(phase.recording_seconds, 2),
+            fmt_opt(phase.peak_rss_mib, 0)
+        );
+    }
+    let accounted =
+        times.load_s.unwrap_or(0.0) + times.phases.iter().map(|p| p.seconds).sum::<f64>();
+    let _ = writeln!(
+        out,
+        "\nOf Phases 2 and 3: the generation checks {} s (one cached greedy batch of the prompts \
+         shared by the three, then each check's own runs), the hook-option checks of both models \
+         {} s (one pass per option and model), the recording {} s, the HookedTransformer's load \
+         {} s; of Phase 3, its weight checks {} s and processing both models {} s. Starting and \
+         ending the process (libtorch's initialisers, freeing) takes the rest of the wall time: \
+         {} s.",
+        fmt_opt(Some(times.generation_s()), 2),
+        fmt_opt(Some(times.gated_s()), 2),
+        fmt_opt(Some(times.recording_s()), 2),
+        fmt_opt(times.setup_s(2), 2),
+        fmt_opt(Some(times.weight_checks_s()), 2),
+        fmt_opt(times.setup_s(3), 2),
+        fmt_opt(wall.map(|w| w - accounted), 2),
+    );
 }
