@@ -7,10 +7,10 @@
 //! 2. Builds bench-suite's binaries and runs `tl-perf measure` (forward, backward, generation,
 //!    load, and the suite as a separate `tl-bench` process).
 //! 3. With `--compare-python`, runs xtask/python/perf_python.py: TransformerLens 3.9.0's suite and
-//!    the same forward passes in Python, on the same checkpoint, in the same run. With
-//!    `--compare-tl4`, the same script in a venv with transformer-lens 4.3.0
-//!    (`$TLRS_TL4_VENV`, default `<repo>/.venv-tl4`, made on first use): its suite and the
-//!    patching sweep through its TransformerBridge.
+//!    the same forward passes in Python, on the same checkpoint, in the same run; then the same
+//!    script in a venv with transformer-lens 4.3.0 (`$TLRS_TL4_VENV`, default `<repo>/.venv-tl4`,
+//!    made on first use): its suite and the patching sweep through its TransformerBridge
+//!    (`--compare-tl4` runs only this one).
 //! 4. `tl-perf report` writes docs/performance.md and docs/performance.json
 //!    (docs/performance-cuda.{md,json} with `--device cuda`).
 //!
@@ -41,7 +41,11 @@ fn parse(args: &[String]) -> Result<PerfArgs, String> {
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "--compare-python" => parsed.compare_python = true,
+            // The targets compare with both TransformerLens versions in one run.
+            "--compare-python" => {
+                parsed.compare_python = true;
+                parsed.compare_tl4 = true;
+            }
             "--compare-tl4" => parsed.compare_tl4 = true,
             "--quick" => parsed.quick = true,
             "--profile-suite" => parsed.profile_suite = true,

@@ -47,7 +47,7 @@ pub fn convert(
                 let view = source.tl_of(&hf);
                 if left > 0 {
                     view.copy()
-                } else if is_transposed_matrix(&view) {
+                } else if lens_core::layout::is_transposed_matrix(&view) {
                     // `W_U` is `lm_head.weight.T`: kept in the checkpoint's memory order, a
                     // copy would only transpose 38.6M entries for GPT-2 (about 100 ms here),
                     // and its gradients then share the bridge's layout.
@@ -60,12 +60,6 @@ pub fn convert(
         named.insert(tl.to_owned(), tensor);
     }
     Params::from_named(&mut named).map_err(Error::InvalidInput)
-}
-
-/// A matrix stored as the transpose of a row-major one.
-fn is_transposed_matrix(t: &Tensor) -> bool {
-    let (size, stride) = (t.size(), t.stride());
-    t.dim() == 2 && stride[0] == 1 && stride[1] == size[0] && size[0] > 1
 }
 
 /// The sizes a GPT-2 weight table needs, from a HookedTransformer config.

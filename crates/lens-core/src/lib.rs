@@ -39,6 +39,7 @@ pub mod factored;
 pub mod generation;
 pub mod inspect;
 pub mod layer_stacks;
+pub mod layout;
 pub mod model;
 pub mod patching;
 pub mod processing;

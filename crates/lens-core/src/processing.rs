@@ -128,8 +128,11 @@ fn mean(t: &Tensor, dim: i64) -> Tensor {
     t.mean_dim(dim, true, Kind::Float)
 }
 
+/// f32 copies of `p`'s weights, dense (a transposed `W_U` keeps its layout: both models give
+/// processing the same layouts, so they get identical results, and a transposed copy of GPT-2's
+/// unembedding alone costs about 100 ms).
 fn to_f32(p: &Params) -> Params {
-    p.map(|t| f32(&t.detach()).contiguous())
+    p.map(|t| crate::layout::dense(&f32(&t.detach())))
 }
 
 /// Back to each weight's own dtype as it came in (`kind`, the model's, for what processing
@@ -146,6 +149,8 @@ fn cast_back(p: Params, original: &Params, kind: Kind) -> Result<Params, String>
         .into_iter()
         .map(|(name, t)| {
             let kind = kinds.get(&name).copied().unwrap_or(kind);
+            // Row-major: the processed weights replace the model's parameters, whose layout
+            // (and so their kernels, and their stacked views) must not depend on processing.
             let t = t
                 .to_kind(kind)
                 .detach()

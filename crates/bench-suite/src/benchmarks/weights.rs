@@ -5,8 +5,9 @@ use lens_core::model::{LensModel, ModelResult};
 use tch::{Kind, Tensor};
 
 use super::{clean_loss, guarded, reference_error, sample_of, CleanLosses, Inputs};
-use crate::compare::{compare, in_memory_order, max_abs, Comparison};
+use crate::compare::{compare, max_abs, Comparison};
 use crate::result::BenchmarkResult;
+use lens_core::layout::in_memory_order;
 
 fn weights_matching(model: &dyn LensModel, suffix: &str) -> Vec<String> {
     model
