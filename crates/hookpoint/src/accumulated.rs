@@ -6,7 +6,7 @@
 //! it at once (`clear_grad`), so a backward pass never holds the whole gradient set: a benchmark
 //! comparing two models' gradients needs only one model's full set that way.
 
-use std::ffi::{c_char, c_void, CStr};
+use std::ffi::{c_char, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Mutex;
 
@@ -14,6 +14,7 @@ use tch::Tensor;
 use torch_sys::C_tensor;
 
 use crate::error::{Direction, HookError, Result};
+use crate::native::shim_result;
 use crate::point::panic_message;
 
 type LeafCallback = extern "C" fn(*mut c_void, usize, *mut C_tensor);
@@ -25,7 +26,6 @@ extern "C" {
         data: *mut c_void,
         index: usize,
     ) -> *mut c_char;
-    fn hp_free_string(message: *mut c_char);
 }
 
 /// The name failures of these hooks are reported under.
@@ -106,17 +106,7 @@ fn set_hook(
 ) -> Result<()> {
     // SAFETY: `leaf` is a live tch tensor; the shim catches every C++ exception.
     let error = unsafe { hp_set_leaf_hook(leaf.as_ptr(), callback, data, index) };
-    if error.is_null() {
-        return Ok(());
-    }
-    // SAFETY: a non-null return is a malloc'ed NUL-terminated string owned by us.
-    let message = unsafe { CStr::from_ptr(error) }
-        .to_string_lossy()
-        .into_owned();
-    unsafe { hp_free_string(error) };
-    Err(HookError::Torch(tch::TchError::Torch(format!(
-        "setting an {HOOK_NAME} on leaf {index}: {message}"
-    ))))
+    shim_result(error, || format!("setting an {HOOK_NAME} on leaf {index}"))
 }
 
 extern "C" fn call_on_gradient(data: *mut c_void, index: usize, leaf: *mut C_tensor) {

@@ -80,18 +80,24 @@ pub(crate) fn register_backward_hook(tensor: &Tensor, entry: Weak<HookEntry>) ->
             &mut position,
         )
     };
+    shim_result(error, || format!("registering backward hook on '{name}'"))
+}
+
+/// The shim's answer: a null `error` is success; otherwise the C++ exception's message (a
+/// malloc'ed string, freed here) under `what` went wrong.
+pub(crate) fn shim_result(error: *mut c_char, what: impl FnOnce() -> String) -> Result<()> {
     if error.is_null() {
-        Ok(())
-    } else {
-        // SAFETY: a non-null return is a malloc'ed NUL-terminated string owned by us.
-        let message = unsafe { CStr::from_ptr(error) }
-            .to_string_lossy()
-            .into_owned();
-        unsafe { hp_free_string(error) };
-        Err(HookError::Torch(tch::TchError::Torch(format!(
-            "registering backward hook on '{name}': {message}"
-        ))))
+        return Ok(());
     }
+    // SAFETY: a non-null return is a malloc'ed NUL-terminated string owned by us.
+    let message = unsafe { CStr::from_ptr(error) }
+        .to_string_lossy()
+        .into_owned();
+    unsafe { hp_free_string(error) };
+    Err(HookError::Torch(tch::TchError::Torch(format!(
+        "{}: {message}",
+        what()
+    ))))
 }
 
 extern "C" fn drop_backward_call(data: *mut c_void) {
@@ -202,15 +208,5 @@ pub fn version(tensor: &Tensor) -> Option<i64> {
 pub fn clear_grad(tensor: &Tensor) -> Result<()> {
     // SAFETY: `tensor` is a live tch tensor; the shim only resets its gradient slot.
     let error = unsafe { hp_clear_grad(tensor.as_ptr()) };
-    if error.is_null() {
-        return Ok(());
-    }
-    // SAFETY: a non-null return is a malloc'ed NUL-terminated string owned by us.
-    let message = unsafe { CStr::from_ptr(error) }
-        .to_string_lossy()
-        .into_owned();
-    unsafe { hp_free_string(error) };
-    Err(HookError::Torch(tch::TchError::Torch(format!(
-        "clearing a gradient: {message}"
-    ))))
+    shim_result(error, || "clearing a gradient".to_owned())
 }

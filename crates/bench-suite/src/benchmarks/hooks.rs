@@ -90,7 +90,20 @@ pub fn firing_counts(
     model: &dyn LensModel,
     tokens: &Tensor,
 ) -> ModelResult<BTreeMap<String, usize>> {
-    let counts: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
+    let (counts, counter) = counting_hook();
+    let _no_grad = tch::no_grad_guard();
+    model.run_with_hooks(
+        tokens,
+        &ForwardOptions::default(),
+        &[HookSpec::forward(NamesFilter::All, counter)],
+    )?;
+    let counts = counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Ok(counts)
+}
+
+/// A forward hook that counts each point's firings into the map it comes with.
+pub fn counting_hook() -> (Arc<Mutex<FiringCounts>>, Hook) {
+    let counts: Arc<Mutex<FiringCounts>> = Arc::default();
     let sink = counts.clone();
     let counter = Hook::new(move |_, ctx| {
         *sink
@@ -100,14 +113,7 @@ pub fn firing_counts(
             .or_insert(0) += 1;
         None
     });
-    let _no_grad = tch::no_grad_guard();
-    model.run_with_hooks(
-        tokens,
-        &ForwardOptions::default(),
-        &[HookSpec::forward(NamesFilter::All, counter)],
-    )?;
-    let counts = counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    Ok(counts)
+    (counts, counter)
 }
 
 /// Every forward activation of the reference, compared with the model's; every hook point of

@@ -11,10 +11,9 @@
 //! reference's never.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use hookpoint::{ActivationCache, CacheOptions, Hook, HookSpec, NamesFilter};
+use hookpoint::{ActivationCache, CacheOptions, HookSpec, NamesFilter};
 use lens_core::model::{ForwardOptions, ForwardOutput, LensModel, ModelResult, ReturnType};
 use tch::Tensor;
 
@@ -151,16 +150,7 @@ pub fn record_forward(
 /// The forward pass without a graph: logits and loss, every hook cached, every firing counted.
 pub fn forward_pass(model: &dyn LensModel, tokens: &Tensor) -> ModelResult<ForwardRecording> {
     let _no_grad = tch::no_grad_guard();
-    let counts: Arc<Mutex<FiringCounts>> = Arc::default();
-    let sink = counts.clone();
-    let counter = Hook::new(move |_, ctx| {
-        *sink
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(ctx.name().to_owned())
-            .or_insert(0) += 1;
-        None
-    });
+    let (counts, counter) = hooks::counting_hook();
     let options = ForwardOptions {
         return_type: ReturnType::Both,
         ..ForwardOptions::default()
