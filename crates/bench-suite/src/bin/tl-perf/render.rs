@@ -583,13 +583,14 @@ pub(crate) fn render_markdown(
             "| Python, earlier measurement (not this run) | {ANCHOR_SUITE_S} | {ANCHOR_SUITE_RSS_MB} | | 39 | 39 | 0 |"
         );
     }
-    if let Some(other) = r("suite.other_run_wall_s") {
+    if let Some(walls) = rust.pointer("/suite/wall_s_runs").and_then(Value::as_array) {
+        let walls: Vec<String> = walls.iter().map(|w| fmt_opt(w.as_f64(), 1)).collect();
         let _ = writeln!(
             out,
-            "\nThe Rust suite ran twice (other processes were busy during the first run); the \
-             quieter run is shown, the other took {} s with {} cores busy elsewhere.",
-            fmt_opt(Some(other), 1),
-            fmt_opt(r("suite.other_run_others_cores"), 2)
+            "\nThe Rust suite ran {} times ({} s); the median run is shown, with the largest \
+             peak RSS of the runs.",
+            walls.len(),
+            walls.join(", ")
         );
     }
     let _ = writeln!(
@@ -657,10 +658,10 @@ pub(crate) fn render_markdown(
          under each table). Raw HF forward = `Gpt2LMHeadModel` loaded on its own (no hook \
          points, no unembedding bias); `run_with_cache` caches every hook point that fires (394 \
          for the bridge, 210 for the HookedTransformer). The suite runs as a separate \
-         `tl-bench --quiet` process (run once more if other processes were busy meanwhile; the \
-         quieter run is kept): wall time from spawn to exit, peak RSS from \
-         `getrusage(RUSAGE_CHILDREN)` (the largest over the suite's runs; cross-checked by \
-         polling VmHWM). The Python suite runs \
+         `tl-bench --quiet` process, three times (the median wall time is kept: page faults of \
+         fresh memory make a run vary by a second or more here): wall time from spawn to exit, \
+         peak RSS from `getrusage(RUSAGE_CHILDREN)` (the largest over the suite's runs; \
+         cross-checked by polling VmHWM). The Python suite runs \
          the same way (`run_benchmark_suite(phases=[1, 2, 3])` in a child process, the model \
          under the name `gpt2` in a local offline Hugging Face cache, as the earlier figures were \
          measured). The machine may be shared: compare figures of one run, not across runs.",
