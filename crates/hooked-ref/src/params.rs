@@ -47,11 +47,6 @@ pub fn convert(
                 let view = source.tl_of(&hf);
                 if left > 0 {
                     view.copy()
-                } else if lens_core::layout::is_transposed_matrix(&view) {
-                    // `W_U` is `lm_head.weight.T`: kept in the checkpoint's memory order, a
-                    // copy would only transpose 38.6M entries for GPT-2 (about 100 ms here),
-                    // and its gradients then share the bridge's layout.
-                    view
                 } else {
                     view.contiguous()
                 }

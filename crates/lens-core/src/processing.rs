@@ -139,24 +139,30 @@ fn to_f32(p: &Params) -> Params {
 /// added), as fresh leaves that require gradients. A weight kept in f32 in a half-precision
 /// model (the HookedTransformer's Gemma norms) stays f32.
 fn cast_back(p: Params, original: &Params, kind: Kind) -> Result<Params, String> {
-    let kinds: std::collections::BTreeMap<String, Kind> = original
+    let originals: std::collections::BTreeMap<String, (Kind, bool)> = original
         .named()
         .into_iter()
-        .map(|(name, t)| (name, t.kind()))
+        .map(|(name, t)| {
+            let transposed = crate::layout::is_transposed_matrix(t);
+            (name, (t.kind(), transposed))
+        })
         .collect();
     let mut named = p
         .named()
         .into_iter()
         .map(|(name, t)| {
-            let kind = kinds.get(&name).copied().unwrap_or(kind);
-            // Row-major: the processed weights replace the model's parameters, whose layout
-            // (and so their kernels, and their stacked views) must not depend on processing.
-            let t = t
-                .to_kind(kind)
-                .detach()
-                .contiguous()
-                .set_requires_grad(true);
-            (name, t)
+            let (kind, transposed) = originals.get(&name).copied().unwrap_or((kind, false));
+            let t = t.to_kind(kind).detach();
+            // Each weight keeps the layout it came in: row-major, or a transposed matrix (the
+            // bridge's `W_U`, a view of `lm_head.weight`, which transposing would cost 100 ms
+            // for GPT-2). A parameter's layout decides its kernels and its stacked views, so
+            // processing must not change it.
+            let t = if transposed && crate::layout::is_transposed_matrix(&t) {
+                t
+            } else {
+                t.contiguous()
+            };
+            (name, t.set_requires_grad(true))
         })
         .collect();
     Params::from_named(&mut named)

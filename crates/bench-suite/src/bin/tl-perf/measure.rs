@@ -268,6 +268,9 @@ fn run_suite_child(model: &str, device: Device) -> AnyResult<Value> {
     let bench = sibling_binary("tl-bench")?;
     let json_path = std::env::temp_dir().join(format!("tl-perf-suite-{}.json", std::process::id()));
     let before = CpuSnap::now();
+    // getrusage(RUSAGE_CHILDREN) adds up every child waited for: this run's CPU time is the
+    // difference.
+    let (_, cpu_before) = children_rusage().unwrap_or((f64::NAN, 0.0));
     let start = Instant::now();
     let mut child = Command::new(&bench)
         .args([
@@ -303,6 +306,7 @@ fn run_suite_child(model: &str, device: Device) -> AnyResult<Value> {
     let others = CpuSnap::now().others_since(&before);
     let summary = reader.join().unwrap_or_default();
     let (maxrss, cpu) = children_rusage().unwrap_or((f64::NAN, f64::NAN));
+    let cpu = cpu - cpu_before;
     let results: Value = std::fs::read_to_string(&json_path)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
