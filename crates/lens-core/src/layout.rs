@@ -28,42 +28,19 @@ pub fn in_order(t: &Tensor, order: &[i64]) -> Tensor {
     }
 }
 
-/// `t` itself when its memory is dense, a permutation of a contiguous tensor (a transposed
-/// matrix), else a contiguous copy: dense memory without transposing what is already dense
-/// (copying GPT-2's transposed `W_U` into row order takes about 100 ms here).
-pub fn dense(t: &Tensor) -> Tensor {
-    if t.is_contiguous() || in_memory_order(t).is_contiguous() {
-        t.shallow_clone()
-    } else {
-        t.contiguous()
-    }
-}
-
-/// A matrix stored as the transpose of a row-major one (`lm_head.weight.T`, an `nn.Linear`
-/// weight as TransformerLens's `[in, out]`).
-pub fn is_transposed_matrix(t: &Tensor) -> bool {
-    let (size, stride) = (t.size(), t.stride());
-    t.dim() == 2 && size[0] > 1 && size[1] > 1 && stride[0] == 1 && stride[1] == size[0]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use tch::{Device, Kind};
 
     #[test]
-    fn a_transposed_matrix_is_dense_and_a_narrowed_one_is_not() {
+    fn a_transposed_matrix_is_contiguous_in_memory_order() {
         let rows = Tensor::arange(12, (Kind::Float, Device::Cpu)).reshape([3, 4]);
         let transposed = rows.transpose(0, 1);
         assert_eq!(memory_order(&transposed), [1, 0]);
-        assert!(in_memory_order(&transposed).is_contiguous());
-        let same = dense(&transposed);
-        assert_eq!(same.stride(), transposed.stride());
-        assert_eq!(same.data_ptr(), transposed.data_ptr());
-        assert!(is_transposed_matrix(&transposed) && !is_transposed_matrix(&rows));
-        let narrowed = rows.narrow(1, 0, 2);
-        let copied = dense(&narrowed);
-        assert!(copied.is_contiguous() && copied.equal(&narrowed));
-        assert_ne!(copied.data_ptr(), narrowed.data_ptr());
+        let viewed = in_memory_order(&transposed);
+        assert!(viewed.is_contiguous() && viewed.equal(&rows));
+        assert!(!in_memory_order(&rows.narrow(1, 0, 2)).is_contiguous());
+        assert_eq!(in_memory_order(&Tensor::from(3.0f32)).size(), [1]);
     }
 }

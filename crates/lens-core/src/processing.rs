@@ -128,41 +128,33 @@ fn mean(t: &Tensor, dim: i64) -> Tensor {
     t.mean_dim(dim, true, Kind::Float)
 }
 
-/// f32 copies of `p`'s weights, dense (a transposed `W_U` keeps its layout: both models give
-/// processing the same layouts, so they get identical results, and a transposed copy of GPT-2's
-/// unembedding alone costs about 100 ms).
+/// f32 copies of `p`'s weights, row-major: both models hand processing their weights in the
+/// same layout (the bridge's are often transposed views), so that reductions run in the same
+/// order and the two end with identical weights.
 fn to_f32(p: &Params) -> Params {
-    p.map(|t| crate::layout::dense(&f32(&t.detach())))
+    p.map(|t| f32(&t.detach()).contiguous())
 }
 
 /// Back to each weight's own dtype as it came in (`kind`, the model's, for what processing
 /// added), as fresh leaves that require gradients. A weight kept in f32 in a half-precision
 /// model (the HookedTransformer's Gemma norms) stays f32.
 fn cast_back(p: Params, original: &Params, kind: Kind) -> Result<Params, String> {
-    let originals: std::collections::BTreeMap<String, (Kind, bool)> = original
+    let kinds: std::collections::BTreeMap<String, Kind> = original
         .named()
         .into_iter()
-        .map(|(name, t)| {
-            let transposed = crate::layout::is_transposed_matrix(t);
-            (name, (t.kind(), transposed))
-        })
+        .map(|(name, t)| (name, t.kind()))
         .collect();
     let mut named = p
         .named()
         .into_iter()
         .map(|(name, t)| {
-            let (kind, transposed) = originals.get(&name).copied().unwrap_or((kind, false));
-            let t = t.to_kind(kind).detach();
-            // Each weight keeps the layout it came in: row-major, or a transposed matrix (the
-            // bridge's `W_U`, a view of `lm_head.weight`, which transposing would cost 100 ms
-            // for GPT-2). A parameter's layout decides its kernels and its stacked views, so
-            // processing must not change it.
-            let t = if transposed && crate::layout::is_transposed_matrix(&t) {
-                t
-            } else {
-                t.contiguous()
-            };
-            (name, t.set_requires_grad(true))
+            let kind = kinds.get(&name).copied().unwrap_or(kind);
+            let t = t
+                .to_kind(kind)
+                .detach()
+                .contiguous()
+                .set_requires_grad(true);
+            (name, t)
         })
         .collect();
     Params::from_named(&mut named)

@@ -367,10 +367,12 @@ fn ungrouped(source: &str, dir: &Path) -> String {
 
 /// Phases 5 and 6 (granular weight processing, opt-in): each step alone, then TransformerLens
 /// 3.9.0's seven combinations, each on a fresh bridge and HookedTransformer, every check passing:
-/// on GPT-2 (LayerNorm: every step applies) and on Gemma 2 (RMSNorm, soft-capped logits:
-/// TransformerLens's refusals apply to both models alike).
+/// on GPT-2 (LayerNorm: every step applies), on Gemma 2 (RMSNorm, soft-capped logits:
+/// TransformerLens's refusals apply to both models alike) and on GPT-Neo (`nn.Linear` weights,
+/// the bridge's views of them transposed: processing must see both models' weights in one
+/// layout to give identical results).
 #[rstest]
-fn granular_phases_pass(#[values("tiny-gpt2", "tiny-gemma2")] model: &str) {
+fn granular_phases_pass(#[values("tiny-gpt2", "tiny-gemma2", "tiny-neo")] model: &str) {
     let options = SuiteOptions {
         model: model.to_owned(),
         phases: vec![5, 6],
