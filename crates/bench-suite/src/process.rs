@@ -8,8 +8,13 @@ use std::time::Instant;
 /// `None` elsewhere). Not `getrusage`'s `ru_maxrss`, which after `exec` still counts the memory
 /// of the process that spawned this one.
 pub fn peak_rss_mib() -> Option<f64> {
+    status_mib("VmHWM:")
+}
+
+/// A `kB` figure of `/proc/self/status` (`VmHWM:`, `VmRSS:`), in MiB.
+fn status_mib(key: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
 }
@@ -47,7 +52,7 @@ mod tests {
         // set with 64 MiB more in it (the peak is never below it) and for never falling.
         let before = peak_rss_mib().unwrap();
         let big = vec![1u8; 64 << 20];
-        let resident = resident_mib().unwrap();
+        let resident = status_mib("VmRSS:").unwrap();
         let after = peak_rss_mib().unwrap();
         assert!(
             resident >= 64.0,
@@ -58,11 +63,5 @@ mod tests {
             "{before} -> {after} MiB"
         );
         drop(big);
-    }
-
-    fn resident_mib() -> Option<f64> {
-        let status = std::fs::read_to_string("/proc/self/status").ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-        Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? / 1024.0)
     }
 }

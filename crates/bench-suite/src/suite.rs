@@ -536,14 +536,12 @@ fn compare_phase(
         results.push(clock.stamp(result.in_phase(phase)));
     };
     // A judged result keeps the time its judgement took (its passes were the recording's).
-    let mut judged = |name: &str| match recorded.iter().position(|r| r.name == name) {
-        Some(i) => recorded.remove(i),
-        None => {
-            BenchmarkResult::skipped(name, "no HookedTransformer reference (--no-ht-reference)")
-        }
-    };
     let skipped = |name: &str| {
         BenchmarkResult::skipped(name, "no HookedTransformer reference (--no-ht-reference)")
+    };
+    let mut judged = |name: &str| match recorded.iter().position(|r| r.name == name) {
+        Some(i) => recorded.remove(i),
+        None => skipped(name),
     };
     if phase == 2 {
         // One cached greedy run of the bridge, which each generation check compares with runs

@@ -66,21 +66,15 @@ impl SuiteTimes {
         self.phases.iter().filter_map(|p| p.recording_seconds).sum()
     }
 
-    /// Phase 3's weight checks (run before its comparisons, on the processed weights).
+    /// Phase 3's weight checks: its results before its first comparison (`logits_equivalence`),
+    /// in the suite's order.
     pub(crate) fn weight_checks_s(&self) -> f64 {
-        const CHECKS: [&str; 10] = [
-            "no_nan_inf",
-            "weight_magnitudes",
-            "layer_norm_folding",
-            "attention_output_centering",
-            "mlp_output_centering",
-            "unembed_centering",
-            "value_bias_folding",
-            "weight_processing",
-            "weight_sharing",
-            "weight_modification",
-        ];
-        self.seconds_of(Some(3), |n| CHECKS.contains(&n))
+        self.benchmarks
+            .iter()
+            .filter(|b| b.phase == Some(3))
+            .take_while(|b| b.name != "logits_equivalence")
+            .filter_map(|b| b.seconds)
+            .sum()
     }
 
     /// Seconds of a phase not spent in its benchmarks or its recording: loading the
