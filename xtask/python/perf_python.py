@@ -2,14 +2,15 @@
 """The Python side of `cargo xtask perf --compare-python` (docs/performance.md).
 
     python xtask/python/perf_python.py --model models-cache/generated/gpt2-small --out FILE
+                                       [--gqa-model models-cache/generated/qwen2.5-0.5b]
                                        [--device cpu|cuda] [--threads 2] [--quick] [--skip-suite]
 
-On the checkpoint `tl-perf` measures (written by make_gpt2_small.py), with the fixtures' venv
+On the checkpoint `tl-perf` measures (written by make_perf_checkpoint.py), with the fixtures' venv
 (torch 2.13.0, transformers 5.9.0, transformer-lens 3.9.0), it measures:
 
 * the TransformerLens 3.9.0 suite, `run_benchmark_suite(phases=[1, 2, 3])`, in a child process:
-  the call's wall time, the import time, the whole process's wall time, and its peak RSS and CPU
-  time from `resource.getrusage(RUSAGE_CHILDREN)`;
+  the call's wall time, the import time, the whole process's wall time, its peak RSS (the child's
+  own `getrusage(RUSAGE_SELF)`) and CPU time (`getrusage(RUSAGE_CHILDREN)` around it);
 * forward passes (batch 1 x 128 and 8 x 128, random token ids, no_grad), medians after a warm-up,
   the variants interleaved repeat by repeat: HF `GPT2LMHeadModel` (default attention, and eager
   attention as the Rust HF tier computes it), HookedTransformer forward and `run_with_cache`,
@@ -22,9 +23,14 @@ Run with a venv holding transformer-lens 4.x instead (`cargo xtask perf --compar
 measures what that version offers a user today: its suite (TransformerBridge only, phases 1-3)
 and the patching sweep through its TransformerBridge.
 
-TransformerLens resolves models by official name, so the checkpoint is served offline from a
-Hugging Face cache made next to it (models-cache/generated/hf-home, links to the files) under
-the name `gpt2`, as the earlier Python measurements were taken. Writes JSON to --out.
+With `--gqa-model`, the suite runs once more on the Llama-family checkpoint (`suite_gqa` in the
+JSON); nothing else is measured on it.
+
+TransformerLens resolves models by official name, so each checkpoint is served offline from a
+Hugging Face cache made next to it (models-cache/generated/hf-home, links to the files) under an
+official name: the GPT-2-small-shaped one as `gpt2` (as the earlier Python measurements were
+taken), the Qwen2.5-0.5B-shaped one as `Qwen/Qwen2.5-0.5B` (TransformerLens reads a Qwen2
+model's shape from its config.json). Writes JSON to --out.
 """
 
 from __future__ import annotations
@@ -39,18 +45,36 @@ import sys
 import time
 from pathlib import Path
 
-FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json")
+FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+)
+# The official name each checkpoint of make_perf_checkpoint.py is served under, by directory.
+SERVED_AS = {"gpt2-small": "gpt2", "qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B"}
+# The name the in-process measurements load (the GPT-2-small-shaped checkpoint's).
 NAME = "gpt2"
 
 
+def served_name(model: Path) -> str:
+    try:
+        return SERVED_AS[model.name]
+    except KeyError:
+        raise SystemExit(f"{model}: not a checkpoint of make_perf_checkpoint.py ({sorted(SERVED_AS)})")
+
+
 def hf_home_for(model: Path) -> Path:
-    """An offline HF cache serving `model` as `gpt2` (links, no copies)."""
+    """The offline HF cache next to `model`, serving it under its official name (links, no
+    copies)."""
+    name = served_name(model)
     home = model.parent / "hf-home"
-    repo = home / "hub" / f"models--{NAME}"
-    commit = hashlib.sha1(b"tlrs-perf gpt2-small").hexdigest()
+    repo = home / "hub" / ("models--" + name.replace("/", "--"))
+    commit = hashlib.sha1(f"tlrs-perf {model.name}".encode()).hexdigest()
     snapshot = repo / "snapshots" / commit
     snapshot.mkdir(parents=True, exist_ok=True)
-    for f in FILES:
+    for f in (f for f in FILES if (model / f).is_file()):
         link = snapshot / f
         target = (model / f).resolve()
         if link.is_symlink() and Path(os.readlink(link)) == target:
@@ -196,7 +220,7 @@ def suite_child(args: argparse.Namespace) -> int:
     references = {"use_ht_reference": True} if tl_major() < 4 else {}
     t1 = time.perf_counter()
     results = run_benchmark_suite(
-        NAME,
+        served_name(args.model),
         device=args.device,
         dtype=torch.float32,
         use_hf_reference=True,
@@ -219,18 +243,23 @@ def suite_child(args: argparse.Namespace) -> int:
             1 for r, s in zip(results, severities) if r.passed and s.startswith("WARN")
         ),
         "torch_threads": torch.get_num_threads(),
+        # This process's own peak: getrusage(RUSAGE_CHILDREN) in the parent is the largest of
+        # every suite child it has run.
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     }
     Path(args.child_out).write_text(json.dumps(doc))
     return 0
 
 
-def run_suite(args: argparse.Namespace, out_dir: Path) -> dict:
+def run_suite(args: argparse.Namespace, model: Path, out_dir: Path) -> dict:
+    """The suite on `model`, in a child process."""
+    hf_home_for(model)
     child_out = out_dir / f"perf-python-suite-{os.getpid()}.json"
     cmd = [
         sys.executable,
         __file__,
         "--model",
-        str(args.model),
+        str(model),
         "--device",
         args.device,
         "--threads",
@@ -238,12 +267,17 @@ def run_suite(args: argparse.Namespace, out_dir: Path) -> dict:
         "--suite-child",
         str(child_out),
     ]
+    def children_cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    cpu_before = children_cpu()
     before = cpu_snap()
     t = time.perf_counter()
     proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - t
     others = others_since(before)
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = children_cpu() - cpu_before
     if proc.returncode != 0 or not child_out.exists():
         raise SystemExit(f"the Python suite failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     doc = json.loads(child_out.read_text())
@@ -251,10 +285,9 @@ def run_suite(args: argparse.Namespace, out_dir: Path) -> dict:
     doc.update(
         {
             "process_wall_s": wall,
-            "peak_rss_mb": usage.ru_maxrss / 1024.0,
-            "cpu_s": usage.ru_utime + usage.ru_stime,
+            "cpu_s": cpu,
             "others_cores": others,
-            "command": f"run_benchmark_suite('{NAME}', phases=[1, 2, 3], verbose=False) "
+            "command": f"run_benchmark_suite('{served_name(model)}', phases=[1, 2, 3], verbose=False) "
             f"in a child process (transformer-lens {tl_major()}.x)",
         }
     )
@@ -516,6 +549,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--gqa-model", type=Path, help="also run the suite on this checkpoint")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true")
@@ -534,7 +568,10 @@ def main() -> int:
     major = tl_major()
     if not args.skip_suite:
         log(f"the TransformerLens {major}.x suite (phases 1-3, child process)")
-        doc["suite"] = run_suite(args, args.out.parent)
+        doc["suite"] = run_suite(args, args.model, args.out.parent)
+        if args.gqa_model:
+            log(f"the TransformerLens {major}.x suite on {args.gqa_model.name}")
+            doc["suite_gqa"] = run_suite(args, args.gqa_model.resolve(), args.out.parent)
     doc.update(measure(args) if major < 4 else measure_tl4(args))
     doc["wall_s"] = time.perf_counter() - started
     args.out.write_text(json.dumps(doc, indent=2) + "\n")

@@ -2,8 +2,10 @@
 //! performance harness (docs/performance.md).
 //!
 //! 1. Makes sure the fixtures' Python environment exists (the venv `cargo xtask fixtures` uses:
-//!    `$TLRS_FIXTURES_VENV`, default `<repo>/.venv-fixtures`) and writes the GPT-2-small-shaped
-//!    checkpoint once (xtask/python/make_gpt2_small.py -> models-cache/generated/gpt2-small/).
+//!    `$TLRS_FIXTURES_VENV`, default `<repo>/.venv-fixtures`) and writes the two random-weight
+//!    checkpoints once (xtask/python/make_perf_checkpoint.py -> models-cache/generated/): the
+//!    GPT-2-small-shaped one everything is measured on, and the Qwen2.5-0.5B-shaped one
+//!    (grouped-query attention) the suite also runs on (not with `--quick`).
 //! 2. Builds bench-suite's binaries and runs `tl-perf measure` (forward, backward, generation,
 //!    load, and the suite as a separate `tl-bench` process).
 //! 3. With `--compare-python`, runs xtask/python/perf_python.py: TransformerLens 3.9.0's suite and
@@ -81,11 +83,20 @@ pub fn perf(root: &Path, args: &[String]) -> Result<(), String> {
     let args = parse(args)?;
     libtorch::setup(root)?;
     let python = crate::fixtures_python(root, false)?;
-    run(Command::new(&python)
-        .arg(root.join("xtask/python/make_gpt2_small.py"))
-        .arg("--root")
-        .arg(root))?;
-    let model = root.join("models-cache/generated/gpt2-small");
+    let checkpoint = |shape: &str| {
+        run(Command::new(&python)
+            .arg(root.join("xtask/python/make_perf_checkpoint.py"))
+            .args(["--shape", shape, "--root"])
+            .arg(root))
+        .map(|()| root.join("models-cache/generated").join(shape))
+    };
+    let model = checkpoint("gpt2-small")?;
+    // The suite on a Llama-family checkpoint too; a smoke test skips it (2 GB of weights).
+    let gqa_model = if args.quick {
+        None
+    } else {
+        Some(checkpoint("qwen2.5-0.5b")?)
+    };
 
     cargo(root, &["build", "--package", "bench-suite", "--bins"], &[])?;
     let work = root.join("target/perf");
@@ -102,6 +113,10 @@ pub fn perf(root: &Path, args: &[String]) -> Result<(), String> {
     ];
     if args.quick {
         measure.push("--quick".to_owned());
+    }
+    if let Some(gqa) = &gqa_model {
+        measure.push("--gqa-model".to_owned());
+        measure.push(path_str(gqa)?);
     }
     if args.profile_suite {
         measure.push("--profile-suite".to_owned());
@@ -120,6 +135,9 @@ pub fn perf(root: &Path, args: &[String]) -> Result<(), String> {
             .arg(out);
         if args.quick {
             command.arg("--quick");
+        }
+        if let Some(gqa) = &gqa_model {
+            command.arg("--gqa-model").arg(gqa);
         }
         run(&mut command)
     };

@@ -7,10 +7,17 @@
 //! (`run_with_cache`), and freed together afterwards, that page traffic costs as much as a large
 //! part of the pass itself (GPT-2 small, 1 x 128 tokens, 2 cores: about 30 ms of 180).
 //!
-//! [`keep_freed_memory`] tells glibc to serve blocks up to 32 MiB from its heap and to keep up to
-//! 2 GiB of freed memory for reuse (the 8 x 128 cache of GPT-2 small frees about 1.3 GB at once). It is a process-wide choice, so the library never makes it
-//! on its own: the project's binaries (`tl-bench`, `tl-perf`) call it first thing, and a program
-//! linking the crates can do the same.
+//! [`keep_freed_memory`] tells glibc to serve every block from its heap, never from a fresh
+//! mapping, and to keep up to 2 GiB of freed memory for reuse (the 8 x 128 cache of GPT-2 small
+//! frees about 1.3 GB at once). Blocks over 32 MiB matter as much as the small ones: a
+//! 152k-token vocabulary's logits for a 100-token text (61 MB), an embedding's gradient (545 MB
+//! for Qwen2.5-0.5B), each made and freed once per pass. On a virtual machine where a fresh page
+//! costs about 1 s per GB in the kernel, mapping them fresh was a third of the suite's wall time
+//! on the Qwen2.5-0.5B-shaped checkpoint (docs/performance.md); from the heap, it is 4-8 s less
+//! there and about 2 s less on GPT-2 small, for 100-200 MB more peak RSS (freed blocks the heap
+//! cannot hand back while a later one sits above them). It is a process-wide choice, so the
+//! library never makes it on its own: the project's binaries (`tl-bench`, `tl-perf`) call it
+//! first thing, and a program linking the crates can do the same.
 
 /// Keeps freed memory in the process for reuse (see the module documentation). Returns whether
 /// the settings were applied: `false` off glibc, and when the environment variable
@@ -32,7 +39,8 @@ pub fn release_freed_memory() -> bool {
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod imp {
-    /// glibc's largest allowed mmap threshold on 64-bit systems.
+    /// glibc's largest allowed mmap threshold on 64-bit systems (what the per-thread arenas,
+    /// which cannot take larger blocks, still go by).
     const MMAP_THRESHOLD: libc::c_int = 32 << 20;
     /// As much as glibc takes (2 GiB - 1).
     const TRIM_THRESHOLD: libc::c_int = libc::c_int::MAX;
@@ -47,6 +55,9 @@ mod imp {
         unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
                 && libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+                // No block from a fresh mapping: a larger one than a heap holds comes from the
+                // main heap, which grows as far as it needs.
+                && libc::mallopt(libc::M_MMAP_MAX, 0) == 1
         }
     }
 }

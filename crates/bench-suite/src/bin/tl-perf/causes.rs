@@ -5,12 +5,8 @@ use serde_json::Value;
 use crate::suite_times::SuiteTimes;
 use crate::targets::{fmt_opt, get, ratio, ANCHOR_SUITE_RSS_MB, ANCHOR_SUITE_S};
 
-/// Parameters of GPT-2 small with an untied unembedding (compatibility mode unties `W_U`): what
-/// each model holds in Phase 3, in MiB of f32.
-const PHASE3_MODEL_MIB: f64 = (124_439_808.0 + 38_597_376.0) * 4.0 / 1_048_576.0;
-
-/// GPT-2 small's embedding (or unembedding) gradient, in MiB of f32.
-const EMBEDDING_MIB: f64 = 38_597_376.0 * 4.0 / 1_048_576.0;
+/// MiB in a MB.
+const MIB_PER_MB: f64 = 1e6 / 1_048_576.0;
 
 /// "min-max ms" of the samples at `pointer` (a JSON pointer to an array of milliseconds).
 fn sample_range(v: &Value, pointer: &str) -> String {
@@ -32,9 +28,6 @@ pub(crate) fn cause(
     tl4: Option<&Value>,
 ) -> Option<(&'static str, String)> {
     let r = |path: &str| get(rust, path);
-    let p = |path: &str| python.and_then(|py| get(py, path));
-    let tl4_wall = tl4.and_then(|v| get(v, "suite.process_wall_s"));
-    let tl4_rss = tl4.and_then(|v| get(v, "suite.peak_rss_mb"));
     let diff = |v: Option<&Value>, a: &str, b: &str| {
         let v = v?;
         Some(get(v, a)? - get(v, b)?)
@@ -82,10 +75,9 @@ pub(crate) fn cause(
                  activation alive until it is dropped: caching costs {} ms over the bridge \
                  forward at 1x128 and {} ms at 8x128 here (HookedTransformer {} and {} ms{}). The \
                  binaries keep freed memory for reuse (`lens_core::allocator::keep_freed_memory`: \
-                 glibc serves blocks up to 32 MiB from its heap and keeps up to 2 GiB freed); \
-                 without that every pass faults its activations' pages back in and the kernel \
-                 zeroes them (`perf`: `clear_page_erms`, `exc_page_fault`). Blocks over 32 MiB \
-                 (the 8x128 logits, 206 MB) are still mapped fresh for every pass.",
+                 glibc serves every block from its heap and keeps up to 2 GiB freed); without \
+                 that every pass faults its activations' pages back in and the kernel zeroes \
+                 them (`perf`: `clear_page_erms`, `exc_page_fault`).",
                 caching(Some(rust), "1x128", "bridge"),
                 caching(Some(rust), "8x128", "bridge"),
                 caching(Some(rust), "1x128", "hooked"),
@@ -160,76 +152,124 @@ pub(crate) fn cause(
                 fmt_opt(r("load.stats.tokenizer_only.median_ms"), 0)
             ),
         )),
-        "suite_wall" | "suite_wall_tl4" => {
-            let times = SuiteTimes::of(rust)?;
-            let bound = match id {
-                "suite_wall" => p("suite.suite_s").or(Some(ANCHOR_SUITE_S)).map(|s| s / 4.0),
-                _ => tl4_wall.map(|s| s * 0.4),
-            };
-            Some((
-                "suite_wall",
-                format!(
-                    "**Suite wall time.** {} s against {} s allowed. The suite records both \
-                     models once per comparison phase (a forward pass with every hook cached, a \
-                     forward and backward pass with every hook's and parameter's gradient; {} s \
-                     for both phases) and nine benchmarks judge that recording; the rest are \
-                     passes a check needs of its own: the generation checks ({} s: one cached \
-                     greedy batch shared, then the reference's run, the uncached run, seeded \
-                     sampling twice, a second call, each prompt alone), the hook options ({} s: \
-                     one forward pass per option and model, as an option changes the \
-                     computation), ablation and weight edits, and Phase 3's weight checks ({} s). \
-                     A forward pass of GPT-2 small over these short inputs costs about 50-65 ms \
-                     here whatever their length, as it reads every weight (0.5 GB); loading the \
-                     HookedTransformer takes {} s, processing both models' weights {} s, and \
-                     starting libtorch about 0.3 s of any process. Below this, a check would \
-                     have to be dropped or merged with another's pass.",
-                    fmt_opt(r("suite.wall_s"), 1),
-                    fmt_opt(bound, 1),
-                    fmt_opt(Some(times.recording_s()), 1),
-                    fmt_opt(Some(times.generation_s()), 1),
-                    fmt_opt(Some(times.gated_s()), 1),
-                    fmt_opt(Some(times.weight_checks_s()), 1),
-                    fmt_opt(times.setup_s(2), 1),
-                    fmt_opt(times.setup_s(3), 1),
-                ),
-            ))
-        }
-        "suite_rss" | "suite_rss_tl4" => {
-            let peak = r("suite.peak_rss_mb")?;
-            let bound = match id {
-                "suite_rss" => p("suite.peak_rss_mb")
-                    .or(Some(ANCHOR_SUITE_RSS_MB))
-                    .map(|m| m / 2.0),
-                _ => tl4_rss.map(|m| m * 0.75),
-            };
-            // Both models' weights, one full gradient set, one embedding gradient in flight.
-            let held = 3.0 * PHASE3_MODEL_MIB + EMBEDDING_MIB;
-            Some((
-                "suite_rss",
-                format!(
-                    "**Suite peak RSS.** {:.0} MB against {} MB allowed, reached while Phase 3 \
-                     records both models' gradients. Nothing there is held twice: the \
-                     reference's parameter gradients are compared as its backward pass \
-                     accumulates them and freed at once (a post-accumulate-grad hook on each \
-                     parameter, `hookpoint::with_accumulated_gradient_hooks`), the bridge's are \
-                     freed as they are compared, and the forward recording is judged and dropped \
-                     before the backward passes. What remains is what comparing two backward \
-                     passes needs: both models' weights ({:.0} MiB each: 124M parameters plus \
-                     the untied `W_U`), the first model's whole gradient set (its backward pass \
-                     ends before the second's begins) and the second's embedding gradient in \
-                     flight ({:.0} MiB): {:.0} MiB, plus libtorch's runtime and mapped \
-                     libraries (the other {:.0} MB of the peak). Meeting the bound needs the \
-                     gradients compared in halves, one more backward pass of each model per \
-                     phase (about 0.8 s), which the wall-time target cannot spare.",
-                    peak,
-                    fmt_opt(bound, 0),
-                    PHASE3_MODEL_MIB,
-                    EMBEDDING_MIB,
-                    held,
-                    peak - held * 1.048_576,
-                ),
-            ))
-        }
+        suite if suite.starts_with("suite") => suite_cause(suite, rust, python, tl4),
         _ => None,
+    }
+}
+
+/// Why a suite target is missed. `id` is `suite[_gqa]_{wall,rss}[_tl4]`: the checkpoint's
+/// section, the figure, and which TransformerLens it is held against.
+fn suite_cause(
+    id: &str,
+    rust: &Value,
+    python: Option<&Value>,
+    tl4: Option<&Value>,
+) -> Option<(&'static str, String)> {
+    let key = if id.starts_with("suite_gqa") {
+        "suite_gqa"
+    } else {
+        "suite"
+    };
+    let against_tl4 = id.ends_with("_tl4");
+    let r = |path: &str| get(rust, &format!("{key}.{path}"));
+    let theirs = |path: &str| {
+        let run = if against_tl4 { tl4 } else { python };
+        run.and_then(|v| get(v, &format!("{key}.{path}")))
+    };
+    // The checkpoint's weights and its embedding matrix, in MiB of f32 (`tl-perf measure` reads
+    // them from the checkpoint).
+    let weights = r("checkpoint.weights_mib")?;
+    let embedding = r("checkpoint.embedding_mib")?;
+    if id.contains("_wall") {
+        let times = SuiteTimes::of(rust, key)?;
+        let bound = match (against_tl4, key) {
+            (true, _) => theirs("process_wall_s").map(|s| s * 0.4),
+            (false, "suite") => theirs("suite_s").or(Some(ANCHOR_SUITE_S)).map(|s| s / 4.0),
+            (false, _) => theirs("suite_s").map(|s| s / 4.0),
+        };
+        return Some((
+            if key == "suite" {
+                "suite_wall"
+            } else {
+                "suite_gqa_wall"
+            },
+            format!(
+                "**Suite wall time{}.** {} s against {} s allowed. The suite records both \
+                 models once per comparison phase (a forward pass with every hook cached, a \
+                 forward and backward pass with every hook's and parameter's gradient; {} s \
+                 for both phases) and nine benchmarks judge that recording; the rest are \
+                 passes a check needs of its own: the generation checks ({} s: one cached \
+                 greedy batch shared, then the reference's run, the uncached run, seeded \
+                 sampling twice, a second call, each prompt alone), the hook options ({} s: \
+                 one forward pass per option and model, as an option changes the \
+                 computation), ablation and weight edits, and Phase 3's weight checks ({} s). \
+                 A forward pass over these short inputs reads every weight ({:.0} MiB) \
+                 whatever their length; loading the HookedTransformer takes {} s, processing \
+                 both models' weights {} s, and starting libtorch about 0.3 s of any \
+                 process. Below this, a check would have to be dropped or merged with \
+                 another's pass.",
+                checkpoint_label(key),
+                fmt_opt(r("wall_s"), 1),
+                fmt_opt(bound, 1),
+                fmt_opt(Some(times.recording_s()), 1),
+                fmt_opt(Some(times.generation_s()), 1),
+                fmt_opt(Some(times.gated_s()), 1),
+                fmt_opt(Some(times.weight_checks_s()), 1),
+                weights,
+                fmt_opt(times.setup_s(2), 1),
+                fmt_opt(times.setup_s(3), 1),
+            ),
+        ));
+    }
+    let peak = r("peak_rss_mb")?;
+    let bound = match (against_tl4, key) {
+        (true, _) => theirs("peak_rss_mb").map(|m| m * 0.75),
+        (false, "suite") => theirs("peak_rss_mb")
+            .or(Some(ANCHOR_SUITE_RSS_MB))
+            .map(|m| m / 2.0),
+        (false, _) => theirs("peak_rss_mb").map(|m| m / 2.0),
+    };
+    // In Phase 3 each model holds its weights with the unembedding untied (compatibility mode
+    // unties `W_U`); the comparison holds both models, the first's whole gradient set and the
+    // second's embedding gradient in flight.
+    let model = weights + embedding;
+    let held = 3.0 * model + embedding;
+    Some((
+        if key == "suite" {
+            "suite_rss"
+        } else {
+            "suite_gqa_rss"
+        },
+        format!(
+            "**Suite peak RSS{}.** {:.0} MB against {} MB allowed, reached while Phase 3 \
+             records both models' gradients. Nothing there is held twice: the reference's \
+             parameter gradients are compared as its backward pass accumulates them and freed \
+             at once (a post-accumulate-grad hook on each parameter, \
+             `hookpoint::with_accumulated_gradient_hooks`), the bridge's are freed as they are \
+             compared, and the forward recording is judged and dropped before the backward \
+             passes. What remains is what comparing two backward passes needs: both models' \
+             weights ({:.0} MiB each: the checkpoint plus the untied `W_U`), the first model's \
+             whole gradient set (its backward pass ends before the second's begins) and the \
+             second's embedding gradient in flight ({:.0} MiB): {:.0} MiB, plus libtorch's \
+             runtime, activations and mapped libraries (the other {:.0} MB of the peak). \
+             Meeting the bound needs the gradients compared in parts, one more backward pass \
+             of each model per part and phase, which the wall-time target cannot spare.",
+            checkpoint_label(key),
+            peak,
+            fmt_opt(bound, 0),
+            model,
+            embedding,
+            held,
+            peak - held / MIB_PER_MB,
+        ),
+    ))
+}
+
+/// How a cause names the checkpoint of section `key`.
+fn checkpoint_label(key: &str) -> &'static str {
+    if key == "suite" {
+        ""
+    } else {
+        ", Llama-family checkpoint"
     }
 }

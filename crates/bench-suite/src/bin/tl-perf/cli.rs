@@ -32,6 +32,9 @@ pub(crate) struct MeasureArgs {
     /// A local directory in HF layout (the GPT-2-small-shaped checkpoint).
     #[arg(long)]
     pub(crate) model: PathBuf,
+    /// The Llama-family checkpoint (grouped-query attention): the suite runs on it too.
+    #[arg(long)]
+    pub(crate) gqa_model: Option<PathBuf>,
     /// cpu or cuda.
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     pub(crate) device: Device,

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
 use crate::cli::{device_name, MeasureArgs, ProbeArgs};
-use crate::system::{children_rusage, loadavg, machine, status_mb, CpuSnap, RssSampler};
+use crate::system::{loadavg, machine, status_mb, try_wait_with_usage, CpuSnap, RssSampler};
 use crate::targets::get;
 use crate::timing::{interleaved, sync, Variant};
 use crate::workloads::{measure_backward, measure_forward, measure_generation, measure_patching};
@@ -109,33 +109,17 @@ pub(crate) fn measure(args: &MeasureArgs) -> AnyResult<()> {
     let mut out = serde_json::Map::new();
     out.insert("loadavg_start".into(), json!(loadavg()));
 
-    // The suite first: getrusage(RUSAGE_CHILDREN) then covers that one child.
+    // The suites first, while nothing else of this process holds memory.
     if !args.skip_suite && section("suite") {
         eprintln!("tl-perf: the full suite (tl-bench --quiet, phases 1-3) ...");
-        // The checkpoint in the page cache first, as it is for the Python suite (which runs
-        // after the Rust measurements): otherwise the Rust suite alone pays reading 0.5 GB from
-        // disk.
-        warm_page_cache(&safetensors_file(&args.model))?;
-        // The suite's wall time varies by a second or more from run to run here (page faults of
-        // fresh memory are most of its system time): the median of three runs is kept, with
-        // its own breakdown, every run's wall time, and the largest peak RSS of the three.
-        let mut runs = (0..SUITE_RUNS)
-            .map(|_| run_suite_child(&model, device))
-            .collect::<AnyResult<Vec<Value>>>()?;
-        let walls: Vec<f64> = runs.iter().filter_map(|r| get(r, "wall_s")).collect();
-        let peak = runs
-            .iter()
-            .filter_map(|r| get(r, "peak_rss_mb"))
-            .fold(f64::NAN, f64::max);
-        runs.sort_by(|a, b| {
-            let wall = |v: &Value| get(v, "wall_s").unwrap_or(f64::INFINITY);
-            wall(a).total_cmp(&wall(b))
-        });
-        let mut suite = runs.swap_remove(runs.len() / 2);
-        suite["runs"] = json!(walls.len());
-        suite["wall_s_runs"] = json!(walls);
-        suite["peak_rss_mb"] = json!(peak);
-        out.insert("suite".into(), suite);
+        out.insert("suite".into(), measure_suite(&args.model, device)?);
+        if let Some(gqa) = &args.gqa_model {
+            eprintln!(
+                "tl-perf: the full suite on the Llama-family checkpoint ({}) ...",
+                gqa.display()
+            );
+            out.insert("suite_gqa".into(), measure_suite(gqa, device)?);
+        }
     }
     if args.profile_suite {
         eprintln!("tl-perf: the suite again, timing each benchmark (tl-perf suite-profile) ...");
@@ -262,15 +246,58 @@ fn sibling_binary(name: &str) -> AnyResult<PathBuf> {
 /// How many times the suite runs; the median is kept.
 const SUITE_RUNS: usize = 3;
 
-/// `tl-bench --quiet --model DIR --json F` as a child process: wall time, and peak RSS from
-/// getrusage(RUSAGE_CHILDREN) and, as a cross-check, VmHWM polled from /proc while it runs.
+/// The suite on `model`, [`SUITE_RUNS`] times in child processes: the median run (its own
+/// breakdown included), every run's wall time, and the largest peak RSS of the runs.
+fn measure_suite(model: &Path, device: Device) -> AnyResult<Value> {
+    // The checkpoint in the page cache first, as it is for the Python suite (which runs after
+    // the Rust measurements): otherwise the Rust suite alone pays reading it from disk.
+    warm_page_cache(&safetensors_file(model))?;
+    let checkpoint = checkpoint_figures(model)?;
+    let model = model_str(model)?;
+    // The suite's wall time varies by a second or more from run to run here (page faults of
+    // fresh memory are most of its system time).
+    let mut runs = (0..SUITE_RUNS)
+        .map(|_| run_suite_child(&model, device))
+        .collect::<AnyResult<Vec<Value>>>()?;
+    let walls: Vec<f64> = runs.iter().filter_map(|r| get(r, "wall_s")).collect();
+    let peak = runs
+        .iter()
+        .filter_map(|r| get(r, "peak_rss_mb"))
+        .fold(f64::NAN, f64::max);
+    runs.sort_by(|a, b| {
+        let wall = |v: &Value| get(v, "wall_s").unwrap_or(f64::INFINITY);
+        wall(a).total_cmp(&wall(b))
+    });
+    let mut suite = runs.swap_remove(runs.len() / 2);
+    suite["runs"] = json!(walls.len());
+    suite["wall_s_runs"] = json!(walls);
+    suite["peak_rss_mb"] = json!(peak);
+    suite["checkpoint"] = checkpoint;
+    Ok(suite)
+}
+
+/// The checkpoint's weights (its safetensors file) and its embedding matrix, in MiB of f32:
+/// what the suite's memory bound is computed from.
+fn checkpoint_figures(dir: &Path) -> AnyResult<Value> {
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?;
+    let field = |names: &[&str]| names.iter().find_map(|n| config.get(*n)?.as_f64());
+    let vocab = field(&["vocab_size"]).ok_or("config.json has no vocab_size")?;
+    let width =
+        field(&["hidden_size", "n_embd", "d_model"]).ok_or("config.json has no hidden_size")?;
+    let mib = |bytes: f64| bytes / 1_048_576.0;
+    Ok(json!({
+        "weights_mib": mib(std::fs::metadata(safetensors_file(dir))?.len() as f64),
+        "embedding_mib": mib(vocab * width * 4.0),
+        "model_type": config.get("model_type"),
+    }))
+}
+
+/// `tl-bench --quiet --model DIR --json F` as a child process: wall time, and its peak RSS and
+/// CPU time from wait4 and, as a cross-check, VmHWM polled from /proc while it runs.
 fn run_suite_child(model: &str, device: Device) -> AnyResult<Value> {
     let bench = sibling_binary("tl-bench")?;
     let json_path = std::env::temp_dir().join(format!("tl-perf-suite-{}.json", std::process::id()));
     let before = CpuSnap::now();
-    // getrusage(RUSAGE_CHILDREN) adds up every child waited for: this run's CPU time is the
-    // difference.
-    let (_, cpu_before) = children_rusage().unwrap_or((f64::NAN, 0.0));
     let start = Instant::now();
     let mut child = Command::new(&bench)
         .args([
@@ -293,20 +320,18 @@ fn run_suite_child(model: &str, device: Device) -> AnyResult<Value> {
         text
     });
     let mut polled_hwm = 0.0f64;
-    let status = loop {
+    let usage = loop {
         if let Some(hwm) = status_mb(Some(pid), "VmHWM:") {
             polled_hwm = polled_hwm.max(hwm);
         }
-        if let Some(status) = child.try_wait()? {
-            break status;
+        if let Some(usage) = try_wait_with_usage(pid)? {
+            break usage;
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     let wall = start.elapsed().as_secs_f64();
     let others = CpuSnap::now().others_since(&before);
     let summary = reader.join().unwrap_or_default();
-    let (maxrss, cpu) = children_rusage().unwrap_or((f64::NAN, f64::NAN));
-    let cpu = cpu - cpu_before;
     let results: Value = std::fs::read_to_string(&json_path)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
@@ -335,11 +360,11 @@ fn run_suite_child(model: &str, device: Device) -> AnyResult<Value> {
         "benchmarks": benchmarks,
         "command": format!("tl-bench --quiet --model <dir> --device {}", device_name(device)),
         "wall_s": wall,
-        "peak_rss_mb": maxrss,
+        "peak_rss_mb": usage.peak_rss_mb,
         "peak_rss_polled_mb": polled_hwm,
-        "cpu_s": cpu,
+        "cpu_s": usage.cpu_s,
         "others_cores": others,
-        "exit_code": status.code(),
+        "exit_code": usage.exit_code,
         "results": total,
         "passed": passed,
         "failed": failed,

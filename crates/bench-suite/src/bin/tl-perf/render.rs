@@ -154,6 +154,134 @@ fn render_workloads(out: &mut String, rust: &Value, python: Option<&Value>, tl4:
     }
 }
 
+/// The suite on the Llama-family checkpoint: what it is, the table, where the time goes.
+fn render_gqa_suite(out: &mut String, rust: &Value, python: Option<&Value>, tl4: Option<&Value>) {
+    let r = |path: &str| get(rust, &format!("suite_gqa.{path}"));
+    let _ = writeln!(
+        out,
+        "\n## The full suite (phases 1-3), Llama-family checkpoint\n\n\
+         A Qwen2.5-0.5B-shaped checkpoint with random weights ({} M parameters in f32, {} MiB: 24 \
+         layers, d_model 896, 14 query heads sharing 2 key/value heads, MLP 4864, vocabulary \
+         151936, tied embeddings, RoPE) written by `xtask/python/make_perf_checkpoint.py \
+         --shape qwen2.5-0.5b` into models-cache/generated/qwen2.5-0.5b/, and served to \
+         TransformerLens offline as `Qwen/Qwen2.5-0.5B` (it reads a Qwen2 model's shape from \
+         config.json). The real tokenizer cannot be fetched here; the checkpoint carries \
+         tiny-qwen2's (the same byte-level BPE scheme, 2256 tokens), so texts tokenize longer \
+         than with Qwen's, for every implementation alike.\n",
+        fmt_opt(
+            r("checkpoint.weights_mib").map(|m| m * 1_048_576.0 / 4.0 / 1e6),
+            0
+        ),
+        fmt_opt(r("checkpoint.weights_mib"), 0),
+    );
+    render_suite_table(out, "suite_gqa", rust, python, tl4);
+    if let Some(times) = SuiteTimes::of(rust, "suite_gqa") {
+        render_suite_times(out, &times, r("wall_s"));
+    }
+}
+
+/// The suite's table for the checkpoint whose figures are under `key` (`suite`, `suite_gqa`) in
+/// each run: ours, TransformerLens 3.9.0's and 4.3.0's, the runs' spread and the contention.
+fn render_suite_table(
+    out: &mut String,
+    key: &str,
+    rust: &Value,
+    python: Option<&Value>,
+    tl4: Option<&Value>,
+) {
+    let r = |path: &str| get(rust, &format!("{key}.{path}"));
+    let p = |path: &str| python.and_then(|py| get(py, &format!("{key}.{path}")));
+    let _ = writeln!(
+        out,
+        "| | wall time (s) | peak RSS (MB) | CPU time (s) | results | passed | failed |\n|---|---|---|---|---|---|---|"
+    );
+    let _ = writeln!(
+        out,
+        "| Rust `tl-bench --quiet` (whole process) | {} | {} | {} | {} | {} | {} |",
+        fmt_opt(r("wall_s"), 1),
+        fmt_opt(r("peak_rss_mb"), 0),
+        fmt_opt(r("cpu_s"), 1),
+        fmt_opt(r("results"), 0),
+        fmt_opt(r("passed"), 0),
+        fmt_opt(r("failed"), 0)
+    );
+    if python.is_some() {
+        let _ = writeln!(
+            out,
+            "| Python TransformerLens 3.9.0 `run_benchmark_suite` (the call) | {} | {} | {} | {} | {} | {} |",
+            fmt_opt(p("suite_s"), 1),
+            fmt_opt(p("peak_rss_mb"), 0),
+            fmt_opt(p("cpu_s"), 1),
+            fmt_opt(p("results"), 0),
+            fmt_opt(p("passed"), 0),
+            fmt_opt(p("failed"), 0)
+        );
+        let _ = writeln!(
+            out,
+            "| Python, whole process (imports included) | {} | | | | | |",
+            fmt_opt(p("process_wall_s"), 1)
+        );
+        if let Some(v) = tl4 {
+            let t = |path: &str| get(v, &format!("{key}.{path}"));
+            let _ = writeln!(
+                out,
+                "| Python TransformerLens 4.3.0 `run_benchmark_suite`, bridge only (the call; torch {}) | {} | {} | {} | {} | {} | {} |",
+                v.pointer("/versions/torch").and_then(Value::as_str).unwrap_or("?"),
+                fmt_opt(t("suite_s"), 1),
+                fmt_opt(t("peak_rss_mb"), 0),
+                fmt_opt(t("cpu_s"), 1),
+                fmt_opt(t("results"), 0),
+                fmt_opt(t("passed"), 0),
+                fmt_opt(t("failed"), 0)
+            );
+            let _ = writeln!(
+                out,
+                "| TransformerLens 4.3.0, whole process (imports included) | {} | | | | | |",
+                fmt_opt(t("process_wall_s"), 1)
+            );
+        }
+    } else if key == "suite" {
+        let _ = writeln!(
+            out,
+            "| Python, earlier measurement (not this run) | {ANCHOR_SUITE_S} | {ANCHOR_SUITE_RSS_MB} | | 39 | 39 | 0 |"
+        );
+    }
+    if let Some(walls) = rust
+        .pointer(&format!("/{key}/wall_s_runs"))
+        .and_then(Value::as_array)
+    {
+        let walls: Vec<String> = walls.iter().map(|w| fmt_opt(w.as_f64(), 1)).collect();
+        let _ = writeln!(
+            out,
+            "\nThe Rust suite ran {} times ({} s); the median run is shown, with the largest \
+             peak RSS of the runs.",
+            walls.len(),
+            walls.join(", ")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nOther processes kept {} cores busy on average while the Rust suite ran{}.",
+        fmt_opt(r("others_cores"), 2),
+        if python.is_some() {
+            format!(
+                ", {} while the Python suite ran",
+                fmt_opt(p("others_cores"), 2)
+            )
+        } else {
+            String::new()
+        }
+    );
+    if let Some(failures) = rust
+        .pointer(&format!("/{key}/failures"))
+        .and_then(Value::as_array)
+    {
+        for f in failures.iter().filter_map(Value::as_str) {
+            let _ = writeln!(out, "\nRust suite failure: `{f}`");
+        }
+    }
+}
+
 pub(crate) fn render_markdown(
     rust: &Value,
     python: Option<&Value>,
@@ -171,7 +299,7 @@ pub(crate) fn render_markdown(
         "Generated by `cargo xtask perf{}` (crates/bench-suite/src/bin/tl-perf/, \
          xtask/python/perf_python.py); do not edit by hand. Model: a GPT-2-small-shaped checkpoint \
          (12 layers, d_model 768, 12 heads, vocab 50257, n_positions 1024, 124M parameters, random \
-         weights, real GPT-2 tokenizer) written by xtask/python/make_gpt2_small.py into \
+         weights, real GPT-2 tokenizer) written by xtask/python/make_perf_checkpoint.py into \
          models-cache/generated/gpt2-small/. f32, no_grad unless stated, random token ids.\n",
         if python.is_some() {
             " --compare-python"
@@ -284,8 +412,8 @@ pub(crate) fn render_markdown(
          is written in place (and not at all for one new position without padding, where \
          nothing is masked), and the empty-row fills of its softmax run only with a padding \
          mask.\n\
-         * `tl-bench` and `tl-perf` call `lens_core::allocator::keep_freed_memory` (glibc keeps \
-         freed blocks up to 32 MiB for reuse instead of unmapping them); programs linking the \
+         * `tl-bench` and `tl-perf` call `lens_core::allocator::keep_freed_memory` (glibc serves \
+         every block from its heap and keeps freed ones for reuse instead of unmapping them); programs linking the \
          crates can do the same.\n\
          * The suite's comparisons are streaming reductions (`aminmax`, chunked differences), \
          with no full-size f64 copies or masks unless some entry is not finite.\n\
@@ -527,91 +655,12 @@ pub(crate) fn render_markdown(
         );
     }
 
-    let _ = writeln!(out, "\n## The full suite (phases 1-3)\n");
     let _ = writeln!(
         out,
-        "| | wall time (s) | peak RSS (MB) | CPU time (s) | results | passed | failed |\n|---|---|---|---|---|---|---|"
+        "\n## The full suite (phases 1-3), GPT-2-small-shaped checkpoint\n"
     );
-    let _ = writeln!(
-        out,
-        "| Rust `tl-bench --quiet` (whole process) | {} | {} | {} | {} | {} | {} |",
-        fmt_opt(r("suite.wall_s"), 1),
-        fmt_opt(r("suite.peak_rss_mb"), 0),
-        fmt_opt(r("suite.cpu_s"), 1),
-        fmt_opt(r("suite.results"), 0),
-        fmt_opt(r("suite.passed"), 0),
-        fmt_opt(r("suite.failed"), 0)
-    );
-    if python.is_some() {
-        let _ = writeln!(
-            out,
-            "| Python TransformerLens 3.9.0 `run_benchmark_suite` (the call) | {} | {} | {} | {} | {} | {} |",
-            fmt_opt(p("suite.suite_s"), 1),
-            fmt_opt(p("suite.peak_rss_mb"), 0),
-            fmt_opt(p("suite.cpu_s"), 1),
-            fmt_opt(p("suite.results"), 0),
-            fmt_opt(p("suite.passed"), 0),
-            fmt_opt(p("suite.failed"), 0)
-        );
-        let _ = writeln!(
-            out,
-            "| Python, whole process (imports included) | {} | | | | | |",
-            fmt_opt(p("suite.process_wall_s"), 1)
-        );
-        if let Some(v) = tl4 {
-            let t = |path: &str| get(v, path);
-            let _ = writeln!(
-                out,
-                "| Python TransformerLens 4.3.0 `run_benchmark_suite`, bridge only (the call; torch {}) | {} | {} | {} | {} | {} | {} |",
-                v.pointer("/versions/torch").and_then(Value::as_str).unwrap_or("?"),
-                fmt_opt(t("suite.suite_s"), 1),
-                fmt_opt(t("suite.peak_rss_mb"), 0),
-                fmt_opt(t("suite.cpu_s"), 1),
-                fmt_opt(t("suite.results"), 0),
-                fmt_opt(t("suite.passed"), 0),
-                fmt_opt(t("suite.failed"), 0)
-            );
-            let _ = writeln!(
-                out,
-                "| TransformerLens 4.3.0, whole process (imports included) | {} | | | | | |",
-                fmt_opt(t("suite.process_wall_s"), 1)
-            );
-        }
-    } else {
-        let _ = writeln!(
-            out,
-            "| Python, earlier measurement (not this run) | {ANCHOR_SUITE_S} | {ANCHOR_SUITE_RSS_MB} | | 39 | 39 | 0 |"
-        );
-    }
-    if let Some(walls) = rust.pointer("/suite/wall_s_runs").and_then(Value::as_array) {
-        let walls: Vec<String> = walls.iter().map(|w| fmt_opt(w.as_f64(), 1)).collect();
-        let _ = writeln!(
-            out,
-            "\nThe Rust suite ran {} times ({} s); the median run is shown, with the largest \
-             peak RSS of the runs.",
-            walls.len(),
-            walls.join(", ")
-        );
-    }
-    let _ = writeln!(
-        out,
-        "\nOther processes kept {} cores busy on average while the Rust suite ran{}.",
-        fmt_opt(r("suite.others_cores"), 2),
-        if python.is_some() {
-            format!(
-                ", {} while the Python suite ran",
-                fmt_opt(p("suite.others_cores"), 2)
-            )
-        } else {
-            String::new()
-        }
-    );
-    if let Some(failures) = rust.pointer("/suite/failures").and_then(Value::as_array) {
-        for f in failures.iter().filter_map(Value::as_str) {
-            let _ = writeln!(out, "\nRust suite failure: `{f}`");
-        }
-    }
-    if let Some(times) = SuiteTimes::of(rust) {
+    render_suite_table(&mut out, "suite", rust, python, tl4);
+    if let Some(times) = SuiteTimes::of(rust, "suite") {
         render_suite_times(&mut out, &times, r("suite.wall_s"));
     }
     if let Some(steps) = rust
@@ -648,6 +697,9 @@ pub(crate) fn render_markdown(
             );
         }
     }
+    if rust.get("suite_gqa").is_some() {
+        render_gqa_suite(&mut out, rust, python, tl4);
+    }
     let _ = writeln!(
         out,
         "\n## How it is measured\n\n\
@@ -660,11 +712,11 @@ pub(crate) fn render_markdown(
          for the bridge, 210 for the HookedTransformer). The suite runs as a separate \
          `tl-bench --quiet` process, three times (the median wall time is kept: page faults of \
          fresh memory make a run vary by a second or more here): wall time from spawn to exit, \
-         peak RSS from `getrusage(RUSAGE_CHILDREN)` (the largest over the suite's runs; \
+         peak RSS and CPU time the child's own (`wait4`; the largest peak over the suite's runs; \
          cross-checked by polling VmHWM). The Python suite runs \
-         the same way (`run_benchmark_suite(phases=[1, 2, 3])` in a child process, the model \
-         under the name `gpt2` in a local offline Hugging Face cache, as the earlier figures were \
-         measured). The machine may be shared: compare figures of one run, not across runs.",
+         the same way (`run_benchmark_suite(phases=[1, 2, 3])` in a child process, its peak RSS \
+         the child's own `getrusage(RUSAGE_SELF)`, the model under the name `gpt2` in a local \
+         offline Hugging Face cache, as the earlier figures were measured). The machine may be shared: compare figures of one run, not across runs.",
         m.get("torch_threads").and_then(Value::as_i64).unwrap_or(0)
     );
     out

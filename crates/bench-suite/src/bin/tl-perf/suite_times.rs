@@ -1,5 +1,5 @@
 //! Where the Rust suite's time went, read from its own report (`tl-bench --json`, kept under
-//! `suite` by `tl-perf measure`) into typed figures for the renderer and the causes.
+//! `suite` and `suite_gqa` by `tl-perf measure`) into typed figures for the renderer and the causes.
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -32,9 +32,10 @@ pub(crate) struct SuiteTimes {
 }
 
 impl SuiteTimes {
-    /// The breakdown in the Rust run's `suite` section, if it has one.
-    pub(crate) fn of(rust: &Value) -> Option<SuiteTimes> {
-        SuiteTimes::deserialize(rust.get("suite")?).ok()
+    /// The breakdown in the Rust run's section `key` (`suite`, or `suite_gqa` for the
+    /// Llama-family checkpoint), if it has one.
+    pub(crate) fn of(rust: &Value, key: &str) -> Option<SuiteTimes> {
+        SuiteTimes::deserialize(rust.get(key)?).ok()
     }
 
     pub(crate) fn phase(&self, n: u8) -> Option<&Phase> {

@@ -1,4 +1,4 @@
-//! The machine: CPU time of other processes, memory from /proc and getrusage, and a
+//! The machine: CPU time of other processes, memory from /proc and wait4, and a
 //! description of the machine and the commit.
 
 use std::path::Path;
@@ -76,20 +76,38 @@ pub(crate) fn status_mb(pid: Option<u32>, field: &str) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// `getrusage(RUSAGE_CHILDREN)`: (max RSS in MB over the waited-for children, their CPU seconds).
-pub(crate) fn children_rusage() -> Option<(f64, f64)> {
+/// What a child process used, from the kernel's account when it was reaped.
+pub(crate) struct ChildUsage {
+    /// Its exit code (`None` when a signal ended it).
+    pub(crate) exit_code: Option<i32>,
+    /// Its own peak RSS, in MB (`ru_maxrss`).
+    pub(crate) peak_rss_mb: f64,
+    /// Its user + system CPU seconds.
+    pub(crate) cpu_s: f64,
+}
+
+/// `wait4(pid, WNOHANG)`: the child's usage once it has exited (and reaps it), `None` while it
+/// runs. Unlike `getrusage(RUSAGE_CHILDREN)`, which keeps the largest peak of every child
+/// waited for, these figures are this child's alone.
+pub(crate) fn try_wait_with_usage(pid: u32) -> std::io::Result<Option<ChildUsage>> {
+    let pid = libc::pid_t::try_from(pid).map_err(std::io::Error::other)?;
+    let mut status: libc::c_int = 0;
     // SAFETY: an all-zero `rusage` is a valid value of the plain C struct.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `usage` is a valid, writable `struct rusage`.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
-    if rc != 0 {
-        return None;
+    // SAFETY: `status` and `usage` are valid, writable values of the types wait4 fills.
+    let rc = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+    match rc {
+        0 => Ok(None),
+        rc if rc < 0 => Err(std::io::Error::last_os_error()),
+        _ => {
+            let secs = |t: &libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+            Ok(Some(ChildUsage {
+                exit_code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
+                peak_rss_mb: usage.ru_maxrss as f64 / 1024.0,
+                cpu_s: secs(&usage.ru_utime) + secs(&usage.ru_stime),
+            }))
+        }
     }
-    let secs = |t: &libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
-    Some((
-        usage.ru_maxrss as f64 / 1024.0,
-        secs(&usage.ru_utime) + secs(&usage.ru_stime),
-    ))
 }
 
 /// Samples this process's anonymous and total RSS every millisecond until stopped.

@@ -126,6 +126,8 @@ enum When {
     WithTl4,
     /// The Rust run measured this figure.
     Measured(&'static str),
+    /// The Rust run measured this figure and a TransformerLens 4.3.0 run is given.
+    MeasuredWithTl4(&'static str),
 }
 
 /// What the target's note says.
@@ -160,6 +162,10 @@ const fn figures(numerator: (Run, &'static str), denominator: (Run, &'static str
 const SUITE_AGAINST: Note = Note::ByPythonRun(
     "Python suite measured in the same run",
     "earlier measurements of the Python suite, not this run",
+);
+const GQA_AGAINST: Note = Note::ByPythonRun(
+    "Python suite measured in the same run",
+    "no Python run (no earlier figures for this checkpoint)",
 );
 const TL4_SAME_RUN: Note = Note::Text("transformer-lens 4.3.0 measured in the same run");
 
@@ -281,6 +287,47 @@ const TARGETS: &[TargetSpec] = &[
         when: When::WithTl4,
     },
     TargetSpec {
+        id: "suite_gqa_wall",
+        text: "Llama-family checkpoint: Rust suite process wall time / Python run_benchmark_suite wall time",
+        ratio: figures((Run::Rust, "suite_gqa.wall_s"), (Run::Python, "suite_gqa.suite_s")),
+        bound: Bound::Le(0.25),
+        note: GQA_AGAINST,
+        when: When::Measured("suite_gqa.wall_s"),
+    },
+    TargetSpec {
+        id: "suite_gqa_rss",
+        text: "Llama-family checkpoint: Rust suite peak RSS / Python suite process peak RSS",
+        ratio: figures(
+            (Run::Rust, "suite_gqa.peak_rss_mb"),
+            (Run::Python, "suite_gqa.peak_rss_mb"),
+        ),
+        bound: Bound::Le(0.5),
+        note: GQA_AGAINST,
+        when: When::Measured("suite_gqa.wall_s"),
+    },
+    TargetSpec {
+        id: "suite_gqa_wall_tl4",
+        text: "Llama-family checkpoint: Rust suite process wall time / TransformerLens 4.3.0's suite process wall time",
+        ratio: figures(
+            (Run::Rust, "suite_gqa.wall_s"),
+            (Run::Tl4, "suite_gqa.process_wall_s"),
+        ),
+        bound: Bound::Le(0.4),
+        note: TL4_SAME_RUN,
+        when: When::MeasuredWithTl4("suite_gqa.wall_s"),
+    },
+    TargetSpec {
+        id: "suite_gqa_rss_tl4",
+        text: "Llama-family checkpoint: Rust suite peak RSS / TransformerLens 4.3.0's suite process peak RSS",
+        ratio: figures(
+            (Run::Rust, "suite_gqa.peak_rss_mb"),
+            (Run::Tl4, "suite_gqa.peak_rss_mb"),
+        ),
+        bound: Bound::Le(0.75),
+        note: TL4_SAME_RUN,
+        when: When::MeasuredWithTl4("suite_gqa.wall_s"),
+    },
+    TargetSpec {
         id: "patching_batched",
         text: "180-patch resid_pre sweep, batched / TransformerLens 3.9.0's get_act_patch_resid_pre",
         ratio: Ratio::Figures {
@@ -330,6 +377,7 @@ impl Runs<'_> {
             When::Always => true,
             When::WithTl4 => self.tl4.is_some(),
             When::Measured(path) => get(self.rust, path).is_some(),
+            When::MeasuredWithTl4(path) => get(self.rust, path).is_some() && self.tl4.is_some(),
         };
         if !applies {
             return None;
