@@ -207,7 +207,7 @@ fn suite_cause(
                  whatever their length; loading the HookedTransformer takes {} s, processing \
                  both models' weights {} s, and starting libtorch about 0.3 s of any \
                  process. Below this, a check would have to be dropped or merged with \
-                 another's pass.",
+                 another's pass.{}",
                 checkpoint_label(key),
                 fmt_opt(r("wall_s"), 1),
                 fmt_opt(bound, 1),
@@ -218,6 +218,11 @@ fn suite_cause(
                 weights,
                 fmt_opt(times.setup_s(2), 1),
                 fmt_opt(times.setup_s(3), 1),
+                if against_tl4 {
+                    hooked_tier(&times, theirs("results"))
+                } else {
+                    String::new()
+                },
             ),
         ));
     }
@@ -263,6 +268,20 @@ fn suite_cause(
             peak - held / MIB_PER_MB,
         ),
     ))
+}
+
+/// What TransformerLens 4.3.0's suite leaves out and ours runs: the HookedTransformer tier.
+fn hooked_tier(times: &SuiteTimes, their_results: Option<f64>) -> String {
+    let gated_reference = times.seconds_of(None, |name| name == "gated_hooks_fire_reference");
+    format!(
+        " TransformerLens 4.3.0's suite is the bridge's alone ({} results: the bridge against \
+         the HF model); ours also checks the bridge against a HookedTransformer in Phases 2 \
+         and 3, as TransformerLens 3.9.0's does: loading it takes {} s, and it has its half of \
+         each recording and of the weight processing, and its own hook-option checks ({} s).",
+        fmt_opt(their_results, 0),
+        fmt_opt(times.setup_s(2), 1),
+        fmt_opt(Some(gated_reference), 1),
+    )
 }
 
 /// How a cause names the checkpoint of section `key`.

@@ -80,7 +80,9 @@ pub(crate) fn status_mb(pid: Option<u32>, field: &str) -> Option<f64> {
 pub(crate) struct ChildUsage {
     /// Its exit code (`None` when a signal ended it).
     pub(crate) exit_code: Option<i32>,
-    /// Its own peak RSS, in MB (`ru_maxrss`).
+    /// Its own peak RSS, in MB (`ru_maxrss`; Linux starts it at the spawning process's resident
+    /// set, which exec replaces, so a child's peak below its parent's reads as the parent's:
+    /// a few hundred MB for `tl-perf`, below any suite's).
     pub(crate) peak_rss_mb: f64,
     /// Its user + system CPU seconds.
     pub(crate) cpu_s: f64,
@@ -214,4 +216,38 @@ fn utc_now() -> String {
         now.hour(),
         now.minute()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_is_reaped_with_its_own_exit_code_and_usage() {
+        // Reaped by `try_wait_with_usage` (wait4), which clippy does not know.
+        #[allow(clippy::zombie_processes)]
+        let child = std::process::Command::new("sh")
+            .args(["-c", "exit 3"])
+            .spawn()
+            .expect("sh starts");
+        let usage = loop {
+            if let Some(usage) = try_wait_with_usage(child.id()).expect("wait4 succeeds") {
+                break usage;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        assert_eq!(usage.exit_code, Some(3));
+        // The kernel counts the spawning process's resident set at the spawn as the child's
+        // (exec keeps the high-water mark of the memory it replaces): a shell's figure is this
+        // process's, not more.
+        let ours = status_mb(None, "VmHWM:").expect("/proc/self/status has VmHWM");
+        assert!(
+            usage.peak_rss_mb > 0.0 && usage.peak_rss_mb <= ours + 64.0,
+            "child {} MB, this process {ours} MB",
+            usage.peak_rss_mb
+        );
+        assert!(usage.cpu_s >= 0.0);
+        // Reaped: a second wait finds no such child.
+        assert!(try_wait_with_usage(child.id()).is_err());
+    }
 }

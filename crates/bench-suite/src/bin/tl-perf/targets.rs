@@ -451,3 +451,71 @@ pub(crate) fn report(args: &ReportArgs) -> AnyResult<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn targets_of(rust: &Value, python: Option<&Value>, tl4: Option<&Value>) -> Vec<Target> {
+        let runs = Runs {
+            rust,
+            python,
+            tl4,
+            anchors: json!({}),
+        };
+        TARGETS
+            .iter()
+            .filter_map(|spec| runs.target(spec))
+            .collect()
+    }
+
+    fn find<'a>(targets: &'a [Target], id: &str) -> &'a Target {
+        targets
+            .iter()
+            .find(|t| t.id == id)
+            .unwrap_or_else(|| panic!("no target {id}"))
+    }
+
+    #[test]
+    fn the_llama_family_suite_targets_divide_their_own_section() {
+        let rust = json!({
+            "suite": { "wall_s": 10.0, "peak_rss_mb": 3000.0 },
+            "suite_gqa": { "wall_s": 50.0, "peak_rss_mb": 9000.0 },
+        });
+        let python = json!({
+            "suite": { "suite_s": 50.0, "peak_rss_mb": 4000.0 },
+            "suite_gqa": { "suite_s": 250.0, "peak_rss_mb": 12000.0 },
+        });
+        let tl4 = json!({
+            "suite": { "process_wall_s": 30.0, "peak_rss_mb": 3000.0 },
+            "suite_gqa": { "process_wall_s": 100.0, "peak_rss_mb": 9000.0 },
+        });
+        let targets = targets_of(&rust, Some(&python), Some(&tl4));
+        let wall = find(&targets, "suite_gqa_wall");
+        assert_eq!((wall.measured, wall.met), (Some(0.2), Some(true)));
+        let rss = find(&targets, "suite_gqa_rss");
+        assert_eq!((rss.measured, rss.met), (Some(0.75), Some(false)));
+        let wall_tl4 = find(&targets, "suite_gqa_wall_tl4");
+        assert_eq!((wall_tl4.measured, wall_tl4.met), (Some(0.5), Some(false)));
+        let rss_tl4 = find(&targets, "suite_gqa_rss_tl4");
+        assert_eq!((rss_tl4.measured, rss_tl4.met), (Some(1.0), Some(false)));
+        // GPT-2's suite targets read GPT-2's section.
+        assert_eq!(find(&targets, "suite_wall").measured, Some(0.2));
+    }
+
+    #[test]
+    fn without_the_llama_family_run_its_targets_are_not_reported() {
+        let rust = json!({ "suite": { "wall_s": 10.0, "peak_rss_mb": 3000.0 } });
+        let tl4 = json!({ "suite": { "process_wall_s": 30.0, "peak_rss_mb": 3000.0 } });
+        let targets = targets_of(&rust, None, Some(&tl4));
+        assert!(targets.iter().all(|t| !t.id.starts_with("suite_gqa")));
+        // With the Rust figures but no TransformerLens 4.3.0 run, only the 3.9.0 ones appear.
+        let rust = json!({ "suite_gqa": { "wall_s": 50.0, "peak_rss_mb": 9000.0 } });
+        let ids: Vec<String> = targets_of(&rust, None, None)
+            .into_iter()
+            .map(|t| t.id)
+            .filter(|id| id.starts_with("suite_gqa"))
+            .collect();
+        assert_eq!(ids, ["suite_gqa_wall", "suite_gqa_rss"]);
+    }
+}
