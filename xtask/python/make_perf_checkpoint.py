@@ -82,7 +82,8 @@ def qwen2_5_half_b():
     return Qwen2ForCausalLM, config
 
 
-# shape -> (model class and config, the embedded model whose tokenizer files it takes).
+# shape -> (its model class and config, the embedded model whose tokenizer it takes, those
+# tokenizer files).
 SHAPES = {
     "gpt2-small": (gpt2_small, "tiny-gpt2", ("tokenizer.json",)),
     "qwen2.5-0.5b": (qwen2_5_half_b, "tiny-qwen2", ("tokenizer.json", "tokenizer_config.json")),

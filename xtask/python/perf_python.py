@@ -252,8 +252,7 @@ def suite_child(args: argparse.Namespace) -> int:
 
 
 def run_suite(args: argparse.Namespace, model: Path, out_dir: Path) -> dict:
-    """The suite on `model`, in a child process."""
-    hf_home_for(model)
+    """The suite on `model`, in a child process (which serves it from the offline cache)."""
     child_out = out_dir / f"perf-python-suite-{os.getpid()}.json"
     cmd = [
         sys.executable,

@@ -3,7 +3,7 @@
 use serde_json::Value;
 
 use crate::suite_times::SuiteTimes;
-use crate::targets::{fmt_opt, get, ratio, ANCHOR_SUITE_RSS_MB, ANCHOR_SUITE_S};
+use crate::targets::{fmt_opt, get, ratio, Target};
 
 /// MiB in a MB.
 const MIB_PER_MB: f64 = 1e6 / 1_048_576.0;
@@ -22,7 +22,7 @@ fn sample_range(v: &Value, pointer: &str) -> String {
 
 /// Why a target is missed: (a key shared by targets with one cause, the explanation).
 pub(crate) fn cause(
-    id: &str,
+    target: &Target,
     rust: &Value,
     python: Option<&Value>,
     tl4: Option<&Value>,
@@ -51,7 +51,7 @@ pub(crate) fn cause(
             0,
         )
     };
-    match id {
+    match target.id.as_str() {
         "bridge_forward_1x128" | "bridge_forward_8x128" => Some((
             "bridge",
             format!(
@@ -152,19 +152,19 @@ pub(crate) fn cause(
                 fmt_opt(r("load.stats.tokenizer_only.median_ms"), 0)
             ),
         )),
-        suite if suite.starts_with("suite") => suite_cause(suite, rust, python, tl4),
+        suite if suite.starts_with("suite") => suite_cause(target, rust, tl4),
         _ => None,
     }
 }
 
-/// Why a suite target is missed. `id` is `suite[_gqa]_{wall,rss}[_tl4]`: the checkpoint's
+/// Why a suite target is missed. Its id is `suite[_gqa]_{wall,rss}[_tl4]`: the checkpoint's
 /// section, the figure, and which TransformerLens it is held against.
 fn suite_cause(
-    id: &str,
+    target: &Target,
     rust: &Value,
-    python: Option<&Value>,
     tl4: Option<&Value>,
 ) -> Option<(&'static str, String)> {
+    let id = target.id.as_str();
     let key = if id.starts_with("suite_gqa") {
         "suite_gqa"
     } else {
@@ -172,21 +172,13 @@ fn suite_cause(
     };
     let against_tl4 = id.ends_with("_tl4");
     let r = |path: &str| get(rust, &format!("{key}.{path}"));
-    let theirs = |path: &str| {
-        let run = if against_tl4 { tl4 } else { python };
-        run.and_then(|v| get(v, &format!("{key}.{path}")))
-    };
     // The checkpoint's weights and its embedding matrix, in MiB of f32 (`tl-perf measure` reads
     // them from the checkpoint).
     let weights = r("checkpoint.weights_mib")?;
     let embedding = r("checkpoint.embedding_mib")?;
     if id.contains("_wall") {
         let times = SuiteTimes::of(rust, key)?;
-        let bound = match (against_tl4, key) {
-            (true, _) => theirs("process_wall_s").map(|s| s * 0.4),
-            (false, "suite") => theirs("suite_s").or(Some(ANCHOR_SUITE_S)).map(|s| s / 4.0),
-            (false, _) => theirs("suite_s").map(|s| s / 4.0),
-        };
+        let wall = r("wall_s")?;
         return Some((
             if key == "suite" {
                 "suite_wall"
@@ -194,7 +186,7 @@ fn suite_cause(
                 "suite_gqa_wall"
             },
             format!(
-                "**Suite wall time{}.** {} s against {} s allowed. The suite records both \
+                "**Suite wall time{}.** {:.1} s against {} s allowed. The suite records both \
                  models once per comparison phase (a forward pass with every hook cached, a \
                  forward and backward pass with every hook's and parameter's gradient; {} s \
                  for both phases) and nine benchmarks judge that recording; the rest are \
@@ -209,8 +201,8 @@ fn suite_cause(
                  process. Below this, a check would have to be dropped or merged with \
                  another's pass.{}",
                 checkpoint_label(key),
-                fmt_opt(r("wall_s"), 1),
-                fmt_opt(bound, 1),
+                wall,
+                fmt_opt(target.allowed(wall), 1),
                 fmt_opt(Some(times.recording_s()), 1),
                 fmt_opt(Some(times.generation_s()), 1),
                 fmt_opt(Some(times.gated_s()), 1),
@@ -219,7 +211,7 @@ fn suite_cause(
                 fmt_opt(times.setup_s(2), 1),
                 fmt_opt(times.setup_s(3), 1),
                 if against_tl4 {
-                    hooked_tier(&times, theirs("results"))
+                    hooked_tier(&times, tl4.and_then(|v| get(v, &format!("{key}.results"))))
                 } else {
                     String::new()
                 },
@@ -227,13 +219,6 @@ fn suite_cause(
         ));
     }
     let peak = r("peak_rss_mb")?;
-    let bound = match (against_tl4, key) {
-        (true, _) => theirs("peak_rss_mb").map(|m| m * 0.75),
-        (false, "suite") => theirs("peak_rss_mb")
-            .or(Some(ANCHOR_SUITE_RSS_MB))
-            .map(|m| m / 2.0),
-        (false, _) => theirs("peak_rss_mb").map(|m| m / 2.0),
-    };
     // In Phase 3 each model holds its weights with the unembedding untied (compatibility mode
     // unties `W_U`); the comparison holds both models, the first's whole gradient set and the
     // second's embedding gradient in flight.
@@ -261,7 +246,7 @@ fn suite_cause(
              of each model per part and phase, which the wall-time target cannot spare.",
             checkpoint_label(key),
             peak,
-            fmt_opt(bound, 0),
+            fmt_opt(target.allowed(peak), 0),
             model,
             embedding,
             held,

@@ -166,7 +166,7 @@ fn render_gqa_suite(out: &mut String, rust: &Value, python: Option<&Value>, tl4:
          --shape qwen2.5-0.5b` into models-cache/generated/qwen2.5-0.5b/, and served to \
          TransformerLens offline as `Qwen/Qwen2.5-0.5B` (it reads a Qwen2 model's shape from \
          config.json). The real tokenizer cannot be fetched here; the checkpoint carries \
-         tiny-qwen2's (the same byte-level BPE scheme, 2256 tokens), so texts tokenize longer \
+         tiny-qwen2's (the same byte-level BPE scheme, 2259 tokens with its specials), so texts tokenize longer \
          than with Qwen's, for every implementation alike. TransformerLens's `generation` check \
          fails on it (both versions): it decodes the greedy tokens and asks for new text, and \
          random weights pick mostly ids beyond the 2259 the tokenizer has, which decode to \
@@ -181,6 +181,14 @@ fn render_gqa_suite(out: &mut String, rust: &Value, python: Option<&Value>, tl4:
     if let Some(times) = SuiteTimes::of(rust, "suite_gqa") {
         render_suite_times(out, &times, r("wall_s"));
     }
+}
+
+/// The failed checks a run's suite section `key` lists.
+fn failures_of<'a>(run: Option<&'a Value>, key: &str) -> Vec<&'a str> {
+    run.and_then(|v| v.pointer(&format!("/{key}/failures")))
+        .and_then(Value::as_array)
+        .map(|list| list.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
 }
 
 /// The suite's table for the checkpoint whose figures are under `key` (`suite`, `suite_gqa`) in
@@ -277,25 +285,14 @@ fn render_suite_table(
             String::new()
         }
     );
-    if let Some(failures) = rust
-        .pointer(&format!("/{key}/failures"))
-        .and_then(Value::as_array)
-    {
-        for f in failures.iter().filter_map(Value::as_str) {
-            let _ = writeln!(out, "\nRust suite failure: `{f}`");
-        }
+    for f in failures_of(Some(rust), key) {
+        let _ = writeln!(out, "\nRust suite failure: `{f}`");
     }
     for (who, run) in [("3.9.0", python), ("4.3.0", tl4)] {
-        let failures: Vec<String> = run
-            .and_then(|v| v.pointer(&format!("/{key}/failures")))
-            .and_then(Value::as_array)
-            .map(|list| {
-                list.iter()
-                    .filter_map(Value::as_str)
-                    .map(|f| format!("`{f}`"))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let failures: Vec<String> = failures_of(run, key)
+            .into_iter()
+            .map(|f| format!("`{f}`"))
+            .collect();
         if !failures.is_empty() {
             let _ = writeln!(
                 out,
@@ -455,7 +452,7 @@ pub(crate) fn render_markdown(
         );
         let mut seen = std::collections::BTreeSet::new();
         for t in missed {
-            if let Some((key, text)) = cause(&t.id, rust, python, tl4) {
+            if let Some((key, text)) = cause(t, rust, python, tl4) {
                 if seen.insert(key) {
                     let _ = writeln!(out, "* {text}\n");
                 }

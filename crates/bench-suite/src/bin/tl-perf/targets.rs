@@ -33,8 +33,21 @@ pub(crate) struct Target {
     /// the figure is a timing with repeats.
     pub(crate) measured_min: Option<f64>,
     pub(crate) bound: String,
+    /// The bound's number (`bound` without its sign).
+    #[serde(skip)]
+    pub(crate) limit: f64,
     pub(crate) met: Option<bool>,
     pub(crate) note: String,
+}
+
+impl Target {
+    /// What the bound allows the ratio's numerator, `numerator` being its measured value: the
+    /// denominator times the bound.
+    pub(crate) fn allowed(&self, numerator: f64) -> Option<f64> {
+        self.measured
+            .filter(|m| *m != 0.0)
+            .map(|m| numerator / m * self.limit)
+    }
 }
 
 /// A bound on a ratio: at most (`Le`) or at least (`Ge`).
@@ -63,6 +76,9 @@ fn target(
         bound: match bound {
             Bound::Le(b) => format!("<= {b}"),
             Bound::Ge(b) => format!(">= {b}"),
+        },
+        limit: match bound {
+            Bound::Le(b) | Bound::Ge(b) => b,
         },
         met,
         note: note.into(),
